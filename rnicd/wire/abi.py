@@ -1,0 +1,210 @@
+"""Verbs enumerations with libibverbs' names and values (verbs.h), shared by daemon and clients.
+
+The Python client re-exports these from ``rnic.enums`` so that pyverbs code ports by changing
+imports. Values must match rdma-core exactly: a C client passes them straight through.
+"""
+from enum import IntEnum, IntFlag
+
+
+class QPType(IntEnum):
+    IBV_QPT_RC = 2
+    IBV_QPT_UC = 3
+    IBV_QPT_UD = 4
+
+
+class QPState(IntEnum):
+    IBV_QPS_RESET = 0
+    IBV_QPS_INIT = 1
+    IBV_QPS_RTR = 2
+    IBV_QPS_RTS = 3
+    IBV_QPS_SQD = 4
+    IBV_QPS_SQE = 5
+    IBV_QPS_ERR = 6
+    IBV_QPS_UNKNOWN = 7
+
+
+class MTU(IntEnum):
+    IBV_MTU_256 = 1
+    IBV_MTU_512 = 2
+    IBV_MTU_1024 = 3
+    IBV_MTU_2048 = 4
+    IBV_MTU_4096 = 5
+
+
+def mtu_bytes(mtu: int) -> int:
+    """IBV_MTU_* enum -> bytes (IBTA 9.7.7: payload bytes per packet)."""
+    return 128 << int(mtu)
+
+
+class Access(IntFlag):
+    IBV_ACCESS_LOCAL_WRITE = 1
+    IBV_ACCESS_REMOTE_WRITE = 2
+    IBV_ACCESS_REMOTE_READ = 4
+    IBV_ACCESS_REMOTE_ATOMIC = 8
+    IBV_ACCESS_MW_BIND = 16
+    IBV_ACCESS_ZERO_BASED = 32
+    IBV_ACCESS_ON_DEMAND = 64
+    IBV_ACCESS_HUGETLB = 128
+    IBV_ACCESS_RELAXED_ORDERING = 1 << 20
+
+
+class WROpcode(IntEnum):
+    IBV_WR_RDMA_WRITE = 0
+    IBV_WR_RDMA_WRITE_WITH_IMM = 1
+    IBV_WR_SEND = 2
+    IBV_WR_SEND_WITH_IMM = 3
+    IBV_WR_RDMA_READ = 4
+    IBV_WR_ATOMIC_CMP_AND_SWP = 5
+    IBV_WR_ATOMIC_FETCH_AND_ADD = 6
+    IBV_WR_LOCAL_INV = 7
+    IBV_WR_BIND_MW = 8
+    IBV_WR_SEND_WITH_INV = 9
+
+
+class SendFlags(IntFlag):
+    IBV_SEND_FENCE = 1
+    IBV_SEND_SIGNALED = 2
+    IBV_SEND_SOLICITED = 4
+    IBV_SEND_INLINE = 8
+
+
+class WCStatus(IntEnum):
+    IBV_WC_SUCCESS = 0
+    IBV_WC_LOC_LEN_ERR = 1
+    IBV_WC_LOC_QP_OP_ERR = 2
+    IBV_WC_LOC_EEC_OP_ERR = 3
+    IBV_WC_LOC_PROT_ERR = 4
+    IBV_WC_WR_FLUSH_ERR = 5
+    IBV_WC_MW_BIND_ERR = 6
+    IBV_WC_BAD_RESP_ERR = 7
+    IBV_WC_LOC_ACCESS_ERR = 8
+    IBV_WC_REM_INV_REQ_ERR = 9
+    IBV_WC_REM_ACCESS_ERR = 10
+    IBV_WC_REM_OP_ERR = 11
+    IBV_WC_RETRY_EXC_ERR = 12
+    IBV_WC_RNR_RETRY_EXC_ERR = 13
+    IBV_WC_LOC_RDD_VIOL_ERR = 14
+    IBV_WC_REM_INV_RD_REQ_ERR = 15
+    IBV_WC_REM_ABORT_ERR = 16
+    IBV_WC_INV_EECN_ERR = 17
+    IBV_WC_INV_EEC_STATE_ERR = 18
+    IBV_WC_FATAL_ERR = 19
+    IBV_WC_RESP_TIMEOUT_ERR = 20
+    IBV_WC_GENERAL_ERR = 21
+
+
+class WCOpcode(IntEnum):
+    IBV_WC_SEND = 0
+    IBV_WC_RDMA_WRITE = 1
+    IBV_WC_RDMA_READ = 2
+    IBV_WC_COMP_SWAP = 3
+    IBV_WC_FETCH_ADD = 4
+    IBV_WC_BIND_MW = 5
+    IBV_WC_LOCAL_INV = 6
+    IBV_WC_RECV = 128
+    IBV_WC_RECV_RDMA_WITH_IMM = 129
+
+
+class WCFlags(IntFlag):
+    IBV_WC_GRH = 1
+    IBV_WC_WITH_IMM = 2
+    IBV_WC_IP_CSUM_OK = 4
+    IBV_WC_WITH_INV = 8
+
+
+class QPAttrMask(IntFlag):
+    IBV_QP_STATE = 1 << 0
+    IBV_QP_CUR_STATE = 1 << 1
+    IBV_QP_EN_SQD_ASYNC_NOTIFY = 1 << 2
+    IBV_QP_ACCESS_FLAGS = 1 << 3
+    IBV_QP_PKEY_INDEX = 1 << 4
+    IBV_QP_PORT = 1 << 5
+    IBV_QP_QKEY = 1 << 6
+    IBV_QP_AV = 1 << 7
+    IBV_QP_PATH_MTU = 1 << 8
+    IBV_QP_TIMEOUT = 1 << 9
+    IBV_QP_RETRY_CNT = 1 << 10
+    IBV_QP_RNR_RETRY = 1 << 11
+    IBV_QP_RQ_PSN = 1 << 12
+    IBV_QP_MAX_QP_RD_ATOMIC = 1 << 13
+    IBV_QP_ALT_PATH = 1 << 14
+    IBV_QP_MIN_RNR_TIMER = 1 << 15
+    IBV_QP_SQ_PSN = 1 << 16
+    IBV_QP_MAX_DEST_RD_ATOMIC = 1 << 17
+    IBV_QP_PATH_MIG_STATE = 1 << 18
+    IBV_QP_CAP = 1 << 19
+    IBV_QP_DEST_QPN = 1 << 20
+    IBV_QP_RATE_LIMIT = 1 << 25
+
+
+class SRQAttrMask(IntFlag):
+    IBV_SRQ_MAX_WR = 1
+    IBV_SRQ_LIMIT = 2
+
+
+class PortState(IntEnum):
+    IBV_PORT_NOP = 0
+    IBV_PORT_DOWN = 1
+    IBV_PORT_INIT = 2
+    IBV_PORT_ARMED = 3
+    IBV_PORT_ACTIVE = 4
+    IBV_PORT_ACTIVE_DEFER = 5
+
+
+class EventType(IntEnum):
+    IBV_EVENT_CQ_ERR = 0
+    IBV_EVENT_QP_FATAL = 1
+    IBV_EVENT_QP_REQ_ERR = 2
+    IBV_EVENT_QP_ACCESS_ERR = 3
+    IBV_EVENT_COMM_EST = 4
+    IBV_EVENT_SQ_DRAINED = 5
+    IBV_EVENT_PATH_MIG = 6
+    IBV_EVENT_PATH_MIG_ERR = 7
+    IBV_EVENT_DEVICE_FATAL = 8
+    IBV_EVENT_PORT_ACTIVE = 9
+    IBV_EVENT_PORT_ERR = 10
+    IBV_EVENT_LID_CHANGE = 11
+    IBV_EVENT_PKEY_CHANGE = 12
+    IBV_EVENT_SM_CHANGE = 13
+    IBV_EVENT_SRQ_ERR = 14
+    IBV_EVENT_SRQ_LIMIT_REACHED = 15
+    IBV_EVENT_QP_LAST_WQE_REACHED = 16
+    IBV_EVENT_CLIENT_REREGISTER = 17
+    IBV_EVENT_GID_CHANGE = 18
+
+
+class AtomicCap(IntEnum):
+    IBV_ATOMIC_NONE = 0
+    IBV_ATOMIC_HCA = 1
+    IBV_ATOMIC_GLOB = 2
+
+
+class MigState(IntEnum):
+    IBV_MIG_MIGRATED = 0
+    IBV_MIG_REARM = 1
+    IBV_MIG_ARMED = 2
+
+
+IBV_NODE_CA = 1
+IBV_TRANSPORT_IB = 0
+IBV_LINK_LAYER_ETHERNET = 2
+IBV_GID_TYPE_ROCE_V2 = 2
+
+# The completion opcode a successful send-queue WR reports (IBTA 11.4.2.1).
+WC_OPCODE_OF_WR = {
+    WROpcode.IBV_WR_SEND: WCOpcode.IBV_WC_SEND,
+    WROpcode.IBV_WR_SEND_WITH_IMM: WCOpcode.IBV_WC_SEND,
+    WROpcode.IBV_WR_RDMA_WRITE: WCOpcode.IBV_WC_RDMA_WRITE,
+    WROpcode.IBV_WR_RDMA_WRITE_WITH_IMM: WCOpcode.IBV_WC_RDMA_WRITE,
+    WROpcode.IBV_WR_RDMA_READ: WCOpcode.IBV_WC_RDMA_READ,
+    WROpcode.IBV_WR_ATOMIC_CMP_AND_SWP: WCOpcode.IBV_WC_COMP_SWAP,
+    WROpcode.IBV_WR_ATOMIC_FETCH_AND_ADD: WCOpcode.IBV_WC_FETCH_ADD,
+}
+
+# Flat module-level names (IBV_QPT_RC, IBV_WR_SEND, ...) as pyverbs.libibverbs_enums has them.
+_ENUMS = (QPType, QPState, MTU, Access, WROpcode, SendFlags, WCStatus, WCOpcode, WCFlags,
+          QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState)
+for _enum in _ENUMS:
+    for _member in _enum:
+        globals()[_member.name] = _member.value
+del _enum, _member
