@@ -1,0 +1,90 @@
+/*
+ * rnic_dp.h — data-plane functions of rnicd._native (not part of the shared-memory ABI).
+ *
+ * Conventions: functions that can fail return 0 (or a count) on success and -errno on
+ * failure; they check every bound they are given and never allocate. native/build_ffi.py
+ * feeds this file (comments and preprocessor lines stripped) to cffi's cdef, so keep it
+ * to plain C declarations that cffi can parse.
+ */
+#ifndef RNIC_DP_H
+#define RNIC_DP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rnic_abi.h"
+
+/* Largest count rnic_recv_batch / rnic_send_batch accept in one call. */
+#define RNIC_MAX_BATCH 64
+
+/* rnic_cpu_features() bits: which accelerated paths this CPU runs. */
+#define RNIC_CPU_PCLMUL 1
+#define RNIC_CPU_SSE42 2
+
+/* ---- crc.c ---------------------------------------------------------------------------- */
+
+/* CRC-32 (IEEE 802.3, reflected 0xEDB88320) with zlib's conventions: pass 0 to start,
+ * pass the previous result to continue. Same value as zlib.crc32(buf, crc). */
+uint32_t rnic_crc32(uint32_t crc, const uint8_t *buf, size_t len);
+/* CRC-32C (Castagnoli, reflected 0x82F63B78; RFC 3385, used by MPA RFC 5044), same
+ * conventions as rnic_crc32. */
+uint32_t rnic_crc32c(uint32_t crc, const uint8_t *buf, size_t len);
+/* Table-only (slicing-by-8) versions, for tests and for CPUs without the instructions. */
+uint32_t rnic_crc32_sw(uint32_t crc, const uint8_t *buf, size_t len);
+uint32_t rnic_crc32c_sw(uint32_t crc, const uint8_t *buf, size_t len);
+/* RNIC_CPU_* bits of the paths rnic_crc32 / rnic_crc32c dispatch to. */
+uint32_t rnic_cpu_features(void);
+
+/* ---- icrc.c --------------------------------------------------------------------------- */
+
+/* RoCEv2 ICRC (IBTA Annex A17.3.3) of pkt = BTH + extension headers + payload + pad,
+ * without the 4-byte ICRC, as carried in IPv4 (src/dst in network byte order) and UDP
+ * (ports in host byte order). Returns the CRC as zlib.crc32 would; rnic_roce_icrc_put
+ * writes it in wire order. */
+uint32_t rnic_roce_icrc_v4(const uint8_t *pkt, size_t len, uint32_t src_ip_be,
+                           uint32_t dst_ip_be, uint16_t sport, uint16_t dport);
+/* Store an ICRC value in its 4 wire bytes (least significant byte first). */
+void rnic_roce_icrc_put(uint8_t *dst, uint32_t icrc);
+
+/* ---- ring.c --------------------------------------------------------------------------- */
+
+uint32_t rnic_load_acquire(const uint32_t *p);
+void rnic_store_release(uint32_t *p, uint32_t v);
+uint32_t rnic_xchg(uint32_t *p, uint32_t v);
+uint32_t rnic_fetch_add(uint32_t *p, uint32_t v);
+
+/* Bytes of a ring mapping: header + entries, rounded up to 4096. */
+size_t rnic_ring_bytes(uint32_t entry_size, uint32_t num_entries);
+/* Zero the ring in base[0..size) and fill its header; -EINVAL on bad geometry. */
+int rnic_ring_init(void *base, size_t size, uint32_t kind, uint32_t entry_size,
+                   uint32_t num_entries, uint32_t max_sge, uint32_t max_inline);
+/* Entry of index idx (free-running). Trusts h->entry_size / h->num_entries: use it only on
+ * a header this process initialised or validated. */
+void *rnic_ring_entry(struct rnic_ring_hdr *h, uint32_t idx);
+
+/* ---- place.c -------------------------------------------------------------------------- */
+
+/* RDMA atomics (IBTA 9.4.5) on a registered region, host byte order, sequentially
+ * consistent. -EINVAL unless base+off is 8-aligned and off+8 <= len. */
+int rnic_atomic_cas64(uint8_t *base, size_t len, size_t off, uint64_t compare,
+                      uint64_t swap, uint64_t *orig);
+int rnic_atomic_faa64(uint8_t *base, size_t len, size_t off, uint64_t add, uint64_t *orig);
+/* Bounds-checked placement: -ERANGE unless off + n <= len (without wrapping). */
+int rnic_copy_in(uint8_t *dst, size_t dst_len, size_t off, const uint8_t *src, size_t n);
+int rnic_copy_out(uint8_t *dst, const uint8_t *src, size_t src_len, size_t off, size_t n);
+
+/* ---- batchio.c ------------------------------------------------------------------------ */
+
+/* Receive up to count (<= RNIC_MAX_BATCH) IPv4 UDP datagrams without blocking into
+ * bufs[i * buf_size]. lens[i] is the datagram's full length: lens[i] > buf_size means it
+ * was truncated. addrs_be[i] (network order) and ports[i] (host order) give the source;
+ * either may be NULL. Returns the number received, 0 if none is waiting, or -errno. */
+int rnic_recv_batch(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count,
+                    uint32_t *lens, uint32_t *addrs_be, uint16_t *ports);
+/* Send count (<= RNIC_MAX_BATCH) datagrams bufs[i * buf_size], lens[i] bytes each, to
+ * addrs_be[i]:ports[i] (both NULL for a connected socket), without blocking. Returns the
+ * number sent (0 if the socket buffer is full), or -errno. */
+int rnic_send_batch(int fd, const uint8_t *bufs, uint32_t buf_size, const uint32_t *lens,
+                    uint32_t count, const uint32_t *addrs_be, const uint16_t *ports);
+
+#endif /* RNIC_DP_H */

@@ -1,0 +1,392 @@
+"""Control-verb handlers for one client connection (one verbs context).
+
+Every argument is untrusted: it is checked for type and range here, before core/ sees it,
+and every failure becomes an error reply with an errno code and a message naming the fix.
+Ring memory and fds come from an injected `shm` provider (io/shm.py), keeping api/ free of I/O.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+
+from rnicd.core.device import Device
+from rnicd.core.fault import FaultSpec
+from rnicd.core.resources import CQ, MR, PD, SRQ, CompChannel, RecvQueue
+from rnicd.core.roce.qp import QPCap, RCQP
+from rnicd.errors import VerbsError, einval, enoent
+from rnicd.wire import ctl
+from rnicd.wire.abi import (IBV_GID_TYPE_ROCE_V2, IBV_LINK_LAYER_ETHERNET, IBV_NODE_CA,
+                            IBV_TRANSPORT_IB, Access, AtomicCap, PortState, QPState, QPType)
+
+log = logging.getLogger("rnicd.api")
+
+SEND_WQE_HDR, RECV_WQE_HDR, SGE_SIZE, CQE_SIZE = 64, 16, 16, 64
+RING_SQ, RING_RQ, RING_SRQ, RING_CQ = 1, 2, 3, 4
+MR_ACCESS = (Access.IBV_ACCESS_LOCAL_WRITE | Access.IBV_ACCESS_REMOTE_WRITE
+             | Access.IBV_ACCESS_REMOTE_READ | Access.IBV_ACCESS_REMOTE_ATOMIC
+             | Access.IBV_ACCESS_ZERO_BASED | Access.IBV_ACCESS_RELAXED_ORDERING)
+
+
+def arg_int(args: dict, name: str, lo: int, hi: int, default=None) -> int:
+    v = args.get(name, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise einval(f"argument '{name}' must be an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise einval(f"argument '{name}'={v} out of range [{lo}, {hi}]")
+    return v
+
+
+def pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class Session:
+    """One verbs context: the objects a client created, released together on close."""
+
+    _count = 0
+
+    def __init__(self, device: Device, shm, pid: int | None = None):
+        self.device = device
+        self.shm = shm
+        self.pid = pid
+        self.pds: dict[int, PD] = {}
+        self.mrs: dict[int, MR] = {}
+        self.cqs: dict[int, CQ] = {}
+        self.qps: dict[int, RCQP] = {}
+        self.srqs: dict[int, SRQ] = {}
+        self.channels: dict[int, CompChannel] = {}
+        self._next_handle = 1
+        self.doorbell_fd = shm.new_eventfd()
+        self.closed = False
+        Session._count += 1
+
+    def _handle(self) -> int:
+        h = self._next_handle
+        self._next_handle += 1
+        return h
+
+    def _get(self, table: dict, args: dict, name: str, what: str):
+        h = args.get(name)
+        obj = table.get(h) if isinstance(h, int) else None
+        if obj is None:
+            raise enoent(f"{what} handle {h!r} does not exist in this context")
+        return obj
+
+    # ---- dispatch ------------------------------------------------------------------------
+    def call(self, method: str, args: dict, fds: list[int], now: float):
+        """-> (result dict, fds to send). Raises VerbsError."""
+        handler = getattr(self, "m_" + method, None) if method in ctl.METHODS else None
+        if handler is None:
+            raise VerbsError(errno.EOPNOTSUPP, f"unknown method '{method}'")
+        if not isinstance(args, dict):
+            raise einval("arguments must be a map")
+        return handler(args, fds, now)
+
+    # ---- device --------------------------------------------------------------------------
+    def m_hello(self, args, fds, now):
+        return {"version": ctl.PROTOCOL_VERSION, "device": self.device.name}, [self.doorbell_fd]
+
+    def m_query_device(self, args, fds, now):
+        d, lim = self.device, self.device.limits
+        return {
+            "name": d.name, "fw_ver": "rnicd-0.1", "node_guid": d.node_guid,
+            "sys_image_guid": d.node_guid, "max_mr_size": lim.max_mr_size,
+            "page_size_cap": 4096, "vendor_id": 0, "vendor_part_id": 0, "hw_ver": 0,
+            "max_qp": lim.max_qp, "max_qp_wr": lim.max_qp_wr, "device_cap_flags": 0,
+            "max_sge": lim.max_sge, "max_sge_rd": lim.max_sge, "max_cq": lim.max_cq,
+            "max_cqe": lim.max_cqe, "max_mr": lim.max_mr, "max_pd": lim.max_pd,
+            "max_qp_rd_atom": lim.max_qp_rd_atom, "max_ee_rd_atom": 0,
+            "max_res_rd_atom": lim.max_qp_rd_atom * lim.max_qp,
+            "max_qp_init_rd_atom": lim.max_qp_init_rd_atom, "max_ee_init_rd_atom": 0,
+            "atomic_cap": int(AtomicCap.IBV_ATOMIC_HCA), "max_ee": 0, "max_rdd": 0,
+            "max_mw": 0, "max_raw_ipv6_qp": 0, "max_raw_ethy_qp": 0, "max_mcast_grp": 0,
+            "max_mcast_qp_attach": 0, "max_total_mcast_qp_attach": 0, "max_ah": 0,
+            "max_fmr": 0, "max_map_per_fmr": 0, "max_srq": lim.max_srq,
+            "max_srq_wr": lim.max_srq_wr, "max_srq_sge": lim.max_srq_sge,
+            "max_pkeys": 1, "local_ca_ack_delay": 15, "phys_port_cnt": 1,
+            "transport_type": IBV_TRANSPORT_IB, "node_type": IBV_NODE_CA,
+        }, []
+
+    def m_query_port(self, args, fds, now):
+        arg_int(args, "port", 1, 1, 1)
+        return {
+            "state": int(PortState.IBV_PORT_ACTIVE), "max_mtu": 5, "active_mtu": 5,
+            "gid_tbl_len": 16, "port_cap_flags": 0, "max_msg_sz": self.device.limits.max_msg_sz,
+            "bad_pkey_cntr": 0, "qkey_viol_cntr": 0, "pkey_tbl_len": 1, "lid": 0, "sm_lid": 0,
+            "lmc": 0, "max_vl_num": 1, "sm_sl": 0, "subnet_timeout": 0, "init_type_reply": 0,
+            "active_width": 2, "active_speed": 32, "phys_state": 5,
+            "link_layer": IBV_LINK_LAYER_ETHERNET,
+        }, []
+
+    def m_query_gid(self, args, fds, now):
+        arg_int(args, "port", 1, 1, 1)
+        index = arg_int(args, "index", 0, 15, 0)
+        gid = self.device.gid if index == 0 else bytes(16)   # one address: GID 0
+        return {"gid": gid, "gid_type": IBV_GID_TYPE_ROCE_V2}, []
+
+    def m_get_counters(self, args, fds, now):
+        if args.get("qp") is not None:
+            return {"counters": self._get(self.qps, args, "qp", "QP").counters.snapshot()}, []
+        return {"counters": self.device.counters.snapshot()}, []
+
+    def m_set_fault(self, args, fds, now):
+        spec = FaultSpec()
+        untrusted = args.get("spec")
+        if not isinstance(untrusted, dict):
+            raise einval("set_fault needs 'spec': a map such as {'drop': 0.05, 'seed': 7}")
+        try:
+            for k, v in untrusted.items():
+                spec.set(str(k), v)
+        except (TypeError, ValueError) as exc:
+            raise einval(f"set_fault: {exc}") from None
+        self.device.fault.configure(spec)
+        log.info("fault injection on %s: %s", self.device.name, spec.to_dict())
+        return {"spec": spec.to_dict()}, []
+
+    def m_get_fault(self, args, fds, now):
+        return {"spec": self.device.fault.spec.to_dict()}, []
+
+    def m_get_objects(self, args, fds, now):
+        return self.shm.object_counts(), []
+
+    # ---- PD / MR -------------------------------------------------------------------------
+    def m_alloc_pd(self, args, fds, now):
+        pd = PD(self._handle(), self)
+        self.pds[pd.handle] = pd
+        return {"pd": pd.handle}, []
+
+    def m_dealloc_pd(self, args, fds, now):
+        pd = self._get(self.pds, args, "pd", "PD")
+        if pd.refs:
+            raise VerbsError(errno.EBUSY, f"PD {pd.handle} is still used by {pd.refs} "
+                             "MRs/QPs/SRQs: destroy them first")
+        del self.pds[pd.handle]
+        return {}, []
+
+    def m_reg_mr(self, args, fds, now):
+        pd = self._get(self.pds, args, "pd", "PD")
+        lim = self.device.limits
+        length = arg_int(args, "length", 1, lim.max_mr_size)
+        addr = arg_int(args, "addr", 0, (1 << 64) - 1)
+        offset = arg_int(args, "offset", 0, 1 << 62, 0)
+        access = arg_int(args, "access", 0, (1 << 32) - 1)
+        if access & ~MR_ACCESS:
+            raise einval(f"reg_mr: unsupported access bits {access & ~MR_ACCESS:#x}")
+        if (access & (Access.IBV_ACCESS_REMOTE_WRITE | Access.IBV_ACCESS_REMOTE_ATOMIC)
+                and not access & Access.IBV_ACCESS_LOCAL_WRITE):
+            raise einval("reg_mr: REMOTE_WRITE and REMOTE_ATOMIC need LOCAL_WRITE (IBTA 10.6.3.1)")
+        if len(fds) != 1:
+            raise einval("reg_mr needs exactly one memfd passed with SCM_RIGHTS")
+        if len(self.device.keys) >= lim.max_mr:
+            raise VerbsError(errno.ENOMEM, f"reg_mr: device limit of {lim.max_mr} MRs reached")
+        buf = self.shm.map_region(fds[0], offset, length)
+        lkey, rkey = self.device.keys.allocate()
+        mr = MR(self._handle(), pd, addr, length, access, lkey, rkey, buf)
+        self.device.keys.insert(mr)
+        pd.refs += 1
+        self.mrs[mr.handle] = mr
+        return {"mr": mr.handle, "lkey": lkey, "rkey": rkey}, []
+
+    def m_dereg_mr(self, args, fds, now):
+        self._destroy_mr(self._get(self.mrs, args, "mr", "MR"))
+        return {}, []
+
+    def _destroy_mr(self, mr: MR):
+        self.device.keys.remove(mr)
+        del self.mrs[mr.handle]
+        mr.pd.refs -= 1
+        mr.view.release()
+        self.shm.unmap(mr.buf)
+
+    # ---- channels / CQ -------------------------------------------------------------------
+    def m_create_comp_channel(self, args, fds, now):
+        ch = CompChannel(self._handle(), self, self.shm.new_eventfd())
+        self.channels[ch.handle] = ch
+        return {"channel": ch.handle}, [ch.fd]
+
+    def m_destroy_comp_channel(self, args, fds, now):
+        ch = self._get(self.channels, args, "channel", "completion channel")
+        if any(cq.channel is ch for cq in self.cqs.values()):
+            raise VerbsError(errno.EBUSY, "completion channel still has CQs: destroy them first")
+        del self.channels[ch.handle]
+        self.shm.close_fd(ch.fd)
+        return {}, []
+
+    def m_create_cq(self, args, fds, now):
+        lim = self.device.limits
+        cqe = arg_int(args, "cqe", 1, lim.max_cqe)
+        comp_vector = arg_int(args, "comp_vector", 0, 63, 0)
+        channel = None
+        if args.get("channel") is not None:
+            channel = self._get(self.channels, args, "channel", "completion channel")
+        ring, fd, size = self.shm.new_ring(RING_CQ, CQE_SIZE, pow2_at_least(cqe + 1), 0, 0)
+        cq = CQ(self._handle(), self, ring, channel, comp_vector)
+        self.cqs[cq.handle] = cq
+        return {"cq": cq.handle, "cqe": cq.cqe, "size": size}, [fd]
+
+    def m_resize_cq(self, args, fds, now):
+        cq = self._get(self.cqs, args, "cq", "CQ")
+        cqe = arg_int(args, "cqe", 1, self.device.limits.max_cqe)
+        old = cq.ring
+        pending = (old.hdr.prod - old.load_cons()) & 0xFFFFFFFF
+        if cqe < pending:
+            raise einval(f"resize_cq: {pending} completions are pending, more than cqe={cqe}")
+        ring, fd, size = self.shm.new_ring(RING_CQ, CQE_SIZE, pow2_at_least(cqe + 1), 0, 0)
+        cons = old.load_cons()
+        for i in range(pending):       # move unpolled CQEs, in order, to the new ring
+            self.device.native.ffi.memmove(ring.cqe(i), old.cqe(cons + i), CQE_SIZE)
+        ring.store_prod(pending)
+        cq.ring = ring
+        self.shm.release_ring(old)
+        return {"cqe": cq.cqe, "size": size}, [fd]
+
+    def m_destroy_cq(self, args, fds, now):
+        cq = self._get(self.cqs, args, "cq", "CQ")
+        if cq.refs:
+            raise VerbsError(errno.EBUSY, f"CQ {cq.handle} is still used by {cq.refs} QPs")
+        self._destroy_cq(cq)
+        return {}, []
+
+    def _destroy_cq(self, cq):
+        del self.cqs[cq.handle]
+        self.shm.release_ring(cq.ring)
+
+    # ---- SRQ -----------------------------------------------------------------------------
+    def m_create_srq(self, args, fds, now):
+        pd = self._get(self.pds, args, "pd", "PD")
+        lim = self.device.limits
+        max_wr = arg_int(args, "max_wr", 1, lim.max_srq_wr)
+        max_sge = arg_int(args, "max_sge", 1, lim.max_srq_sge)
+        limit = arg_int(args, "srq_limit", 0, max_wr, 0)
+        n = pow2_at_least(max_wr)
+        ring, fd, size = self.shm.new_ring(RING_SRQ, RECV_WQE_HDR + SGE_SIZE * max_sge, n,
+                                           max_sge, 0)
+        srq = SRQ(self._handle(), self, pd, ring, n, max_sge, limit)
+        pd.refs += 1
+        self.srqs[srq.handle] = srq
+        return {"srq": srq.handle, "max_wr": n, "max_sge": max_sge, "size": size}, [fd]
+
+    def m_modify_srq(self, args, fds, now):
+        srq = self._get(self.srqs, args, "srq", "SRQ")
+        mask = arg_int(args, "attr_mask", 0, 3)
+        if mask & 1:
+            raise VerbsError(errno.EOPNOTSUPP, "modify_srq: resizing an SRQ (IBV_SRQ_MAX_WR) "
+                             "is not supported")
+        if mask & 2:
+            srq.limit = arg_int(args, "srq_limit", 0, srq.max_wr)
+        return {}, []
+
+    def m_query_srq(self, args, fds, now):
+        srq = self._get(self.srqs, args, "srq", "SRQ")
+        return {"max_wr": srq.max_wr, "max_sge": srq.max_sge, "srq_limit": srq.limit}, []
+
+    def m_destroy_srq(self, args, fds, now):
+        srq = self._get(self.srqs, args, "srq", "SRQ")
+        if srq.refs:
+            raise VerbsError(errno.EBUSY, f"SRQ {srq.handle} is still used by {srq.refs} QPs")
+        self._destroy_srq(srq)
+        return {}, []
+
+    def _destroy_srq(self, srq):
+        del self.srqs[srq.handle]
+        srq.pd.refs -= 1
+        self.shm.release_ring(srq.rq.ring)
+
+    # ---- QP ------------------------------------------------------------------------------
+    def m_create_qp(self, args, fds, now):
+        lim = self.device.limits
+        pd = self._get(self.pds, args, "pd", "PD")
+        qp_type = arg_int(args, "qp_type", 0, 255)
+        if qp_type != QPType.IBV_QPT_RC:
+            raise VerbsError(errno.EOPNOTSUPP, f"create_qp: qp_type {qp_type} not supported yet "
+                             "(only IBV_QPT_RC)")
+        scq = self._get(self.cqs, args, "send_cq", "send CQ")
+        rcq = self._get(self.cqs, args, "recv_cq", "receive CQ")
+        srq = None
+        if args.get("srq") is not None:
+            srq = self._get(self.srqs, args, "srq", "SRQ")
+        cap = args.get("cap")
+        if not isinstance(cap, dict):
+            raise einval("create_qp needs 'cap': {max_send_wr, max_recv_wr, ...}")
+        c = QPCap(arg_int(cap, "max_send_wr", 1, lim.max_qp_wr),
+                  0 if srq else arg_int(cap, "max_recv_wr", 1, lim.max_qp_wr),
+                  arg_int(cap, "max_send_sge", 0, lim.max_sge, 1),
+                  0 if srq else arg_int(cap, "max_recv_sge", 0, lim.max_sge, 1),
+                  arg_int(cap, "max_inline_data", 0, lim.max_inline_data, 0))
+        if len(self.device.qps) >= lim.max_qp:
+            raise VerbsError(errno.ENOMEM, f"create_qp: device limit of {lim.max_qp} QPs reached")
+        sq_slots = max(c.max_send_sge, -(-c.max_inline_data // SGE_SIZE), 1)
+        c.max_inline_data = max(c.max_inline_data, 0)
+        c.max_send_wr = pow2_at_least(c.max_send_wr)
+        sq, sq_fd, sq_size = self.shm.new_ring(RING_SQ, SEND_WQE_HDR + SGE_SIZE * sq_slots,
+                                               c.max_send_wr, c.max_send_sge, c.max_inline_data)
+        out_fds, rq, rq_size = [sq_fd], None, 0
+        if srq is None:
+            c.max_recv_wr = pow2_at_least(c.max_recv_wr)
+            ring, rq_fd, rq_size = self.shm.new_ring(
+                RING_RQ, RECV_WQE_HDR + SGE_SIZE * max(c.max_recv_sge, 1), c.max_recv_wr,
+                c.max_recv_sge, 0)
+            rq = RecvQueue(ring, c.max_recv_sge)
+            out_fds.append(rq_fd)
+        qp = RCQP(self.device, self, self._handle(), self.device.allocate_qpn(), pd, scq, rcq,
+                  srq, sq, rq, c, bool(args.get("sq_sig_all")), qp_type)
+        for ref in (pd, scq, rcq, srq):
+            if ref is not None:
+                ref.refs += 1
+        self.qps[qp.handle] = qp
+        self.device.add_qp(qp)
+        return {"qp": qp.handle, "qp_num": qp.qp_num, "cap": vars(c).copy(),
+                "sq_size": sq_size, "rq_size": rq_size}, out_fds
+
+    def m_modify_qp(self, args, fds, now):
+        qp = self._get(self.qps, args, "qp", "QP")
+        mask = arg_int(args, "attr_mask", 0, (1 << 32) - 1)
+        attr = args.get("attr")
+        if not isinstance(attr, dict):
+            raise einval("modify_qp needs 'attr': a map of ibv_qp_attr fields")
+        qp.modify(mask, attr, now)
+        return {"qp_state": int(qp.state)}, []
+
+    def m_query_qp(self, args, fds, now):
+        qp = self._get(self.qps, args, "qp", "QP")
+        init = {"qp_type": qp.qp_type, "sq_sig_all": int(qp.sq_sig_all),
+                "cap": vars(qp.cap).copy(), "send_cq": qp.send_cq.handle,
+                "recv_cq": qp.recv_cq.handle, "srq": qp.srq.handle if qp.srq else None}
+        return {"attr": qp.query(), "init_attr": init}, []
+
+    def m_destroy_qp(self, args, fds, now):
+        self._destroy_qp(self._get(self.qps, args, "qp", "QP"), now)
+        return {}, []
+
+    def _destroy_qp(self, qp: RCQP, now: float):
+        self.device.remove_qp(qp)
+        del self.qps[qp.handle]
+        for ref in (qp.pd, qp.send_cq, qp.recv_cq, qp.srq):
+            if ref is not None:
+                ref.refs -= 1
+        qp.state = QPState.IBV_QPS_RESET
+        self.shm.release_ring(qp.sq_ring)
+        if qp.rq is not None:
+            self.shm.release_ring(qp.rq.ring)
+
+    # ---- teardown ------------------------------------------------------------------------
+    def close(self, now: float):
+        """The client went away: release everything it had, children first."""
+        if self.closed:
+            return
+        self.closed = True
+        for qp in list(self.qps.values()):
+            self._destroy_qp(qp, now)
+        for srq in list(self.srqs.values()):
+            self._destroy_srq(srq)
+        for cq in list(self.cqs.values()):
+            self._destroy_cq(cq)
+        for mr in list(self.mrs.values()):
+            self._destroy_mr(mr)
+        self.pds.clear()
+        for ch in self.channels.values():
+            self.shm.close_fd(ch.fd)
+        self.channels.clear()
+        self.shm.close_fd(self.doorbell_fd)
+        Session._count -= 1
+

@@ -1,0 +1,269 @@
+"""Verbs resources as the device sees them: PD, MR, CQ, SRQ, completion channels, and the
+shared-memory queues (sans-I/O: ring memory is handed in as buffers by the io layer).
+
+Nothing read from a ring is trusted: entries are copied out, then validated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rnicd import native
+from rnicd.wire.abi import Access, WCStatus
+
+# IBTA 10.6.3: keys are 32 bits; the low 8 bits are the "key" part the consumer may vary,
+# the high 24 bits index the table. We draw the low 8 bits at random so stale keys miss.
+KEY_INDEX_SHIFT = 8
+
+
+class PD:
+    __slots__ = ("handle", "owner", "refs")
+
+    def __init__(self, handle: int, owner):
+        self.handle = handle
+        self.owner = owner
+        self.refs = 0           # MRs, QPs, SRQs using it
+
+
+class MR:
+    """A registered region: client VA [iova, iova+length) backed by `buf` (a writable buffer)."""
+
+    __slots__ = ("handle", "pd", "iova", "length", "access", "lkey", "rkey", "buf", "view")
+
+    def __init__(self, handle, pd, iova, length, access, lkey, rkey, buf):
+        self.handle = handle
+        self.pd = pd
+        self.iova = iova
+        self.length = length
+        self.access = Access(access)
+        self.lkey = lkey
+        self.rkey = rkey
+        self.buf = buf                      # keeps the mapping alive
+        self.view = memoryview(buf)[:length]
+
+    def offset_of(self, addr: int, length: int) -> int | None:
+        """Offset of [addr, addr+length) inside the region, or None if it is not all inside."""
+        off = addr - self.iova
+        if off < 0 or length < 0 or off + length > self.length:
+            return None
+        return off
+
+
+class SGList:
+    """A validated scatter/gather list: pieces of (memoryview, length)."""
+
+    __slots__ = ("pieces", "length")
+
+    def __init__(self, pieces: list[memoryview]):
+        self.pieces = pieces
+        self.length = sum(len(p) for p in pieces)
+
+    def gather(self, off: int, n: int):
+        """Bytes [off, off+n) of the list (a memoryview when it lies in one piece)."""
+        out = []
+        for piece in self.pieces:
+            if off >= len(piece):
+                off -= len(piece)
+                continue
+            take = min(n, len(piece) - off)
+            out.append(piece[off:off + take])
+            n -= take
+            off = 0
+            if n == 0:
+                break
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def scatter(self, off: int, data) -> bool:
+        """Copy data to [off, off+len(data)); False if it does not fit."""
+        n = len(data)
+        if off + n > self.length:
+            return False
+        src = memoryview(data)
+        for piece in self.pieces:
+            if off >= len(piece):
+                off -= len(piece)
+                continue
+            take = min(len(src), len(piece) - off)
+            piece[off:off + take] = src[:take]
+            src = src[take:]
+            off = 0
+            if not len(src):
+                break
+        return True
+
+
+def resolve_sges(keys: "KeyTable", pd: PD, sges, need: Access) -> tuple[SGList | None, WCStatus]:
+    """Validate (addr, length, lkey) triples against the key table (IBTA 10.6.3.2 / C10-?:
+    the lkey must name an MR of the same PD, with `need` access, covering the range)."""
+    pieces = []
+    for addr, length, lkey in sges:
+        if length == 0:
+            continue
+        mr = keys.by_lkey(lkey)
+        if mr is None or mr.pd is not pd or (need and not (mr.access & need)):
+            return None, WCStatus.IBV_WC_LOC_PROT_ERR
+        off = mr.offset_of(addr, length)
+        if off is None:
+            return None, WCStatus.IBV_WC_LOC_PROT_ERR
+        pieces.append(mr.view[off:off + length])
+    return SGList(pieces), WCStatus.IBV_WC_SUCCESS
+
+
+class KeyTable:
+    """lkey/rkey -> MR, with random key bits (the device owns one)."""
+
+    def __init__(self, rng):
+        self._rng = rng
+        self._slots: dict[int, MR] = {}
+        self._next_index = 1
+
+    def allocate(self) -> tuple[int, int]:
+        index = self._next_index
+        self._next_index += 1
+        if index >= 1 << 24:
+            raise OverflowError("key index space exhausted")
+        key = (index << KEY_INDEX_SHIFT) | self._rng.randrange(256)
+        return key, key          # lkey == rkey, as rxe and mlx5 do
+
+    def insert(self, mr: MR):
+        self._slots[mr.lkey >> KEY_INDEX_SHIFT] = mr
+
+    def remove(self, mr: MR):
+        self._slots.pop(mr.lkey >> KEY_INDEX_SHIFT, None)
+
+    def by_lkey(self, key: int) -> MR | None:
+        mr = self._slots.get(key >> KEY_INDEX_SHIFT)
+        return mr if mr is not None and mr.lkey == key else None
+
+    def by_rkey(self, key: int) -> MR | None:
+        mr = self._slots.get(key >> KEY_INDEX_SHIFT)
+        return mr if mr is not None and mr.rkey == key else None
+
+    def __len__(self):
+        return len(self._slots)
+
+
+@dataclass
+class CompChannel:
+    handle: int
+    owner: object
+    fd: int = -1                 # eventfd, owned by the io layer
+
+
+@dataclass(slots=True)
+class CQEntry:
+    wr_id: int
+    status: int
+    opcode: int
+    byte_len: int = 0
+    imm_data: int = 0
+    qp_num: int = 0
+    src_qp: int = 0
+    wc_flags: int = 0
+    solicited: bool = False
+
+
+class CQ:
+    """Completion queue: the device produces CQEs into the ring the client polls."""
+
+    def __init__(self, handle, owner, ring: native.RingView, channel: CompChannel | None,
+                 comp_vector: int = 0):
+        self.handle = handle
+        self.owner = owner
+        self.ring = ring
+        self.channel = channel
+        self.comp_vector = comp_vector
+        self.refs = 0            # QPs using it
+        self.overflowed = False
+
+    @property
+    def cqe(self) -> int:
+        return self.ring.num_entries - 1   # as ibv reports: one slot kept free
+
+    def push(self, e: CQEntry) -> bool:
+        """Write one CQE; False (and nothing written) when the ring is full: CQ overrun."""
+        ring = self.ring
+        prod = ring.hdr.prod           # only the device writes prod
+        if (prod - ring.load_cons()) & 0xFFFFFFFF >= ring.num_entries - 1:
+            self.overflowed = True
+            return False
+        c = ring.cqe(prod)
+        c.wr_id = e.wr_id
+        c.status = e.status
+        c.opcode = e.opcode
+        c.vendor_err = 0
+        c.byte_len = e.byte_len & 0xFFFFFFFF
+        c.imm_data = e.imm_data
+        c.qp_num = e.qp_num
+        c.src_qp = e.src_qp
+        c.wc_flags = e.wc_flags
+        c.pkey_index = 0
+        c.slid = 0
+        c.sl = 0
+        c.dlid_path_bits = 0
+        ring.store_prod((prod + 1) & 0xFFFFFFFF)
+        return True
+
+    def should_notify(self, e: CQEntry) -> bool:
+        """Consume the arm (IBTA 11.4.2.2): next completion, or solicited/error completion."""
+        if self.channel is None:
+            return False
+        arm = native.lib.rnic_load_acquire(native.ffi.addressof(self.ring.hdr, "arm"))
+        if arm == 0:
+            return False
+        if arm == 2 and not (e.solicited or e.status != WCStatus.IBV_WC_SUCCESS):
+            return False
+        native.lib.rnic_store_release(native.ffi.addressof(self.ring.hdr, "arm"), 0)
+        native.lib.rnic_fetch_add(native.ffi.addressof(self.ring.hdr, "events"), 1)
+        return True
+
+
+@dataclass(slots=True)
+class RecvWQE:
+    wr_id: int
+    sges: list = field(default_factory=list)     # (addr, length, lkey)
+
+
+class RecvQueue:
+    """An RQ or SRQ ring read by the device (the client produces)."""
+
+    def __init__(self, ring: native.RingView, max_sge: int):
+        self.ring = ring
+        self.max_sge = max_sge
+
+    def available(self) -> int:
+        n = (self.ring.load_prod() - self.ring.hdr.cons) & 0xFFFFFFFF
+        return n if n <= self.ring.num_entries else -1      # -1: client broke the ring
+
+    def take(self) -> RecvWQE | None:
+        """Pop the next receive WQE (copied out), or None if empty or corrupt."""
+        ring = self.ring
+        if self.available() <= 0:
+            return None
+        cons = ring.hdr.cons
+        w = ring.recv_wqe(cons)
+        n = min(int(w.num_sge), self.max_sge)
+        wqe = RecvWQE(int(w.wr_id), [(int(w.sg[i].addr), int(w.sg[i].length), int(w.sg[i].lkey))
+                                     for i in range(n)])
+        ring.store_cons((cons + 1) & 0xFFFFFFFF)
+        return wqe
+
+
+class SRQ:
+    def __init__(self, handle, owner, pd: PD, ring: native.RingView, max_wr: int, max_sge: int,
+                 limit: int):
+        self.handle = handle
+        self.owner = owner
+        self.pd = pd
+        self.rq = RecvQueue(ring, max_sge)
+        self.max_wr = max_wr
+        self.max_sge = max_sge
+        self.limit = limit          # 0 = disarmed (IBTA 10.2.9.4: one-shot limit event)
+        self.refs = 0
+
+    def take(self):
+        wqe = self.rq.take()
+        fire = False
+        if wqe is not None and self.limit and self.rq.available() < self.limit:
+            self.limit = 0
+            fire = True
+        return wqe, fire

@@ -1,0 +1,205 @@
+"""RC completer: consumes the responder's ACKs, NAKs, READ responses and atomic ACKs,
+retires our WQEs, and runs the retransmit and RNR timers (IBTA 9.7.5 requester side).
+
+`una` is the oldest PSN not yet acknowledged or answered. An ACK of PSN p covers every
+request up to p (coalesced ACKs, 9.7.5.1.2); a READ response or atomic ACK implicitly
+acknowledges every earlier request; an ACK that covers a READ or atomic whose response has
+not arrived means that response was lost, so the READ is re-issued from where its data stops.
+"""
+from __future__ import annotations
+
+from rnicd.wire import opcodes as op
+from rnicd.wire import roce
+from rnicd.wire.abi import QPState, WCStatus
+from rnicd.wire.roce import psn_add, psn_diff
+
+from .requester import ATOMICS, SendWQE, W
+
+NAK_STATUS = {  # IBTA 9.7.5.2.4 NAK codes -> requester completion status (11.6.2)
+    roce.NAK_INVALID_REQUEST: WCStatus.IBV_WC_REM_INV_REQ_ERR,
+    roce.NAK_REMOTE_ACCESS: WCStatus.IBV_WC_REM_ACCESS_ERR,
+    roce.NAK_REMOTE_OPERATIONAL: WCStatus.IBV_WC_REM_OP_ERR,
+}
+
+
+class Completer:
+    def __init__(self, qp):
+        self.qp = qp
+        self.una = 0
+        self.retrans_at: float | None = None
+        self.rnr_until: float | None = None
+        self.retry_left = 7
+        self.rnr_left = 7
+        self.rewound_at: int | None = None    # una when we last went back (suppress repeats)
+
+    def reset_psn(self, psn: int):
+        self.una = psn
+        self.rewound_at = None
+
+    @property
+    def deadline(self) -> float | None:
+        return self.rnr_until if self.rnr_until is not None else self.retrans_at
+
+    # ---- timers ----------------------------------------------------------------------------
+    def arm_timer(self, now: float):
+        if self.retrans_at is None:
+            t = roce.timeout_seconds(self.qp.attr["timeout"])
+            self.retrans_at = None if t is None else now + t
+
+    def on_timer(self, now: float):
+        qp = self.qp
+        if qp.state not in (QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD):
+            self.retrans_at = self.rnr_until = None
+            return
+        req = qp.requester
+        if self.rnr_until is not None and now >= self.rnr_until:
+            self.rnr_until = None
+            req.pump(now)
+            return
+        if self.retrans_at is None or now < self.retrans_at:
+            return
+        self.retrans_at = None
+        if self.una == req.send_psn:
+            return                              # nothing outstanding
+        if self.retry_left == 0:                # IBTA 9.7.6.1.3: retry count exhausted
+            qp.counters.inc("retry_exceeded_err")
+            self._fail_head(WCStatus.IBV_WC_RETRY_EXC_ERR, now, "transport retry exceeded")
+            return
+        self.retry_left -= 1
+        qp.counters.inc("timeout_retries")
+        self._go_back(self.una, now, force=True)
+
+    # ---- responses -------------------------------------------------------------------------
+    def on_response(self, pkt: roce.Packet, info: op.OpInfo, now: float):
+        qp = self.qp
+        req = qp.requester
+        d = psn_diff(pkt.psn, self.una)
+        if d < 0 or psn_diff(pkt.psn, req.next_psn) >= 0:
+            qp.counters.inc("duplicate_response" if d < 0 else "bad_response_psn")
+            return
+        progress = self.una
+        if info.kind == op.Kind.ACK:
+            self._on_aeth(pkt, now)
+        elif info.kind == op.Kind.READ_RESP:
+            self._on_read_response(pkt, info, now)
+        elif info.kind == op.Kind.ATOMIC_ACK:
+            self._on_atomic_ack(pkt, now)
+        if self.una != progress:
+            self.rewound_at = None
+            self.retry_left = qp.attr["retry_cnt"]
+            self.rnr_left = qp.attr["rnr_retry"]
+            self.retrans_at = None
+            if self.una != req.send_psn:
+                self.arm_timer(now)
+        req.retire()
+        req.pump(now)
+
+    def _on_aeth(self, pkt, now):
+        qp = self.qp
+        kind, value = roce.classify_aeth(pkt.aeth_syndrome)
+        if kind == roce.AETH_ACK:
+            self._ack_through(pkt.psn, now)
+            return
+        self._ack_through(psn_add(pkt.psn, -1), now)
+        if self.una != pkt.psn:
+            return          # an earlier READ/atomic is being re-issued: deal with it first
+        if kind == roce.AETH_RNR:
+            qp.counters.inc("rcvd_rnr_err")
+            limit = qp.attr["rnr_retry"]
+            if limit != 7:                     # 7 means retry forever (IBTA 9.7.5.2.8)
+                if self.rnr_left == 0:
+                    qp.counters.inc("rnr_nak_retry_err")
+                    self._fail_head(WCStatus.IBV_WC_RNR_RETRY_EXC_ERR, now, "RNR retry exceeded")
+                    return
+                self.rnr_left -= 1
+            self.rnr_until = now + roce.RNR_TIMER_US[value] * 1e-6
+            self.retrans_at = None
+            qp.requester.rewind(pkt.psn)
+        elif value == roce.NAK_PSN_SEQUENCE:
+            qp.counters.inc("rcvd_seq_err")
+            self._go_back(pkt.psn, now)
+        else:
+            qp.counters.inc("rcvd_nak_err")
+            status = NAK_STATUS.get(value, WCStatus.IBV_WC_REM_OP_ERR)
+            self._fail_head(status, now, f"peer NAK {value}")
+
+    def _ack_through(self, psn: int, now: float):
+        """Every request PSN <= psn is acknowledged; una moves up to psn + 1 unless a READ or
+        atomic before that is still unanswered."""
+        target = psn_add(psn, 1)
+        for w in self.qp.requester.wqes:
+            if w.status is not None:
+                continue
+            if w.is_read_or_atomic:
+                if psn_diff(psn, w.first_psn) >= 0:
+                    # the responder executed it but its response is missing: re-issue
+                    target = w.first_psn
+                    self.qp.counters.inc("implied_nak_seq_err")
+                    if psn_diff(target, self.una) > 0:
+                        self.una = target
+                    self._go_back(self.una, now)
+                break
+            if psn_diff(psn, psn_add(w.first_psn, w.npkts - 1)) < 0:
+                break
+            w.status = WCStatus.IBV_WC_SUCCESS
+        if psn_diff(target, self.una) > 0:
+            self.una = target
+
+    def _head_for(self, psn: int, now: float) -> SendWQE | None:
+        """Implicitly acknowledge everything before the WQE holding psn and return it."""
+        w = self.qp.requester.wqe_at(psn)
+        if w is None:
+            return None
+        if psn_diff(w.first_psn, self.una) > 0:
+            self._ack_through(psn_add(w.first_psn, -1), now)
+        return w
+
+    def _on_read_response(self, pkt, info, now):
+        qp = self.qp
+        w = self._head_for(pkt.psn, now)
+        if w is None or w.opcode != W.IBV_WR_RDMA_READ or w.status is not None:
+            qp.counters.inc("bad_response")
+            return
+        if pkt.psn != self.una:       # a response packet was lost: ask again from una
+            qp.counters.inc("out_of_seq_response")
+            self._go_back(self.una, now)
+            return
+        k = psn_diff(pkt.psn, w.first_psn)
+        mtu = qp.mtu
+        expect = min(mtu, w.length - k * mtu)
+        if len(pkt.payload) != expect and w.length:
+            qp.counters.inc("bad_response_len")
+            self._fail_head(WCStatus.IBV_WC_BAD_RESP_ERR, now, "READ response of wrong length")
+            return
+        if expect:
+            w.sgl.scatter(k * mtu, pkt.payload)
+        self.una = psn_add(pkt.psn, 1)
+        if k == w.npkts - 1:
+            w.status = WCStatus.IBV_WC_SUCCESS
+
+    def _on_atomic_ack(self, pkt, now):
+        qp = self.qp
+        w = self._head_for(pkt.psn, now)
+        if w is None or w.opcode not in ATOMICS or w.status is not None or pkt.psn != self.una:
+            qp.counters.inc("bad_response")
+            return
+        w.sgl.scatter(0, pkt.atomic_orig.to_bytes(8, "little"))   # host order, x86
+        w.status = WCStatus.IBV_WC_SUCCESS
+        self.una = psn_add(pkt.psn, 1)
+
+    # ---- recovery ----------------------------------------------------------------------------
+    def _go_back(self, psn: int, now: float, force: bool = False):
+        if not force and self.rewound_at == self.una:
+            return           # already resending from here; wait for progress or the timer
+        self.rewound_at = self.una
+        self.qp.requester.rewind(psn)
+        self.retrans_at = None
+
+    def _fail_head(self, status: WCStatus, now: float, reason: str):
+        for w in self.qp.requester.wqes:
+            if w.status is None:
+                w.status = status
+                break
+        self.retrans_at = self.rnr_until = None
+        self.qp.requester.retire()
+        self.qp.fatal(reason, now)

@@ -1,0 +1,182 @@
+"""An RC queue pair: attributes, state, and the three engines of the rxe split
+(requester sends requests, responder serves the peer's requests, completer retires ours).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from rnicd.core.qp_state import check_modify
+from rnicd.core.resources import CQ, PD, SRQ, CQEntry, RecvQueue
+from rnicd.core.roce.completer import Completer
+from rnicd.core.roce.requester import Requester
+from rnicd.core.roce.responder import Responder
+from rnicd.errors import einval
+from rnicd.wire.abi import EventType, QPAttrMask, QPState, WCOpcode, WCStatus, mtu_bytes
+
+log = logging.getLogger("rnicd.qp")
+
+S = QPState
+
+
+@dataclass
+class QPCap:
+    max_send_wr: int
+    max_recv_wr: int
+    max_send_sge: int
+    max_recv_sge: int
+    max_inline_data: int
+
+
+class RCQP:
+    """The device's state for one RC QP. Sans-I/O: packets go out through device.emit()."""
+
+    def __init__(self, device, owner, handle: int, qp_num: int, pd: PD, send_cq: CQ,
+                 recv_cq: CQ, srq: SRQ | None, sq_ring, rq: RecvQueue | None, cap: QPCap,
+                 sq_sig_all: bool, qp_type: int):
+        self.device = device
+        self.owner = owner
+        self.handle = handle
+        self.qp_num = qp_num
+        self.qp_type = qp_type
+        self.pd = pd
+        self.send_cq = send_cq
+        self.recv_cq = recv_cq
+        self.srq = srq
+        self.sq_ring = sq_ring
+        self.rq = rq
+        self.cap = cap
+        self.sq_sig_all = sq_sig_all
+        self.state = S.IBV_QPS_RESET
+        # attributes (ibv_qp_attr names)
+        self.attr = {
+            "qp_state": S.IBV_QPS_RESET, "path_mtu": 3, "dest_qp_num": 0, "rq_psn": 0,
+            "sq_psn": 0, "qp_access_flags": 0, "pkey_index": 0, "port_num": 1, "qkey": 0,
+            "timeout": 14, "retry_cnt": 7, "rnr_retry": 7, "min_rnr_timer": 12,
+            "max_rd_atomic": 1, "max_dest_rd_atomic": 1, "ah_attr": None,
+            "path_mig_state": 0, "en_sqd_async_notify": 0, "sq_draining": 0,
+        }
+        self.peer_ip: str | None = None        # from ah_attr's dgid (IPv4-mapped)
+        self.requester = Requester(self)
+        self.completer = Completer(self)
+        self.responder = Responder(self)
+        self.counters = device.counters.child()
+
+    # ---- attributes -------------------------------------------------------------------
+    @property
+    def mtu(self) -> int:
+        return mtu_bytes(self.attr["path_mtu"])
+
+    def modify(self, attr_mask: int, attr: dict, now: float):
+        new = check_modify(self.qp_type, self.state, attr_mask, attr, self.device.qp_limits)
+        if attr_mask & QPAttrMask.IBV_QP_AV:
+            dgid = bytes(attr["ah_attr"]["grh"]["dgid"])
+            if dgid[:12] != b"\0" * 10 + b"\xff\xff":
+                raise einval("ah_attr.grh.dgid must be an IPv4-mapped GID (::ffff:a.b.c.d): "
+                             "this device speaks RoCEv2 over IPv4")
+            self.peer_ip = ".".join(str(b) for b in dgid[12:])
+        for name, value in attr.items():
+            if name in self.attr and name not in ("qp_state", "cur_qp_state"):
+                if _mask_of(name) & attr_mask:
+                    self.attr[name] = value
+        if attr_mask & QPAttrMask.IBV_QP_SQ_PSN:
+            self.requester.reset_psn(attr["sq_psn"])
+            self.completer.reset_psn(attr["sq_psn"])
+        if attr_mask & QPAttrMask.IBV_QP_RQ_PSN:
+            self.responder.reset_psn(attr["rq_psn"])
+        if new != self.state:
+            self.transition(new, "modify_qp", now)
+
+    def transition(self, new: QPState, reason: str, now: float):
+        old, self.state = self.state, new
+        self.attr["qp_state"] = new
+        log.debug("qp %d: %s -> %s (%s)", self.qp_num, old.name, new.name, reason)
+        if new == S.IBV_QPS_ERR:
+            self.flush_all()
+        elif new == S.IBV_QPS_RESET:
+            self.requester.reset()
+            self.responder.reset()
+        elif new == S.IBV_QPS_RTS:
+            self.requester.pump(now)
+
+    def fatal(self, reason: str, now: float, event=EventType.IBV_EVENT_QP_FATAL):
+        """An error that ends the connection (IBTA 10.3.1: transition to Error)."""
+        if self.state == S.IBV_QPS_ERR:
+            return
+        log.info("qp %d: error: %s", self.qp_num, reason)
+        self.device.post_event(self.owner, {"type": int(event), "qp_num": self.qp_num})
+        self.transition(S.IBV_QPS_ERR, reason, now)
+
+    def flush_all(self):
+        """IBTA 10.8.3: in Error, every outstanding WR completes with IBV_WC_WR_FLUSH_ERR."""
+        self.requester.flush()
+        self.flush_rq()
+
+    def flush_rq(self):
+        if self.rq is None:
+            return          # an SRQ's WQEs belong to the SRQ, not to this QP
+        while (wqe := self.rq.take()) is not None:
+            self.complete_recv(wqe.wr_id, WCStatus.IBV_WC_WR_FLUSH_ERR, WCOpcode.IBV_WC_RECV)
+        self.rq.ring.hdr.error = 1
+
+    # ---- receive side ------------------------------------------------------------------
+    def take_recv(self):
+        """Next receive WQE from the RQ or the SRQ, or None (-> RNR)."""
+        if self.srq is not None:
+            wqe, limit_hit = self.srq.take()
+            if limit_hit:
+                self.device.post_event(self.srq.owner, {
+                    "type": int(EventType.IBV_EVENT_SRQ_LIMIT_REACHED), "srq": self.srq.handle})
+            return wqe
+        return self.rq.take() if self.rq is not None else None
+
+    def complete_recv(self, wr_id, status, opcode, byte_len=0, imm=None, solicited=False):
+        e = CQEntry(wr_id=wr_id, status=status, opcode=opcode, byte_len=byte_len,
+                    qp_num=self.qp_num, src_qp=self.attr["dest_qp_num"], solicited=solicited)
+        if imm is not None:
+            e.imm_data = imm
+            e.wc_flags = 2      # IBV_WC_WITH_IMM
+        self.device.complete(self.recv_cq, e)
+
+    def complete_send(self, wr_id, status, opcode, byte_len=0):
+        self.device.complete(self.send_cq, CQEntry(
+            wr_id=wr_id, status=status, opcode=opcode, byte_len=byte_len, qp_num=self.qp_num))
+
+    # ---- I/O hooks ---------------------------------------------------------------------
+    def emit(self, pkt, payload=b""):
+        self.device.emit(self, pkt, payload)
+
+    def deadline(self) -> float | None:
+        d = [t for t in (self.completer.deadline, self.responder.deadline) if t is not None]
+        return min(d) if d else None
+
+    def on_timer(self, now: float):
+        self.completer.on_timer(now)
+
+    def query(self) -> dict:
+        a = dict(self.attr)
+        a["qp_state"] = int(self.state)
+        a["cur_qp_state"] = int(self.state)
+        a["sq_psn"] = self.requester.next_psn
+        a["rq_psn"] = self.responder.epsn
+        a["cap"] = vars(self.cap).copy()
+        return a
+
+
+def _mask_of(name: str) -> int:
+    return _ATTR_MASK.get(name, 0)
+
+
+_ATTR_MASK = {
+    "path_mtu": QPAttrMask.IBV_QP_PATH_MTU, "dest_qp_num": QPAttrMask.IBV_QP_DEST_QPN,
+    "rq_psn": QPAttrMask.IBV_QP_RQ_PSN, "sq_psn": QPAttrMask.IBV_QP_SQ_PSN,
+    "qp_access_flags": QPAttrMask.IBV_QP_ACCESS_FLAGS,
+    "pkey_index": QPAttrMask.IBV_QP_PKEY_INDEX, "port_num": QPAttrMask.IBV_QP_PORT,
+    "qkey": QPAttrMask.IBV_QP_QKEY, "timeout": QPAttrMask.IBV_QP_TIMEOUT,
+    "retry_cnt": QPAttrMask.IBV_QP_RETRY_CNT, "rnr_retry": QPAttrMask.IBV_QP_RNR_RETRY,
+    "min_rnr_timer": QPAttrMask.IBV_QP_MIN_RNR_TIMER,
+    "max_rd_atomic": QPAttrMask.IBV_QP_MAX_QP_RD_ATOMIC,
+    "max_dest_rd_atomic": QPAttrMask.IBV_QP_MAX_DEST_RD_ATOMIC,
+    "ah_attr": QPAttrMask.IBV_QP_AV, "path_mig_state": QPAttrMask.IBV_QP_PATH_MIG_STATE,
+    "en_sqd_async_notify": QPAttrMask.IBV_QP_EN_SQD_ASYNC_NOTIFY,
+}

@@ -1,0 +1,287 @@
+"""RC responder: serves the peer's requests (IBTA 9.7.3-9.7.5 responder side).
+
+Checks in the order IBTA 9.7.3/9.7.4 gives them: PSN (new, duplicate, or out of sequence),
+opcode sequence within a message, then resources (receive WQE: else RNR NAK), then remote
+access (rkey, PD, access flags, bounds: else NAK remote access error), then placement.
+A NAK other than RNR/sequence puts this QP in the error state after it is sent.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from rnicd.core.resources import MR, SGList, resolve_sges
+from rnicd.wire import opcodes as op
+from rnicd.wire import roce
+from rnicd.wire.abi import Access, QPState, WCOpcode, WCStatus
+from rnicd.wire.roce import psn_add, psn_diff
+
+K = op.Kind
+ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
+
+
+@dataclass(slots=True)
+class Message:
+    """The multi-packet SEND or WRITE being received."""
+    kind: op.Kind
+    offset: int = 0
+    wr_id: int = 0
+    sgl: SGList | None = None       # SEND: the receive buffer
+    view: memoryview | None = None  # WRITE: the target range
+    length: int = 0                 # WRITE: RETH DMA length
+
+
+class Responder:
+    def __init__(self, qp):
+        self.qp = qp
+        self.deadline = None
+        self.reset_psn(0)
+
+    def reset_psn(self, psn: int):
+        self.epsn = psn
+        self.msn = 0
+        self.msg: Message | None = None
+        self.nak_sent = False          # one sequence NAK per gap (9.7.5.2.3)
+        self.ack_pending = False
+        self.atomic_cache: OrderedDict[int, int] = OrderedDict()   # psn -> original value
+
+    def reset(self):
+        self.reset_psn(0)
+
+    # ---- entry point -------------------------------------------------------------------------
+    def on_request(self, pkt: roce.Packet, info: op.OpInfo, now: float):
+        qp = self.qp
+        if qp.state not in ACCEPTING:
+            qp.counters.inc("rcvd_in_bad_state")
+            return
+        d = psn_diff(pkt.psn, self.epsn)
+        if d > 0:
+            qp.counters.inc("out_of_seq_request")
+            if not self.nak_sent:
+                self.nak_sent = True
+                self._nak(roce.aeth_nak(roce.NAK_PSN_SEQUENCE), self.epsn)
+            return
+        if d < 0:
+            qp.counters.inc("duplicate_request")
+            self._duplicate(pkt, info, now)
+            return
+        self.nak_sent = False
+        if qp.state == QPState.IBV_QPS_RTR:
+            qp.counters.inc("comm_est")
+        handler = _HANDLERS[info.kind]
+        handler(self, pkt, info, now)
+
+    # ---- per-kind handlers -----------------------------------------------------------------
+    def _send(self, pkt, info, now):
+        qp = self.qp
+        if info.is_first:
+            if self.msg is not None:
+                return self._invalid(pkt, now, "SEND FIRST inside a message")
+            wqe = qp.take_recv()
+            if wqe is None:
+                return self._rnr(pkt)
+            sgl, status = resolve_sges(qp.device.keys, qp.pd, wqe.sges,
+                                       Access.IBV_ACCESS_LOCAL_WRITE)
+            if sgl is None:
+                qp.complete_recv(wqe.wr_id, status, WCOpcode.IBV_WC_RECV)
+                return self._fatal_nak(pkt, roce.NAK_REMOTE_OPERATIONAL, now,
+                                       "receive WQE with a bad lkey")
+            self.msg = Message(K.SEND, wr_id=wqe.wr_id, sgl=sgl)
+        elif self.msg is None or self.msg.kind != K.SEND:
+            return self._invalid(pkt, now, "SEND MIDDLE/LAST without FIRST")
+        if not self._length_ok(pkt, info):
+            return self._invalid(pkt, now, "bad payload length for the path MTU")
+        m = self.msg
+        if not m.sgl.scatter(m.offset, pkt.payload):
+            qp.complete_recv(m.wr_id, WCStatus.IBV_WC_LOC_LEN_ERR, WCOpcode.IBV_WC_RECV)
+            self.msg = None
+            return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now,
+                                   "SEND larger than the receive buffer")
+        m.offset += len(pkt.payload)
+        if info.is_last:
+            self.msg = None
+            opcode = WCOpcode.IBV_WC_RECV
+            qp.complete_recv(m.wr_id, WCStatus.IBV_WC_SUCCESS, opcode, m.offset,
+                             pkt.imm if info.immdt else None, solicited=pkt.se)
+            self._message_done()
+        self._advance(pkt)
+
+    def _write(self, pkt, info, now):
+        qp = self.qp
+        if info.is_first:
+            if self.msg is not None:
+                return self._invalid(pkt, now, "WRITE FIRST inside a message")
+            view = self._remote_range(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
+                                      Access.IBV_ACCESS_REMOTE_WRITE)
+            if view is None:
+                return self._access_error(pkt, now)
+            self.msg = Message(K.WRITE, view=view, length=pkt.reth_len)
+        elif self.msg is None or self.msg.kind != K.WRITE:
+            return self._invalid(pkt, now, "WRITE MIDDLE/LAST without FIRST")
+        if not self._length_ok(pkt, info):
+            return self._invalid(pkt, now, "bad payload length for the path MTU")
+        m = self.msg
+        n = len(pkt.payload)
+        if m.offset + n > m.length or (info.is_last and m.offset + n != m.length):
+            self.msg = None
+            return self._invalid(pkt, now, "WRITE payload does not match the RETH length")
+        wqe = None
+        if info.is_last and info.immdt:
+            wqe = qp.take_recv()          # WRITE with immediate consumes a receive WQE
+            if wqe is None:
+                if info.is_first:
+                    self.msg = None
+                return self._rnr(pkt)
+        if n:
+            m.view[m.offset:m.offset + n] = pkt.payload
+        m.offset += n
+        if info.is_last:
+            self.msg = None
+            if wqe is not None:
+                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_SUCCESS,
+                                 WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM, m.length, pkt.imm,
+                                 solicited=pkt.se)
+            self._message_done()
+        self._advance(pkt)
+
+    def _read(self, pkt, info, now):
+        if self.msg is not None:
+            return self._invalid(pkt, now, "READ inside a message")
+        view = self._remote_range(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
+                                  Access.IBV_ACCESS_REMOTE_READ)
+        if view is None:
+            return self._access_error(pkt, now)
+        n = self._read_respond(pkt.psn, view)
+        self.epsn = psn_add(self.epsn, n)
+        self._message_done()
+
+    def _atomic(self, pkt, info, now):
+        qp = self.qp
+        if self.msg is not None:
+            return self._invalid(pkt, now, "atomic inside a message")
+        if pkt.atomic_va % 8:
+            return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, "misaligned atomic")
+        mr = self._remote_mr(pkt.atomic_rkey, pkt.atomic_va, 8, Access.IBV_ACCESS_REMOTE_ATOMIC)
+        if mr is None:
+            return self._access_error(pkt, now)
+        off = pkt.atomic_va - mr.iova
+        nat = qp.device.native
+        if pkt.opcode == op.Opcode.RC_COMPARE_SWAP:
+            orig = nat.atomic_cas64(mr.buf, off, pkt.atomic_compare, pkt.atomic_swap_add)
+        else:
+            orig = nat.atomic_faa64(mr.buf, off, pkt.atomic_swap_add)
+        self.atomic_cache[pkt.psn] = orig
+        while len(self.atomic_cache) > max(1, qp.attr["max_dest_rd_atomic"]):
+            self.atomic_cache.popitem(last=False)
+        self._atomic_ack(pkt.psn, orig)
+        self.epsn = psn_add(self.epsn, 1)
+        self._message_done()
+
+    # ---- duplicates (IBTA 9.7.5.1.4) ---------------------------------------------------------
+    def _duplicate(self, pkt, info, now):
+        if info.kind == K.READ_REQ:
+            view = self._remote_range(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
+                                      Access.IBV_ACCESS_REMOTE_READ)
+            if view is not None:
+                self._read_respond(pkt.psn, view)       # READs are re-executed
+        elif info.kind == K.ATOMIC:
+            orig = self.atomic_cache.get(pkt.psn)
+            if orig is None:
+                self.qp.counters.inc("duplicate_atomic_evicted")
+            else:
+                self._atomic_ack(pkt.psn, orig)         # atomics are replayed, not redone
+        else:
+            self.ack_pending = True                     # re-acknowledge SEND/WRITE
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _length_ok(self, pkt, info) -> bool:
+        """IBTA 9.7.7.1: FIRST/MIDDLE carry exactly one MTU, LAST/ONLY at most one."""
+        n = len(pkt.payload)
+        mtu = self.qp.mtu
+        return n <= mtu and (info.is_last or n == mtu)
+
+    def _remote_mr(self, rkey, va, length, need) -> MR | None:
+        qp = self.qp
+        mr = qp.device.keys.by_rkey(rkey)
+        if (mr is None or mr.pd is not qp.pd or not (mr.access & need)
+                or not (qp.attr["qp_access_flags"] & need)
+                or mr.offset_of(va, length) is None):
+            return None
+        return mr
+
+    def _remote_range(self, rkey, va, length, need) -> memoryview | None:
+        if length == 0:
+            return memoryview(b"")     # zero-length transfers need no valid rkey (9.7.4.1.5)
+        mr = self._remote_mr(rkey, va, length, need)
+        if mr is None:
+            return None
+        off = va - mr.iova
+        return mr.view[off:off + length]
+
+    def _read_respond(self, psn: int, view: memoryview) -> int:
+        """Emit the READ response packets for view starting at psn; return their count."""
+        qp = self.qp
+        mtu = qp.mtu
+        n = max(1, -(-len(view) // mtu))
+        for k in range(n):
+            p = roce.Packet(opcode=op.read_resp_opcode(_position(k, n)),
+                            dest_qp=qp.attr["dest_qp_num"], psn=psn_add(psn, k))
+            if k == 0 or k == n - 1:
+                p.aeth_syndrome, p.aeth_msn = roce.aeth_ack(), self.msn
+            qp.emit(p, view[k * mtu:(k + 1) * mtu])
+        return n
+
+    def _atomic_ack(self, psn, orig):
+        p = roce.Packet(opcode=op.Opcode.RC_ATOMIC_ACKNOWLEDGE,
+                        dest_qp=self.qp.attr["dest_qp_num"], psn=psn,
+                        aeth_syndrome=roce.aeth_ack(), aeth_msn=self.msn, atomic_orig=orig)
+        self.qp.emit(p)
+
+    def _advance(self, pkt):
+        self.epsn = psn_add(self.epsn, 1)
+        if pkt.ackreq:
+            self.ack_pending = True
+
+    def _message_done(self):
+        self.msn = (self.msn + 1) & 0xFFFFFF
+
+    def flush_ack(self):
+        """Send one coalesced ACK for everything received so far (9.7.5.1.2)."""
+        if self.ack_pending:
+            self.ack_pending = False
+            self._nak(roce.aeth_ack(), psn_add(self.epsn, -1))
+
+    def _nak(self, syndrome, psn):
+        qp = self.qp
+        qp.emit(roce.Packet(opcode=op.Opcode.RC_ACKNOWLEDGE, dest_qp=qp.attr["dest_qp_num"],
+                            psn=psn, aeth_syndrome=syndrome, aeth_msn=self.msn))
+
+    def _rnr(self, pkt):
+        self.qp.counters.inc("send_rnr_nak")
+        self._nak(roce.aeth_rnr(self.qp.attr["min_rnr_timer"]), pkt.psn)
+
+    def _invalid(self, pkt, now, why):
+        self.msg = None
+        self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, why)
+
+    def _access_error(self, pkt, now):
+        self.qp.counters.inc("rcvd_access_err")
+        self._fatal_nak(pkt, roce.NAK_REMOTE_ACCESS, now, "remote access error")
+
+    def _fatal_nak(self, pkt, code, now, why):
+        qp = self.qp
+        qp.counters.inc("nak_sent")
+        self._nak(roce.aeth_nak(code), pkt.psn)
+        qp.fatal(f"responder: {why}", now)
+
+
+def _position(k: int, n: int) -> op.Position:
+    if n == 1:
+        return op.Position.ONLY
+    if k == 0:
+        return op.Position.FIRST
+    return op.Position.LAST if k == n - 1 else op.Position.MIDDLE
+
+
+_HANDLERS = {K.SEND: Responder._send, K.WRITE: Responder._write,
+             K.READ_REQ: Responder._read, K.ATOMIC: Responder._atomic}

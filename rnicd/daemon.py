@@ -1,0 +1,173 @@
+"""The daemon: wires the sans-I/O device to its sockets, eventfds and timers.
+
+After anything that may have produced output (a datagram batch, a doorbell, a control verb,
+a timer), `_drain()` sends the device's datagrams, signals completion channels, forwards
+asynchronous events, and re-arms the one timer for the earliest deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from rnicd.api.session import Session
+from rnicd.config import Config
+from rnicd.core.device import Device
+from rnicd.errors import VerbsError
+from rnicd.io.control import ControlServer
+from rnicd.io.shm import SharedMemory
+from rnicd.io.systemd import sd_notify
+from rnicd.io.udp import RocePort, open_roce_socket
+from rnicd.wire import ctl
+
+log = logging.getLogger("rnicd")
+
+_ONE = (1).to_bytes(8, "little")
+
+
+class Daemon:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None):
+        self.config = config
+        self.loop = loop or asyncio.get_event_loop()
+        self.device = Device(config.device, config.bind, config.port, config.fault)
+        self.shm = SharedMemory()
+        self.sessions: dict[object, Session] = {}     # connection -> session
+        self.shm.sessions = self.sessions.values()
+        self._ring_fds: set[int] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stopped = asyncio.Event()
+        self.port: RocePort | None = None
+        self.control: ControlServer | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self, listen_sock=None):
+        sock = open_roce_socket(self.config.bind, self.config.port)
+        self.port = RocePort(self.loop, sock, self.device.receive, self._after_batch,
+                             self.device.counters)
+        self.control = ControlServer(self.loop, self.config.ctl_socket, self._handle,
+                                     self._connection_closed, self._sent_fds, listen_sock)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stop)
+        log.info("rnicd: device %s on %s:%d, control socket %s", self.device.name,
+                 self.config.bind, self.config.port, self.config.ctl_socket)
+        sd_notify("READY=1\nSTATUS=serving " + self.device.name)
+
+    async def serve(self, listen_sock=None):
+        self.start(listen_sock)
+        await self._stopped.wait()
+        self.shutdown()
+
+    def stop(self):
+        self._stopped.set()
+
+    def shutdown(self):
+        sd_notify("STOPPING=1")
+        if self.control:
+            self.control.close()          # closes every session: releases all objects
+        if self.port:
+            self.port.close()
+        if self._timer:
+            self._timer.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.remove_signal_handler(sig)
+        log.info("rnicd: stopped")
+
+    # ---- control verbs -------------------------------------------------------------------
+    def _handle(self, conn, msg, fds):
+        now = self.loop.time()
+        method, args = msg.get("m"), msg.get("a") or {}
+        session = self.sessions.get(conn)
+        if session is None:
+            if method != "hello":
+                raise VerbsError(71, "the first request on a connection must be 'hello'")
+            if msg.get("v") != ctl.PROTOCOL_VERSION:
+                raise VerbsError(71, f"protocol version {msg.get('v')!r} not supported; "
+                                 f"this rnicd speaks {ctl.PROTOCOL_VERSION}")
+            want = args.get("device")
+            if want not in (None, self.device.name):
+                raise VerbsError(19, f"no device '{want}' here; this rnicd has "
+                                 f"'{self.device.name}'")
+            pid = args.get("pid") if isinstance(args.get("pid"), int) else None
+            session = Session(self.device, self.shm, pid)
+            self.sessions[conn] = session
+            conn.session = session
+            self.loop.add_reader(session.doorbell_fd, self._doorbell, session)
+        try:
+            result, out_fds = session.call(method, args, fds, now)
+        finally:
+            self._drain()
+        self._ring_fds.update(fd for fd in out_fds if fd not in self._eventfds(session))
+        return result, out_fds
+
+    @staticmethod
+    def _eventfds(session) -> set[int]:
+        return {session.doorbell_fd} | {ch.fd for ch in session.channels.values()}
+
+    def _sent_fds(self, fds):
+        """Ring memfds are the client's once sent: close our copy (the mapping stays)."""
+        for fd in fds:
+            if fd in self._ring_fds:
+                self._ring_fds.discard(fd)
+                self.shm.close_fd(fd)
+
+    def _connection_closed(self, conn):
+        session = self.sessions.pop(conn, None)
+        if session is None:
+            return
+        self.loop.remove_reader(session.doorbell_fd)
+        log.info("client %s gone: releasing %d QPs, %d MRs", session.pid or "?",
+                 len(session.qps), len(session.mrs))
+        session.close(self.loop.time())
+        self._drain()
+
+    # ---- data path events ----------------------------------------------------------------
+    def _doorbell(self, session):
+        try:
+            os.read(session.doorbell_fd, 8)
+        except BlockingIOError:
+            pass
+        self.device.doorbell(session, self.loop.time())
+        self._drain()
+
+    def _after_batch(self):
+        self.device.end_batch()
+        self._drain()
+
+    def _on_timer(self):
+        self._timer = self._timer_at = None
+        self.device.on_timer(self.loop.time())
+        self._drain()
+
+    def _drain(self):
+        d = self.device
+        if d.tx:
+            tx, d.tx = d.tx, []
+            send, fault = self.port.send, d.fault
+            for data, addr in tx:
+                for delay, dgram in fault.apply(data):
+                    if delay:
+                        self.loop.call_later(delay, send, dgram, addr)
+                    else:
+                        send(dgram, addr)
+        if d.notify:
+            for ch in d.notify:
+                try:
+                    os.write(ch.fd, _ONE)
+                except OSError:
+                    pass
+            d.notify.clear()
+        if d.events:
+            events, d.events = d.events, []
+            by_session = {s: c for c, s in self.sessions.items()}
+            for owner, ev in events:
+                conn = by_session.get(owner)
+                if conn is not None:
+                    conn.send({"ev": ev})
+        deadline = d.next_deadline()
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            if self._timer:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)

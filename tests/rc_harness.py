@@ -1,0 +1,182 @@
+"""Sans-I/O harness: two Devices joined by an in-memory network, driven by the test.
+
+Rings live in bytearrays and are written the way a client writes them (rnic_abi.h), so the
+protocol core (requester/responder/completer) is exercised without sockets or processes.
+`net` decides the fate of every datagram, which makes loss and reordering deterministic.
+"""
+from __future__ import annotations
+
+import itertools
+
+from rnicd import native
+from rnicd.api.session import Session
+from rnicd.core.device import Device
+from rnicd.wire import abi
+
+ALL_ACCESS = (abi.IBV_ACCESS_LOCAL_WRITE | abi.IBV_ACCESS_REMOTE_WRITE
+              | abi.IBV_ACCESS_REMOTE_READ | abi.IBV_ACCESS_REMOTE_ATOMIC)
+
+
+class FakeShm:
+    """Rings and regions in process memory; 'fds' are tokens."""
+
+    def __init__(self):
+        self.regions = {}
+        self._tok = itertools.count(1000)
+        self.sessions = []
+
+    def new_eventfd(self):
+        return next(self._tok)
+
+    def close_fd(self, fd):
+        pass
+
+    def new_ring(self, kind, esz, n, max_sge, max_inline):
+        buf = bytearray(native.ring_bytes(esz, n))
+        native.ring_init(buf, kind, esz, n, max_sge, max_inline)
+        return native.RingView(buf), next(self._tok), len(buf)
+
+    def release_ring(self, ring):
+        ring.release()
+
+    def map_region(self, fd, offset, length):
+        return self.regions[fd]
+
+    def unmap(self, mm):
+        pass
+
+
+class Host:
+    def __init__(self, ip, seed=1):
+        self.dev = Device("rnic0", ip, seed=seed)
+        self.shm = FakeShm()
+        self.s = Session(self.dev, self.shm)
+        self.now = 0.0
+        self.pd = self.call("alloc_pd")["pd"]
+        self.rings = {}
+
+    def call(self, method, fds=(), **args):
+        res, out = self.s.call(method, args, list(fds), self.now)
+        return res
+
+    def mr(self, size, access=ALL_ACCESS, iova=0x10000):
+        buf = bytearray(size)
+        tok = next(self.shm._tok)
+        self.shm.regions[tok] = buf
+        r = self.call("reg_mr", [tok], pd=self.pd, addr=iova, length=size, access=access)
+        return MR(r["lkey"], r["rkey"], buf, iova)
+
+    def cq(self, n=256):
+        r = self.call("create_cq", cqe=n, channel=None)
+        return self.s.cqs[r["cq"]]
+
+    def qp(self, cq, max_send_wr=64, max_recv_wr=64, srq=None, sge=4, inline=64):
+        r = self.call("create_qp", pd=self.pd, qp_type=abi.IBV_QPT_RC, send_cq=cq.handle,
+                      recv_cq=cq.handle, srq=srq, sq_sig_all=0,
+                      cap=dict(max_send_wr=max_send_wr, max_recv_wr=max_recv_wr,
+                               max_send_sge=sge, max_recv_sge=sge, max_inline_data=inline))
+        return self.s.qps[r["qp"]]
+
+    def post_send(self, qp, wr_id, opcode, sges=(), *, flags=abi.IBV_SEND_SIGNALED, imm=0,
+                  rkey=0, raddr=0, compare_add=0, swap=0, inline=None, ring=True):
+        ring_v = qp.sq_ring
+        prod = ring_v.load_prod()
+        w = ring_v.send_wqe(prod)
+        w.wr_id, w.opcode, w.send_flags, w.imm_data = wr_id, opcode, flags, imm
+        w.rkey, w.remote_addr, w.compare_add, w.swap = rkey, raddr, compare_add, swap
+        if inline is not None:
+            w.send_flags |= abi.IBV_SEND_INLINE
+            w.inline_len = len(inline)
+            native.ffi.memmove(w.sg, inline, len(inline))
+            w.num_sge = 0
+        else:
+            w.num_sge = len(sges)
+            for i, (a, n, k) in enumerate(sges):
+                w.sg[i].addr, w.sg[i].length, w.sg[i].lkey = a, n, k
+        ring_v.store_prod(prod + 1)
+        if ring:
+            self.dev.doorbell(self.s, self.now)
+
+    def post_recv(self, qp_or_srq, wr_id, sges):
+        rq = qp_or_srq.rq
+        ring_v = rq.ring
+        prod = ring_v.load_prod()
+        w = ring_v.recv_wqe(prod)
+        w.wr_id, w.num_sge = wr_id, len(sges)
+        for i, (a, n, k) in enumerate(sges):
+            w.sg[i].addr, w.sg[i].length, w.sg[i].lkey = a, n, k
+        ring_v.store_prod(prod + 1)
+
+    def poll(self, cq):
+        out = []
+        ring_v = cq.ring
+        while ring_v.load_cons() != ring_v.load_prod():
+            c = ring_v.cqe(ring_v.load_cons())
+            out.append(dict(wr_id=c.wr_id, status=abi.WCStatus(c.status), opcode=c.opcode,
+                            byte_len=c.byte_len, imm_data=c.imm_data, qp_num=c.qp_num,
+                            wc_flags=c.wc_flags))
+            ring_v.store_cons(ring_v.load_cons() + 1)
+        return out
+
+
+class MR:
+    def __init__(self, lkey, rkey, buf, iova):
+        self.lkey, self.rkey, self.buf, self.iova = lkey, rkey, buf, iova
+
+    def sge(self, off=0, n=None):
+        return (self.iova + off, len(self.buf) - off if n is None else n, self.lkey)
+
+
+def connect(a: Host, qa, b: Host, qb, mtu=abi.IBV_MTU_1024, timeout=14, retry_cnt=7,
+            rnr_retry=7, min_rnr_timer=1, psn_a=100, psn_b=200, access=ALL_ACCESS):
+    for h, q, peer, qpeer, my_psn, peer_psn in ((a, qa, b, qb, psn_a, psn_b),
+                                                (b, qb, a, qa, psn_b, psn_a)):
+        M = abi.QPAttrMask
+        q.modify(M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS,
+                 dict(qp_state=abi.IBV_QPS_INIT, pkey_index=0, port_num=1,
+                      qp_access_flags=access), h.now)
+        ah = dict(port_num=1, is_global=1, grh=dict(dgid=peer.dev.gid, sgid_index=0,
+                                                    hop_limit=64, flow_label=0,
+                                                    traffic_class=0))
+        q.modify(M.IBV_QP_STATE | M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_DEST_QPN
+                 | M.IBV_QP_RQ_PSN | M.IBV_QP_MAX_DEST_RD_ATOMIC | M.IBV_QP_MIN_RNR_TIMER,
+                 dict(qp_state=abi.IBV_QPS_RTR, ah_attr=ah, path_mtu=mtu,
+                      dest_qp_num=qpeer.qp_num, rq_psn=peer_psn, max_dest_rd_atomic=4,
+                      min_rnr_timer=min_rnr_timer), h.now)
+        q.modify(M.IBV_QP_STATE | M.IBV_QP_TIMEOUT | M.IBV_QP_RETRY_CNT | M.IBV_QP_RNR_RETRY
+                 | M.IBV_QP_SQ_PSN | M.IBV_QP_MAX_QP_RD_ATOMIC,
+                 dict(qp_state=abi.IBV_QPS_RTS, timeout=timeout, retry_cnt=retry_cnt,
+                      rnr_retry=rnr_retry, sq_psn=my_psn, max_rd_atomic=4), h.now)
+
+
+def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000):
+    """Deliver datagrams until both sides are idle; jump the clock to the next deadline when
+    nothing is in flight. `net(src, data) -> list of datagrams` may drop/dup/reorder."""
+    hosts = {a.dev.ip: a, b.dev.ip: b}
+    held = []
+    for _ in range(max_rounds):
+        moved = False
+        for src in (a, b):
+            tx, src.dev.tx = src.dev.tx, []
+            for data, (ip, _port) in tx:
+                for d in (net(src, data) if net else [data]):
+                    held.append((hosts[ip], src, d))
+        if held:
+            batch, held = held, []
+            for dst, src, d in batch:
+                dst.dev.receive(d, src.dev.ip, 4791, dst.now)
+                moved = True
+            a.dev.end_batch()
+            b.dev.end_batch()
+        if moved or a.dev.tx or b.dev.tx:
+            continue
+        deadlines = [d for d in (a.dev.next_deadline(), b.dev.next_deadline()) if d is not None]
+        if not deadlines:
+            return
+        t = min(deadlines)
+        if t > max_time:
+            raise AssertionError(f"still busy at t={t}")
+        a.now = b.now = max(t, a.now)
+        a.dev.on_timer(a.now)
+        b.dev.on_timer(b.now)
+    raise AssertionError("no quiescence")
