@@ -12,11 +12,20 @@ import logging
 from rnicd.core.device import Device
 from rnicd.core.fault import FaultSpec
 from rnicd.core.resources import CQ, MR, PD, SRQ, CompChannel, RecvQueue
-from rnicd.core.roce.qp import QPCap, RCQP
+from rnicd.core.roce.qp import RCQP, QPCap
 from rnicd.errors import VerbsError, einval, enoent
 from rnicd.wire import ctl
-from rnicd.wire.abi import (IBV_GID_TYPE_ROCE_V2, IBV_LINK_LAYER_ETHERNET, IBV_NODE_CA,
-                            IBV_TRANSPORT_IB, Access, AtomicCap, PortState, QPState, QPType)
+from rnicd.wire.abi import (
+    IBV_GID_TYPE_ROCE_V2,
+    IBV_LINK_LAYER_ETHERNET,
+    IBV_NODE_CA,
+    IBV_TRANSPORT_IB,
+    Access,
+    AtomicCap,
+    PortState,
+    QPState,
+    QPType,
+)
 
 log = logging.getLogger("rnicd.api")
 

@@ -34,7 +34,8 @@ class FaultSpec:
 
     def set(self, key: str, value):
         if key not in self.__dataclass_fields__:
-            raise ValueError(f"unknown fault '{key}'; known: {', '.join(self.__dataclass_fields__)}")
+            known = ", ".join(self.__dataclass_fields__)
+            raise ValueError(f"unknown fault '{key}'; known: {known}")
         if key == "seed":
             setattr(self, key, None if value in (None, "") else int(value))
             return

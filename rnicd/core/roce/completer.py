@@ -67,7 +67,8 @@ class Completer:
             return
         self.retry_left -= 1
         qp.counters.inc("timeout_retries")
-        self._go_back(self.una, now, force=True)
+        self._go_back(self.una, now, None, force=True)
+        req.pump(now)
 
     # ---- responses -------------------------------------------------------------------------
     def on_response(self, pkt: roce.Packet, info: op.OpInfo, now: float):
@@ -85,6 +86,7 @@ class Completer:
         elif info.kind == op.Kind.ATOMIC_ACK:
             self._on_atomic_ack(pkt, now)
         if self.una != progress:
+            req.acked(psn_diff(self.una, progress))
             self.rewound_at = None
             self.retry_left = qp.attr["retry_cnt"]
             self.rnr_left = qp.attr["rnr_retry"]
@@ -117,7 +119,7 @@ class Completer:
             qp.requester.rewind(pkt.psn)
         elif value == roce.NAK_PSN_SEQUENCE:
             qp.counters.inc("rcvd_seq_err")
-            self._go_back(pkt.psn, now)
+            self._go_back(pkt.psn, now, "nak_seq_retries")
         else:
             qp.counters.inc("rcvd_nak_err")
             status = NAK_STATUS.get(value, WCStatus.IBV_WC_REM_OP_ERR)
@@ -134,10 +136,9 @@ class Completer:
                 if psn_diff(psn, w.first_psn) >= 0:
                     # the responder executed it but its response is missing: re-issue
                     target = w.first_psn
-                    self.qp.counters.inc("implied_nak_seq_err")
                     if psn_diff(target, self.una) > 0:
                         self.una = target
-                    self._go_back(self.una, now)
+                    self._go_back(self.una, now, "implied_nak_seq_err")
                 break
             if psn_diff(psn, psn_add(w.first_psn, w.npkts - 1)) < 0:
                 break
@@ -161,8 +162,7 @@ class Completer:
             qp.counters.inc("bad_response")
             return
         if pkt.psn != self.una:       # a response packet was lost: ask again from una
-            qp.counters.inc("out_of_seq_response")
-            self._go_back(self.una, now)
+            self._go_back(self.una, now, "out_of_seq_response")
             return
         k = psn_diff(pkt.psn, w.first_psn)
         mtu = qp.mtu
@@ -188,9 +188,11 @@ class Completer:
         self.una = psn_add(pkt.psn, 1)
 
     # ---- recovery ----------------------------------------------------------------------------
-    def _go_back(self, psn: int, now: float, force: bool = False):
+    def _go_back(self, psn: int, now: float, reason: str | None, force: bool = False):
         if not force and self.rewound_at == self.una:
             return           # already resending from here; wait for progress or the timer
+        if reason:
+            self.qp.counters.inc(reason)
         self.rewound_at = self.una
         self.qp.requester.rewind(psn)
         self.retrans_at = None

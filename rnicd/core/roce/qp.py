@@ -82,6 +82,10 @@ class RCQP:
         if attr_mask & QPAttrMask.IBV_QP_SQ_PSN:
             self.requester.reset_psn(attr["sq_psn"])
             self.completer.reset_psn(attr["sq_psn"])
+        if attr_mask & QPAttrMask.IBV_QP_RETRY_CNT:
+            self.completer.retry_left = attr["retry_cnt"]
+        if attr_mask & QPAttrMask.IBV_QP_RNR_RETRY:
+            self.completer.rnr_left = attr["rnr_retry"]
         if attr_mask & QPAttrMask.IBV_QP_RQ_PSN:
             self.responder.reset_psn(attr["rq_psn"])
         if new != self.state:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from rnicd.core.resources import SGList, resolve_sges
 from rnicd.wire import opcodes as op
-from rnicd.wire.abi import Access, QPState, SendFlags, WCStatus, WROpcode
 from rnicd.wire.abi import WC_OPCODE_OF_WR as WC_OPCODE
+from rnicd.wire.abi import Access, QPState, SendFlags, WCStatus, WROpcode
 from rnicd.wire.roce import Packet, psn_add, psn_diff
 
-WINDOW = 128          # request/response packets in flight per QP
+WINDOW = 128          # most request/response packets in flight per QP
+MIN_WINDOW = 4        # the congestion window never shrinks below this
 READ_CHUNK = 64       # response packets per READ request
 ACKREQ_EVERY = 32     # ask for an ACK at least this often inside long messages
 
@@ -71,6 +72,7 @@ class Requester:
         self.next_psn = psn      # next PSN to assign
         self.send_psn = psn      # next PSN to transmit
         self.high_psn = psn      # PSN after the highest ever sent: below it means a resend
+        self.cwnd = float(WINDOW)   # AIMD: halved on each loss, +1/cwnd per packet acked
 
     def reset(self):
         self.wqes.clear()
@@ -158,9 +160,14 @@ class Requester:
         return None
 
     def rewind(self, psn: int):
-        """Go back N: retransmit from `psn` (IBTA 9.7.5.1)."""
+        """Go back N: retransmit from `psn` (IBTA 9.7.5.1). A loss also halves the window:
+        go-back-N resends a whole window per loss, so a lossy path wants a small one."""
         if psn_diff(psn, self.send_psn) < 0:
             self.send_psn = psn
+        self.cwnd = max(MIN_WINDOW, self.cwnd / 2)
+
+    def acked(self, npkts: int):
+        self.cwnd = min(WINDOW, self.cwnd + npkts / self.cwnd)
 
     def pump(self, now: float):
         """Send what the window allows: retransmissions first, then new WQEs."""
@@ -171,7 +178,7 @@ class Requester:
         if qp.state != QPState.IBV_QPS_RTS or qp.completer.rnr_until is not None:
             return
         comp = qp.completer
-        while psn_diff(self.send_psn, comp.una) < WINDOW:
+        while psn_diff(self.send_psn, comp.una) < self.cwnd:
             if self.send_psn == self.next_psn and not self.fetch():
                 break
             if qp.state != QPState.IBV_QPS_RTS:

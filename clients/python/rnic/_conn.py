@@ -1,0 +1,266 @@
+"""The control connection to rnicd: one blocking Unix stream socket per Context.
+
+Framing and message shapes: rnicd/wire/ctl.py and docs/control-protocol.md. File
+descriptors travel with SCM_RIGHTS on the first byte of their message; they are queued in
+arrival order and each message takes its ``nfds`` of them, so by the time a message is
+complete its descriptors have arrived. Asynchronous events (``{"ev": ...}``) that arrive
+while a call waits for its reply are queued for `Connection.next_event`.
+
+Thread safety: one lock around a request and its reply. Everything read from the socket is
+untrusted until checked here (message shape, fd counts, ids).
+"""
+import asyncio
+import collections
+import errno
+import os
+import select
+import socket
+import threading
+import time
+
+from rnicd.wire import ctl
+
+from .errors import RnicError
+
+DEFAULT_SOCKET = "/run/rnicd/rnicd.sock"
+_RECV_BYTES = 1 << 16
+_MAX_RECV_FDS = ctl.MAX_FDS * 4
+
+
+def socket_path(explicit: str | os.PathLike | None = None, environ=None) -> str:
+    """Where rnicd listens: ``explicit``, else $RNIC_SOCKET, else
+    $XDG_RUNTIME_DIR/rnicd/rnicd.sock, else /run/rnicd/rnicd.sock."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        return os.fspath(explicit)
+    if env.get("RNIC_SOCKET"):
+        return env["RNIC_SOCKET"]
+    if env.get("XDG_RUNTIME_DIR"):
+        return os.path.join(env["XDG_RUNTIME_DIR"], "rnicd", "rnicd.sock")
+    return DEFAULT_SOCKET
+
+
+def _close_fds(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Connection:
+    """A control connection; `call` sends one request and returns its reply."""
+
+    def __init__(self, path: str | os.PathLike | None = None, sock: socket.socket | None = None):
+        self.path = socket_path(path) if sock is None else (path or "<socket>")
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(self.path)
+            except OSError as exc:
+                sock.close()
+                code = exc.errno or errno.ECONNREFUSED
+                raise RnicError(code, f"cannot reach rnicd at {self.path}: "
+                                f"{exc.strerror or exc} (is the daemon running? `make run`)"
+                                ) from None
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._decoder = ctl.Decoder()
+        self._msgs = collections.deque()     # complete messages not yet consumed
+        self._fds = collections.deque()      # received fds not yet handed to a message
+        self._events = collections.deque()   # async event bodies
+        self._deferred = collections.deque()  # (method, args) queued by finalizers
+        self._next_id = 1
+        self._dead: RnicError | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    # ---- requests ---------------------------------------------------------------------
+    def call(self, method: str, args: dict | None = None, fds=()) -> tuple[dict, list[int]]:
+        """Send ``method(args)`` with ``fds``; return (result, received fds).
+
+        An error reply raises RnicError(code, msg). The caller owns the returned fds."""
+        with self._lock:
+            self._flush_deferred()
+            reply, rfds = self._roundtrip(method, args, fds)
+        if "e" in reply:
+            _close_fds(rfds)
+            raise _error_from(method, reply["e"])
+        result = reply.get("r")
+        if result is None:
+            result = {}
+        if not isinstance(result, dict):
+            _close_fds(rfds)
+            raise RnicError(errno.EPROTO, f"{method}: reply result is not a map: {result!r}")
+        return result, rfds
+
+    def defer(self, method: str, args: dict) -> None:
+        """Queue a request whose reply does not matter (finalizers); sent before the next call."""
+        self._deferred.append((method, args))
+
+    def _flush_deferred(self) -> None:
+        while self._deferred and self._dead is None:
+            method, args = self._deferred.popleft()
+            try:
+                reply, rfds = self._roundtrip(method, args, ())
+            except RnicError:
+                return
+            _close_fds(rfds)
+
+    def _roundtrip(self, method, args, fds):
+        if self._dead is not None:
+            raise self._dead
+        mid = self._next_id
+        self._next_id += 1
+        data = ctl.encode({"v": ctl.PROTOCOL_VERSION, "id": mid, "m": method,
+                           "a": args if args is not None else {}, "nfds": len(fds)})
+        try:
+            sent = socket.send_fds(self._sock, [data], list(fds)) if fds else 0
+            if sent < len(data):
+                self._sock.sendall(data[sent:])
+        except OSError as exc:
+            raise self._fail(f"{method}: sending to rnicd failed: {exc}") from None
+        while True:
+            msg, rfds = self._next_message(block=True)
+            if "ev" in msg:
+                self._queue_event(msg["ev"])
+                _close_fds(rfds)
+                continue
+            if msg.get("id") != mid:
+                _close_fds(rfds)
+                raise self._fail(f"{method}: reply for request {msg.get('id')!r}, "
+                                 f"expected {mid}")
+            return msg, rfds
+
+    # ---- reading ----------------------------------------------------------------------
+    def _fail(self, msg: str, code: int = errno.EPROTO) -> RnicError:
+        """The connection is unusable from now on; every later call raises this error."""
+        if self._dead is None:
+            self._dead = RnicError(code, msg)
+        return self._dead
+
+    def _next_message(self, block: bool):
+        """One complete message and its fds; None when not blocking and none is ready."""
+        while not self._msgs:
+            if not self._pump(block):
+                return None, []
+        msg = self._msgs.popleft()
+        n = msg.get("nfds", 0)
+        if not isinstance(n, int) or n < 0 or n > ctl.MAX_FDS or n > len(self._fds):
+            raise self._fail(f"bad message from rnicd: nfds={n!r} with {len(self._fds)} "
+                             "descriptors received")
+        return msg, [self._fds.popleft() for _ in range(n)]
+
+    def _pump(self, block: bool) -> bool:
+        """Read once from the socket; False if nothing was there (non-blocking)."""
+        if self._dead is not None:
+            raise self._dead
+        try:
+            data, fds, flags, _ = socket.recv_fds(
+                self._sock, _RECV_BYTES, _MAX_RECV_FDS, 0 if block else socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            raise self._fail(f"reading from rnicd failed: {exc}", errno.ECONNRESET) from None
+        self._fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise self._fail("rnicd sent more file descriptors than a message may carry")
+        if not data:
+            raise self._fail(f"rnicd closed the connection ({self.path})", errno.ECONNRESET)
+        try:
+            msgs = self._decoder.feed(data)
+        except ctl.ProtocolError as exc:
+            raise self._fail(f"bad message from rnicd: {exc}") from None
+        for m in msgs:
+            if not isinstance(m, dict):
+                raise self._fail("bad message from rnicd: not a map")
+        self._msgs.extend(msgs)
+        return True
+
+    # ---- asynchronous events ----------------------------------------------------------
+    def _queue_event(self, ev) -> None:
+        if isinstance(ev, dict):
+            self._events.append(ev)
+            try:
+                os.write(self._wake_w, b"!")
+            except OSError:
+                pass
+
+    def poll_event(self) -> dict | None:
+        """The next queued async event, reading what the socket holds without blocking."""
+        with self._lock:
+            while not self._events:
+                msg, rfds = self._next_message(block=False)
+                if msg is None:
+                    break
+                _close_fds(rfds)
+                if "ev" in msg:
+                    self._queue_event(msg["ev"])
+                else:
+                    raise self._fail(f"unsolicited reply from rnicd: {msg!r:.200}")
+            try:
+                os.read(self._wake_r, 4096)
+            except OSError:
+                pass
+            return self._events.popleft() if self._events else None
+
+    def next_event(self, timeout: float | None = None) -> dict | None:
+        """Block until an async event arrives (None after ``timeout`` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ev = self.poll_event()
+            if ev is not None:
+                return ev
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                return None
+            select.select([self._sock, self._wake_r], [], [], left)
+
+    async def next_event_async(self) -> dict:
+        """Await the next async event without blocking the event loop (one waiter)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            ev = self.poll_event()
+            if ev is not None:
+                return ev
+            fut = loop.create_future()
+
+            def wake(f=fut):
+                if not f.done():
+                    f.set_result(None)
+
+            loop.add_reader(self._sock.fileno(), wake)
+            loop.add_reader(self._wake_r, wake)
+            try:
+                await fut
+            finally:
+                loop.remove_reader(self._sock.fileno())
+                loop.remove_reader(self._wake_r)
+
+    # ---- teardown ---------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is None:
+                return
+            self._sock.close()
+            self._sock = None
+            self._dead = self._dead or RnicError(errno.EBADF, "the Context is closed")
+            _close_fds(self._fds)
+            self._fds.clear()
+            _close_fds((self._wake_r, self._wake_w))
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+
+def _error_from(method: str, body) -> RnicError:
+    """An error reply as RnicError; the body is untrusted."""
+    if not isinstance(body, dict):
+        return RnicError(errno.EPROTO, f"{method}: malformed error reply {body!r:.200}")
+    code = body.get("code")
+    if not isinstance(code, int) or code <= 0:
+        code = errno.EPROTO
+    msg = body.get("msg")
+    if not isinstance(msg, str):
+        msg = f"{method} failed"
+    return RnicError(code, msg)

@@ -1,0 +1,343 @@
+"""Completion queues and channels: ``CQ``, ``CompChannel``, ``WC``, as pyverbs.cq.
+
+``CQ.poll`` reads completions straight from the CQ ring (no socket message): acquire-load
+``prod``, copy the CQEs, release-store ``cons``. ``CQ.req_notify`` arms the CQ in its ring
+header; the daemon then increments the header's ``events`` counter and writes the channel's
+eventfd on the next matching completion. asyncio helpers: ``CQ.wait``, ``CQ.poll_async``,
+``CompChannel.get_cq_event_async``.
+"""
+import asyncio
+import collections
+import errno
+import os
+import select
+import time
+
+from rnicd.wire.abi import WCFlags, WCOpcode, WCStatus
+
+from ._rings import KIND_CQ, U32, Ring, native
+from .base import RnicCM
+from .device import need_int
+from .errors import RnicError
+
+_BACKOFF_START, _BACKOFF_MAX = 50e-6, 5e-3
+
+
+class WC:
+    """A work completion (struct ibv_wc), with pyverbs' attribute names."""
+
+    __slots__ = ("wr_id", "status", "opcode", "vendor_err", "byte_len", "imm_data", "qp_num",
+                 "src_qp", "wc_flags", "pkey_index", "slid", "sl", "dlid_path_bits")
+
+    def __init__(self, wr_id=0, status=0, opcode=0, vendor_err=0, byte_len=0, qp_num=0,
+                 src_qp=0, imm_data=0, wc_flags=0, pkey_index=0, slid=0, sl=0,
+                 dlid_path_bits=0):
+        self.wr_id, self.status, self.opcode = wr_id, status, opcode
+        self.vendor_err, self.byte_len, self.imm_data = vendor_err, byte_len, imm_data
+        self.qp_num, self.src_qp, self.wc_flags = qp_num, src_qp, wc_flags
+        self.pkey_index, self.slid, self.sl = pkey_index, slid, sl
+        self.dlid_path_bits = dlid_path_bits
+
+    @classmethod
+    def from_cqe(cls, c) -> "WC":
+        return cls(c.wr_id, c.status, c.opcode, c.vendor_err, c.byte_len, c.qp_num, c.src_qp,
+                   c.imm_data, c.wc_flags, c.pkey_index, c.slid, c.sl, c.dlid_path_bits)
+
+    def __repr__(self) -> str:
+        def name(enum, v):
+            try:
+                return enum(v).name
+            except ValueError:
+                return str(v)
+        flags = "|".join(f.name for f in WCFlags if self.wc_flags & f) or "0"
+        imm = f", imm_data={self.imm_data:#x}" if self.wc_flags & WCFlags.IBV_WC_WITH_IMM else ""
+        return (f"WC(wr_id={self.wr_id}, status={name(WCStatus, self.status)}, "
+                f"opcode={name(WCOpcode, self.opcode)}, byte_len={self.byte_len}, "
+                f"qp_num={self.qp_num}, src_qp={self.src_qp}, wc_flags={flags}{imm}, "
+                f"vendor_err={self.vendor_err})")
+
+
+class CompChannel(RnicCM):
+    """A completion channel: an eventfd the daemon writes when an armed CQ of the channel
+    gets a completion. ``get_cq_event`` returns the CQ that has the event."""
+
+    _destroy_verb = "destroy_comp_channel"
+    _handle_key = "channel"
+
+    def __init__(self, ctx):
+        ctx._check_open()
+        r, fds = ctx._call("create_comp_channel", nfds=1)
+        self._fd = fds[0]
+        try:
+            self.handle = need_int(r, "channel", "create_comp_channel")
+        except RnicError:
+            os.close(self._fd)
+            raise
+        self.context = ctx
+        self._pending = collections.deque()   # CQs whose event was not handed out yet
+        self._waiters = set()
+        self._loop = None
+        self._init_cm(ctx)
+        ctx.add_ref(self)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    # ---- reading the eventfd ------------------------------------------------------------
+    def _drain(self, timeout: float | None = 0) -> bool:
+        """Wait up to ``timeout`` for the eventfd, read it and note the CQs whose ring
+        ``events`` counter moved. The fd may be blocking or not (its flags are shared with
+        the daemon and are left alone), so it is only read once select says it is ready."""
+        ready, _, _ = select.select([self._fd], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            os.read(self._fd, 8)
+        except (BlockingIOError, InterruptedError):
+            return False
+        for cq in list(self._children):
+            if cq.closed:
+                continue
+            seen = cq._ring_events()
+            if seen != cq._events_seen:
+                cq._events_seen = seen
+                if cq not in self._pending:
+                    self._pending.append(cq)
+        return True
+
+    def _deliver(self, expected_cq):
+        cq = self._pending.popleft()
+        cq._events_delivered += 1
+        if expected_cq is not None and cq is not expected_cq:
+            raise RnicError(errno.EINVAL, f"completion event on {cq!r}, expected {expected_cq!r}")
+        return cq
+
+    def get_cq_event(self, expected_cq=None, timeout: float | None = None):
+        """Block until a CQ of this channel has a completion event; return that CQ (None
+        after ``timeout`` seconds). Acknowledge it with ack_cq_events / CQ.ack_events."""
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._drain(left) and left == 0.0:
+                return None
+        return self._deliver(expected_cq)
+
+    async def get_cq_event_async(self, expected_cq=None):
+        """get_cq_event for asyncio: waits with loop.add_reader, never blocks the loop."""
+        self._check_open()
+        while not self._pending:
+            fut = self._wait_readable()
+            try:
+                await fut
+            finally:
+                self._forget(fut)
+        return self._deliver(expected_cq)
+
+    def ack_cq_events(self, cq, num_events: int = 1) -> None:
+        cq.ack_events(num_events)
+
+    # ---- asyncio waiting: one reader callback for all the waiters of this channel ---------
+    def _wait_readable(self) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            raise RnicError(errno.EINVAL, "a CompChannel can be awaited from one event loop")
+        fut = loop.create_future()
+        if not self._waiters:
+            loop.add_reader(self._fd, self._on_readable)
+            self._loop = loop
+        self._waiters.add(fut)
+        return fut
+
+    def _on_readable(self) -> None:
+        self._drain(0)
+        self._stop_reader()
+        waiters, self._waiters = self._waiters, set()
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
+
+    def _forget(self, fut) -> None:
+        self._waiters.discard(fut)
+        if not self._waiters:
+            self._stop_reader()
+
+    def _stop_reader(self) -> None:
+        if self._loop is not None:
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._fd)
+            self._loop = None
+
+    def _take(self, cq) -> None:
+        """A CQ.wait() consumed the events of ``cq``: drop them from the pending queue."""
+        try:
+            self._pending.remove(cq)
+        except ValueError:
+            pass
+
+    def _release_local(self) -> None:
+        self._stop_reader()
+        for f in self._waiters:
+            if not f.done():
+                f.set_exception(RnicError(errno.EBADF, "the CompChannel was closed"))
+        self._waiters = set()
+        self._pending.clear()
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class CQ(RnicCM):
+    """A completion queue: ``CQ(ctx, cqe, cq_context=None, channel=None, comp_vector=0)``."""
+
+    _destroy_verb = "destroy_cq"
+    _handle_key = "cq"
+
+    def __init__(self, ctx, cqe, cq_context=None, channel=None, comp_vector=0):
+        ctx._check_open()
+        if channel is not None:
+            channel._check_open()
+        r, fds = ctx._call("create_cq", {"cqe": cqe, "comp_vector": comp_vector,
+                                         "channel": None if channel is None else channel.handle},
+                           nfds=1)
+        try:
+            self.handle = need_int(r, "cq", "create_cq")
+        except RnicError:
+            os.close(fds[0])
+            raise
+        try:
+            self.cqe = need_int(r, "cqe", "create_cq")
+            self._ring = Ring(fds[0], r.get("size"), KIND_CQ, "create_cq")
+        except BaseException:
+            ctx._destroy("destroy_cq", {"cq": self.handle})
+            raise
+        self.context = ctx
+        self.cq_context = cq_context
+        self.channel = channel
+        self.comp_vector = comp_vector
+        n = native()
+        self._ffi, self._lib = n.ffi, n.lib
+        self._events_seen = self._ring_events()
+        self._events_delivered = self._events_acked = 0
+        self._init_cm(ctx)
+        ctx.add_ref(self)
+        ctx._register("cq", self.handle, self)
+        if channel is not None:
+            channel.add_ref(self)
+
+    def _ring_events(self) -> int:
+        return self._lib.rnic_load_acquire(self._ffi.addressof(self._ring.hdr, "events"))
+
+    def _has_cqe(self) -> bool:
+        rv = self._ring.rv
+        return rv.load_prod() != rv.load_cons()
+
+    def poll(self, num_entries: int = 1):
+        """Up to ``num_entries`` completions: ``(npolled, [WC, ...])``."""
+        self._check_open()
+        ring = self._ring
+        rv = ring.rv
+        prod = rv.load_prod()
+        cons = rv.load_cons()
+        avail = (prod - cons) & U32
+        if avail > ring.num_entries:
+            raise RnicError(errno.EIO, f"CQ {self.handle}: ring indices are corrupt "
+                            f"(prod - cons = {avail})")
+        if avail == 0 and ring.error():
+            raise RnicError(errno.EIO, f"CQ {self.handle} is in error (overrun?); "
+                            "destroy it and create a larger one")
+        k = min(avail, max(0, num_entries))
+        cqe, from_cqe = rv.cqe, WC.from_cqe
+        wcs = [from_cqe(cqe(cons + i)) for i in range(k)]
+        if k:
+            rv.store_cons((cons + k) & U32)
+        return k, wcs
+
+    def req_notify(self, solicited_only: bool = False) -> None:
+        """Ask for a completion event on the next completion (or the next solicited one).
+        An exchange, a full barrier: poll again after arming to close the race."""
+        self._check_open()
+        arm = self._ffi.addressof(self._ring.hdr, "arm")
+        if solicited_only and self._lib.rnic_load_acquire(arm) == 1:
+            return   # already armed for any completion, which includes solicited ones
+        self._lib.rnic_xchg(arm, 2 if solicited_only else 1)
+
+    def ack_events(self, num_events: int = 1) -> None:
+        """ibv_ack_cq_events: bookkeeping only with rnicd."""
+        self._events_acked += num_events
+
+    def resize(self, cqe: int) -> None:
+        """Resize the CQ; pending completions move to the new ring."""
+        self._check_open()
+        r, fds = self.context._call("resize_cq", {"cq": self.handle, "cqe": cqe}, nfds=1)
+        try:
+            actual = need_int(r, "cqe", "resize_cq")
+        except RnicError:
+            os.close(fds[0])
+            raise
+        new = Ring(fds[0], r.get("size"), KIND_CQ, "resize_cq")
+        old, self._ring = self._ring, new
+        old.release()
+        self.cqe = actual
+        self._events_seen = self._ring_events()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Return True once the CQ holds a completion, False after ``timeout`` seconds.
+
+        With a channel: arm, re-check, await the channel's eventfd (loop.add_reader).
+        Without one: poll with a sleep that backs off from 50 us to 5 ms."""
+        self._check_open()
+        if self._has_cqe():
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        if self.channel is None:
+            delay = _BACKOFF_START
+            while True:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return False
+                await asyncio.sleep(delay if left is None else min(delay, left))
+                self._check_open()
+                if self._has_cqe():
+                    return True
+                delay = min(delay * 2, _BACKOFF_MAX)
+        ch = self.channel
+        while True:
+            self.req_notify()
+            if self._has_cqe():
+                return True
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            fut = ch._wait_readable()
+            try:
+                async with asyncio.timeout(left):
+                    await fut
+            except TimeoutError:
+                return self._has_cqe()
+            finally:
+                ch._forget(fut)
+            ch._take(self)
+            self._check_open()
+            if self._has_cqe():
+                return True
+
+    async def poll_async(self, num_entries: int = 1, timeout: float | None = None):
+        """``wait`` then ``poll``: ``(npolled, wcs)``, ``(0, [])`` after ``timeout``."""
+        if not await self.wait(timeout):
+            return 0, []
+        return self.poll(num_entries)
+
+    def close(self) -> None:
+        if not self._closed and self.channel is not None:
+            self.channel._take(self)
+        super().close()
+
+    def _release_local(self) -> None:
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.release()
+
+    def __repr__(self) -> str:
+        return f"CQ(handle={getattr(self, 'handle', None)}, cqe={getattr(self, 'cqe', None)})"

@@ -1,0 +1,273 @@
+"""The device context: ``Context(name=None, socket=None)``, as pyverbs.device.
+
+One Context is one control connection to rnicd (like an open uverbs file): closing it, or
+the process exiting, destroys everything created through it. Besides the verbs of
+pyverbs it offers rnicd's extensions: get_counters, set_fault, get_fault, get_objects.
+"""
+import errno
+import os
+import struct
+import weakref
+
+from rnicd.wire import ctl
+from rnicd.wire.abi import EventType
+
+from ._conn import Connection, _close_fds
+from .addr import GID
+from .base import RnicCM, close_children
+from .errors import RnicError
+
+_DOORBELL = struct.pack("=Q", 1)
+
+
+class _Attrs:
+    """Attributes built from a reply map (untrusted: only identifier-like str keys)."""
+
+    _aliases: dict = {}
+
+    def __init__(self, d: dict):
+        for k, v in d.items():
+            if isinstance(k, str) and k.isidentifier() and not k.startswith("_"):
+                setattr(self, k, v)
+        for alias, name in self._aliases.items():
+            if name in self.__dict__ and alias not in self.__dict__:
+                setattr(self, alias, self.__dict__[name])
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
+        return f"{type(self).__name__}({body})"
+
+
+class DeviceAttr(_Attrs):
+    """struct ibv_device_attr (pyverbs also names fw_ver ``fw_version`` and atomic_cap
+    ``atomic_caps``; both spellings work)."""
+
+    _aliases = {"fw_version": "fw_ver", "atomic_caps": "atomic_cap"}
+
+
+class PortAttr(_Attrs):
+    """struct ibv_port_attr."""
+
+
+class AsyncEvent:
+    """An asynchronous event (struct ibv_async_event): ``event_type`` (IBV_EVENT_*) and,
+    where relevant, ``qp``/``qp_num``, ``cq``, ``srq`` (the objects when this context owns
+    them, else the handles) and ``port_num``. ``raw`` is the event map as received."""
+
+    def __init__(self, ctx, ev: dict):
+        self.raw = ev
+        t = ev.get("type")
+        try:
+            self.event_type = EventType(t)
+        except ValueError:
+            self.event_type = t
+        self.qp = ctx._lookup("qp", ev.get("qp"))
+        self.cq = ctx._lookup("cq", ev.get("cq"))
+        self.srq = ctx._lookup("srq", ev.get("srq"))
+        qpn = ev.get("qp_num")
+        if qpn is None and self.qp is not None and hasattr(self.qp, "qp_num"):
+            qpn = self.qp.qp_num
+        self.qp_num = qpn
+        self.port_num = ev.get("port_num", ev.get("port"))
+
+    def ack(self) -> None:
+        """ibv_ack_async_event: nothing to do with rnicd (kept for ported code)."""
+
+    def __repr__(self) -> str:
+        name = getattr(self.event_type, "name", self.event_type)
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("qp_num", "port_num")
+                        if getattr(self, k) is not None)
+        return f"AsyncEvent({name}{extra})"
+
+
+def need_int(r: dict, key: str, method: str) -> int:
+    v = r.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise RnicError(errno.EPROTO, f"{method}: the reply from rnicd lacks an integer {key!r}")
+    return v
+
+
+class Context(RnicCM):
+    """An open rnicd device: ``Context(name=None, socket=None)``.
+
+    ``name`` picks a device (None = the daemon's first); ``socket`` the daemon's Unix socket
+    (default: $RNIC_SOCKET, else $XDG_RUNTIME_DIR/rnicd/rnicd.sock, else
+    /run/rnicd/rnicd.sock)."""
+
+    def __init__(self, name=None, socket=None, **kwargs):
+        if isinstance(name, bytes):
+            name = name.decode()
+        self._conn = Connection(socket, sock=kwargs.get("_sock"))
+        try:
+            r, fds = self._conn.call("hello", {"version": ctl.PROTOCOL_VERSION, "device": name,
+                                               "pid": os.getpid()})
+            idx = r.get("doorbell_fd", 0)
+            if not isinstance(idx, int) or not 0 <= idx < len(fds):
+                _close_fds(fds)
+                raise RnicError(errno.EPROTO, "hello: rnicd sent no doorbell eventfd")
+            self._doorbell_fd = fds.pop(idx)
+            _close_fds(fds)
+        except BaseException:
+            self._conn.close()
+            raise
+        self.name = r.get("device", name)
+        self.version = r.get("version")
+        self._tables = {k: weakref.WeakValueDictionary() for k in ("qp", "cq", "srq")}
+        self._mrs = weakref.WeakValueDictionary()   # lkey -> MR
+        self._closing = False
+        self._children = weakref.WeakSet()
+        self._closed = False
+
+    @property
+    def ctx(self):
+        return self
+
+    # ---- plumbing used by the other modules --------------------------------------------
+    def _call(self, method: str, args: dict | None = None, fds=(), nfds: int = 0):
+        """One verb; the reply must carry exactly ``nfds`` descriptors."""
+        self._check_open()
+        r, rfds = self._conn.call(method, args, fds)
+        if len(rfds) != nfds:
+            _close_fds(rfds)
+            raise RnicError(errno.EPROTO, f"{method}: rnicd sent {len(rfds)} file "
+                            f"descriptor(s), expected {nfds}")
+        return r, rfds
+
+    def _destroy(self, method: str, args: dict) -> None:
+        """Destroy a daemon object, unless the connection is going away anyway."""
+        if self._closing or self._conn.closed:
+            return
+        try:
+            self._conn.call(method, args)
+        except RnicError as exc:
+            if exc.code == errno.ENOENT or self._conn._dead is not None:
+                return   # already gone / the daemon dropped everything with the connection
+            raise
+
+    def _defer_destroy(self, method: str, args: dict) -> None:
+        if not (self._closing or self._conn.closed):
+            self._conn.defer(method, args)
+
+    def _register(self, kind: str, handle: int, obj) -> None:
+        self._tables[kind][handle] = obj
+
+    def _lookup(self, kind: str, handle):
+        if handle is None:
+            return None
+        return self._tables[kind].get(handle, handle)
+
+    def _mr_by_lkey(self, lkey: int):
+        mr = self._mrs.get(lkey)
+        return None if mr is None or mr.closed else mr
+
+    def _mr_by_addr(self, addr: int, length: int):
+        for mr in list(self._mrs.values()):
+            if not mr.closed and mr.buf <= addr and addr + length <= mr.buf + mr.length:
+                return mr
+        return None
+
+    def _ring_doorbell(self, ring=None) -> None:
+        """Tell the daemon new WQEs wait: 8 bytes to the doorbell eventfd, unless the daemon
+        flagged (``polling`` in the ring header) that it is polling anyway."""
+        if ring is not None and ring.polling():
+            return
+        try:
+            os.write(self._doorbell_fd, _DOORBELL)
+        except BlockingIOError:
+            pass   # counter saturated: the daemon has a wake-up pending anyway
+        except OSError as exc:
+            raise RnicError(exc.errno or errno.EIO, f"ringing the doorbell failed: {exc}") \
+                from None
+
+    # ---- verbs ---------------------------------------------------------------------------
+    def query_device(self) -> DeviceAttr:
+        r, _ = self._call("query_device")
+        return DeviceAttr(r)
+
+    def query_port(self, port_num: int = 1) -> PortAttr:
+        r, _ = self._call("query_port", {"port": port_num})
+        return PortAttr(r)
+
+    def query_gid(self, port_num: int = 1, index: int = 0) -> GID:
+        r, _ = self._call("query_gid", {"port": port_num, "index": index})
+        raw = r.get("gid")
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != 16:
+            raise RnicError(errno.EPROTO, "query_gid: rnicd's reply lacks a 16-byte gid")
+        gid = GID(bytes(raw))
+        gid.gid_type = r.get("gid_type")
+        return gid
+
+    def get_async_event(self, timeout: float | None = None) -> AsyncEvent | None:
+        """Block until the next asynchronous event (None if ``timeout`` seconds pass)."""
+        self._check_open()
+        ev = self._conn.next_event(timeout)
+        return None if ev is None else AsyncEvent(self, ev)
+
+    async def async_event(self) -> AsyncEvent:
+        """Await the next asynchronous event (asyncio; one awaiting task at a time)."""
+        self._check_open()
+        return AsyncEvent(self, await self._conn.next_event_async())
+
+    # ---- rnicd extensions ------------------------------------------------------------------
+    def get_counters(self, qp=None) -> dict:
+        """Named counters (rxe's names) of the device, or of one QP (object or handle)."""
+        args = {}
+        if qp is not None:
+            args["qp"] = getattr(qp, "handle", qp)
+        r, _ = self._call("get_counters", args)
+        return dict(r.get("counters", {}))
+
+    def set_fault(self, **spec) -> dict:
+        """Fault injection: drop, dup, reorder, delay, corrupt (rates 0..1), delay_ms, seed.
+        Returns the spec now in force."""
+        r, _ = self._call("set_fault", {"spec": spec})
+        return dict(r.get("spec", {}))
+
+    def get_fault(self) -> dict:
+        r, _ = self._call("get_fault")
+        return dict(r.get("spec", {}))
+
+    def get_objects(self) -> dict:
+        """Daemon-wide object counts: pds, mrs, cqs, qps, srqs, channels, contexts."""
+        r, _ = self._call("get_objects")
+        return dict(r)
+
+    # ---- teardown ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every object of this context, then the connection (idempotent). The daemon
+        destroys everything of a closed connection, so the children only unmap locally."""
+        if self._closed:
+            return
+        self._closing = True
+        try:
+            close_children(self._children)
+        finally:
+            self._closed = True
+            self._release_local()
+
+    def _release_local(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+        fd = getattr(self, "_doorbell_fd", -1)
+        if fd >= 0:
+            self._doorbell_fd = -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __del__(self):
+        if not self._closed:
+            self._closing = True
+            self._closed = True
+            try:
+                self._release_local()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        return f"Context(name={self.name!r}, socket={self._conn.path!r})"

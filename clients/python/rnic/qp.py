@@ -1,0 +1,228 @@
+"""Queue pairs: ``QP(pd, init_attr, qp_attr=None)``, QPCap, QPInitAttr, QPAttr, as pyverbs.qp.
+
+post_send and post_recv write WQEs into the QP's shared-memory rings (see rnic._post);
+state changes, queries and creation are control verbs on the socket.
+"""
+from rnicd.wire.abi import QPAttrMask, QPState, QPType
+
+from . import _post
+from ._conn import _close_fds
+from ._qp_attr import QPAttr, QPCap, QPInitAttr
+from ._rings import KIND_RQ, KIND_SQ, Ring, native
+from .base import RnicCM
+from .device import need_int
+from .errors import RnicError, einval
+from .wr import wr_chain
+
+__all__ = ["QP", "QPAttr", "QPCap", "QPInitAttr"]
+
+M, S, T = QPAttrMask, QPState, QPType
+
+# The masks pyverbs' QP.to_init / to_rtr / to_rts pass for each QP type (IBV_QP_STATE added).
+TRANSITION_MASKS = {
+    T.IBV_QPT_RC: {
+        "INIT": M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS,
+        "RTR": M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_DEST_QPN | M.IBV_QP_RQ_PSN
+        | M.IBV_QP_MAX_DEST_RD_ATOMIC | M.IBV_QP_MIN_RNR_TIMER,
+        "RTS": M.IBV_QP_TIMEOUT | M.IBV_QP_RETRY_CNT | M.IBV_QP_RNR_RETRY | M.IBV_QP_SQ_PSN
+        | M.IBV_QP_MAX_QP_RD_ATOMIC,
+    },
+    T.IBV_QPT_UC: {
+        "INIT": M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS,
+        "RTR": M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_DEST_QPN | M.IBV_QP_RQ_PSN,
+        "RTS": M.IBV_QP_SQ_PSN,
+    },
+    T.IBV_QPT_UD: {
+        "INIT": M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_QKEY,
+        "RTR": M(0),
+        "RTS": M.IBV_QP_SQ_PSN,
+    },
+}
+
+# States in which WRs may be posted. In SQE/ERR the daemon completes them with a flush error.
+POST_SEND_STATES = frozenset({S.IBV_QPS_RTS, S.IBV_QPS_SQD, S.IBV_QPS_SQE, S.IBV_QPS_ERR})
+POST_RECV_STATES = frozenset({S.IBV_QPS_INIT, S.IBV_QPS_RTR, S.IBV_QPS_RTS, S.IBV_QPS_SQD,
+                              S.IBV_QPS_SQE, S.IBV_QPS_ERR})
+
+
+def _state_name(s) -> str:
+    try:
+        return S(s).name
+    except ValueError:
+        return str(s)
+
+
+def _copy_wr(dst, src) -> None:
+    if dst is not None and dst is not src and hasattr(dst, "__dict__"):
+        dst.__dict__.update(vars(src))
+
+
+class QP(RnicCM):
+    """A queue pair: ``qp_num``, ``qp_type``, ``qp_state``, ``cap`` (the actual caps)."""
+
+    _destroy_verb = "destroy_qp"
+    _handle_key = "qp"
+
+    def __init__(self, pd, init_attr: QPInitAttr, qp_attr: QPAttr = None):
+        pd._check_open()
+        if not isinstance(init_attr, QPInitAttr):
+            raise einval("QP(pd, init_attr): init_attr must be a QPInitAttr")
+        ctx = pd.ctx
+        try:
+            qp_type = T(init_attr.qp_type)
+        except ValueError:
+            raise einval(f"QP type {init_attr.qp_type!r} is not supported; rnicd has "
+                         "IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD") from None
+        scq, rcq, srq = init_attr.send_cq, init_attr.recv_cq, init_attr.srq
+        for obj in (scq, rcq, srq):
+            if obj is not None:
+                obj._check_open()
+        args = {"pd": pd.handle, "qp_type": int(qp_type), "sq_sig_all": int(bool(
+                init_attr.sq_sig_all)), "cap": init_attr.cap.to_dict(),
+                "send_cq": None if scq is None else scq.handle,
+                "recv_cq": None if rcq is None else rcq.handle,
+                "srq": None if srq is None else srq.handle}
+        r, fds = ctx._call("create_qp", args, nfds=1 if srq is not None else 2)
+        self._sq = self._rq = None
+        try:
+            self.handle = need_int(r, "qp", "create_qp")
+        except RnicError:
+            for fd in fds:
+                _close_fds([fd])
+            raise
+        try:
+            self.qp_num = need_int(r, "qp_num", "create_qp")
+            self.cap = QPCap.from_dict(r.get("cap"), default=init_attr.cap)
+            sq_fd = fds.pop(0)
+            self._sq = Ring(sq_fd, r.get("sq_size"), KIND_SQ, "create_qp (SQ)")
+            self._sq.limit = self.cap.max_send_wr or self._sq.num_entries
+            if srq is None:
+                self._rq = Ring(fds.pop(0), r.get("rq_size"), KIND_RQ, "create_qp (RQ)")
+                self._rq.limit = self.cap.max_recv_wr or self._rq.num_entries
+        except BaseException:
+            for fd in fds:
+                _close_fds([fd])
+            self._release_local()
+            ctx._destroy("destroy_qp", {"qp": self.handle})
+            raise
+        n = native()
+        self._ffi = n.ffi
+        self.qp_type = qp_type
+        self.qp_context = init_attr.qp_context
+        self.sq_sig_all = init_attr.sq_sig_all
+        self._state = S.IBV_QPS_RESET
+        self.context, self.pd, self.scq, self.rcq, self.srq = ctx, pd, scq, rcq, srq
+        self._init_cm(ctx)
+        for parent in (ctx, pd, scq, rcq, srq):
+            if parent is not None:
+                parent.add_ref(self)
+        ctx._register("qp", self.handle, self)
+        if qp_attr is not None:
+            (self.to_rts if qp_type == T.IBV_QPT_UD else self.to_init)(qp_attr)
+
+    # ---- state ---------------------------------------------------------------------------
+    @property
+    def qp_state(self) -> QPState:
+        """The state after the last modify/query. The daemon may move the QP to ERR on its
+        own (then IBV_EVENT_QP_FATAL & co arrive); query() refreshes this value."""
+        return self._state
+
+    def modify(self, qp_attr: QPAttr, attr_mask: int) -> None:
+        """ibv_modify_qp: send the fields of ``attr_mask``."""
+        self._check_open()
+        attr_mask = int(attr_mask)
+        self.context._call("modify_qp", {"qp": self.handle, "attr_mask": attr_mask,
+                                         "attr": qp_attr.to_dict(attr_mask)})
+        if attr_mask & M.IBV_QP_STATE:
+            self._state = S(qp_attr.qp_state)
+
+    def query(self, attr_mask: int = 0):
+        """ibv_query_qp: ``(QPAttr, QPInitAttr)``."""
+        self._check_open()
+        r, _ = self.context._call("query_qp", {"qp": self.handle, "attr_mask": int(attr_mask)})
+        attr = QPAttr.from_dict(r.get("attr") if isinstance(r.get("attr"), dict) else {})
+        init = r.get("init_attr") if isinstance(r.get("init_attr"), dict) else {}
+        init_attr = QPInitAttr(qp_type=init.get("qp_type", self.qp_type),
+                               qp_context=self.qp_context, scq=self.scq, rcq=self.rcq,
+                               srq=self.srq, cap=QPCap.from_dict(init.get("cap"), self.cap),
+                               sq_sig_all=init.get("sq_sig_all", self.sq_sig_all))
+        if isinstance((r.get("attr") or {}).get("qp_state"), int):
+            try:
+                self._state = S(r["attr"]["qp_state"])
+            except ValueError:
+                pass
+        return attr, init_attr
+
+    def _mask(self, dst: str) -> int:
+        return int(TRANSITION_MASKS[self.qp_type][dst] | M.IBV_QP_STATE)
+
+    def to_init(self, qp_attr: QPAttr) -> None:
+        """Move to INIT with the attributes pyverbs' to_init sends for this QP type."""
+        qp_attr.qp_state = S.IBV_QPS_INIT
+        self.modify(qp_attr, self._mask("INIT"))
+
+    def to_rtr(self, qp_attr: QPAttr) -> None:
+        """Move to RTR (through INIT if the QP is not in INIT yet)."""
+        if self._state != S.IBV_QPS_INIT:
+            self.to_init(qp_attr)
+        qp_attr.qp_state = S.IBV_QPS_RTR
+        self.modify(qp_attr, self._mask("RTR"))
+
+    def to_rts(self, qp_attr: QPAttr) -> None:
+        """Move to RTS (through INIT and RTR if the QP is not in RTR yet)."""
+        if self._state != S.IBV_QPS_RTR:
+            self.to_rtr(qp_attr)
+        qp_attr.qp_state = S.IBV_QPS_RTS
+        self.modify(qp_attr, self._mask("RTS"))
+
+    # ---- data path -----------------------------------------------------------------------
+    def post_send(self, wr, bad_wr=None) -> None:
+        """Post a SendWR (and its ``next_wr`` chain), or a list of them. One doorbell."""
+        self._check_open()
+        wrs = wr_chain(wr)
+        if self._state not in POST_SEND_STATES and not self._sq.error():
+            exc = einval(f"post_send: QP {self.qp_num} is in {_state_name(self._state)}; "
+                         "move it to RTS first (e.g. qp.to_rts(attr))")
+            exc.bad_wr = wrs[0] if wrs else None
+            _copy_wr(bad_wr, exc.bad_wr)
+            raise exc
+        try:
+            _post.post_send(self, wrs)
+        except RnicError as exc:
+            _copy_wr(bad_wr, getattr(exc, "bad_wr", None))
+            raise
+
+    def post_recv(self, wr, bad_wr=None) -> None:
+        """Post a RecvWR (and its ``next_wr`` chain), or a list of them."""
+        self._check_open()
+        wrs = wr_chain(wr)
+        try:
+            if self._rq is None:
+                raise einval(f"post_recv: QP {self.qp_num} receives through an SRQ; post "
+                             "to the SRQ (srq.post_recv)")
+            if self._state not in POST_RECV_STATES:
+                raise einval(f"post_recv: QP {self.qp_num} is in {_state_name(self._state)}; "
+                             "move it to INIT first")
+        except RnicError as exc:
+            exc.bad_wr = wrs[0] if wrs else None
+            _copy_wr(bad_wr, exc.bad_wr)
+            raise
+        try:
+            _post.post_recv(self._rq, self.context, wrs, self.cap.max_recv_sge, "post_recv")
+        except RnicError as exc:
+            _copy_wr(bad_wr, getattr(exc, "bad_wr", None))
+            raise
+
+    # ---- teardown ------------------------------------------------------------------------
+    def _release_local(self) -> None:
+        for name in ("_sq", "_rq"):
+            ring = getattr(self, name, None)
+            if ring is not None:
+                ring.release()
+                setattr(self, name, None)
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "QP(closed)"
+        return (f"QP(qp_num={self.qp_num}, type={self.qp_type.name}, "
+                f"state={_state_name(self._state)})")

@@ -1,0 +1,115 @@
+"""Shared receive queues: ``SRQ(pd, SrqInitAttr(SrqAttr(...)))``, as pyverbs.srq."""
+import errno
+import os
+
+from rnicd.wire.abi import SRQAttrMask
+
+from . import _post
+from ._rings import KIND_SRQ, Ring
+from .base import RnicCM
+from .device import need_int
+from .errors import RnicError, einval
+from .qp import _copy_wr
+from .wr import wr_chain
+
+
+class SrqAttr:
+    """struct ibv_srq_attr."""
+
+    def __init__(self, max_wr=100, max_sge=1, srq_limit=0):
+        self.max_wr = max_wr
+        self.max_sge = max_sge
+        self.srq_limit = srq_limit
+
+    def __repr__(self) -> str:
+        return (f"SrqAttr(max_wr={self.max_wr}, max_sge={self.max_sge}, "
+                f"srq_limit={self.srq_limit})")
+
+
+class SrqInitAttr:
+    """struct ibv_srq_init_attr: an SrqAttr (defaults when None)."""
+
+    def __init__(self, attr: SrqAttr = None):
+        self.attr = attr if attr is not None else SrqAttr()
+
+    max_wr = property(lambda self: self.attr.max_wr)
+    max_sge = property(lambda self: self.attr.max_sge)
+    srq_limit = property(lambda self: self.attr.srq_limit)
+
+
+class SRQ(RnicCM):
+    """A shared receive queue. ``srq_limit`` arms IBV_EVENT_SRQ_LIMIT_REACHED."""
+
+    _destroy_verb = "destroy_srq"
+    _handle_key = "srq"
+
+    def __init__(self, pd, srq_init_attr: SrqInitAttr = None):
+        pd._check_open()
+        if srq_init_attr is None:
+            srq_init_attr = SrqInitAttr()
+        if isinstance(srq_init_attr, SrqAttr):
+            srq_init_attr = SrqInitAttr(srq_init_attr)
+        a = srq_init_attr.attr
+        ctx = pd.ctx
+        r, fds = ctx._call("create_srq", {"pd": pd.handle, "max_wr": a.max_wr,
+                                          "max_sge": a.max_sge, "srq_limit": a.srq_limit},
+                           nfds=1)
+        self._ring = None
+        try:
+            self.handle = need_int(r, "srq", "create_srq")
+        except RnicError:
+            os.close(fds[0])
+            raise
+        try:
+            self.max_wr = need_int(r, "max_wr", "create_srq")
+            self.max_sge = need_int(r, "max_sge", "create_srq")
+            self._ring = Ring(fds[0], r.get("size"), KIND_SRQ, "create_srq")
+            self._ring.limit = self.max_wr or self._ring.num_entries
+        except BaseException:
+            ctx._destroy("destroy_srq", {"srq": self.handle})
+            raise
+        self.srq_limit = a.srq_limit
+        self.context, self.pd = ctx, pd
+        self._init_cm(ctx)
+        pd.add_ref(self)
+        ctx._register("srq", self.handle, self)
+
+    def post_recv(self, wr, bad_wr=None) -> None:
+        """Post a RecvWR (and its ``next_wr`` chain), or a list of them."""
+        self._check_open()
+        try:
+            _post.post_recv(self._ring, self.context, wr_chain(wr), self.max_sge,
+                            "SRQ.post_recv")
+        except RnicError as exc:
+            _copy_wr(bad_wr, getattr(exc, "bad_wr", None))
+            raise
+
+    def modify(self, attr: SrqAttr, attr_mask: int) -> None:
+        """ibv_modify_srq: IBV_SRQ_LIMIT re-arms the limit event. IBV_SRQ_MAX_WR (resize)
+        needs a new ring, which the control protocol does not hand out yet."""
+        self._check_open()
+        attr_mask = int(attr_mask)
+        if attr_mask & SRQAttrMask.IBV_SRQ_MAX_WR:
+            raise RnicError(errno.EOPNOTSUPP, "SRQ.modify: resizing an SRQ (IBV_SRQ_MAX_WR) is not "
+                            "supported by rnicd; create a larger SRQ")
+        if attr_mask & ~int(SRQAttrMask.IBV_SRQ_MAX_WR | SRQAttrMask.IBV_SRQ_LIMIT):
+            raise einval(f"SRQ.modify: unknown attr_mask bits {attr_mask:#x}")
+        self.context._call("modify_srq", {"srq": self.handle, "attr_mask": attr_mask,
+                                          "max_wr": attr.max_wr, "srq_limit": attr.srq_limit})
+        if attr_mask & SRQAttrMask.IBV_SRQ_LIMIT:
+            self.srq_limit = attr.srq_limit
+
+    def query(self) -> SrqAttr:
+        self._check_open()
+        r, _ = self.context._call("query_srq", {"srq": self.handle})
+        return SrqAttr(max_wr=r.get("max_wr", self.max_wr),
+                       max_sge=r.get("max_sge", self.max_sge), srq_limit=r.get("srq_limit", 0))
+
+    def _release_local(self) -> None:
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.release()
+            self._ring = None
+
+    def __repr__(self) -> str:
+        return f"SRQ(handle={getattr(self, 'handle', None)}, max_wr={getattr(self, 'max_wr', 0)})"

@@ -1,0 +1,200 @@
+"""The RC protocol core, sans-I/O: two devices joined by an in-memory network (rc_harness)."""
+import random
+
+import pytest
+from rc_harness import Host, connect, run
+
+from rnicd.wire import abi
+
+S = abi.WCStatus
+
+
+@pytest.fixture
+def pair():
+    a, b = Host("127.0.0.1"), Host("127.0.0.2")
+    ca, cb = a.cq(4096), b.cq(4096)
+    qa = a.qp(ca, max_send_wr=256, max_recv_wr=256)
+    qb = b.qp(cb, max_send_wr=256, max_recv_wr=256)
+    return a, b, ca, cb, qa, qb
+
+
+def test_every_opcode_with_wc_fields(pair):
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb)
+    ma, mb = a.mr(1 << 16), b.mr(1 << 16)
+    ma.buf[:6000] = random.Random(1).randbytes(6000)
+    mb.buf[0:8] = (40).to_bytes(8, "little")
+    for i in range(4):
+        b.post_recv(qb, 100 + i, [mb.sge(10000 + i * 8192, 8192)])
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 3000), ma.sge(3000, 3000)])
+    a.post_send(qa, 2, abi.IBV_WR_SEND_WITH_IMM, [ma.sge(0, 100)], imm=0xDEADBEEF)
+    a.post_send(qa, 3, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 6000)], rkey=mb.rkey,
+                raddr=mb.iova + 40000)
+    a.post_send(qa, 4, abi.IBV_WR_RDMA_WRITE_WITH_IMM, [ma.sge(0, 10)], rkey=mb.rkey,
+                raddr=mb.iova + 50000, imm=7)
+    a.post_send(qa, 5, abi.IBV_WR_RDMA_READ, [ma.sge(20000, 6000)], rkey=mb.rkey,
+                raddr=mb.iova + 40000)
+    a.post_send(qa, 6, abi.IBV_WR_ATOMIC_CMP_AND_SWP, [ma.sge(30000, 8)], rkey=mb.rkey,
+                raddr=mb.iova, compare_add=40, swap=99)
+    a.post_send(qa, 7, abi.IBV_WR_ATOMIC_FETCH_AND_ADD, [ma.sge(30008, 8)], rkey=mb.rkey,
+                raddr=mb.iova, compare_add=1)
+    a.post_send(qa, 8, abi.IBV_WR_SEND, inline=b"inline!", flags=abi.IBV_SEND_SIGNALED)
+    a.post_send(qa, 9, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 16)], rkey=mb.rkey,
+                raddr=mb.iova + 60000, flags=0)          # unsignaled: no completion
+    run(a, b)
+    wa = a.poll(ca)
+    assert [w["wr_id"] for w in wa] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert all(w["status"] == S.IBV_WC_SUCCESS for w in wa)
+    assert [w["opcode"] for w in wa] == [abi.IBV_WC_SEND, abi.IBV_WC_SEND, abi.IBV_WC_RDMA_WRITE,
+                                         abi.IBV_WC_RDMA_WRITE, abi.IBV_WC_RDMA_READ,
+                                         abi.IBV_WC_COMP_SWAP, abi.IBV_WC_FETCH_ADD,
+                                         abi.IBV_WC_SEND]
+    assert wa[4]["byte_len"] == 6000
+    wb = b.poll(cb)
+    assert [(w["wr_id"], w["opcode"], w["byte_len"]) for w in wb] == [
+        (100, abi.IBV_WC_RECV, 6000), (101, abi.IBV_WC_RECV, 100),
+        (102, abi.IBV_WC_RECV_RDMA_WITH_IMM, 10), (103, abi.IBV_WC_RECV, 7)]
+    assert wb[1]["imm_data"] == 0xDEADBEEF and wb[1]["wc_flags"] & abi.IBV_WC_WITH_IMM
+    assert wb[2]["imm_data"] == 7
+    assert mb.buf[10000:16000] == ma.buf[:6000]
+    assert mb.buf[40000:46000] == ma.buf[:6000]
+    assert ma.buf[20000:26000] == ma.buf[:6000]
+    assert int.from_bytes(ma.buf[30000:30008], "little") == 40      # CAS saw 40, swapped 99
+    assert int.from_bytes(ma.buf[30008:30016], "little") == 99      # FAA saw 99
+    assert int.from_bytes(mb.buf[0:8], "little") == 100
+    assert qa.sq_ring.load_cons() == 9                               # every slot retired
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lossy_network_delivers_everything(pair, seed):
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb, timeout=8)
+    rng = random.Random(seed)
+    held = {}
+
+    def net(src, data):      # 5% drop, 1% duplicate, 2% reorder, each direction
+        r = rng.random()
+        out = [] if r < 0.05 else [data, data] if r < 0.06 else [data]
+        q = held.setdefault(src.dev.ip, [])
+        if out and rng.random() < 0.02:
+            q.append(out.pop())
+        elif q and rng.random() < 0.5:
+            out.append(q.pop(0))
+        return out
+
+    n, ch = 1 << 19, 16384
+    ma, mb, mc = a.mr(n), b.mr(n), a.mr(n, iova=0x4000000)
+    ma.buf[:] = rng.randbytes(n)
+    half = n // ch // 2
+    for i in range(half):
+        b.post_recv(qb, i, [mb.sge(n // 2 + i * ch, ch)])
+        a.post_send(qa, i, abi.IBV_WR_RDMA_WRITE, [ma.sge(i * ch, ch)], rkey=mb.rkey,
+                    raddr=mb.iova + i * ch, ring=False)
+        a.post_send(qa, 100 + i, abi.IBV_WR_SEND, [ma.sge(n // 2 + i * ch, ch)], ring=False)
+    a.dev.doorbell(a.s, a.now)
+    run(a, b, net=net, max_time=1000)
+    for i in range(n // ch):
+        a.post_send(qa, 500 + i, abi.IBV_WR_RDMA_READ, [mc.sge(i * ch, ch)], rkey=mb.rkey,
+                    raddr=mb.iova + i * ch, ring=False)
+    a.dev.doorbell(a.s, a.now)
+    run(a, b, net=net, max_time=1000)
+    wa, wb = a.poll(ca), b.poll(cb)
+    assert len(wa) == 4 * half and all(w["status"] == S.IBV_WC_SUCCESS for w in wa)
+    assert len(wb) == half and all(w["status"] == S.IBV_WC_SUCCESS for w in wb)
+    assert mb.buf == ma.buf and mc.buf == ma.buf
+    c = a.dev.counters
+    assert c["retransmitted_pkts"] > 0 and b.dev.counters["out_of_seq_request"] > 0
+
+
+@pytest.mark.parametrize("case", ["bad_rkey", "out_of_bounds", "no_remote_write"])
+def test_remote_access_errors_then_flush(pair, case):
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb)
+    ma = a.mr(4096)
+    access = abi.IBV_ACCESS_LOCAL_WRITE | (0 if case == "no_remote_write"
+                                           else abi.IBV_ACCESS_REMOTE_WRITE)
+    mb = b.mr(4096, access=access)
+    rkey = mb.rkey ^ 0x55 if case == "bad_rkey" else mb.rkey
+    raddr = mb.iova + (4000 if case == "out_of_bounds" else 0)
+    a.post_send(qa, 1, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 200)], rkey=rkey, raddr=raddr)
+    a.post_send(qa, 2, abi.IBV_WR_SEND, [ma.sge(0, 10)], flags=0)
+    a.post_send(qa, 3, abi.IBV_WR_RDMA_READ, [ma.sge(0, 10)], rkey=mb.rkey, raddr=mb.iova)
+    run(a, b)
+    wa = a.poll(ca)
+    assert [(w["wr_id"], w["status"]) for w in wa] == [
+        (1, S.IBV_WC_REM_ACCESS_ERR), (2, S.IBV_WC_WR_FLUSH_ERR), (3, S.IBV_WC_WR_FLUSH_ERR)]
+    assert qa.state == abi.IBV_QPS_ERR and qb.state == abi.IBV_QPS_ERR
+    a.post_send(qa, 4, abi.IBV_WR_SEND, [ma.sge(0, 10)])     # posting in ERR flushes too
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(4, S.IBV_WC_WR_FLUSH_ERR)]
+
+
+def test_silent_peer_gives_retry_exceeded(pair):
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb, timeout=5, retry_cnt=3)
+    ma = a.mr(4096)
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 10)])
+    a.post_send(qa, 2, abi.IBV_WR_SEND, [ma.sge(0, 10)])
+    run(a, b, net=lambda src, d: [])
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [
+        (1, S.IBV_WC_RETRY_EXC_ERR), (2, S.IBV_WC_WR_FLUSH_ERR)]
+    assert a.dev.counters["timeout_retries"] == 3
+    assert a.dev.counters["retry_exceeded_err"] == 1
+
+
+def test_rnr_retry_exceeded_and_rnr_recovery(pair):
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb, rnr_retry=2, min_rnr_timer=1)
+    ma, mb = a.mr(4096), b.mr(4096)
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 10)])
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, S.IBV_WC_RNR_RETRY_EXC_ERR)]
+    assert a.dev.counters["rcvd_rnr_err"] == 3 and b.dev.counters["send_rnr_nak"] == 3
+
+
+def test_rnr_then_receive_posted_succeeds(pair):
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb, rnr_retry=7, min_rnr_timer=14)     # 7 = retry forever
+    ma, mb = a.mr(4096), b.mr(4096)
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 10)])
+    for _ in range(20):                  # let a few RNR NAKs happen, then post the buffer
+        for h in (a, b):
+            tx, h.dev.tx = h.dev.tx, []
+            for d, (ip, _) in tx:
+                (b if ip == b.dev.ip else a).dev.receive(d, h.dev.ip, 4791, h.now)
+    b.post_recv(qb, 9, [mb.sge(0, 100)])
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, S.IBV_WC_SUCCESS)]
+    assert [(w["wr_id"], w["byte_len"]) for w in b.poll(cb)] == [(9, 10)]
+
+
+def test_srq_shared_by_two_qps_with_limit_event():
+    a, b = Host("127.0.0.1"), Host("127.0.0.2")
+    ca, cb = a.cq(), b.cq()
+    r = b.call("create_srq", pd=b.pd, max_wr=16, max_sge=1, srq_limit=4)
+    srq = b.s.srqs[r["srq"]]
+    qa1, qa2 = a.qp(ca), a.qp(ca)
+    qb1, qb2 = b.qp(cb, srq=srq.handle), b.qp(cb, srq=srq.handle)
+    connect(a, qa1, b, qb1)
+    connect(a, qa2, b, qb2)
+    ma, mb = a.mr(4096), b.mr(1 << 16)
+    for i in range(6):
+        b.post_recv(srq, 200 + i, [mb.sge(i * 1024, 1024)])
+    a.post_send(qa1, 1, abi.IBV_WR_SEND, [ma.sge(0, 5)])
+    a.post_send(qa2, 2, abi.IBV_WR_SEND, [ma.sge(0, 7)])
+    a.post_send(qa1, 3, abi.IBV_WR_SEND, [ma.sge(0, 9)])
+    run(a, b)
+    wb = b.poll(cb)
+    assert sorted((w["wr_id"], w["byte_len"]) for w in wb) == [(200, 5), (201, 7), (202, 9)]
+    assert {w["qp_num"] for w in wb} == {qb1.qp_num, qb2.qp_num}
+    events = [ev for _owner, ev in b.dev.events]
+    assert {"type": abi.IBV_EVENT_SRQ_LIMIT_REACHED, "srq": srq.handle} in events
+
+
+def test_malformed_and_unknown_datagrams_are_counted(pair):
+    a, b, ca, cb, qa, qb = pair
+    rng = random.Random(3)
+    for n in range(0, 80):
+        b.dev.receive(rng.randbytes(n), "127.0.0.1", 4791, 0.0)
+    assert b.dev.counters["rcvd_pkts"] == 80
+    drops = sum(v for k, v in b.dev.counters.snapshot().items() if k.startswith("rx_drop_"))
+    assert drops == 80
