@@ -1,0 +1,112 @@
+"""`rnic`: talk to a running rnicd (devinfo, stat, fault), like ibv_devinfo and rdma-statistic."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rnicd.wire.abi import MTU, PortState
+
+PORT_STATE = {s.value: s.name.removeprefix("IBV_PORT_") for s in PortState}
+MTU_BYTES = {m.value: 128 << m.value for m in MTU}
+
+
+def _context(args):
+    from rnic.device import Context
+    return Context(name=args.device, socket=args.socket)
+
+
+def cmd_devinfo(args) -> int:
+    with _context(args) as ctx:
+        d = ctx.query_device()
+        p = ctx.query_port(1)
+        gid = ctx.query_gid(1, 0)
+    guid = f"{d.node_guid:016x}"
+    guid = ":".join(guid[i:i + 4] for i in range(0, 16, 4))
+    print(f"hca_id:\t{d.name}")
+    print("\ttransport:\t\t\tInfiniBand (0)")
+    print(f"\tfw_ver:\t\t\t\t{d.fw_ver}")
+    print(f"\tnode_guid:\t\t\t{guid}")
+    print(f"\tsys_image_guid:\t\t\t{guid}")
+    print(f"\tvendor_id:\t\t\t{d.vendor_id:#06x}")
+    print(f"\tvendor_part_id:\t\t\t{d.vendor_part_id}")
+    print(f"\thw_ver:\t\t\t\t{d.hw_ver:#x}")
+    print(f"\tphys_port_cnt:\t\t\t{d.phys_port_cnt}")
+    if args.verbose:
+        for key in ("max_mr_size", "max_qp", "max_qp_wr", "max_sge", "max_cq", "max_cqe",
+                    "max_mr", "max_pd", "max_qp_rd_atom", "max_qp_init_rd_atom",
+                    "atomic_cap", "max_srq", "max_srq_wr", "max_srq_sge"):
+            print(f"\t{key}:{' ' * max(1, 24 - len(key))}\t{getattr(d, key)}")
+    print("\t\tport:\t1")
+    print(f"\t\t\tstate:\t\t\tPORT_{PORT_STATE.get(p.state, p.state)} ({p.state})")
+    print(f"\t\t\tmax_mtu:\t\t{MTU_BYTES.get(p.max_mtu, '?')} ({p.max_mtu})")
+    print(f"\t\t\tactive_mtu:\t\t{MTU_BYTES.get(p.active_mtu, '?')} ({p.active_mtu})")
+    print("\t\t\tsm_lid:\t\t\t0\n\t\t\tport_lid:\t\t0\n\t\t\tport_lmc:\t\t0x00")
+    print("\t\t\tlink_layer:\t\tEthernet")
+    print(f"\t\t\tGID[  0]:\t\t{gid.gid}, RoCE v2")
+    return 0
+
+
+def cmd_stat(args) -> int:
+    with _context(args) as ctx:
+        counters = ctx.get_counters(qp=None)
+        objects = ctx.get_objects()
+    if args.json:
+        print(json.dumps({"counters": counters, "objects": objects}))
+        return 0
+    width = max((len(k) for k in counters), default=10)
+    for k, v in sorted(counters.items()):
+        print(f"{k:<{width}}  {v}")
+    print("objects: " + " ".join(f"{k}={v}" for k, v in objects.items()))
+    return 0
+
+
+def cmd_fault(args) -> int:
+    from rnicd.core.fault import FaultSpec
+    with _context(args) as ctx:
+        if args.spec is None:
+            spec = ctx.get_fault()
+        else:
+            try:
+                parsed = FaultSpec.parse("" if args.spec == "off" else args.spec)
+            except ValueError as exc:
+                print(f"rnic fault: {exc}", file=sys.stderr)
+                return 2
+            spec = ctx.set_fault(**parsed.to_dict())
+    print(" ".join(f"{k}={v}" for k, v in spec.items()))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rnic", description="Inspect and control a running rnicd.")
+    p.add_argument("--socket", "-S", help="control socket (default: as rnicd resolves it, "
+                   "starting with $RNIC_SOCKET)")
+    p.add_argument("--device", "-d", help="device name (default: the daemon's)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("devinfo", help="print the device like ibv_devinfo")
+    s.add_argument("-v", "--verbose", action="store_true", help="also print device limits")
+    s.set_defaults(func=cmd_devinfo)
+    s = sub.add_parser("stat", help="print device counters and object counts")
+    s.add_argument("--json", action="store_true", help="one JSON object")
+    s.set_defaults(func=cmd_stat)
+    s = sub.add_parser("fault", help="show or set fault injection",
+                       description="With no SPEC, print the faults in force. SPEC is "
+                       "'drop=0.05,dup=0.01,reorder=0.02,delay=0.01,corrupt=0.001,seed=7' "
+                       "(rates 0..1; delay_ms, reorder_ms set the delays) or 'off'.")
+    s.add_argument("spec", nargs="?", help="fault spec, or 'off'")
+    s.set_defaults(func=cmd_fault)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from rnic.errors import RnicError
+    try:
+        return args.func(args)
+    except RnicError as exc:
+        print(f"rnic {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Shared fixtures: real rnicd processes on loopback addresses, uvloop for asyncio tests."""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import uvloop
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """pytest-asyncio 1.x: run every asyncio test on uvloop, as the daemon does."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+# Each daemon gets its own loopback address, so tests never collide with each other or
+# with a daemon started by `make run` on 127.0.0.1.
+_addresses = (f"127.0.{a}.{b}" for a in itertools.count(10) for b in range(1, 255))
+
+
+class DaemonProcess:
+    def __init__(self, tmp_path, name, fault=None, extra=()):
+        self.ip = next(_addresses)
+        self.socket = str(tmp_path / f"{name}.sock")
+        self.log_path = tmp_path / f"{name}.log"
+        args = [sys.executable, "-m", "rnicd.cli", "--bind", self.ip, "--ctl-socket",
+                self.socket, "--log-level", "info", *extra]
+        if fault:
+            args += ["--fault", fault]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rnicd exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(self.socket)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"rnicd did not start within {timeout}s:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self, timeout=10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def rnicd(tmp_path):
+    """Factory: rnicd(name, fault=None) -> DaemonProcess; all are stopped afterwards."""
+    started = []
+
+    def start(name="d", fault=None, extra=()):
+        d = DaemonProcess(tmp_path, f"{name}{len(started)}", fault, extra)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def two_daemons(rnicd):
+    return rnicd("a"), rnicd("b")
