@@ -31,6 +31,7 @@ class Completer:
         self.retry_left = 7
         self.rnr_left = 7
         self.rewound_at: int | None = None    # una when we last went back (suppress repeats)
+        self.rewind_holdoff = 0.0
 
     def reset_psn(self, psn: int):
         self.una = psn
@@ -118,8 +119,8 @@ class Completer:
             self.retrans_at = None
             qp.requester.rewind(pkt.psn)
         elif value == roce.NAK_PSN_SEQUENCE:
-            qp.counters.inc("rcvd_seq_err")
-            self._go_back(pkt.psn, now, "nak_seq_retries")
+            qp.counters.inc("rcvd_seq_err")    # the responder NAKs once per round: obey each
+            self._go_back(pkt.psn, now, "nak_seq_retries", force=True)
         else:
             qp.counters.inc("rcvd_nak_err")
             status = NAK_STATUS.get(value, WCStatus.IBV_WC_REM_OP_ERR)
@@ -189,11 +190,15 @@ class Completer:
 
     # ---- recovery ----------------------------------------------------------------------------
     def _go_back(self, psn: int, now: float, reason: str | None, force: bool = False):
-        if not force and self.rewound_at == self.una:
-            return           # already resending from here; wait for progress or the timer
+        """Rewind to psn. Implied NAKs and response gaps arrive once per packet of a lost
+        round, so they rewind once per una, or again after a quarter of the ACK timeout."""
+        if not force and self.rewound_at == self.una and now < self.rewind_holdoff:
+            return
         if reason:
             self.qp.counters.inc(reason)
         self.rewound_at = self.una
+        t = roce.timeout_seconds(self.qp.attr["timeout"])
+        self.rewind_holdoff = now + (t / 4 if t else 0.001)
         self.qp.requester.rewind(psn)
         self.retrans_at = None
 

@@ -178,6 +178,8 @@ class Requester:
         if qp.state != QPState.IBV_QPS_RTS or qp.completer.rnr_until is not None:
             return
         comp = qp.completer
+        if psn_diff(self.send_psn, comp.una) < 0:
+            self.send_psn = comp.una     # an ACK of the old round overtook a rewind
         while psn_diff(self.send_psn, comp.una) < self.cwnd:
             if self.send_psn == self.next_psn and not self.fetch():
                 break
@@ -233,7 +235,10 @@ class Requester:
                     p.reth_va, p.reth_rkey, p.reth_len = w.remote_addr, w.rkey, w.length
             if imm:
                 p.imm = w.imm
-            p.ackreq = last or (k % ACKREQ_EVERY == ACKREQ_EVERY - 1)
+            # ask for an ACK before the window runs dry, or the timer is all that is left
+            in_flight = psn_diff(psn, qp.completer.una) + 1
+            p.ackreq = (last or k % ACKREQ_EVERY == ACKREQ_EVERY - 1
+                        or in_flight >= self.cwnd / 2)
             qp.emit(p, w.payload(off, n))
             nxt = psn_add(psn, 1)
         if psn_diff(nxt, self.high_psn) > 0:

@@ -17,6 +17,7 @@ from rnicd.wire.abi import Access, QPState, WCOpcode, WCStatus
 from rnicd.wire.roce import psn_add, psn_diff
 
 K = op.Kind
+RENAK_AFTER = 16      # out-of-sequence packets after which a sequence NAK is repeated
 ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
 
 
@@ -41,7 +42,9 @@ class Responder:
         self.epsn = psn
         self.msn = 0
         self.msg: Message | None = None
-        self.nak_sent = False          # one sequence NAK per gap (9.7.5.2.3)
+        self.nak_sent = False          # a sequence NAK was sent for the current gap
+        self.nak_high = psn            # highest PSN seen since it was sent
+        self.oos_since_nak = 0
         self.ack_pending = False
         self.atomic_cache: OrderedDict[int, int] = OrderedDict()   # psn -> original value
 
@@ -56,10 +59,17 @@ class Responder:
             return
         d = psn_diff(pkt.psn, self.epsn)
         if d > 0:
+            # One sequence NAK per gap (9.7.5.2.3) -- and again when the PSNs go backwards,
+            # which means the requester started a new retransmission round that lost ePSN too.
+            # A NAK can be lost too: repeat it after RENAK_AFTER more out-of-sequence packets.
             qp.counters.inc("out_of_seq_request")
-            if not self.nak_sent:
+            self.oos_since_nak += 1
+            if (not self.nak_sent or psn_diff(pkt.psn, self.nak_high) <= 0
+                    or self.oos_since_nak >= RENAK_AFTER):
                 self.nak_sent = True
+                self.oos_since_nak = 0
                 self._nak(roce.aeth_nak(roce.NAK_PSN_SEQUENCE), self.epsn)
+            self.nak_high = pkt.psn
             return
         if d < 0:
             qp.counters.inc("duplicate_request")
