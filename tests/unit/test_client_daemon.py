@@ -20,7 +20,6 @@ if str(_CLIENT) not in sys.path:
     sys.path.insert(0, str(_CLIENT))
 
 import rnic.enums as e  # noqa: E402
-from rnicd.wire import ctl  # noqa: E402
 from rnic.addr import AH, AHAttr, GlobalRoute  # noqa: E402
 from rnic.cq import CQ, CompChannel  # noqa: E402
 from rnic.device import Context  # noqa: E402
@@ -30,6 +29,8 @@ from rnic.pd import PD  # noqa: E402
 from rnic.qp import QP, QPAttr, QPCap, QPInitAttr  # noqa: E402
 from rnic.srq import SRQ, SrqAttr, SrqInitAttr  # noqa: E402
 from rnic.wr import SGE, RecvWR, SendWR  # noqa: E402
+
+from rnicd.wire import ctl  # noqa: E402
 
 try:
     from rnicd import native
@@ -89,8 +90,11 @@ class FakeRnicd(threading.Thread):
     def send(self, msg, fds=()):
         with self.lock:
             data = ctl.encode(msg)
-            n = socket.send_fds(self.sock, [data], list(fds)) if fds else 0
-            self.sock.sendall(data[n:])
+            try:
+                n = socket.send_fds(self.sock, [data], list(fds)) if fds else 0
+                self.sock.sendall(data[n:])
+            except OSError:
+                pass   # the client went away
 
     def handle(self):
         self.next += 1
@@ -257,6 +261,13 @@ def test_error_reply_raises_rnic_error(ctx):
     assert ctx.query_port(1).state == 4        # the connection is still usable
 
 
+def test_unencodable_request_keeps_the_connection(ctx):
+    with pytest.raises(RnicError) as ei:
+        ctx._call("query_port", {"port": object()})
+    assert ei.value.code == errno.EINVAL and "encode" in ei.value.msg
+    assert ctx.query_port(1).state == 4
+
+
 def test_fd_passing_both_ways(daemon, ctx):
     with PD(ctx) as pd, MR(pd, 100, e.IBV_ACCESS_LOCAL_WRITE) as mr:
         m, a, fds = daemon.log[-1]
@@ -295,6 +306,29 @@ async def test_async_event(daemon, ctx):
     asyncio.get_running_loop().call_later(0.05, daemon.send, {"ev": {"type": 8}})
     ev = await asyncio.wait_for(ctx.async_event(), 2)
     assert ev.event_type == e.IBV_EVENT_DEVICE_FATAL
+
+
+def test_context_finds_the_daemon_through_rnic_socket(tmp_path, monkeypatch):
+    path = tmp_path / "rnicd.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    served = []
+
+    def serve():
+        conn, _ = srv.accept()
+        served.append(FakeRnicd(conn))
+        served[0].run()
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    monkeypatch.setenv("RNIC_SOCKET", str(path))
+    with Context(name="rnic7") as ctx:
+        assert ctx.name == "rnic7"
+    t.join(2)
+    srv.close()
+    assert served[0].log[0][1]["device"] == "rnic7"
 
 
 def test_daemon_gone(daemon):
@@ -531,6 +565,9 @@ def test_post_recv_and_srq(daemon, rc, ctx):
     assert daemon.rings[("srq", srq.handle)][1].recv_wqe(0).wr_id == 9
     with pytest.raises(RnicError):
         srq.post_recv(RecvWR(sg=[SGE(mr.buf, 8, mr.lkey)] * 2))
+    daemon.send({"ev": {"type": e.IBV_EVENT_QP_LAST_WQE_REACHED, "qp": sqp.handle}})
+    ev = ctx.get_async_event(timeout=1)
+    assert ev.qp is sqp and ev.qp_num == sqp.qp_num
     srq.close()
     assert sqp.closed and not qp.closed
 
@@ -580,8 +617,10 @@ async def test_wait_with_channel(daemon, ctx):
     asyncio.get_running_loop().call_later(0.05, daemon.complete, cq)
     n, wcs = await cq.poll_async(timeout=2)
     assert n == 1 and wcs[0].wr_id == 100
+    cq.req_notify()
     asyncio.get_running_loop().call_later(0.05, daemon.complete, cq)
-    assert await asyncio.wait_for(ch.get_cq_event_async(), 2) is None or True
+    assert await asyncio.wait_for(ch.get_cq_event_async(), 2) is cq
+    assert cq.poll()[0] == 1
 
 
 @needs_native

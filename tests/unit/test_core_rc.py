@@ -198,3 +198,23 @@ def test_malformed_and_unknown_datagrams_are_counted(pair):
     assert b.dev.counters["rcvd_pkts"] == 80
     drops = sum(v for k, v in b.dev.counters.snapshot().items() if k.startswith("rx_drop_"))
     assert drops == 80
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_reissued_read_stays_inside_its_chunk(pair, seed):
+    """Regression: a READ re-issued after a lost response once ran past its original
+    request's end into a chunk the responder had not seen; the responder served it as a
+    duplicate, una passed the responder's ePSN, and both sides stalled to RETRY_EXC_ERR."""
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb, timeout=12, mtu=abi.IBV_MTU_4096)
+    rng = random.Random(seed)
+    n = 1 << 22
+    ma, mb = a.mr(n), b.mr(n)
+    mb.buf[:] = rng.randbytes(n)
+    for i in range(4):
+        a.post_send(qa, i, abi.IBV_WR_RDMA_READ, [ma.sge(i << 20, 1 << 20)], rkey=mb.rkey,
+                    raddr=mb.iova + (i << 20), ring=False)
+    a.dev.doorbell(a.s, a.now)
+    run(a, b, net=lambda src, d: [] if rng.random() < 0.05 else [d], max_time=1000)
+    assert [w["status"] for w in a.poll(ca)] == [S.IBV_WC_SUCCESS] * 4
+    assert ma.buf == mb.buf

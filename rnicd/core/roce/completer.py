@@ -162,8 +162,11 @@ class Completer:
         if w is None or w.opcode != W.IBV_WR_RDMA_READ or w.status is not None:
             qp.counters.inc("bad_response")
             return
-        if pkt.psn != self.una:       # a response packet was lost: ask again from una
-            self._go_back(self.una, now, "out_of_seq_response")
+        if pkt.psn != self.una:
+            # A response packet was lost: ask again from una. Every READ request's response
+            # stream ends in one LAST/ONLY, so a LAST after a gap ends a lossy round: rewind
+            # then even if this una was already rewound to.
+            self._go_back(self.una, now, "out_of_seq_response", force=info.is_last)
             return
         k = psn_diff(pkt.psn, w.first_psn)
         mtu = qp.mtu

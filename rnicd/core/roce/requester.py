@@ -201,9 +201,12 @@ class Requester:
         if psn_diff(psn, self.high_psn) < 0:
             qp.counters.inc("retransmitted_pkts")
         if w.opcode == W.IBV_WR_RDMA_READ:
+            # A READ goes out as requests of READ_CHUNK packets. A re-issued one ends at its
+            # original request's end: the responder may never have seen the next request,
+            # and must not answer PSNs beyond its own expected PSN as a "duplicate".
             mtu = qp.mtu
             off = k * mtu
-            n = min(w.length - off, READ_CHUNK * mtu)
+            n = min(w.length - off, (READ_CHUNK - k % READ_CHUNK) * mtu)
             p.opcode = op.Opcode.RC_RDMA_READ_REQUEST
             p.reth_va, p.reth_rkey, p.reth_len = w.remote_addr + off, w.rkey, n
             p.ackreq = True
