@@ -18,9 +18,10 @@ def pytest_asyncio_loop_factories(config, item):
     return {"uvloop": uvloop.new_event_loop}
 
 
-# Each daemon gets its own loopback address, so tests never collide with each other or
-# with a daemon started by `make run` on 127.0.0.1.
-_addresses = (f"127.0.{a}.{b}" for a in itertools.count(10) for b in range(1, 255))
+# Each daemon gets its own loopback address, so tests never collide with each other, with
+# a concurrent test run (second octet from the pid) or with `make run` on 127.0.0.1.
+_addresses = (f"127.{20 + os.getpid() % 200}.{a}.{b}" for a in itertools.count(1)
+              for b in range(1, 255))
 
 
 class DaemonProcess:

@@ -23,7 +23,6 @@ from rnicd.wire.abi import (
     Access,
     AtomicCap,
     PortState,
-    QPState,
     QPType,
 )
 
@@ -373,7 +372,7 @@ class Session:
         for ref in (qp.pd, qp.send_cq, qp.recv_cq, qp.srq):
             if ref is not None:
                 ref.refs -= 1
-        qp.state = QPState.IBV_QPS_RESET
+        qp.destroy()
         self.shm.release_ring(qp.sq_ring)
         if qp.rq is not None:
             self.shm.release_ring(qp.rq.ring)

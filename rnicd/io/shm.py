@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
+import logging
 import mmap
 import os
 
 from rnicd import native
 from rnicd.errors import VerbsError, einval
+
+log = logging.getLogger("rnicd.shm")
 
 SEALS_RING = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
@@ -82,9 +86,13 @@ class SharedMemory:
     def unmap(self, mm: mmap.mmap):
         self.mapped_bytes -= len(mm)
         try:
-            mm.close()
-        except BufferError:      # a stray view still exists; the GC will unmap it
-            pass
+            mm.close()          # also closes the fd mmap keeps
+        except BufferError:
+            gc.collect()        # a view may live on in a reference cycle: collect, retry
+            try:
+                mm.close()
+            except BufferError:
+                log.warning("a region is still referenced; it stays mapped until released")
 
     def object_counts(self) -> dict:
         c = {"contexts": len(self.sessions), "pds": 0, "mrs": 0, "cqs": 0, "qps": 0,

@@ -33,26 +33,31 @@ class Side:
         self.ctx.close()
 
 
-def connect(a: Side, b: Side, mtu=e.IBV_MTU_1024, timeout=12, retry_cnt=7, rnr_retry=7,
-            min_rnr_timer=1, psn=(0x111, 0x222), qp_access=ACCESS):
-    for me, peer, my_psn, peer_psn in ((a, b, psn[0], psn[1]), (b, a, psn[1], psn[0])):
-        attr = QPAttr()
-        attr.qp_access_flags = qp_access
-        attr.path_mtu = mtu
-        attr.dest_qp_num = peer.qp.qp_num
-        attr.rq_psn = peer_psn
-        attr.sq_psn = my_psn
-        attr.max_dest_rd_atomic = 4
-        attr.max_rd_atomic = 4
-        attr.min_rnr_timer = min_rnr_timer
-        attr.timeout = timeout
-        attr.retry_cnt = retry_cnt
-        attr.rnr_retry = rnr_retry
-        attr.ah_attr = AHAttr(port_num=1, is_global=1,
-                              gr=GlobalRoute(dgid=peer.gid, sgid_index=0))
-        me.qp.to_init(attr)
-        me.qp.to_rtr(attr)
-        me.qp.to_rts(attr)
+def connect_one(me: Side, peer_qpn: int, peer_gid, my_psn: int, peer_psn: int,
+                mtu=e.IBV_MTU_1024, timeout=12, retry_cnt=7, rnr_retry=7, min_rnr_timer=1,
+                qp_access=ACCESS):
+    """Take me.qp through INIT, RTR and RTS towards (peer_gid, peer_qpn)."""
+    attr = QPAttr()
+    attr.qp_access_flags = qp_access
+    attr.path_mtu = mtu
+    attr.dest_qp_num = peer_qpn
+    attr.rq_psn = peer_psn
+    attr.sq_psn = my_psn
+    attr.max_dest_rd_atomic = 4
+    attr.max_rd_atomic = 4
+    attr.min_rnr_timer = min_rnr_timer
+    attr.timeout = timeout
+    attr.retry_cnt = retry_cnt
+    attr.rnr_retry = rnr_retry
+    attr.ah_attr = AHAttr(port_num=1, is_global=1, gr=GlobalRoute(dgid=peer_gid, sgid_index=0))
+    me.qp.to_init(attr)
+    me.qp.to_rtr(attr)
+    me.qp.to_rts(attr)
+
+
+def connect(a: Side, b: Side, psn=(0x111, 0x222), **kw):
+    connect_one(a, b.qp.qp_num, b.gid, psn[0], psn[1], **kw)
+    connect_one(b, a.qp.qp_num, a.gid, psn[1], psn[0], **kw)
 
 
 def poll_n(cq, n, timeout=30.0):

@@ -61,8 +61,8 @@ def test_256mib_through_faults_arrives_intact(rnicd):
     ca, cb = a.ctx.get_counters(), b.ctx.get_counters()
     print(f"\nmoved {moved // MiB} MiB; requester {ca}\nresponder {cb}")
     for c in (ca, cb):
-        assert c["fault_drop"] > 0 and c["fault_reorder"] > 0 and c["fault_dup"] > 0
-    assert ca["retransmitted_pkts"] > 0 and ca["rcvd_seq_err"] > 0
-    assert cb["duplicate_request"] > 0 and cb["out_of_seq_request"] > 0
+        assert all(c.get(f"fault_{k}", 0) > 0 for k in ("drop", "reorder", "dup"))
+    assert ca.get("retransmitted_pkts", 0) > 0 and ca.get("rcvd_seq_err", 0) > 0
+    assert cb.get("duplicate_request", 0) > 0 and cb.get("out_of_seq_request", 0) > 0
     a.close()
     b.close()

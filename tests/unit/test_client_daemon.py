@@ -176,7 +176,9 @@ class FakeRnicd(threading.Thread):
         return {"srq": h, "max_wr": n, "max_sge": a["max_sge"], "size": size}, [fd]
 
     def do_modify_qp(self, a, fds):
-        return {}, []
+        if a["attr"].get("qp_state") == e.IBV_QPS_SQD:
+            return {"qp_state": int(e.IBV_QPS_ERR)}, []   # as if it fell into ERR meanwhile
+        return {"qp_state": a["attr"].get("qp_state", 0)}, []
 
     def do_create_ah(self, a, fds):
         return {"ah": self.handle()}, []
@@ -412,6 +414,8 @@ def test_transitions_use_pyverbs_masks(daemon, rc):
     assert set(mods[2]["attr"]) == {"qp_state", "timeout", "retry_cnt", "rnr_retry", "sq_psn",
                                     "max_rd_atomic"}
     assert qp.qp_state == e.IBV_QPS_RTS
+    qp.modify(QPAttr(qp_state=e.IBV_QPS_SQD), e.IBV_QP_STATE)
+    assert qp.qp_state == e.IBV_QPS_ERR              # the state rnicd reported wins
 
 
 @needs_native
@@ -568,6 +572,9 @@ def test_post_recv_and_srq(daemon, rc, ctx):
     daemon.send({"ev": {"type": e.IBV_EVENT_QP_LAST_WQE_REACHED, "qp": sqp.handle}})
     ev = ctx.get_async_event(timeout=1)
     assert ev.qp is sqp and ev.qp_num == sqp.qp_num
+    daemon.send({"ev": {"type": e.IBV_EVENT_QP_FATAL, "qp_num": qp.qp_num}})
+    ev = ctx.get_async_event(timeout=1)
+    assert ev.qp is qp and ev.qp_num == qp.qp_num
     srq.close()
     assert sqp.closed and not qp.closed
 
@@ -640,3 +647,29 @@ def test_resize_remaps(daemon, ctx):
     assert cq.cqe == 64
     daemon.complete(cq, 40)
     assert cq.poll(64)[0] == 40
+
+
+@needs_native
+def test_rings_from_the_daemon_are_checked():
+    from rnic._rings import KIND_CQ, KIND_SQ, Ring
+
+    def memfd(size, init=None):
+        fd = os.memfd_create("t", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        if init:
+            with mmap.mmap(fd, size) as mm:
+                native.ring_init(mm, *init)
+        return fd
+
+    for fd, size, kind, what in (
+            (memfd(4096), 4096, KIND_CQ, "magic"),                     # all zeros
+            (memfd(4096), 8192, KIND_CQ, "exceeds its memfd"),         # would SIGBUS
+            (memfd(4096, (KIND_CQ, 64, 4)), 4096, KIND_SQ, "kind"),
+            (memfd(4096, (KIND_CQ, 64, 4)), 100, KIND_CQ, "size")):
+        with pytest.raises(RnicError) as ei:
+            Ring(fd, size, kind, "test")
+        assert ei.value.code == errno.EPROTO and what in ei.value.msg
+    ring = Ring(memfd(4096, (KIND_CQ, 64, 4)), 4096, KIND_CQ, "test")
+    assert (ring.num_entries, ring.entry_size) == (4, 64)
+    ring.release()
+    ring.release()

@@ -144,7 +144,7 @@ def test_silent_peer_gives_retry_exceeded(pair):
 def test_rnr_retry_exceeded_and_rnr_recovery(pair):
     a, b, ca, cb, qa, qb = pair
     connect(a, qa, b, qb, rnr_retry=2, min_rnr_timer=1)
-    ma, mb = a.mr(4096), b.mr(4096)
+    ma = a.mr(4096)
     a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 10)])
     run(a, b)
     assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, S.IBV_WC_RNR_RETRY_EXC_ERR)]

@@ -123,6 +123,14 @@ class RCQP:
             self.complete_recv(wqe.wr_id, WCStatus.IBV_WC_WR_FLUSH_ERR, WCOpcode.IBV_WC_RECV)
         self.rq.ring.hdr.error = 1
 
+    def destroy(self):
+        """Drop every reference into client memory (in-flight WQEs, the message being
+        received), so that the regions can be unmapped now rather than at the next GC."""
+        self.state = S.IBV_QPS_RESET
+        self.requester.wqes.clear()
+        self.responder.reset()
+        self.completer.retrans_at = self.completer.rnr_until = None
+
     # ---- receive side ------------------------------------------------------------------
     def take_recv(self):
         """Next receive WQE from the RQ or the SRQ, or None (-> RNR)."""

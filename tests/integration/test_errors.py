@@ -1,0 +1,178 @@
+"""Error semantics between real daemons: remote access errors, a silent peer, RNR,
+bad datagrams, and a client killed in the middle of a transfer."""
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import rnic.enums as e
+from rc_pair import ACCESS, Side, connect, connect_one, poll_n
+from rnic.wr import SGE, RecvWR, SendWR
+
+S_OK, S_ACCESS, S_FLUSH = e.IBV_WC_SUCCESS, e.IBV_WC_REM_ACCESS_ERR, e.IBV_WC_WR_FLUSH_ERR
+
+
+def write_wr(wr_id, side, n, rkey, raddr):
+    w = SendWR(wr_id=wr_id, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
+               sg=[SGE(side.mr.buf, n, side.mr.lkey)], send_flags=e.IBV_SEND_SIGNALED)
+    w.set_wr_rdma(rkey, raddr)
+    return w
+
+
+@pytest.mark.parametrize("case", ["bad_rkey", "out_of_bounds", "no_remote_write"])
+def test_remote_access_error_then_flush(two_daemons, case):
+    da, db = two_daemons
+    a = Side(da)
+    access = ACCESS & ~e.IBV_ACCESS_REMOTE_WRITE if case == "no_remote_write" else ACCESS
+    b = Side(db, mr_access=access)
+    connect(a, b)
+    rkey = b.mr.rkey ^ 0x80 if case == "bad_rkey" else b.mr.rkey
+    raddr = b.mr.buf + (b.mr.length - 10 if case == "out_of_bounds" else 0)
+    a.qp.post_send(write_wr(1, a, 100, rkey, raddr))
+    a.qp.post_send(write_wr(2, a, 100, b.mr.rkey, b.mr.buf))
+    a.qp.post_send(write_wr(3, a, 100, b.mr.rkey, b.mr.buf))
+    wcs = poll_n(a.cq, 3)
+    assert [(w.wr_id, w.status) for w in wcs] == [(1, S_ACCESS), (2, S_FLUSH), (3, S_FLUSH)]
+    assert b.ctx.get_counters().get("rcvd_access_err", 0) == 1
+    a.close()
+    b.close()
+
+
+def test_silent_peer_gives_retry_exceeded(rnicd):
+    da, db = rnicd("a"), rnicd("b")
+    a, b = Side(da), Side(db)
+    connect(a, b, timeout=10, retry_cnt=3)          # 4 ms ACK timeout, 3 retries
+    a.qp.post_send(write_wr(1, a, 10, b.mr.rkey, b.mr.buf))
+    assert poll_n(a.cq, 1)[0].status == S_OK
+    time.sleep(0.05)
+    retries_before = a.ctx.get_counters().get("timeout_retries", 0)
+    db.proc.send_signal(signal.SIGSTOP)             # the peer host stops answering
+    try:
+        a.qp.post_send(write_wr(2, a, 10, b.mr.rkey, b.mr.buf))
+        a.qp.post_send(write_wr(3, a, 10, b.mr.rkey, b.mr.buf))
+        wcs = poll_n(a.cq, 2)
+    finally:
+        db.proc.send_signal(signal.SIGCONT)
+    assert [(w.wr_id, w.status) for w in wcs] == [(2, e.IBV_WC_RETRY_EXC_ERR), (3, S_FLUSH)]
+    c = a.ctx.get_counters()
+    assert c.get("timeout_retries", 0) - retries_before == 3
+    assert c.get("retry_exceeded_err", 0) == 1
+    a.close()
+    b.close()
+
+
+def test_rnr_retry_exceeded(two_daemons):
+    da, db = two_daemons
+    a, b = Side(da), Side(db)
+    connect(a, b, rnr_retry=2, min_rnr_timer=1)     # no receive posted at b
+    a.qp.post_send(SendWR(wr_id=9, opcode=e.IBV_WR_SEND, num_sge=1,
+                          sg=[SGE(a.mr.buf, 10, a.mr.lkey)]))
+    assert poll_n(a.cq, 1)[0].status == e.IBV_WC_RNR_RETRY_EXC_ERR
+    assert a.ctx.get_counters().get("rcvd_rnr_err", 0) == 3
+    a.close()
+    b.close()
+
+
+def test_random_and_truncated_datagrams_are_counted_not_fatal(two_daemons):
+    da, db = two_daemons
+    a, b = Side(da), Side(db)
+    connect(a, b)
+    rng = random.Random(11)
+    # a real packet to truncate: capture one by asking b's daemon to send nothing; build ours
+    from rnicd.wire import opcodes, roce
+    pkt = roce.build(roce.Packet(opcode=opcodes.Opcode.RC_SEND_ONLY, dest_qp=b.qp.qp_num,
+                                 psn=0x222), b"x" * 100, src_ip=da.ip, dst_ip=db.ip, sport=4791)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((da.ip, 0))
+        for n in range(len(pkt)):
+            s.sendto(pkt[:n], (db.ip, 4791))
+        for _ in range(500):
+            s.sendto(rng.randbytes(rng.randrange(1, 1500)), (db.ip, 4791))
+    time.sleep(0.5)
+    c = b.ctx.get_counters()
+    dropped = sum(v for k, v in c.items() if k.startswith("rx_drop_"))
+    assert c.get("rcvd_pkts", 0) >= len(pkt) + 500 and dropped >= len(pkt) + 500
+    b.qp.post_recv(RecvWR(wr_id=1, num_sge=1, sg=[SGE(b.mr.buf, 64, b.mr.lkey)]))
+    a.qp.post_send(SendWR(wr_id=2, opcode=e.IBV_WR_SEND, num_sge=1,
+                          sg=[SGE(a.mr.buf, 64, a.mr.lkey)]))   # still serving
+    assert poll_n(a.cq, 1)[0].status == S_OK
+    assert db.proc.poll() is None
+    a.close()
+    b.close()
+
+
+def test_killed_client_releases_everything_and_peer_gets_retry_exceeded(two_daemons):
+    da, db = two_daemons
+    b = Side(db)
+    before = da.open_fds()
+    tests_dir = os.path.dirname(__file__)
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {tests_dir!r})
+        from rc_pair import Side, connect_one
+        import rnic.enums as e
+        from rnic.wr import SGE, SendWR, RecvWR
+        class D: socket = {da.socket!r}
+        a = Side(D, mr_size=1 << 22)
+        print(a.qp.qp_num, a.gid.raw.hex(), flush=True)
+        qpn, gid = sys.stdin.readline().split()
+        connect_one(a, int(qpn), bytes.fromhex(gid), 0x111, 0x222)
+        for i in range(64):
+            a.qp.post_recv(RecvWR(wr_id=i, num_sge=1, sg=[SGE(a.mr.buf, 1 << 16, a.mr.lkey)]))
+        print("ready", flush=True)
+        while True:
+            w = SendWR(wr_id=1, opcode=e.IBV_WR_SEND, num_sge=1,
+                       sg=[SGE(a.mr.buf, 1 << 16, a.mr.lkey)], send_flags=0)
+            try:
+                a.qp.post_send(w)
+            except Exception:
+                time.sleep(0.001)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        qpn, gid = child.stdout.readline().split()
+        child.stdin.write(f"{b.qp.qp_num} {b.gid.raw.hex()}\n")
+        child.stdin.flush()
+        connect_one(b, int(qpn), bytes.fromhex(gid), 0x222, 0x111, timeout=8, retry_cnt=3)
+        assert child.stdout.readline().strip() == "ready"
+        for i in range(256):
+            b.qp.post_recv(RecvWR(wr_id=i, num_sge=1, sg=[SGE(b.mr.buf, 1 << 16, b.mr.lkey)]))
+        time.sleep(0.3)                                 # mid-transfer
+        objs = daemon_objects(da)
+        assert objs["qps"] == 1 and objs["mrs"] == 1
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        deadline = time.monotonic() + 5
+        while daemon_objects(da)["contexts"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        objs = daemon_objects(da)
+        assert {k: objs[k] for k in ("pds", "mrs", "cqs", "qps", "srqs", "channels")} == \
+            {"pds": 0, "mrs": 0, "cqs": 0, "qps": 0, "srqs": 0, "channels": 0}
+        assert objs["contexts"] == 1          # only our probe context
+        deadline = time.monotonic() + 5       # the probe's own close is asynchronous too
+        while da.open_fds() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert da.open_fds() == before
+        # b's next send on the orphaned connection: nobody answers -> RETRY_EXC_ERR
+        b.qp.post_send(SendWR(wr_id=0xDEAD, opcode=e.IBV_WR_SEND, num_sge=1,
+                              sg=[SGE(b.mr.buf, 10, b.mr.lkey)], send_flags=e.IBV_SEND_SIGNALED))
+        wcs = poll_n(b.cq, 1, timeout=60)
+        while wcs[-1].wr_id != 0xDEAD:
+            wcs += poll_n(b.cq, 1, timeout=60)
+        assert wcs[-1].status == e.IBV_WC_RETRY_EXC_ERR
+    finally:
+        if child.poll() is None:
+            child.kill()
+        b.close()
+
+
+def daemon_objects(d):
+    from rnic.device import Context
+    with Context(socket=d.socket) as ctx:
+        return ctx.get_objects()
