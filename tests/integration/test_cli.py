@@ -1,0 +1,46 @@
+"""The `rnic` and `rnicd` commands as a user runs them."""
+import subprocess
+import sys
+
+import pytest
+
+
+def rnic(daemon, *args, check=True):
+    return subprocess.run([sys.executable, "-m", "rnicd.tool", "--socket", daemon.socket, *args],
+                          capture_output=True, text=True, check=check, timeout=30)
+
+
+def test_devinfo_like_ibv_devinfo(rnicd):
+    d = rnicd("a")
+    out = rnic(d, "devinfo", "-v").stdout
+    assert "hca_id:\trnic0" in out
+    assert "PORT_ACTIVE (4)" in out and "link_layer:\t\tEthernet" in out
+    a, b, c, e = (int(x) for x in d.ip.split("."))
+    gid = f"0000:0000:0000:0000:0000:ffff:{a:02x}{b:02x}:{c:02x}{e:02x}"
+    assert f"GID[  0]:\t\t{gid}, RoCE v2" in out
+    assert "max_qp_wr:" in out
+
+
+def test_fault_set_show_and_stat(rnicd):
+    d = rnicd("a")
+    out = rnic(d, "fault", "drop=0.25,seed=3").stdout
+    assert "drop=0.25" in out and "seed=3" in out
+    assert "drop=0.25" in rnic(d, "fault").stdout
+    assert "drop=0.0" in rnic(d, "fault", "off").stdout
+    bad = rnic(d, "fault", "drop=2", check=False)
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+    out = rnic(d, "stat").stdout
+    assert "objects: contexts=1" in out
+
+
+def test_no_daemon_gives_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "rnicd.tool", "--socket",
+                        str(tmp_path / "none.sock"), "devinfo"], capture_output=True, text=True)
+    assert r.returncode == 1 and "cannot reach rnicd" in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--fault=drop=3", "--port=notanumber"])
+def test_rnicd_rejects_bad_flags(flag):
+    r = subprocess.run([sys.executable, "-m", "rnicd.cli", flag], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr
