@@ -12,6 +12,12 @@ import time
 import pytest
 import uvloop
 
+# Daemons and helper processes the tests start import this tree, not an installed copy.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_ROOT, os.path.join(_ROOT, "clients", "python")]
+    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
 
 def pytest_asyncio_loop_factories(config, item):
     """pytest-asyncio 1.x: run every asyncio test on uvloop, as the daemon does."""

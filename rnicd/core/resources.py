@@ -142,7 +142,7 @@ class KeyTable:
         return len(self._slots)
 
 
-@dataclass
+@dataclass(eq=False)
 class CompChannel:
     handle: int
     owner: object
@@ -207,13 +207,16 @@ class CQ:
         """Consume the arm (IBTA 11.4.2.2): next completion, or solicited/error completion."""
         if self.channel is None:
             return False
-        arm = native.lib.rnic_load_acquire(native.ffi.addressof(self.ring.hdr, "arm"))
+        lib, hdr = native.lib, self.ring.hdr
+        # The exchange is a full barrier after publishing prod, so a client that arms and
+        # re-polls cannot miss both the CQE and the event.
+        arm = lib.rnic_xchg(native.ffi.addressof(hdr, "arm"), 0)
         if arm == 0:
             return False
         if arm == 2 and not (e.solicited or e.status != WCStatus.IBV_WC_SUCCESS):
+            lib.rnic_xchg(native.ffi.addressof(hdr, "arm"), arm)   # not for us: re-arm
             return False
-        native.lib.rnic_store_release(native.ffi.addressof(self.ring.hdr, "arm"), 0)
-        native.lib.rnic_fetch_add(native.ffi.addressof(self.ring.hdr, "events"), 1)
+        lib.rnic_fetch_add(native.ffi.addressof(hdr, "events"), 1)
         return True
 
 

@@ -31,7 +31,7 @@ class Connection:
 
     def _readable(self):
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, ctl.MAX_FDS)
+            data, fds = _recv_with_fds(self.sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -160,6 +160,20 @@ class ControlServer:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+_FDS_SPACE = socket.CMSG_SPACE(ctl.MAX_FDS * array.array("i").itemsize)
+
+
+def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """recvmsg with MSG_CMSG_CLOEXEC (socket.recv_fds ignores flags): received fds must not
+    leak into anything the daemon might exec."""
+    data, ancdata, _flags, _addr = sock.recvmsg(1 << 16, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
 
 
 def _remove_stale(path: str):

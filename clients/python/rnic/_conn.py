@@ -9,6 +9,7 @@ while a call waits for its reply are queued for `Connection.next_event`.
 Thread safety: one lock around a request and its reply. Everything read from the socket is
 untrusted until checked here (message shape, fd counts, ids).
 """
+import array
 import asyncio
 import collections
 import errno
@@ -24,7 +25,7 @@ from .errors import RnicError
 
 DEFAULT_SOCKET = "/run/rnicd/rnicd.sock"
 _RECV_BYTES = 1 << 16
-_MAX_RECV_FDS = ctl.MAX_FDS * 4
+_ANC_SPACE = socket.CMSG_SPACE(ctl.MAX_FDS * 4 * 4)   # room for 4 messages of fds
 
 
 def socket_path(explicit: str | os.PathLike | None = None, environ=None) -> str:
@@ -71,6 +72,7 @@ class Connection:
         self._events = collections.deque()   # async event bodies
         self._deferred = collections.deque()  # (method, args) queued by finalizers
         self._next_id = 1
+        self._abandoned = set()               # ids whose caller stopped waiting
         self._dead: RnicError | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
@@ -111,25 +113,44 @@ class Connection:
             raise self._dead
         mid = self._next_id
         self._next_id += 1
-        data = ctl.encode({"v": ctl.PROTOCOL_VERSION, "id": mid, "m": method,
-                           "a": args if args is not None else {}, "nfds": len(fds)})
         try:
-            sent = socket.send_fds(self._sock, [data], list(fds)) if fds else 0
+            data = ctl.encode({"v": ctl.PROTOCOL_VERSION, "id": mid, "m": method,
+                               "a": args if args is not None else {}, "nfds": len(fds)})
+        except (ctl.ProtocolError, TypeError, ValueError, OverflowError) as exc:
+            raise RnicError(errno.EINVAL, f"{method}: cannot encode the request: {exc}") \
+                from None
+        try:
+            sent = 0
+            if fds:   # the descriptors ride on the first byte (socket.send_fds drops flags)
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                sent = self._sock.sendmsg([data], anc, socket.MSG_NOSIGNAL)
             if sent < len(data):
-                self._sock.sendall(data[sent:])
+                self._sock.sendall(data[sent:], socket.MSG_NOSIGNAL)
         except OSError as exc:
-            raise self._fail(f"{method}: sending to rnicd failed: {exc}") from None
-        while True:
-            msg, rfds = self._next_message(block=True)
-            if "ev" in msg:
-                self._queue_event(msg["ev"])
-                _close_fds(rfds)
-                continue
-            if msg.get("id") != mid:
-                _close_fds(rfds)
-                raise self._fail(f"{method}: reply for request {msg.get('id')!r}, "
-                                 f"expected {mid}")
-            return msg, rfds
+            raise self._fail(f"{method}: sending to rnicd failed: {exc.strerror or exc} "
+                             "(is the daemon still running?)",
+                             errno.ECONNRESET if exc.errno == errno.EPIPE else
+                             exc.errno or errno.EIO) from None
+        try:
+            while True:
+                msg, rfds = self._next_message(block=True)
+                if "ev" in msg:
+                    self._queue_event(msg["ev"])
+                    _close_fds(rfds)
+                    continue
+                if msg.get("id") in self._abandoned:   # its caller was interrupted
+                    self._abandoned.discard(msg.get("id"))
+                    _close_fds(rfds)
+                    continue
+                if msg.get("id") != mid:
+                    _close_fds(rfds)
+                    raise self._fail(f"{method}: reply for request {msg.get('id')!r}, "
+                                     f"expected {mid}")
+                return msg, rfds
+        except BaseException:   # KeyboardInterrupt while waiting: drop the reply later
+            if self._dead is None:
+                self._abandoned.add(mid)
+            raise
 
     # ---- reading ----------------------------------------------------------------------
     def _fail(self, msg: str, code: int = errno.EPROTO) -> RnicError:
@@ -155,8 +176,7 @@ class Connection:
         if self._dead is not None:
             raise self._dead
         try:
-            data, fds, flags, _ = socket.recv_fds(
-                self._sock, _RECV_BYTES, _MAX_RECV_FDS, 0 if block else socket.MSG_DONTWAIT)
+            data, fds, flags = _recv_fds(self._sock, block)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
@@ -251,6 +271,18 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._sock is None
+
+
+def _recv_fds(sock: socket.socket, block: bool):
+    """recvmsg with SCM_RIGHTS (socket.recv_fds ignores its flags argument): the received
+    descriptors are close-on-exec; MSG_DONTWAIT when not blocking."""
+    flags = socket.MSG_CMSG_CLOEXEC | (0 if block else socket.MSG_DONTWAIT)
+    data, anc, msg_flags, _ = sock.recvmsg(_RECV_BYTES, _ANC_SPACE, flags)
+    fds = array.array("i")
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), msg_flags
 
 
 def _error_from(method: str, body) -> RnicError:

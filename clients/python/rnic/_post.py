@@ -39,7 +39,8 @@ def _opname(op) -> str:
 
 def check_sges(ctx, sges, max_sge: int, what: str, need_lkey: bool = True):
     """Each SGE's lkey must be an open MR of this context and [addr, addr+length) inside it.
-    Returns [(sge, mr)]. With need_lkey=False (inline data) an MR containing addr will do."""
+    Returns [(sge, mr)]. With need_lkey=False (inline data, copied by the client) any open
+    MR of the context that holds the range will do, as providers ignore the lkey there."""
     if len(sges) > max_sge:
         raise einval(f"{what}: {len(sges)} SGEs, but the queue takes at most {max_sge}")
     out = []
@@ -50,8 +51,9 @@ def check_sges(ctx, sges, max_sge: int, what: str, need_lkey: bool = True):
         length = uint(sge.length, 32, f"{what}: sg[{i}].length")
         lkey = uint(sge.lkey, 32, f"{what}: sg[{i}].lkey")
         mr = ctx._mr_by_lkey(lkey)
-        if mr is None and not need_lkey:
-            mr = ctx._mr_by_addr(addr, length)
+        if not need_lkey and (mr is None or not mr.buf <= addr <= addr + length
+                              <= mr.buf + mr.length):
+            mr = ctx._mr_by_addr(addr, length)   # inline data: the lkey is not used
         if mr is None:
             raise einval(f"{what}: sg[{i}].lkey {lkey:#x} is not the lkey of an open MR of "
                          "this context")

@@ -70,6 +70,9 @@ class AsyncEvent:
         qpn = ev.get("qp_num")
         if qpn is None and self.qp is not None and hasattr(self.qp, "qp_num"):
             qpn = self.qp.qp_num
+        if self.qp is None and qpn is not None:
+            qp = ctx._lookup("qpn", qpn)
+            self.qp = qp if qp is not qpn else None
         self.qp_num = qpn
         self.port_num = ev.get("port_num", ev.get("port"))
 
@@ -115,7 +118,7 @@ class Context(RnicCM):
             raise
         self.name = r.get("device", name)
         self.version = r.get("version")
-        self._tables = {k: weakref.WeakValueDictionary() for k in ("qp", "cq", "srq")}
+        self._tables = {k: weakref.WeakValueDictionary() for k in ("qp", "qpn", "cq", "srq")}
         self._mrs = weakref.WeakValueDictionary()   # lkey -> MR
         self._closing = False
         self._children = weakref.WeakSet()
@@ -155,8 +158,8 @@ class Context(RnicCM):
         self._tables[kind][handle] = obj
 
     def _lookup(self, kind: str, handle):
-        if handle is None:
-            return None
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            return handle   # absent (None) or not a handle: left as the daemon sent it
         return self._tables[kind].get(handle, handle)
 
     def _mr_by_lkey(self, lkey: int):

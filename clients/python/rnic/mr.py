@@ -6,13 +6,14 @@ passing the fd; the daemon maps the same pages. ``buf`` is the virtual address o
 process's mapping (the iova of the region), so SGEs use ``mr.buf + offset`` as in pyverbs.
 """
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
 
 from .base import RnicCM
 from .device import need_int
-from .errors import einval
+from .errors import RnicError, einval
 
 PAGE = 4096
 
@@ -24,8 +25,12 @@ class MR(RnicCM):
     _destroy_verb = "dereg_mr"
     _handle_key = "mr"
 
-    def __init__(self, pd, length, access=0, **kwargs):
+    def __init__(self, pd, length, access=0, address=None, implicit=False, iova=0):
         pd._check_open()
+        if address is not None or implicit or iova:
+            raise RnicError(errno.EOPNOTSUPP, "MR: registering caller memory (address=), "
+                            "implicit ODP MRs and a chosen iova are not supported by rnicd; "
+                            "use the memory of the MR itself (mr.buf, mr.mmap)")
         if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
             raise einval(f"MR length must be a positive integer, got {length!r}")
         ctx = pd.ctx

@@ -117,6 +117,7 @@ class QP(RnicCM):
             if parent is not None:
                 parent.add_ref(self)
         ctx._register("qp", self.handle, self)
+        ctx._register("qpn", self.qp_num, self)
         if qp_attr is not None:
             (self.to_rts if qp_type == T.IBV_QPT_UD else self.to_init)(qp_attr)
 
@@ -131,10 +132,15 @@ class QP(RnicCM):
         """ibv_modify_qp: send the fields of ``attr_mask``."""
         self._check_open()
         attr_mask = int(attr_mask)
-        self.context._call("modify_qp", {"qp": self.handle, "attr_mask": attr_mask,
-                                         "attr": qp_attr.to_dict(attr_mask)})
+        r, _ = self.context._call("modify_qp", {"qp": self.handle, "attr_mask": attr_mask,
+                                                "attr": qp_attr.to_dict(attr_mask)})
         if attr_mask & M.IBV_QP_STATE:
             self._state = S(qp_attr.qp_state)
+        if isinstance(r.get("qp_state"), int):   # rnicd reports the state it is in now
+            try:
+                self._state = S(r["qp_state"])
+            except ValueError:
+                pass
 
     def query(self, attr_mask: int = 0):
         """ibv_query_qp: ``(QPAttr, QPInitAttr)``."""
