@@ -209,6 +209,15 @@ def read_resp_opcode(position: Position) -> Opcode:
     return _pick(f"RC_RDMA_READ_RESPONSE_{position.name}")
 
 
+def position(k: int, count: int) -> Position:
+    """Position of packet k of a message of `count` packets (IBTA 9.4 segmentation)."""
+    if count == 1:
+        return Position.ONLY
+    if k == 0:
+        return Position.FIRST
+    return Position.LAST if k == count - 1 else Position.MIDDLE
+
+
 def segments(length: int, mtu: int):
     """Split a message of `length` bytes into packets of at most `mtu` payload bytes.
 
@@ -219,9 +228,5 @@ def segments(length: int, mtu: int):
         raise ValueError("length must be >= 0 and mtu > 0")
     count = max(1, -(-length // mtu))
     for i in range(count):
-        if count == 1:
-            pos = Position.ONLY
-        else:
-            pos = Position.FIRST if i == 0 else Position.LAST if i == count - 1 else Position.MIDDLE
         off = i * mtu
-        yield pos, off, min(mtu, length - off)
+        yield position(i, count), off, min(mtu, length - off)

@@ -38,13 +38,8 @@ def _sg_list(sg, num_sge):
     return sg[:num_sge]
 
 
-class RecvWR:
-    """A receive work request; chain several with ``next_wr``."""
-
-    def __init__(self, wr_id=0, num_sge=0, sg=None, next_wr=None):
-        self.wr_id = wr_id
-        self.sg = _sg_list(sg, num_sge)
-        self.next_wr = next_wr
+class _SGListMixin:
+    """num_sge and sg_list, as pyverbs has them on both kinds of work request."""
 
     @property
     def num_sge(self) -> int:
@@ -58,11 +53,21 @@ class RecvWR:
     def sg_list(self, val) -> None:
         self.sg = _sg_list(val, 0)
 
+
+class RecvWR(_SGListMixin):
+    """A receive work request; chain several with ``next_wr``."""
+
+    def __init__(self, wr_id=0, num_sge=0, sg=None, next_wr=None):
+        self.wr_id = wr_id
+        self.sg = _sg_list(sg, num_sge)
+        self.next_wr = next_wr
+
+
     def __repr__(self) -> str:
         return f"RecvWR(wr_id={self.wr_id}, sg={self.sg!r})"
 
 
-class SendWR:
+class SendWR(_SGListMixin):
     """A send work request. The opcode-specific parts are set with set_wr_rdma,
     set_wr_atomic and set_wr_ud; chain several with ``next_wr``.
 
@@ -84,17 +89,6 @@ class SendWR:
         self.remote_qpn = 0
         self.remote_qkey = 0
 
-    @property
-    def num_sge(self) -> int:
-        return len(self.sg)
-
-    @property
-    def sg_list(self):
-        return self.sg
-
-    @sg_list.setter
-    def sg_list(self, val) -> None:
-        self.sg = _sg_list(val, 0)
 
     def set_wr_rdma(self, rkey, addr) -> None:
         """Remote key and address of an RDMA READ/WRITE."""

@@ -226,7 +226,7 @@ class Requester:
             mtu = qp.mtu
             off = k * mtu
             n = min(mtu, w.length - off)
-            pos = _position(k, w.npkts)
+            pos = op.position(k, w.npkts)
             last = pos in (op.Position.LAST, op.Position.ONLY)
             imm = w.opcode in WITH_IMM and last
             if w.opcode in SENDS:
@@ -279,11 +279,3 @@ class Requester:
             ring.store_cons(self.sq_next)
         ring.hdr.error = 1
         self.send_psn = self.next_psn
-
-
-def _position(k: int, n: int) -> op.Position:
-    if n == 1:
-        return op.Position.ONLY
-    if k == 0:
-        return op.Position.FIRST
-    return op.Position.LAST if k == n - 1 else op.Position.MIDDLE

@@ -234,7 +234,7 @@ class Responder:
         mtu = qp.mtu
         n = max(1, -(-len(view) // mtu))
         for k in range(n):
-            p = roce.Packet(opcode=op.read_resp_opcode(_position(k, n)),
+            p = roce.Packet(opcode=op.read_resp_opcode(op.position(k, n)),
                             dest_qp=qp.attr["dest_qp_num"], psn=psn_add(psn, k))
             if k == 0 or k == n - 1:
                 p.aeth_syndrome, p.aeth_msn = roce.aeth_ack(), self.msn
@@ -284,13 +284,6 @@ class Responder:
         self._nak(roce.aeth_nak(code), pkt.psn)
         qp.fatal(f"responder: {why}", now)
 
-
-def _position(k: int, n: int) -> op.Position:
-    if n == 1:
-        return op.Position.ONLY
-    if k == 0:
-        return op.Position.FIRST
-    return op.Position.LAST if k == n - 1 else op.Position.MIDDLE
 
 
 _HANDLERS = {K.SEND: Responder._send, K.WRITE: Responder._write,
