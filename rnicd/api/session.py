@@ -51,8 +51,6 @@ def pow2_at_least(n: int) -> int:
 class Session:
     """One verbs context: the objects a client created, released together on close."""
 
-    _count = 0
-
     def __init__(self, device: Device, shm, pid: int | None = None):
         self.device = device
         self.shm = shm
@@ -66,7 +64,6 @@ class Session:
         self._next_handle = 1
         self.doorbell_fd = shm.new_eventfd()
         self.closed = False
-        Session._count += 1
 
     def _handle(self) -> int:
         h = self._next_handle
@@ -396,5 +393,4 @@ class Session:
             self.shm.close_fd(ch.fd)
         self.channels.clear()
         self.shm.close_fd(self.doorbell_fd)
-        Session._count -= 1
 
