@@ -14,7 +14,7 @@ from rnicd._native import ffi, lib
 
 __all__ = [
     "ffi", "lib", "region", "crc32", "crc32c", "roce_icrc", "icrc_bytes", "ring_bytes",
-    "ring_init", "RingView", "atomic_cas64", "atomic_faa64", "copy_in", "copy_out",
+    "ring_init", "RingView", "atomic_cas64", "atomic_faa64", "copy_in", "copy_out", "ipv4_be",
 ]
 
 BTH_LEN = 12  # IBTA 9.2: the ICRC covers at least a whole BTH
@@ -55,8 +55,8 @@ def crc32c(data, crc: int = 0) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _ipv4_be(ip: str) -> int:
-    # The address as the uint32 whose memory holds the network-order bytes.
+def ipv4_be(ip: str) -> int:
+    """The address as the uint32 whose memory holds the network-order bytes."""
     return struct.unpack("=I", socket.inet_pton(socket.AF_INET, ip))[0]
 
 
@@ -67,7 +67,7 @@ def roce_icrc(pkt, src_ip: str, dst_ip: str, sport: int, dport: int) -> int:
     p = _cdata(pkt)
     if not BTH_LEN <= len(p) <= _MAX_PKT:
         raise ValueError(f"RoCE packet of {len(p)} bytes: need {BTH_LEN}..{_MAX_PKT}")
-    return lib.rnic_roce_icrc_v4(p, len(p), _ipv4_be(src_ip), _ipv4_be(dst_ip), sport, dport)
+    return lib.rnic_roce_icrc_v4(p, len(p), ipv4_be(src_ip), ipv4_be(dst_ip), sport, dport)
 
 
 def icrc_bytes(value: int) -> bytes:

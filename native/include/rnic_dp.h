@@ -87,4 +87,68 @@ int rnic_recv_batch(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count,
 int rnic_send_batch(int fd, const uint8_t *bufs, uint32_t buf_size, const uint32_t *lens,
                     uint32_t count, const uint32_t *addrs_be, const uint16_t *ports);
 
+/* ---- rx.c: the responder's fast path (IBTA 9.7.3-9.7.5) --------------------------------- */
+
+/* A registered region as the data plane sees it (IBTA 10.6). core/ fills one per MR and
+ * puts it in rnic_dp_dev.mrs[rkey >> 8]. */
+struct rnic_dp_mr {
+    uint8_t *base;          /* the daemon's mapping of byte 0 */
+    uint64_t iova;          /* the client's address of byte 0 */
+    uint64_t length;
+    uint64_t pd;            /* identity of the protection domain */
+    uint32_t rkey;
+    uint32_t access;        /* IBV_ACCESS_* */
+};
+
+/* rnic_dp_qp.msg: the message the responder is in the middle of. */
+#define RNIC_DP_MSG_NONE 0
+#define RNIC_DP_MSG_SEND 1  /* a SEND, received by core/ */
+#define RNIC_DP_MSG_WRITE 2 /* an RDMA WRITE, placed at write_ptr */
+
+/* Responder hard state of an RC QP: the one copy, shared by the data plane and
+ * core/roce/responder.py, which handles every packet the data plane hands back. */
+struct rnic_dp_qp {
+    uint32_t qpn;
+    uint32_t fast;          /* non-zero: the data plane may handle in-order WRITEs */
+    uint32_t peer_ip_be;    /* packets from elsewhere are not this connection's */
+    uint32_t mtu;           /* path MTU in bytes */
+    uint32_t access;        /* qp_access_flags */
+    uint32_t epsn;          /* expected PSN */
+    uint32_t msn;           /* message sequence number (AETH) */
+    uint32_t ack_pending;   /* an ACK for epsn - 1 is owed */
+    uint32_t nak_sent;      /* a sequence NAK was sent for the current gap */
+    uint32_t msg;           /* RNIC_DP_MSG_* */
+    uint64_t pd;
+    uint8_t *write_ptr;     /* WRITE: where the next byte goes */
+    uint64_t write_left;    /* WRITE: bytes still expected */
+    uint64_t write_len;     /* WRITE: the RETH DMA length */
+    uint64_t fast_pkts;     /* packets the data plane handled for this QP */
+};
+
+/* The tables and counters of one device. core/ owns the arrays and keeps them filled. */
+struct rnic_dp_dev {
+    uint32_t ip_be;                 /* our address, network order */
+    uint16_t port;                  /* our UDP port (the ICRC covers it) */
+    uint16_t _rsvd0;
+    struct rnic_dp_qp **qps;        /* indexed by QPN, qps_len entries */
+    uint32_t qps_len;
+    uint32_t mrs_len;
+    struct rnic_dp_mr **mrs;        /* indexed by key >> 8, mrs_len entries */
+    uint32_t *acks;                 /* QPNs that came to owe an ACK, in order */
+    uint32_t acks_len;              /* capacity of acks */
+    uint32_t nacks;                 /* entries used; core/ resets it after sending ACKs */
+    uint64_t fast_pkts;             /* datagrams the data plane handled */
+    uint64_t slow_pkts;             /* datagrams handed to core/: the slow-path events */
+};
+
+/* Try the fast path on one datagram from src_ip_be:sport. Returns 1 if it was handled
+ * (placed, state advanced, ACK owed noted), 0 if core/ must handle it. Never both. */
+int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
+                   uint32_t src_ip_be, uint16_t sport);
+/* The same over n datagrams in bufs[i * buf_size] (lens, sources as rnic_recv_batch gives
+ * them). Writes the indices core/ must handle to slow[] and returns their count. */
+uint32_t rnic_dp_rx_batch(struct rnic_dp_dev *dev, const uint8_t *bufs, uint32_t buf_size,
+                          const uint32_t *lens, const uint32_t *addrs_be,
+                          const uint16_t *ports, uint32_t n, uint32_t *slow);
+
 #endif /* RNIC_DP_H */

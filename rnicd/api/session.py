@@ -131,8 +131,8 @@ class Session:
 
     def m_get_counters(self, args, fds, now):
         if args.get("qp") is not None:
-            return {"counters": self._get(self.qps, args, "qp", "QP").counters.snapshot()}, []
-        return {"counters": self.device.counters.snapshot()}, []
+            return {"counters": self._get(self.qps, args, "qp", "QP").counter_snapshot()}, []
+        return {"counters": self.device.counter_snapshot()}, []
 
     def m_set_fault(self, args, fds, now):
         spec = FaultSpec()
@@ -197,10 +197,10 @@ class Session:
         return {}, []
 
     def _destroy_mr(self, mr: MR):
-        self.device.keys.remove(mr)
+        self.device.forget_region(mr)
         del self.mrs[mr.handle]
         mr.pd.refs -= 1
-        mr.view.release()
+        mr.release()
         self.shm.unmap(mr.buf)
 
     # ---- channels / CQ -------------------------------------------------------------------

@@ -26,6 +26,11 @@ log = logging.getLogger("rnicd.device")
 ROCE_PORT = 4791
 
 
+QP_TABLE = 1 << 15          # QPNs are indices into the data plane's QP table
+MR_TABLE = 1 << 16          # key indices are indices into its MR table
+ACKS_PER_BATCH = 256        # QPs that may come to owe an ACK in one received batch
+
+
 @dataclass
 class DeviceLimits:
     """What query_device reports and create_* enforce."""
@@ -57,10 +62,18 @@ class Device:
         self.qp_limits = QPLimits(max_qp_rd_atom=self.limits.max_qp_rd_atom,
                                   max_qp_init_rd_atom=self.limits.max_qp_init_rd_atom)
         self.rng = random.Random(seed)
-        self.keys = KeyTable(self.rng)
+        self.keys = KeyTable(self.rng, MR_TABLE)
         self.qps: dict[int, object] = {}
         self._next_qpn = 0x11            # QPN 0 and 1 are reserved (SMI/GSI), as in IBTA
         self.counters = Counters()
+        # the data plane's view of this device: our address, QP and MR tables, ACKs owed
+        ffi = native.ffi
+        self._dp_qps = ffi.new("struct rnic_dp_qp *[]", QP_TABLE)
+        self._dp_acks = ffi.new("uint32_t[]", ACKS_PER_BATCH)
+        self.dp = ffi.new("struct rnic_dp_dev *", {
+            "ip_be": native.ipv4_be(ip), "port": port, "qps": self._dp_qps,
+            "qps_len": QP_TABLE, "mrs": self.keys.dp, "mrs_len": MR_TABLE,
+            "acks": self._dp_acks, "acks_len": ACKS_PER_BATCH})
         self.fault = FaultInjector(fault or FaultSpec(), self.counters)
         # outputs, drained by the io layer
         self.tx: list[tuple[bytes, tuple[str, int]]] = []
@@ -82,25 +95,45 @@ class Device:
 
     # ---- QP table ------------------------------------------------------------------------
     def allocate_qpn(self) -> int:
-        for _ in range(1 << 24):
+        for _ in range(QP_TABLE):
             qpn = self._next_qpn
-            self._next_qpn = 0x11 if self._next_qpn >= 0xFFFFFF else self._next_qpn + 1
+            self._next_qpn = 0x11 if self._next_qpn >= QP_TABLE - 1 else self._next_qpn + 1
             if qpn not in self.qps:
                 return qpn
         raise OverflowError("no free QP number")
 
     def add_qp(self, qp):
         self.qps[qp.qp_num] = qp
+        self._dp_qps[qp.qp_num] = qp.dp
 
     def remove_qp(self, qp):
         self.qps.pop(qp.qp_num, None)
+        self._dp_qps[qp.qp_num] = native.ffi.NULL
         self._acks.discard(qp)
+
+    def forget_region(self, mr):
+        """An MR goes away: no key reaches it any more, and a WRITE being placed into it is
+        abandoned (its next packet meets the responder's checks and is NAKed)."""
+        self.keys.remove(mr)
+        lo, hi = mr.pointer(mr.iova), mr.pointer(mr.iova + mr.length)
+        for qp in self.qps.values():
+            if qp.dp.msg == native.lib.RNIC_DP_MSG_WRITE and lo <= qp.dp.write_ptr <= hi:
+                qp.responder.abandon_write()
 
     # ---- inputs --------------------------------------------------------------------------
     def receive(self, data, src_ip: str, src_port: int, now: float):
-        """One datagram from UDP 4791. Bad input is counted and dropped, never raised."""
+        """One datagram from UDP 4791: the data plane's fast path first, else the slow path."""
+        dp = self.dp
+        if native.lib.rnic_dp_rx_one(dp, data, len(data), native.ipv4_be(src_ip), src_port):
+            dp.fast_pkts += 1
+            return
+        dp.slow_pkts += 1
+        self.receive_slow(data, src_ip, src_port, now)
+
+    def receive_slow(self, data, src_ip: str, src_port: int, now: float):
+        """A datagram the data plane handed over. Bad input is counted and dropped, never
+        raised."""
         c = self.counters
-        c.inc("rcvd_pkts")
         try:
             pkt = roce.parse(data, src_ip=src_ip, dst_ip=self.ip, sport=src_port,
                              dport=self.port)
@@ -129,10 +162,28 @@ class Device:
             qp.completer.on_response(pkt, info, now)
 
     def end_batch(self):
-        """After a batch of received datagrams: one coalesced ACK per QP."""
+        """After a batch of received datagrams: one coalesced ACK per QP that owes one, found
+        by the slow path (_acks) or listed by the data plane (dp.acks)."""
+        dp = self.dp
+        for i in range(dp.nacks):
+            qp = self.qps.get(self._dp_acks[i])
+            if qp is not None:
+                self._acks.add(qp)
+        if dp.nacks == dp.acks_len:        # the list overflowed: look at every QP
+            self._acks.update(q for q in self.qps.values() if q.dp.ack_pending)
+        dp.nacks = 0
         for qp in self._acks:
             qp.responder.flush_ack()
         self._acks.clear()
+
+    def counter_snapshot(self) -> dict[str, int]:
+        """The named counters plus the data plane's: every datagram received is either
+        handled by the fast path or a slow-path event."""
+        snap = self.counters.snapshot()
+        snap["rcvd_pkts"] = self.dp.fast_pkts + self.dp.slow_pkts
+        snap["dp_fast_pkts"] = self.dp.fast_pkts
+        snap["slow_path_events"] = self.dp.slow_pkts
+        return dict(sorted(snap.items()))
 
     def doorbell(self, owner, now: float):
         for qp in list(owner.qps.values()):

@@ -5,6 +5,7 @@ Nothing read from a ring is trusted: entries are copied out, then validated.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from rnicd import native
@@ -16,18 +17,22 @@ KEY_INDEX_SHIFT = 8
 
 
 class PD:
-    __slots__ = ("handle", "owner", "refs")
+    __slots__ = ("handle", "owner", "refs", "uid")
+    _uids = itertools.count(1)
 
     def __init__(self, handle: int, owner):
         self.handle = handle
         self.owner = owner
         self.refs = 0           # MRs, QPs, SRQs using it
+        self.uid = next(PD._uids)   # device-wide identity, what the data plane compares
 
 
 class MR:
-    """A registered region: client VA [iova, iova+length) backed by `buf` (a writable buffer)."""
+    """A registered region: client VA [iova, iova+length) backed by `buf` (a writable buffer).
+    `dp` is the data plane's view of it (struct rnic_dp_mr), pointing into the same mapping."""
 
-    __slots__ = ("handle", "pd", "iova", "length", "access", "lkey", "rkey", "buf", "view")
+    __slots__ = ("handle", "pd", "iova", "length", "access", "lkey", "rkey", "buf", "view",
+                 "_region", "dp")
 
     def __init__(self, handle, pd, iova, length, access, lkey, rkey, buf):
         self.handle = handle
@@ -39,6 +44,20 @@ class MR:
         self.rkey = rkey
         self.buf = buf                      # keeps the mapping alive
         self.view = memoryview(buf)[:length]
+        self._region = native.region(buf)
+        self.dp = native.ffi.new("struct rnic_dp_mr *", {
+            "base": self._region, "iova": iova, "length": length, "pd": pd.uid,
+            "rkey": rkey, "access": int(access)})
+
+    def pointer(self, addr: int):
+        """uint8_t * to client address addr (checked by offset_of beforehand)."""
+        return self._region + (addr - self.iova)
+
+    def release(self):
+        """Drop every reference into the mapping so that it can be unmapped."""
+        self.dp.base = native.ffi.NULL
+        self.view.release()
+        native.ffi.release(self._region)
 
     def offset_of(self, addr: int, length: int) -> int | None:
         """Offset of [addr, addr+length) inside the region, or None if it is not all inside."""
@@ -109,26 +128,36 @@ def resolve_sges(keys: "KeyTable", pd: PD, sges, need: Access) -> tuple[SGList |
 
 
 class KeyTable:
-    """lkey/rkey -> MR, with random key bits (the device owns one)."""
+    """lkey/rkey -> MR, with random key bits (the device owns one). The index part of a key
+    is also the MR's slot in the data plane's table (`dp`, struct rnic_dp_mr *[size])."""
 
-    def __init__(self, rng):
+    def __init__(self, rng, size: int):
         self._rng = rng
         self._slots: dict[int, MR] = {}
         self._next_index = 1
+        self.size = size
+        self.dp = native.ffi.new("struct rnic_dp_mr *[]", size)
 
     def allocate(self) -> tuple[int, int]:
+        """A key whose index slot is free (index 0 is never used: key 0 is no key)."""
+        if len(self._slots) >= self.size - 1:
+            raise OverflowError("no free memory key")
+        while self._next_index in self._slots:
+            self._next_index = self._next_index % (self.size - 1) + 1
         index = self._next_index
-        self._next_index += 1
-        if index >= 1 << 24:
-            raise OverflowError("key index space exhausted")
+        self._next_index = index % (self.size - 1) + 1
         key = (index << KEY_INDEX_SHIFT) | self._rng.randrange(256)
         return key, key          # lkey == rkey, as rxe and mlx5 do
 
     def insert(self, mr: MR):
-        self._slots[mr.lkey >> KEY_INDEX_SHIFT] = mr
+        index = mr.lkey >> KEY_INDEX_SHIFT
+        self._slots[index] = mr
+        self.dp[index] = mr.dp
 
     def remove(self, mr: MR):
-        self._slots.pop(mr.lkey >> KEY_INDEX_SHIFT, None)
+        index = mr.lkey >> KEY_INDEX_SHIFT
+        self._slots.pop(index, None)
+        self.dp[index] = native.ffi.NULL
 
     def by_lkey(self, key: int) -> MR | None:
         mr = self._slots.get(key >> KEY_INDEX_SHIFT)

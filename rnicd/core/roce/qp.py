@@ -57,6 +57,10 @@ class RCQP:
             "path_mig_state": 0, "en_sqd_async_notify": 0, "sq_draining": 0,
         }
         self.peer_ip: str | None = None        # from ah_attr's dgid (IPv4-mapped)
+        # hard state shared with the data plane (struct rnic_dp_qp): the responder's PSN,
+        # MSN and message in progress live there, and nowhere else
+        self.dp = device.native.ffi.new("struct rnic_dp_qp *", {
+            "qpn": qp_num, "pd": pd.uid, "mtu": mtu_bytes(self.attr["path_mtu"])})
         self.requester = Requester(self)
         self.completer = Completer(self)
         self.responder = Responder(self)
@@ -79,6 +83,11 @@ class RCQP:
             if name in self.attr and name not in ("qp_state", "cur_qp_state"):
                 if _mask_of(name) & attr_mask:
                     self.attr[name] = value
+        dp = self.dp
+        dp.mtu = self.mtu
+        dp.access = self.attr["qp_access_flags"]
+        if self.peer_ip is not None:
+            dp.peer_ip_be = self.device.native.ipv4_be(self.peer_ip)
         if attr_mask & QPAttrMask.IBV_QP_SQ_PSN:
             self.requester.reset_psn(attr["sq_psn"])
             self.completer.reset_psn(attr["sq_psn"])
@@ -94,6 +103,8 @@ class RCQP:
     def transition(self, new: QPState, reason: str, now: float):
         old, self.state = self.state, new
         self.attr["qp_state"] = new
+        # the data plane serves only a QP that accepts requests (IBTA 10.3.1: RTR and up)
+        self.dp.fast = new in (S.IBV_QPS_RTR, S.IBV_QPS_RTS, S.IBV_QPS_SQD)
         log.debug("qp %d: %s -> %s (%s)", self.qp_num, old.name, new.name, reason)
         if new == S.IBV_QPS_ERR:
             self.flush_all()
@@ -127,6 +138,7 @@ class RCQP:
         """Drop every reference into client memory (in-flight WQEs, the message being
         received), so that the regions can be unmapped now rather than at the next GC."""
         self.state = S.IBV_QPS_RESET
+        self.dp.fast = 0
         self.requester.wqes.clear()
         self.responder.reset()
         self.completer.retrans_at = self.completer.rnr_until = None
@@ -164,6 +176,11 @@ class RCQP:
 
     def on_timer(self, now: float):
         self.completer.on_timer(now)
+
+    def counter_snapshot(self) -> dict[str, int]:
+        snap = self.counters.snapshot()
+        snap["dp_fast_pkts"] = self.dp.fast_pkts
+        return dict(sorted(snap.items()))
 
     def query(self) -> dict:
         a = dict(self.attr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from rnicd import native
 from rnicd.core.resources import MR, SGList, resolve_sges
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
@@ -17,39 +18,60 @@ from rnicd.wire.abi import Access, QPState, WCOpcode, WCStatus
 from rnicd.wire.roce import psn_add, psn_diff
 
 K = op.Kind
+ffi, NULL = native.ffi, native.ffi.NULL
+MSG_NONE, MSG_SEND, MSG_WRITE = (native.lib.RNIC_DP_MSG_NONE, native.lib.RNIC_DP_MSG_SEND,
+                                 native.lib.RNIC_DP_MSG_WRITE)
 RENAK_AFTER = 16      # out-of-sequence packets after which a sequence NAK is repeated
 ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
 
 
 @dataclass(slots=True)
-class Message:
-    """The multi-packet SEND or WRITE being received."""
-    kind: op.Kind
+class SendMessage:
+    """The multi-packet SEND being received (a WRITE's state lives in qp.dp)."""
+    wr_id: int
+    sgl: SGList
     offset: int = 0
-    wr_id: int = 0
-    sgl: SGList | None = None       # SEND: the receive buffer
-    view: memoryview | None = None  # WRITE: the target range
-    length: int = 0                 # WRITE: RETH DMA length
+
+
+def _dp_field(name: str, doc: str):
+    """A responder attribute that lives in the QP's struct rnic_dp_qp (shared with C)."""
+    return property(lambda self: getattr(self.dp, name),
+                    lambda self, v: setattr(self.dp, name, int(v)), doc=doc)
 
 
 class Responder:
+    epsn = _dp_field("epsn", "expected PSN")
+    msn = _dp_field("msn", "message sequence number for the AETH")
+    ack_pending = _dp_field("ack_pending", "an ACK for epsn - 1 is owed")
+    nak_sent = _dp_field("nak_sent", "a sequence NAK was sent for the current gap")
+
     def __init__(self, qp):
         self.qp = qp
+        self.dp = qp.dp
         self.deadline = None
         self.reset_psn(0)
 
     def reset_psn(self, psn: int):
         self.epsn = psn
         self.msn = 0
-        self.msg: Message | None = None
-        self.nak_sent = False          # a sequence NAK was sent for the current gap
-        self.nak_high = psn            # highest PSN seen since it was sent
+        self.send: SendMessage | None = None
+        self.abandon_write()
+        self.dp.msg = MSG_NONE
+        self.nak_sent = False
+        self.nak_high = psn            # highest PSN seen since the NAK was sent
         self.oos_since_nak = 0
         self.ack_pending = False
         self.atomic_cache: OrderedDict[int, int] = OrderedDict()   # psn -> original value
 
     def reset(self):
         self.reset_psn(0)
+
+    def abandon_write(self):
+        dp = self.dp
+        if dp.msg == MSG_WRITE:
+            dp.msg = MSG_NONE
+        dp.write_ptr = NULL
+        dp.write_left = dp.write_len = 0
 
     # ---- entry point -------------------------------------------------------------------------
     def on_request(self, pkt: roce.Packet, info: op.OpInfo, now: float):
@@ -85,7 +107,7 @@ class Responder:
     def _send(self, pkt, info, now):
         qp = self.qp
         if info.is_first:
-            if self.msg is not None:
+            if self.dp.msg != MSG_NONE:
                 return self._invalid(pkt, now, "SEND FIRST inside a message")
             wqe = qp.take_recv()
             if wqe is None:
@@ -96,20 +118,21 @@ class Responder:
                 qp.complete_recv(wqe.wr_id, status, WCOpcode.IBV_WC_RECV)
                 return self._fatal_nak(pkt, roce.NAK_REMOTE_OPERATIONAL, now,
                                        "receive WQE with a bad lkey")
-            self.msg = Message(K.SEND, wr_id=wqe.wr_id, sgl=sgl)
-        elif self.msg is None or self.msg.kind != K.SEND:
+            self.send = SendMessage(wqe.wr_id, sgl)
+            self.dp.msg = MSG_SEND
+        elif self.dp.msg != MSG_SEND:
             return self._invalid(pkt, now, "SEND MIDDLE/LAST without FIRST")
         if not self._length_ok(pkt, info):
             return self._invalid(pkt, now, "bad payload length for the path MTU")
-        m = self.msg
+        m = self.send
         if not m.sgl.scatter(m.offset, pkt.payload):
             qp.complete_recv(m.wr_id, WCStatus.IBV_WC_LOC_LEN_ERR, WCOpcode.IBV_WC_RECV)
-            self.msg = None
+            self._end_message()
             return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now,
                                    "SEND larger than the receive buffer")
         m.offset += len(pkt.payload)
         if info.is_last:
-            self.msg = None
+            self._end_message()
             opcode = WCOpcode.IBV_WC_RECV
             qp.complete_recv(m.wr_id, WCStatus.IBV_WC_SUCCESS, opcode, m.offset,
                              pkt.imm if info.immdt else None, solicited=pkt.se)
@@ -117,45 +140,49 @@ class Responder:
         self._advance(pkt)
 
     def _write(self, pkt, info, now):
-        qp = self.qp
+        """The slow path of an RDMA WRITE: the data plane places in-order WRITEs itself and
+        hands over what it cannot decide; the message's state is the shared qp.dp."""
+        qp, dp = self.qp, self.dp
         if info.is_first:
-            if self.msg is not None:
+            if dp.msg != MSG_NONE:
                 return self._invalid(pkt, now, "WRITE FIRST inside a message")
-            view = self._remote_range(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
-                                      Access.IBV_ACCESS_REMOTE_WRITE)
-            if view is None:
+            mr = self._remote_mr(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
+                                 Access.IBV_ACCESS_REMOTE_WRITE)
+            if mr is None and pkt.reth_len:
                 return self._access_error(pkt, now)
-            self.msg = Message(K.WRITE, view=view, length=pkt.reth_len)
-        elif self.msg is None or self.msg.kind != K.WRITE:
+            dp.msg = MSG_WRITE
+            dp.write_ptr = mr.pointer(pkt.reth_va) if mr is not None else NULL
+            dp.write_left = dp.write_len = pkt.reth_len
+        elif dp.msg != MSG_WRITE:
             return self._invalid(pkt, now, "WRITE MIDDLE/LAST without FIRST")
         if not self._length_ok(pkt, info):
             return self._invalid(pkt, now, "bad payload length for the path MTU")
-        m = self.msg
         n = len(pkt.payload)
-        if m.offset + n > m.length or (info.is_last and m.offset + n != m.length):
-            self.msg = None
+        if n > dp.write_left or (info.is_last and n != dp.write_left):
             return self._invalid(pkt, now, "WRITE payload does not match the RETH length")
         wqe = None
         if info.is_last and info.immdt:
             wqe = qp.take_recv()          # WRITE with immediate consumes a receive WQE
             if wqe is None:
                 if info.is_first:
-                    self.msg = None
+                    self.abandon_write()
                 return self._rnr(pkt)
         if n:
-            m.view[m.offset:m.offset + n] = pkt.payload
-        m.offset += n
+            ffi.memmove(dp.write_ptr, pkt.payload, n)
+            dp.write_ptr += n
+            dp.write_left -= n
         if info.is_last:
-            self.msg = None
+            length = dp.write_len
+            self._end_message()
             if wqe is not None:
                 qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_SUCCESS,
-                                 WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM, m.length, pkt.imm,
+                                 WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM, length, pkt.imm,
                                  solicited=pkt.se)
             self._message_done()
         self._advance(pkt)
 
     def _read(self, pkt, info, now):
-        if self.msg is not None:
+        if self.dp.msg != MSG_NONE:
             return self._invalid(pkt, now, "READ inside a message")
         view = self._remote_range(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
                                   Access.IBV_ACCESS_REMOTE_READ)
@@ -167,7 +194,7 @@ class Responder:
 
     def _atomic(self, pkt, info, now):
         qp = self.qp
-        if self.msg is not None:
+        if self.dp.msg != MSG_NONE:
             return self._invalid(pkt, now, "atomic inside a message")
         if pkt.atomic_va % 8:
             return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, "misaligned atomic")
@@ -252,6 +279,11 @@ class Responder:
         if pkt.ackreq:
             self.ack_pending = True
 
+    def _end_message(self):
+        self.send = None
+        self.abandon_write()
+        self.dp.msg = MSG_NONE
+
     def _message_done(self):
         self.msn = (self.msn + 1) & 0xFFFFFF
 
@@ -271,7 +303,7 @@ class Responder:
         self._nak(roce.aeth_rnr(self.qp.attr["min_rnr_timer"]), pkt.psn)
 
     def _invalid(self, pkt, now, why):
-        self.msg = None
+        self._end_message()
         self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, why)
 
     def _access_error(self, pkt, now):

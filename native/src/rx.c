@@ -1,0 +1,142 @@
+/*
+ * rx.c — the responder's fast path: in-order RDMA WRITE packets of an RC connection are
+ * checked and placed here, with no Python per packet. Anything else — another opcode, a
+ * PSN out of sequence, a bad key, a malformed or corrupted packet — is left untouched for
+ * core/roce/responder.py, which shares the QP's state (struct rnic_dp_qp) and knows how to
+ * NAK, drop and count it. So every check here only decides "mine or not": errors are
+ * never reported from C.
+ *
+ * Order of checks as IBTA 9.7.3 lists them: transport header (BTH, ICRC), QP and source,
+ * PSN (== ePSN), opcode sequence, RETH access (rkey, PD, access, bounds), length.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "rnic_dp.h"
+
+enum {
+    RX_BTH_LEN = 12, RX_RETH_LEN = 16, RX_ICRC_LEN = 4,
+    RX_OP_WRITE_FIRST = 0x06, RX_OP_WRITE_MIDDLE = 0x07, RX_OP_WRITE_LAST = 0x08, RX_OP_WRITE_ONLY = 0x0a,
+    RX_ACCESS_REMOTE_WRITE = 2,
+};
+
+static inline uint32_t rx_be24(const uint8_t *p) { return (uint32_t)p[0] << 16 | p[1] << 8 | p[2]; }
+static inline uint32_t rx_be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | p[2] << 8 | p[3]; }
+static inline uint64_t rx_be64(const uint8_t *p) { return (uint64_t)rx_be32(p) << 32 | rx_be32(p + 4); }
+static inline uint32_t rx_le32(const uint8_t *p) { return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | p[1] << 8 | p[0]; }
+
+/* The region behind (rkey, va, n) if this QP may write it (IBTA 10.6.3.2, 9.7.4.1.4). */
+static uint8_t *write_target(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
+                             uint32_t rkey, uint64_t va, uint64_t n)
+{
+    uint32_t idx = rkey >> 8;
+    const struct rnic_dp_mr *mr;
+
+    if (!(qp->access & RX_ACCESS_REMOTE_WRITE) || idx >= dev->mrs_len)
+        return NULL;
+    mr = dev->mrs[idx];
+    if (!mr || mr->rkey != rkey || mr->pd != qp->pd || !(mr->access & RX_ACCESS_REMOTE_WRITE))
+        return NULL;
+    if (va < mr->iova || va - mr->iova > mr->length || n > mr->length - (va - mr->iova))
+        return NULL;
+    return mr->base + (va - mr->iova);
+}
+
+int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
+                   uint32_t src_ip_be, uint16_t sport)
+{
+    struct rnic_dp_qp *qp;
+    uint32_t op, qpn, psn, pad, hdr, plen, mtu;
+    const uint8_t *payload;
+
+    if (len < RX_BTH_LEN + RX_ICRC_LEN || (pkt[1] & 0x0f) != 0)       /* TVer 0 (9.2.4) */
+        return 0;
+    op = pkt[0];
+    if (op != RX_OP_WRITE_FIRST && op != RX_OP_WRITE_MIDDLE && op != RX_OP_WRITE_LAST
+        && op != RX_OP_WRITE_ONLY)
+        return 0;
+    qpn = rx_be24(pkt + 5);
+    if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
+        || qp->peer_ip_be != src_ip_be)
+        return 0;
+    psn = rx_be24(pkt + 9);
+    if (psn != qp->epsn)
+        return 0;
+    hdr = RX_BTH_LEN + ((op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) ? RX_RETH_LEN : 0);
+    pad = (pkt[1] >> 4) & 3;
+    if (len < hdr + RX_ICRC_LEN + pad)
+        return 0;
+    if (rx_le32(pkt + len - RX_ICRC_LEN)
+        != rnic_roce_icrc_v4(pkt, len - RX_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port))
+        return 0;
+    plen = len - hdr - RX_ICRC_LEN - pad;
+    payload = pkt + hdr;
+    mtu = qp->mtu;
+    if (plen > mtu || (pad && (op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_MIDDLE)))
+        return 0;
+
+    if (op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) {
+        uint64_t va = rx_be64(pkt + RX_BTH_LEN);
+        uint32_t rkey = rx_be32(pkt + RX_BTH_LEN + 8);
+        uint64_t dlen = rx_be32(pkt + RX_BTH_LEN + 12);
+        uint8_t *dst;
+
+        if (qp->msg != RNIC_DP_MSG_NONE || dlen == 0)
+            return 0;
+        /* FIRST carries exactly one MTU of a longer message; ONLY all of it (9.7.7.1). */
+        if (op == RX_OP_WRITE_FIRST ? (plen != mtu || dlen <= mtu) : plen != dlen)
+            return 0;
+        if (!(dst = write_target(dev, qp, rkey, va, dlen)))
+            return 0;
+        memcpy(dst, payload, plen);
+        if (op == RX_OP_WRITE_FIRST) {
+            qp->msg = RNIC_DP_MSG_WRITE;
+            qp->write_ptr = dst + plen;
+            qp->write_left = dlen - plen;
+            qp->write_len = dlen;
+        } else {
+            qp->msn = (qp->msn + 1) & 0xffffff;
+        }
+    } else {
+        if (qp->msg != RNIC_DP_MSG_WRITE)
+            return 0;
+        if (op == RX_OP_WRITE_MIDDLE ? (plen != mtu || qp->write_left <= mtu)
+                                  : (plen == 0 || plen != qp->write_left))
+            return 0;
+        memcpy(qp->write_ptr, payload, plen);
+        qp->write_ptr += plen;
+        qp->write_left -= plen;
+        if (op == RX_OP_WRITE_LAST) {
+            qp->msg = RNIC_DP_MSG_NONE;
+            qp->write_ptr = NULL;
+            qp->msn = (qp->msn + 1) & 0xffffff;
+        }
+    }
+    qp->epsn = (psn + 1) & 0xffffff;
+    qp->nak_sent = 0;
+    if ((pkt[8] & 0x80) && !qp->ack_pending) {                 /* AckReq (9.7.5.1.2) */
+        qp->ack_pending = 1;
+        if (dev->nacks < dev->acks_len)
+            dev->acks[dev->nacks++] = qpn;
+    }
+    qp->fast_pkts++;
+    return 1;
+}
+
+uint32_t rnic_dp_rx_batch(struct rnic_dp_dev *dev, const uint8_t *bufs, uint32_t buf_size,
+                          const uint32_t *lens, const uint32_t *addrs_be,
+                          const uint16_t *ports, uint32_t n, uint32_t *slow)
+{
+    uint32_t nslow = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        if (lens[i] <= buf_size
+            && rnic_dp_rx_one(dev, bufs + (size_t)i * buf_size, lens[i], addrs_be[i], ports[i])) {
+            dev->fast_pkts++;
+            continue;
+        }
+        dev->slow_pkts++;
+        slow[nslow++] = i;
+    }
+    return nslow;
+}
