@@ -44,8 +44,7 @@ class Daemon:
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self, listen_sock=None):
         sock = open_roce_socket(self.config.bind, self.config.port)
-        self.port = RocePort(self.loop, sock, self.device.receive, self._after_batch,
-                             self.device.counters)
+        self.port = RocePort(self.loop, sock, self.device, self._after_batch)
         self.control = ControlServer(self.loop, self.config.ctl_socket, self._handle,
                                      self._connection_closed, self._sent_fds, listen_sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
