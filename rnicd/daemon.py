@@ -131,7 +131,7 @@ class Daemon:
         self._drain()
 
     def _after_batch(self):
-        self.device.end_batch()
+        self.device.end_batch(self.loop.time())
         self._drain()
 
     def _on_timer(self):
@@ -141,15 +141,18 @@ class Daemon:
 
     def _drain(self):
         d = self.device
-        if d.tx:
-            tx, d.tx = d.tx, []
+        if d.fault.spec.active() or d.tx:
+            # faults (or a spill) take the per-datagram path through the injector
             send, fault = self.port.send, d.fault
-            for data, addr in tx:
+            for data, addr in d.take_tx():
                 for delay, dgram in fault.apply(data):
                     if delay:
                         self.loop.call_later(delay, send, dgram, addr)
                     else:
                         send(dgram, addr)
+        elif d.dp.ntx:
+            self.port.send_queued(d.dp)
+        d.take_notifications()
         if d.notify:
             for ch in d.notify:
                 try:

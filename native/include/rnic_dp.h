@@ -123,7 +123,72 @@ struct rnic_dp_qp {
     uint64_t write_left;    /* WRITE: bytes still expected */
     uint64_t write_len;     /* WRITE: the RETH DMA length */
     uint64_t fast_pkts;     /* packets the data plane handled for this QP */
+
+    /* requester and completer (IBTA 9.7.1-9.7.2, 9.7.5.1); see sq.c */
+    uint32_t dest_qpn;
+    uint32_t una;           /* oldest PSN not yet acknowledged or answered */
+    uint32_t send_psn;      /* next PSN to transmit (rewound for go-back-N) */
+    uint32_t next_psn;      /* next PSN to assign to a fetched WQE */
+    uint32_t high_psn;      /* PSN after the highest ever sent: below it is a resend */
+    uint32_t sq_head;       /* SQ index of the oldest WQE not retired (the ring's cons) */
+    uint32_t sq_next;       /* SQ index of the next WQE to fetch */
+    uint32_t sq_sig_all;
+    uint32_t retry_cnt;     /* attributes ... */
+    uint32_t rnr_retry;
+    uint32_t retry_left;    /* ... and what is left of them since the last progress */
+    uint32_t rnr_left;
+    uint32_t rewound;       /* went back N at this una already: repeat only if forced */
+    uint32_t rnr_wait;      /* waiting out an RNR NAK: send nothing */
+    uint32_t send_ok;       /* the QP is in RTS: the requester may send */
+    uint32_t swqe_mask;     /* swqes has swqe_mask + 1 entries, one per SQ slot */
+    double cwnd;            /* congestion window in packets (AIMD) */
+    double timeout_s;       /* local ACK timeout, 0: none (IBTA 9.7.6.1.3) */
+    double retrans_at;      /* when the retransmit timer fires, 0: not armed */
+    struct rnic_dp_swqe *swqes;
+    struct rnic_ring_hdr *sq;
+    struct rnic_dp_cq *scq;
+    uint64_t sent_pkts;
+    uint64_t retransmitted_pkts;
 };
+
+/* A completion queue as the data plane writes it (the ring of rnic_abi.h). */
+struct rnic_dp_cq {
+    struct rnic_ring_hdr *hdr;
+    uint8_t *entries;
+    uint32_t mask;          /* num_entries - 1 */
+    uint32_t id;            /* core/'s handle, reported in rnic_dp_dev.notify */
+    uint32_t overflow;      /* set when a CQE was lost to overrun (IBV_EVENT_CQ_ERR) */
+    uint32_t has_channel;   /* a completion channel may be signalled */
+};
+
+/* A send WQE in flight, fetched and validated by core/ (slot = SQ index & swqe_mask).
+ * Whoever finishes it sets status; rnic_dp_retire completes finished WQEs in order. */
+struct rnic_dp_piece {
+    uint8_t *ptr;
+    uint64_t len;
+};
+struct rnic_dp_swqe {
+    uint64_t wr_id;
+    uint64_t remote_addr;
+    uint32_t idx;           /* SQ index, free-running */
+    uint32_t opcode;        /* IBV_WR_* */
+    uint32_t flags;         /* IBV_SEND_* */
+    uint32_t imm;
+    uint32_t rkey;
+    uint32_t length;
+    uint32_t first_psn;
+    uint32_t npkts;         /* PSNs it consumes */
+    int32_t status;         /* -1 while in flight, else enum ibv_wc_status */
+    uint32_t wc_opcode;     /* enum ibv_wc_opcode of its completion */
+    uint32_t npieces;       /* gather list of a SEND/WRITE payload ... */
+    uint32_t _rsvd0;
+    struct rnic_dp_piece *pieces;   /* ... in the QP's piece array (max_send_sge a slot) */
+};
+
+/* Largest congestion window, smallest one, and how often a long message asks for an ACK. */
+#define RNIC_DP_WINDOW 128
+#define RNIC_DP_MIN_WINDOW 4
+#define RNIC_DP_ACKREQ_EVERY 32
 
 /* The tables and counters of one device. core/ owns the arrays and keeps them filled. */
 struct rnic_dp_dev {
@@ -139,7 +204,51 @@ struct rnic_dp_dev {
     uint32_t nacks;                 /* entries used; core/ resets it after sending ACKs */
     uint64_t fast_pkts;             /* datagrams the data plane handled */
     uint64_t slow_pkts;             /* datagrams handed to core/: the slow-path events */
+    /* datagrams to send, in order: tx_cap buffers of tx_buf_size bytes */
+    uint8_t *tx_bufs;
+    uint32_t *tx_lens;
+    uint32_t *tx_addrs_be;
+    uint32_t tx_buf_size;
+    uint32_t tx_cap;
+    uint32_t ntx;
+    uint32_t notify_cap;
+    uint32_t *notify;               /* ids of CQs to signal, or that overran */
+    uint32_t nnotify;
+    uint32_t pumps_cap;
+    uint32_t *pumps;                /* QPNs whose requester needs core/ (fetch, READ, ...) */
+    uint32_t npumps;
+    uint32_t _rsvd1;
+    double now;                     /* the time of the current call, set by core/ */
 };
+
+/* ---- sq.c: the requester's and completer's common case -------------------------------- */
+
+/* rnic_dp_pump results */
+#define RNIC_DP_PUMP_IDLE 0         /* window full, nothing to send, or not allowed to send */
+#define RNIC_DP_PUMP_FETCH 1        /* every fetched WQE is sent: core/ may fetch more */
+#define RNIC_DP_PUMP_SLOW 2         /* the WQE at send_psn is core/'s (READ, atomic) */
+#define RNIC_DP_PUMP_TX_FULL 3      /* the transmit buffer is full: drain it, call again */
+
+/* Append one CQE; signal the channel when armed (IBTA 11.4.2.2). 0, or -ENOSPC on overrun
+ * (the CQE is lost and cq->overflow set). */
+int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
+                    uint32_t solicited);
+/* Complete finished WQEs from the head of the SQ, in order (IBTA 10.8.3); returns how
+ * many were retired. */
+uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
+/* Every request PSN <= psn is acknowledged (coalesced ACK, 9.7.5.1.2): finish the SEND and
+ * WRITE WQEs it covers and move una. Returns -1, or the first PSN of an unanswered READ or
+ * atomic that psn covers: its response was lost and core/ must re-issue it. */
+int64_t rnic_dp_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn);
+/* una moved on from old_una: grow the window, refill the retry budgets and restart the
+ * retransmit timer (IBTA 9.7.6.1.3: the timer measures time without progress). */
+void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t old_una);
+/* Transmit what the window allows from send_psn (RNIC_DP_PUMP_*). */
+int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
+/* Queue a datagram core/ built (so that all datagrams go out in one order); -ENOSPC when
+ * the transmit buffer is full, -EMSGSIZE when it does not fit a buffer. */
+int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,
+                    uint32_t dst_ip_be);
 
 /* Try the fast path on one datagram from src_ip_be:sport. Returns 1 if it was handled
  * (placed, state advanced, ACK owed noted), 0 if core/ must handle it. Never both. */

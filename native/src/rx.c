@@ -17,8 +17,10 @@
 enum {
     RX_BTH_LEN = 12, RX_RETH_LEN = 16, RX_ICRC_LEN = 4,
     RX_OP_WRITE_FIRST = 0x06, RX_OP_WRITE_MIDDLE = 0x07, RX_OP_WRITE_LAST = 0x08, RX_OP_WRITE_ONLY = 0x0a,
-    RX_ACCESS_REMOTE_WRITE = 2,
+    RX_ACCESS_REMOTE_WRITE = 2, RX_OP_ACK = 0x11, RX_AETH_LEN = 4,
 };
+
+static inline int32_t rx_psn_diff(uint32_t a, uint32_t b) { return (int32_t)((a - b) << 8) >> 8; }
 
 static inline uint32_t rx_be24(const uint8_t *p) { return (uint32_t)p[0] << 16 | p[1] << 8 | p[2]; }
 static inline uint32_t rx_be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | p[2] << 8 | p[3]; }
@@ -42,6 +44,39 @@ static uint8_t *write_target(const struct rnic_dp_dev *dev, const struct rnic_dp
     return mr->base + (va - mr->iova);
 }
 
+static int icrc_ok(const struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
+                   uint32_t src_ip_be, uint16_t sport)
+{
+    return rx_le32(pkt + len - RX_ICRC_LEN)
+        == rnic_roce_icrc_v4(pkt, len - RX_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port);
+}
+
+/* A positive ACK for our requests (9.7.5.1.2): acknowledge, retire, send more. NAKs, stale
+ * or impossible PSNs, and ACKs that reveal a lost READ response are core/'s. */
+static int rx_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                  uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
+{
+    uint32_t old = qp->una;
+    int64_t lost;
+
+    if (len != RX_BTH_LEN + RX_AETH_LEN + RX_ICRC_LEN || (pkt[1] & 0x30)
+        || (pkt[RX_BTH_LEN] >> 5) != 0 || !qp->send_ok)
+        return 0;
+    if (rx_psn_diff(psn, qp->una) < 0 || rx_psn_diff(psn, qp->next_psn) >= 0)
+        return 0;
+    if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
+        return 0;
+    lost = rnic_dp_ack(dev, qp, psn);
+    rnic_dp_progress(dev, qp, old);
+    rnic_dp_retire(dev, qp);
+    if (lost >= 0)
+        return 0;           /* core/ re-issues the READ/atomic (it repeats the ack harmlessly) */
+    if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
+        dev->pumps[dev->npumps++] = qp->qpn;
+    qp->fast_pkts++;
+    return 1;
+}
+
 int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
                    uint32_t src_ip_be, uint16_t sport)
 {
@@ -53,21 +88,22 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
         return 0;
     op = pkt[0];
     if (op != RX_OP_WRITE_FIRST && op != RX_OP_WRITE_MIDDLE && op != RX_OP_WRITE_LAST
-        && op != RX_OP_WRITE_ONLY)
+        && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK)
         return 0;
     qpn = rx_be24(pkt + 5);
     if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
         || qp->peer_ip_be != src_ip_be)
         return 0;
     psn = rx_be24(pkt + 9);
+    if (op == RX_OP_ACK)
+        return rx_ack(dev, qp, pkt, len, psn, src_ip_be, sport);
     if (psn != qp->epsn)
         return 0;
     hdr = RX_BTH_LEN + ((op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) ? RX_RETH_LEN : 0);
     pad = (pkt[1] >> 4) & 3;
     if (len < hdr + RX_ICRC_LEN + pad)
         return 0;
-    if (rx_le32(pkt + len - RX_ICRC_LEN)
-        != rnic_roce_icrc_v4(pkt, len - RX_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port))
+    if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
     plen = len - hdr - RX_ICRC_LEN - pad;
     payload = pkt + hdr;

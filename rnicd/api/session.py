@@ -193,11 +193,11 @@ class Session:
         return {"mr": mr.handle, "lkey": lkey, "rkey": rkey}, []
 
     def m_dereg_mr(self, args, fds, now):
-        self._destroy_mr(self._get(self.mrs, args, "mr", "MR"))
+        self._destroy_mr(self._get(self.mrs, args, "mr", "MR"), now)
         return {}, []
 
-    def _destroy_mr(self, mr: MR):
-        self.device.forget_region(mr)
+    def _destroy_mr(self, mr: MR, now: float):
+        self.device.forget_region(mr, now)
         del self.mrs[mr.handle]
         mr.pd.refs -= 1
         mr.release()
@@ -227,6 +227,7 @@ class Session:
         ring, fd, size = self.shm.new_ring(RING_CQ, CQE_SIZE, pow2_at_least(cqe + 1), 0, 0)
         cq = CQ(self._handle(), self, ring, channel, comp_vector)
         self.cqs[cq.handle] = cq
+        self.device.add_cq(cq)
         return {"cq": cq.handle, "cqe": cq.cqe, "size": size}, [fd]
 
     def m_resize_cq(self, args, fds, now):
@@ -254,6 +255,7 @@ class Session:
 
     def _destroy_cq(self, cq):
         del self.cqs[cq.handle]
+        self.device.remove_cq(cq)
         self.shm.release_ring(cq.ring)
 
     # ---- SRQ -----------------------------------------------------------------------------
@@ -387,7 +389,7 @@ class Session:
         for cq in list(self.cqs.values()):
             self._destroy_cq(cq)
         for mr in list(self.mrs.values()):
-            self._destroy_mr(mr)
+            self._destroy_mr(mr, now)
         self.pds.clear()
         for ch in self.channels.values():
             self.shm.close_fd(ch.fd)

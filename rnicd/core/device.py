@@ -7,9 +7,12 @@ datagrams_to_send(). Time is always passed in as `now`.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import ipaddress
 import logging
 import random
+import struct
 from dataclasses import dataclass
 
 from rnicd import native
@@ -19,7 +22,7 @@ from rnicd.core.qp_state import QPLimits
 from rnicd.core.resources import CQ, CQEntry, KeyTable
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
-from rnicd.wire.abi import EventType
+from rnicd.wire.abi import EventType, QPState
 
 log = logging.getLogger("rnicd.device")
 
@@ -29,6 +32,9 @@ ROCE_PORT = 4791
 QP_TABLE = 1 << 15          # QPNs are indices into the data plane's QP table
 MR_TABLE = 1 << 16          # key indices are indices into its MR table
 ACKS_PER_BATCH = 256        # QPs that may come to owe an ACK in one received batch
+TX_CAP = 1024               # datagrams queued before they must be sent (or spilled)
+TX_BUF = 4608               # bytes per queued datagram: a 4096-byte payload and headers
+NOTIFY_CAP = 1 << 14        # CQ notifications between two drains (at most one per CQ)
 
 
 @dataclass
@@ -68,15 +74,24 @@ class Device:
         self.counters = Counters()
         # the data plane's view of this device: our address, QP and MR tables, ACKs owed
         ffi = native.ffi
-        self._dp_qps = ffi.new("struct rnic_dp_qp *[]", QP_TABLE)
-        self._dp_acks = ffi.new("uint32_t[]", ACKS_PER_BATCH)
-        self.dp = ffi.new("struct rnic_dp_dev *", {
-            "ip_be": native.ipv4_be(ip), "port": port, "qps": self._dp_qps,
-            "qps_len": QP_TABLE, "mrs": self.keys.dp, "mrs_len": MR_TABLE,
-            "acks": self._dp_acks, "acks_len": ACKS_PER_BATCH})
+        self._dp_arrays = dict(
+            qps=ffi.new("struct rnic_dp_qp *[]", QP_TABLE),
+            acks=ffi.new("uint32_t[]", ACKS_PER_BATCH),
+            pumps=ffi.new("uint32_t[]", ACKS_PER_BATCH),
+            notify=ffi.new("uint32_t[]", NOTIFY_CAP),
+            tx_bufs=ffi.new("uint8_t[]", TX_CAP * TX_BUF),
+            tx_lens=ffi.new("uint32_t[]", TX_CAP),
+            tx_addrs_be=ffi.new("uint32_t[]", TX_CAP))
+        self.dp = ffi.new("struct rnic_dp_dev *", dict(
+            self._dp_arrays, ip_be=native.ipv4_be(ip), port=port, qps_len=QP_TABLE,
+            mrs=self.keys.dp, mrs_len=MR_TABLE, acks_len=ACKS_PER_BATCH,
+            pumps_cap=ACKS_PER_BATCH, notify_cap=NOTIFY_CAP, tx_buf_size=TX_BUF,
+            tx_cap=TX_CAP))
+        self.cqs: dict[int, CQ] = {}        # by uid, to resolve the data plane's reports
+        self._gone = Counters()             # data-plane counts of destroyed QPs
         self.fault = FaultInjector(fault or FaultSpec(), self.counters)
-        # outputs, drained by the io layer
-        self.tx: list[tuple[bytes, tuple[str, int]]] = []
+        # outputs, drained by the io layer (datagrams: see take_tx)
+        self.tx: list[tuple[bytes, tuple[str, int]]] = []     # spilled from dp's tx buffer
         self.notify: set = set()
         self.events: list[tuple[object, dict]] = []
         self._acks: set = set()
@@ -104,26 +119,40 @@ class Device:
 
     def add_qp(self, qp):
         self.qps[qp.qp_num] = qp
-        self._dp_qps[qp.qp_num] = qp.dp
+        self._dp_arrays["qps"][qp.qp_num] = qp.dp
 
     def remove_qp(self, qp):
         self.qps.pop(qp.qp_num, None)
-        self._dp_qps[qp.qp_num] = native.ffi.NULL
+        self._dp_arrays["qps"][qp.qp_num] = native.ffi.NULL
         self._acks.discard(qp)
+        self._gone.inc("sent_pkts", qp.dp.sent_pkts)
+        self._gone.inc("retransmitted_pkts", qp.dp.retransmitted_pkts)
 
-    def forget_region(self, mr):
-        """An MR goes away: no key reaches it any more, and a WRITE being placed into it is
-        abandoned (its next packet meets the responder's checks and is NAKed)."""
+    def add_cq(self, cq: CQ):
+        self.cqs[cq.uid] = cq
+
+    def remove_cq(self, cq: CQ):
+        self.cqs.pop(cq.uid, None)
+
+    def forget_region(self, mr, now: float = 0.0):
+        """An MR goes away: no key reaches it any more; a WRITE being placed into it is
+        abandoned (its next packet meets the responder's checks and is NAKed); a QP with a
+        send WR still using it fails (IBTA 10.6.1: deregistering memory in use is the
+        consumer's error; here it must not leave the data plane a dangling pointer)."""
         self.keys.remove(mr)
         lo, hi = mr.pointer(mr.iova), mr.pointer(mr.iova + mr.length)
-        for qp in self.qps.values():
+        for qp in list(self.qps.values()):
             if qp.dp.msg == native.lib.RNIC_DP_MSG_WRITE and lo <= qp.dp.write_ptr <= hi:
                 qp.responder.abandon_write()
+            if qp.requester.uses_region(mr):
+                self.counters.inc("mr_deregistered_in_use")
+                qp.fatal("a send WR still uses a deregistered MR", now)
 
     # ---- inputs --------------------------------------------------------------------------
     def receive(self, data, src_ip: str, src_port: int, now: float):
         """One datagram from UDP 4791: the data plane's fast path first, else the slow path."""
         dp = self.dp
+        dp.now = now
         if native.lib.rnic_dp_rx_one(dp, data, len(data), native.ipv4_be(src_ip), src_port):
             dp.fast_pkts += 1
             return
@@ -161,25 +190,36 @@ class Device:
         else:
             qp.completer.on_response(pkt, info, now)
 
-    def end_batch(self):
-        """After a batch of received datagrams: one coalesced ACK per QP that owes one, found
-        by the slow path (_acks) or listed by the data plane (dp.acks)."""
-        dp = self.dp
-        for i in range(dp.nacks):
-            qp = self.qps.get(self._dp_acks[i])
-            if qp is not None:
-                self._acks.add(qp)
-        if dp.nacks == dp.acks_len:        # the list overflowed: look at every QP
-            self._acks.update(q for q in self.qps.values() if q.dp.ack_pending)
+    def end_batch(self, now: float):
+        """After a batch of received datagrams: one coalesced ACK per QP that owes one (found
+        by the slow path, or listed by the data plane), and core/'s part of the requesters
+        the data plane could not finish (it needs WQEs fetched, a READ sent, ...)."""
+        dp, arrays = self.dp, self._dp_arrays
+        self._acks.update(self._listed(arrays["acks"], dp.nacks, dp.acks_len,
+                                       lambda q: q.dp.ack_pending))
         dp.nacks = 0
         for qp in self._acks:
             qp.responder.flush_ack()
         self._acks.clear()
+        pumps = self._listed(arrays["pumps"], dp.npumps, dp.pumps_cap,
+                             lambda q: q.state == QPState.IBV_QPS_RTS)
+        dp.npumps = 0
+        for qp in pumps:
+            qp.requester.pump(now)
+
+    def _listed(self, array, n: int, cap: int, scan) -> set:
+        """The QPs whose numbers the data plane listed; all that `scan` picks on overflow."""
+        if n >= cap:
+            return {q for q in self.qps.values() if scan(q)}
+        return {qp for i in range(n) if (qp := self.qps.get(array[i])) is not None}
 
     def counter_snapshot(self) -> dict[str, int]:
         """The named counters plus the data plane's: every datagram received is either
         handled by the fast path or a slow-path event."""
         snap = self.counters.snapshot()
+        for name in ("sent_pkts", "retransmitted_pkts"):
+            snap[name] = snap.get(name, 0) + self._gone[name] + sum(
+                getattr(qp.dp, name) for qp in self.qps.values())
         snap["rcvd_pkts"] = self.dp.fast_pkts + self.dp.slow_pkts
         snap["dp_fast_pkts"] = self.dp.fast_pkts
         snap["slow_path_events"] = self.dp.slow_pkts
@@ -201,19 +241,62 @@ class Device:
 
     # ---- outputs -------------------------------------------------------------------------
     def emit(self, qp, pkt: roce.Packet, payload=b""):
+        """Queue a packet core/ built, behind the data plane's, so that order is kept."""
         data = roce.build(pkt, payload, src_ip=self.ip, dst_ip=qp.peer_ip, sport=self.port,
                           dport=ROCE_PORT)
         self.counters.inc("sent_pkts")
-        self.tx.append((data, (qp.peer_ip, ROCE_PORT)))
+        lib = native.lib
+        if lib.rnic_dp_tx_push(self.dp, data, len(data), qp.dp.peer_ip_be) == -errno.ENOSPC:
+            self.spill_tx()
+            lib.rnic_dp_tx_push(self.dp, data, len(data), qp.dp.peer_ip_be)
+
+    def spill_tx(self):
+        """The transmit buffer is full in the middle of a call: move it to `tx`."""
+        self.tx.extend(self._tx_buffered())
+        self.dp.ntx = 0
+
+    def _tx_buffered(self):
+        dp, ffi = self.dp, native.ffi
+        for i in range(dp.ntx):
+            data = ffi.buffer(dp.tx_bufs + i * TX_BUF, dp.tx_lens[i])[:]
+            yield data, (_ip_str(dp.tx_addrs_be[i]), ROCE_PORT)
+
+    def take_tx(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """Every datagram to send, in order, as (bytes, address); empties the queues."""
+        out, self.tx = self.tx, []
+        out.extend(self._tx_buffered())
+        self.dp.ntx = 0
+        return out
 
     def complete(self, cq: CQ, e: CQEntry):
-        if not cq.push(e):
-            self.counters.inc("cq_overflow")
-            log.warning("CQ %d overrun: completion for wr_id %d lost", cq.handle, e.wr_id)
-            self.post_event(cq.owner, {"type": int(EventType.IBV_EVENT_CQ_ERR), "cq": cq.handle})
-            return
-        if cq.should_notify(e):
-            self.notify.add(cq.channel)
+        """Write a CQE core/ produced, with the data plane's code for it."""
+        c = native.ffi.new("struct rnic_cqe *", {
+            "wr_id": e.wr_id, "status": e.status, "opcode": e.opcode,
+            "byte_len": e.byte_len & 0xFFFFFFFF, "imm_data": e.imm_data, "qp_num": e.qp_num,
+            "src_qp": e.src_qp, "wc_flags": e.wc_flags})
+        native.lib.rnic_dp_cq_push(self.dp, cq.dp, c, int(e.solicited))
+
+    def take_notifications(self):
+        """Completion channels to signal since the last call; CQ overruns become events."""
+        dp = self.dp
+        for i in range(dp.nnotify):
+            cq = self.cqs.get(dp.notify[i])
+            if cq is None:
+                continue
+            if cq.dp.overflow:
+                cq.dp.overflow = 0
+                self.counters.inc("cq_overflow")
+                log.warning("CQ %d overrun: completions were lost", cq.handle)
+                self.post_event(cq.owner, {"type": int(EventType.IBV_EVENT_CQ_ERR),
+                                           "cq": cq.handle})
+            if cq.channel is not None:
+                self.notify.add(cq.channel)
+        dp.nnotify = 0
 
     def post_event(self, owner, ev: dict):
         self.events.append((owner, ev))
+
+
+@functools.lru_cache(maxsize=1024)
+def _ip_str(addr_be: int) -> str:
+    return str(ipaddress.IPv4Address(struct.pack("=I", addr_be)))

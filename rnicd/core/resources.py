@@ -110,21 +110,29 @@ class SGList:
         return True
 
 
-def resolve_sges(keys: "KeyTable", pd: PD, sges, need: Access) -> tuple[SGList | None, WCStatus]:
-    """Validate (addr, length, lkey) triples against the key table (IBTA 10.6.3.2 / C10-?:
-    the lkey must name an MR of the same PD, with `need` access, covering the range)."""
-    pieces = []
+def resolve_regions(keys: "KeyTable", pd: PD, sges, need: Access):
+    """Validate (addr, length, lkey) triples against the key table (IBTA 10.6.3.2: the lkey
+    must name an MR of the same PD, with `need` access, covering the range).
+    -> ([(mr, addr, length)], SUCCESS) or (None, IBV_WC_LOC_PROT_ERR)."""
+    regions = []
     for addr, length, lkey in sges:
         if length == 0:
             continue
         mr = keys.by_lkey(lkey)
-        if mr is None or mr.pd is not pd or (need and not (mr.access & need)):
+        if (mr is None or mr.pd is not pd or (need and not (mr.access & need))
+                or mr.offset_of(addr, length) is None):
             return None, WCStatus.IBV_WC_LOC_PROT_ERR
-        off = mr.offset_of(addr, length)
-        if off is None:
-            return None, WCStatus.IBV_WC_LOC_PROT_ERR
-        pieces.append(mr.view[off:off + length])
-    return SGList(pieces), WCStatus.IBV_WC_SUCCESS
+        regions.append((mr, addr, length))
+    return regions, WCStatus.IBV_WC_SUCCESS
+
+
+def resolve_sges(keys: "KeyTable", pd: PD, sges, need: Access) -> tuple[SGList | None, WCStatus]:
+    """As resolve_regions, as a scatter/gather list of memoryviews."""
+    regions, status = resolve_regions(keys, pd, sges, need)
+    if regions is None:
+        return None, status
+    return SGList([mr.view[addr - mr.iova:addr - mr.iova + n] for mr, addr, n in regions]), \
+        status
 
 
 class KeyTable:
@@ -192,61 +200,38 @@ class CQEntry:
 
 
 class CQ:
-    """Completion queue: the device produces CQEs into the ring the client polls."""
+    """Completion queue: CQEs go into the ring the client polls, through the data plane's
+    rnic_dp_cq_push (one implementation for both planes); `dp` is its view of the ring."""
+
+    _uids = itertools.count(1)
 
     def __init__(self, handle, owner, ring: native.RingView, channel: CompChannel | None,
                  comp_vector: int = 0):
         self.handle = handle
         self.owner = owner
-        self.ring = ring
         self.channel = channel
         self.comp_vector = comp_vector
         self.refs = 0            # QPs using it
-        self.overflowed = False
+        self.uid = next(CQ._uids)   # device-wide identity, what the data plane reports
+        self.dp = native.ffi.new("struct rnic_dp_cq *", {
+            "id": self.uid, "has_channel": int(channel is not None)})
+        self.ring = ring
+
+    @property
+    def ring(self) -> native.RingView:
+        return self._ring
+
+    @ring.setter
+    def ring(self, ring: native.RingView):
+        """Point the data plane at a (new, after resize_cq) ring."""
+        self._ring = ring
+        self.dp.hdr = ring.hdr
+        self.dp.entries = native.ffi.cast("uint8_t *", ring.hdr) + native.lib.RNIC_RING_HDR_SIZE
+        self.dp.mask = ring.num_entries - 1
 
     @property
     def cqe(self) -> int:
         return self.ring.num_entries - 1   # as ibv reports: one slot kept free
-
-    def push(self, e: CQEntry) -> bool:
-        """Write one CQE; False (and nothing written) when the ring is full: CQ overrun."""
-        ring = self.ring
-        prod = ring.hdr.prod           # only the device writes prod
-        if (prod - ring.load_cons()) & 0xFFFFFFFF >= ring.num_entries - 1:
-            self.overflowed = True
-            return False
-        c = ring.cqe(prod)
-        c.wr_id = e.wr_id
-        c.status = e.status
-        c.opcode = e.opcode
-        c.vendor_err = 0
-        c.byte_len = e.byte_len & 0xFFFFFFFF
-        c.imm_data = e.imm_data
-        c.qp_num = e.qp_num
-        c.src_qp = e.src_qp
-        c.wc_flags = e.wc_flags
-        c.pkey_index = 0
-        c.slid = 0
-        c.sl = 0
-        c.dlid_path_bits = 0
-        ring.store_prod((prod + 1) & 0xFFFFFFFF)
-        return True
-
-    def should_notify(self, e: CQEntry) -> bool:
-        """Consume the arm (IBTA 11.4.2.2): next completion, or solicited/error completion."""
-        if self.channel is None:
-            return False
-        lib, hdr = native.lib, self.ring.hdr
-        # The exchange is a full barrier after publishing prod, so a client that arms and
-        # re-polls cannot miss both the CQE and the event.
-        arm = lib.rnic_xchg(native.ffi.addressof(hdr, "arm"), 0)
-        if arm == 0:
-            return False
-        if arm == 2 and not (e.solicited or e.status != WCStatus.IBV_WC_SUCCESS):
-            lib.rnic_xchg(native.ffi.addressof(hdr, "arm"), arm)   # not for us: re-arm
-            return False
-        lib.rnic_fetch_add(native.ffi.addressof(hdr, "events"), 1)
-        return True
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ log = logging.getLogger("rnicd.udp")
 
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2      # linux/in.h
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33      # asm-generic/socket.h (root may exceed rmem_max)
+ROCE_PORT = 4791
 SOCKET_BUFFER = 16 << 20
 RECV_BATCH = 64             # datagrams per recvmmsg
 RECV_BUF = 9216             # bytes per datagram buffer: a 4096-MTU RoCE packet fits twice
@@ -53,6 +54,7 @@ class RocePort:
         self._addrs = ffi.new("uint32_t[]", RECV_BATCH)
         self._ports = ffi.new("uint16_t[]", RECV_BATCH)
         self._slow = ffi.new("uint32_t[]", RECV_BATCH)
+        self._tx_ports = ffi.new("uint16_t[]", [ROCE_PORT] * native.lib.RNIC_MAX_BATCH)
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self):
@@ -67,6 +69,7 @@ class RocePort:
                 if n < 0:
                     self.counters.inc("rx_socket_error")
                 break
+            dev.dp.now = now
             for k in range(lib.rnic_dp_rx_batch(dev.dp, bufs, RECV_BUF, lens, addrs, ports,
                                                 n, slow)):
                 i = slow[k]
@@ -78,6 +81,20 @@ class RocePort:
             if n < RECV_BATCH:
                 break
         self.on_batch_end()
+
+    def send_queued(self, dp):
+        """Send the data plane's transmit buffer with sendmmsg, in order, and empty it."""
+        lib, fd, sent = native.lib, self.sock.fileno(), 0
+        while sent < dp.ntx:
+            n = min(dp.ntx - sent, lib.RNIC_MAX_BATCH)
+            rc = lib.rnic_send_batch(fd, dp.tx_bufs + sent * dp.tx_buf_size, dp.tx_buf_size,
+                                     dp.tx_lens + sent, n, dp.tx_addrs_be + sent,
+                                     self._tx_ports)
+            if rc <= 0:            # socket buffer full (or an error): the rest is lost,
+                self.counters.inc("tx_dropped_busy", dp.ntx - sent)   # timers recover it
+                break
+            sent += rc
+        dp.ntx = 0
 
     def send(self, data: bytes, addr):
         try:

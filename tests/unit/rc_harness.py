@@ -157,8 +157,7 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000):
     for _ in range(max_rounds):
         moved = False
         for src in (a, b):
-            tx, src.dev.tx = src.dev.tx, []
-            for data, (ip, _port) in tx:
+            for data, (ip, _port) in src.dev.take_tx():
                 for d in (net(src, data) if net else [data]):
                     held.append((hosts[ip], src, d))
         if held:
@@ -166,9 +165,9 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000):
             for dst, src, d in batch:
                 dst.dev.receive(d, src.dev.ip, 4791, dst.now)
                 moved = True
-            a.dev.end_batch()
-            b.dev.end_batch()
-        if moved or a.dev.tx or b.dev.tx:
+            a.dev.end_batch(a.now)
+            b.dev.end_batch(b.now)
+        if moved or a.dev.tx or b.dev.tx or a.dev.dp.ntx or b.dev.dp.ntx:
             continue
         deadlines = [d for d in (a.dev.next_deadline(), b.dev.next_deadline()) if d is not None]
         if not deadlines:

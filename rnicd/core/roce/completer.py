@@ -8,12 +8,15 @@ not arrived means that response was lost, so the READ is re-issued from where it
 """
 from __future__ import annotations
 
+from rnicd import native
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
 from rnicd.wire.abi import QPState, WCStatus
 from rnicd.wire.roce import psn_add, psn_diff
 
-from .requester import ATOMICS, SendWQE, W
+from .requester import ATOMICS, InFlight, W, dp_field
+
+lib = native.lib
 
 NAK_STATUS = {  # IBTA 9.7.5.2.4 NAK codes -> requester completion status (11.6.2)
     roce.NAK_INVALID_REQUEST: WCStatus.IBV_WC_REM_INV_REQ_ERR,
@@ -23,19 +26,31 @@ NAK_STATUS = {  # IBTA 9.7.5.2.4 NAK codes -> requester completion status (11.6.
 
 
 class Completer:
+    una = dp_field("una", "oldest PSN not yet acknowledged or answered")
+    retry_left = dp_field("retry_left", "transport retries left since the last progress")
+    rnr_left = dp_field("rnr_left", "RNR retries left since the last progress")
+
     def __init__(self, qp):
         self.qp = qp
-        self.una = 0
-        self.retrans_at: float | None = None
+        self.dp = qp.dp
         self.rnr_until: float | None = None
-        self.retry_left = 7
-        self.rnr_left = 7
-        self.rewound_at: int | None = None    # una when we last went back (suppress repeats)
         self.rewind_holdoff = 0.0
 
     def reset_psn(self, psn: int):
         self.una = psn
-        self.rewound_at = None
+        self.dp.rewound = 0
+
+    @property
+    def retrans_at(self) -> float | None:
+        return self.dp.retrans_at or None
+
+    @retrans_at.setter
+    def retrans_at(self, t: float | None):
+        self.dp.retrans_at = t or 0.0
+
+    def _rnr_wait(self, until: float | None):
+        self.rnr_until = until
+        self.dp.rnr_wait = until is not None
 
     @property
     def deadline(self) -> float | None:
@@ -43,18 +58,18 @@ class Completer:
 
     # ---- timers ----------------------------------------------------------------------------
     def arm_timer(self, now: float):
-        if self.retrans_at is None:
-            t = roce.timeout_seconds(self.qp.attr["timeout"])
-            self.retrans_at = None if t is None else now + t
+        if self.retrans_at is None and self.dp.timeout_s:
+            self.retrans_at = now + self.dp.timeout_s
 
     def on_timer(self, now: float):
         qp = self.qp
         if qp.state not in (QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD):
-            self.retrans_at = self.rnr_until = None
+            self.retrans_at = None
+            self._rnr_wait(None)
             return
         req = qp.requester
         if self.rnr_until is not None and now >= self.rnr_until:
-            self.rnr_until = None
+            self._rnr_wait(None)
             req.pump(now)
             return
         if self.retrans_at is None or now < self.retrans_at:
@@ -80,20 +95,14 @@ class Completer:
             qp.counters.inc("duplicate_response" if d < 0 else "bad_response_psn")
             return
         progress = self.una
+        qp.device.dp.now = now
         if info.kind == op.Kind.ACK:
             self._on_aeth(pkt, now)
         elif info.kind == op.Kind.READ_RESP:
             self._on_read_response(pkt, info, now)
         elif info.kind == op.Kind.ATOMIC_ACK:
             self._on_atomic_ack(pkt, now)
-        if self.una != progress:
-            req.acked(psn_diff(self.una, progress))
-            self.rewound_at = None
-            self.retry_left = qp.attr["retry_cnt"]
-            self.rnr_left = qp.attr["rnr_retry"]
-            self.retrans_at = None
-            if self.una != req.send_psn:
-                self.arm_timer(now)
+        lib.rnic_dp_progress(qp.device.dp, self.dp, progress)
         req.retire()
         req.pump(now)
 
@@ -115,7 +124,7 @@ class Completer:
                     self._fail_head(WCStatus.IBV_WC_RNR_RETRY_EXC_ERR, now, "RNR retry exceeded")
                     return
                 self.rnr_left -= 1
-            self.rnr_until = now + roce.RNR_TIMER_US[value] * 1e-6
+            self._rnr_wait(now + roce.RNR_TIMER_US[value] * 1e-6)
             self.retrans_at = None
             qp.requester.rewind(pkt.psn)
         elif value == roce.NAK_PSN_SEQUENCE:
@@ -127,27 +136,12 @@ class Completer:
             self._fail_head(status, now, f"peer NAK {value}")
 
     def _ack_through(self, psn: int, now: float):
-        """Every request PSN <= psn is acknowledged; una moves up to psn + 1 unless a READ or
-        atomic before that is still unanswered."""
-        target = psn_add(psn, 1)
-        for w in self.qp.requester.wqes:
-            if w.status is not None:
-                continue
-            if w.is_read_or_atomic:
-                if psn_diff(psn, w.first_psn) >= 0:
-                    # the responder executed it but its response is missing: re-issue
-                    target = w.first_psn
-                    if psn_diff(target, self.una) > 0:
-                        self.una = target
-                    self._go_back(self.una, now, "implied_nak_seq_err")
-                break
-            if psn_diff(psn, psn_add(w.first_psn, w.npkts - 1)) < 0:
-                break
-            w.status = WCStatus.IBV_WC_SUCCESS
-        if psn_diff(target, self.una) > 0:
-            self.una = target
+        """Every request PSN <= psn is acknowledged (the data plane's rnic_dp_ack); if that
+        covers a READ or atomic whose response is missing, re-issue it."""
+        if lib.rnic_dp_ack(self.qp.device.dp, self.dp, psn) >= 0:
+            self._go_back(self.una, now, "implied_nak_seq_err")
 
-    def _head_for(self, psn: int, now: float) -> SendWQE | None:
+    def _head_for(self, psn: int, now: float) -> InFlight | None:
         """Implicitly acknowledge everything before the WQE holding psn and return it."""
         w = self.qp.requester.wqe_at(psn)
         if w is None:
@@ -195,11 +189,11 @@ class Completer:
     def _go_back(self, psn: int, now: float, reason: str | None, force: bool = False):
         """Rewind to psn. Implied NAKs and response gaps arrive once per packet of a lost
         round, so they rewind once per una, or again after a quarter of the ACK timeout."""
-        if not force and self.rewound_at == self.una and now < self.rewind_holdoff:
+        if not force and self.dp.rewound and now < self.rewind_holdoff:
             return
         if reason:
             self.qp.counters.inc(reason)
-        self.rewound_at = self.una
+        self.dp.rewound = 1             # the data plane clears it on progress
         t = roce.timeout_seconds(self.qp.attr["timeout"])
         self.rewind_holdoff = now + (t / 4 if t else 0.001)
         self.qp.requester.rewind(psn)
@@ -210,6 +204,7 @@ class Completer:
             if w.status is None:
                 w.status = status
                 break
-        self.retrans_at = self.rnr_until = None
+        self.retrans_at = None
+        self._rnr_wait(None)
         self.qp.requester.retire()
         self.qp.fatal(reason, now)

@@ -13,6 +13,7 @@ from rnicd.core.roce.requester import Requester
 from rnicd.core.roce.responder import Responder
 from rnicd.errors import einval
 from rnicd.wire.abi import EventType, QPAttrMask, QPState, WCOpcode, WCStatus, mtu_bytes
+from rnicd.wire.roce import timeout_seconds
 
 log = logging.getLogger("rnicd.qp")
 
@@ -86,6 +87,9 @@ class RCQP:
         dp = self.dp
         dp.mtu = self.mtu
         dp.access = self.attr["qp_access_flags"]
+        dp.dest_qpn = self.attr["dest_qp_num"]
+        dp.retry_cnt, dp.rnr_retry = self.attr["retry_cnt"], self.attr["rnr_retry"]
+        dp.timeout_s = timeout_seconds(self.attr["timeout"]) or 0.0
         if self.peer_ip is not None:
             dp.peer_ip_be = self.device.native.ipv4_be(self.peer_ip)
         if attr_mask & QPAttrMask.IBV_QP_SQ_PSN:
@@ -105,6 +109,7 @@ class RCQP:
         self.attr["qp_state"] = new
         # the data plane serves only a QP that accepts requests (IBTA 10.3.1: RTR and up)
         self.dp.fast = new in (S.IBV_QPS_RTR, S.IBV_QPS_RTS, S.IBV_QPS_SQD)
+        self.dp.send_ok = new == S.IBV_QPS_RTS
         log.debug("qp %d: %s -> %s (%s)", self.qp_num, old.name, new.name, reason)
         if new == S.IBV_QPS_ERR:
             self.flush_all()
@@ -138,10 +143,11 @@ class RCQP:
         """Drop every reference into client memory (in-flight WQEs, the message being
         received), so that the regions can be unmapped now rather than at the next GC."""
         self.state = S.IBV_QPS_RESET
-        self.dp.fast = 0
-        self.requester.wqes.clear()
+        self.dp.fast = self.dp.send_ok = 0
+        self.requester.reset()
         self.responder.reset()
-        self.completer.retrans_at = self.completer.rnr_until = None
+        self.completer.retrans_at = None
+        self.completer._rnr_wait(None)
 
     # ---- receive side ------------------------------------------------------------------
     def take_recv(self):

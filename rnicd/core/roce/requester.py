@@ -1,26 +1,25 @@
 """RC requester: turns send WQEs into request packets (IBTA 9.7.1-9.7.2, segmentation 9.7.7).
 
-Every fetched WQE gets its PSN range when it is fetched; `send_psn` walks those ranges and is
-rewound to the oldest unacknowledged PSN for go-back-N retransmission (9.7.5.1). READs are
-issued as requests of at most READ_CHUNK response packets, so that the responder never bursts
-more than the window; a retransmitted or continued READ is a request for the remaining range
-(what IBTA requires of a re-issued READ, 9.7.4.1.4).
+core/ fetches every WQE from the SQ ring, validates it, and fills its descriptor
+(struct rnic_dp_swqe, one per SQ slot) with the PSN range it gets; the data plane's
+rnic_dp_pump segments SEND and WRITE WQEs into packets, and the READ and atomic requests are
+built here. `send_psn` walks the PSN ranges and is rewound to the oldest unacknowledged PSN
+for go-back-N (9.7.5.1). READs are issued as requests of at most READ_CHUNK response
+packets, so that the responder never bursts more than the window; a re-issued READ asks for
+the rest of its original request only (9.7.4.1.4).
 """
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass
-
-from rnicd.core.resources import SGList, resolve_sges
+from rnicd import native
+from rnicd.core.resources import SGList, resolve_regions
 from rnicd.wire import opcodes as op
 from rnicd.wire.abi import WC_OPCODE_OF_WR as WC_OPCODE
 from rnicd.wire.abi import Access, QPState, SendFlags, WCStatus, WROpcode
 from rnicd.wire.roce import Packet, psn_add, psn_diff
 
-WINDOW = 128          # most request/response packets in flight per QP
-MIN_WINDOW = 4        # the congestion window never shrinks below this
+ffi, lib = native.ffi, native.lib
+WINDOW, MIN_WINDOW = lib.RNIC_DP_WINDOW, lib.RNIC_DP_MIN_WINDOW
 READ_CHUNK = 64       # response packets per READ request
-ACKREQ_EVERY = 32     # ask for an ACK at least this often inside long messages
 
 W = WROpcode
 RC_OPCODES = {W.IBV_WR_SEND, W.IBV_WR_SEND_WITH_IMM, W.IBV_WR_RDMA_WRITE,
@@ -29,57 +28,113 @@ RC_OPCODES = {W.IBV_WR_SEND, W.IBV_WR_SEND_WITH_IMM, W.IBV_WR_RDMA_WRITE,
 SENDS = {W.IBV_WR_SEND, W.IBV_WR_SEND_WITH_IMM}
 WRITES = {W.IBV_WR_RDMA_WRITE, W.IBV_WR_RDMA_WRITE_WITH_IMM}
 ATOMICS = {W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD}
-WITH_IMM = {W.IBV_WR_SEND_WITH_IMM, W.IBV_WR_RDMA_WRITE_WITH_IMM}
 MAX_MSG = 1 << 31
+IN_FLIGHT = -1        # rnic_dp_swqe.status while the WQE is not finished
 
 
-@dataclass(slots=True, eq=False)
-class SendWQE:
-    idx: int                 # ring index, free-running
-    wr_id: int
-    opcode: int
-    flags: int
-    imm: int
-    remote_addr: int
-    rkey: int
-    compare_add: int
-    swap: int
-    sgl: SGList | None
-    inline: bytes | None
-    length: int
-    first_psn: int = 0
-    npkts: int = 1           # PSNs the WQE consumes
-    status: WCStatus | None = None   # set when the WQE is finished
+def dp_field(name: str, doc: str, kind=int):
+    """An attribute that lives in the QP's struct rnic_dp_qp (shared with the data plane)."""
+    return property(lambda self: getattr(self.dp, name),
+                    lambda self, v: setattr(self.dp, name, kind(v)), doc=doc)
+
+
+class InFlight:
+    """core/'s handle on an in-flight send WQE: its descriptor `d`, plus what only core/
+    uses (the scatter list of a READ or atomic result, the atomic operands, inline bytes)."""
+
+    __slots__ = ("d", "sgl", "compare_add", "swap", "keep")
+
+    def __init__(self, d):
+        self.d = d
+        self.sgl: SGList | None = None
+        self.compare_add = self.swap = 0
+        self.keep = None
+
+    wr_id = property(lambda self: self.d.wr_id)
+    opcode = property(lambda self: self.d.opcode)
+    flags = property(lambda self: self.d.flags)
+    imm = property(lambda self: self.d.imm)
+    remote_addr = property(lambda self: self.d.remote_addr)
+    rkey = property(lambda self: self.d.rkey)
+    length = property(lambda self: self.d.length)
+    first_psn = property(lambda self: self.d.first_psn)
+    npkts = property(lambda self: self.d.npkts)
+
+    @property
+    def status(self) -> WCStatus | None:
+        return None if self.d.status == IN_FLIGHT else WCStatus(self.d.status)
+
+    @status.setter
+    def status(self, value: WCStatus | None):
+        self.d.status = IN_FLIGHT if value is None else int(value)
 
     @property
     def is_read_or_atomic(self) -> bool:
         return self.opcode == W.IBV_WR_RDMA_READ or self.opcode in ATOMICS
 
-    def payload(self, off: int, n: int):
-        if self.inline is not None:
-            return memoryview(self.inline)[off:off + n]
-        return self.sgl.gather(off, n) if n else b""
-
 
 class Requester:
+    next_psn = dp_field("next_psn", "next PSN to assign")
+    send_psn = dp_field("send_psn", "next PSN to transmit")
+    high_psn = dp_field("high_psn", "PSN after the highest ever sent: below it is a resend")
+    cwnd = dp_field("cwnd", "AIMD congestion window, packets", float)
+
     def __init__(self, qp):
         self.qp = qp
-        self.wqes: deque[SendWQE] = deque()    # fetched, not yet retired, in PSN order
-        self.sq_next = 0                       # next ring index to fetch
+        dp = self.dp = qp.dp
+        ring = qp.sq_ring
+        n = ring.num_entries
+        self._mask = n - 1
+        self._sge = max(1, qp.cap.max_send_sge)
+        self._swqes = ffi.new("struct rnic_dp_swqe[]", n)
+        self._pieces = ffi.new("struct rnic_dp_piece[]", n * self._sge)
+        self._slots: list[InFlight | None] = [None] * n
+        self._pruned = 0
+        dp.swqes, dp.swqe_mask, dp.sq = self._swqes, self._mask, ring.hdr
+        dp.scq, dp.sq_sig_all = qp.send_cq.dp, int(bool(qp.sq_sig_all))
+        self.cwnd = WINDOW
         self.reset_psn(0)
 
     def reset_psn(self, psn: int):
-        self.next_psn = psn      # next PSN to assign
-        self.send_psn = psn      # next PSN to transmit
-        self.high_psn = psn      # PSN after the highest ever sent: below it means a resend
-        self.cwnd = float(WINDOW)   # AIMD: halved on each loss, +1/cwnd per packet acked
+        self.next_psn = self.send_psn = self.high_psn = psn
 
     def reset(self):
-        self.wqes.clear()
         ring = self.qp.sq_ring
-        self.sq_next = ring.hdr.prod if ring is not None else 0
-        if ring is not None:
-            ring.store_cons(self.sq_next)
+        self.dp.sq_head = self.dp.sq_next = self._pruned = ring.hdr.prod
+        ring.store_cons(self.dp.sq_next)
+        self._slots = [None] * len(self._slots)
+
+    # ---- the in-flight list ----------------------------------------------------------------
+    @property
+    def wqes(self) -> list[InFlight]:
+        """Fetched WQEs not yet retired, oldest first."""
+        head, count = self.dp.sq_head, (self.dp.sq_next - self.dp.sq_head) & 0xFFFFFFFF
+        return [self._slots[(head + i) & self._mask] for i in range(count)]
+
+    def wqe_at(self, psn: int) -> InFlight | None:
+        for w in self.wqes:
+            d = psn_diff(psn, w.first_psn)
+            if 0 <= d < w.npkts:
+                return w
+        return None
+
+    def _prune(self):
+        """Forget retired WQEs (the data plane retires without telling): their scatter lists
+        hold views of client memory, which must not outlive them."""
+        head = self.dp.sq_head
+        while self._pruned != head:
+            self._slots[self._pruned & self._mask] = None
+            self._pruned = (self._pruned + 1) & 0xFFFFFFFF
+
+    def uses_region(self, mr) -> bool:
+        lo, hi = mr.pointer(mr.iova), mr.pointer(mr.iova + mr.length)
+        for w in self.wqes:
+            d = w.d
+            if w.sgl is not None and any(v.obj is mr.buf for v in w.sgl.pieces):
+                return True
+            if any(lo <= d.pieces[i].ptr < hi for i in range(d.npieces)):
+                return True
+        return False
 
     # ---- fetching ------------------------------------------------------------------------
     def _outstanding_rd_atomic(self) -> int:
@@ -88,41 +143,45 @@ class Requester:
     def fetch(self) -> bool:
         """Copy the next WQE out of the SQ ring, validate it and give it PSNs. False if none
         can be fetched now (ring empty, rd_atomic limit or fence)."""
-        qp = self.qp
+        qp, dp = self.qp, self.dp
         ring = qp.sq_ring
         prod = ring.load_prod()
-        queued = (prod - self.sq_next) & 0xFFFFFFFF
-        if queued == 0:
+        if prod == dp.sq_next:
             return False
-        if (prod - ring.hdr.cons) & 0xFFFFFFFF > ring.num_entries:
+        if (prod - dp.sq_head) & 0xFFFFFFFF > ring.num_entries:
             qp.device.counters.inc("sq_ring_corrupt")
             qp.fatal("send queue producer index out of range", 0.0)
             return False
-        raw = ring.send_wqe(self.sq_next)
+        raw = ring.send_wqe(dp.sq_next)
         opcode, flags = int(raw.opcode), int(raw.send_flags)
         if opcode == W.IBV_WR_RDMA_READ or opcode in ATOMICS:
             if self._outstanding_rd_atomic() >= max(1, qp.attr["max_rd_atomic"]):
                 return False
         if flags & SendFlags.IBV_SEND_FENCE and self._outstanding_rd_atomic():
             return False       # IBTA 10.8.3.3: fence waits for prior READs/atomics
-        w = self._copy(raw, self.sq_next)
-        self.sq_next = (self.sq_next + 1) & 0xFFFFFFFF
-        self.wqes.append(w)
+        slot = dp.sq_next & self._mask
+        w = self._slots[slot] = self._copy(raw, dp.sq_next, self._swqes[slot])
+        dp.sq_next = (dp.sq_next + 1) & 0xFFFFFFFF
         if w.status is not None:
             qp.fatal(f"bad send WQE wr_id={w.wr_id}: {w.status.name}", 0.0)
             return False
-        w.first_psn = self.next_psn
-        if w.opcode in SENDS or w.opcode in WRITES or w.opcode == W.IBV_WR_RDMA_READ:
-            w.npkts = max(1, -(-w.length // qp.mtu))
-        self.next_psn = psn_add(self.next_psn, w.npkts)
+        d = w.d
+        d.first_psn = self.next_psn
+        d.npkts = max(1, -(-d.length // qp.mtu)) if opcode in SENDS | WRITES | {
+            W.IBV_WR_RDMA_READ} else 1
+        self.next_psn = psn_add(self.next_psn, d.npkts)
         return True
 
-    def _copy(self, raw, idx) -> SendWQE:
+    def _copy(self, raw, idx: int, d) -> InFlight:
+        """Fill descriptor d from the (untrusted) ring entry raw."""
         qp = self.qp
         opcode, flags = int(raw.opcode), int(raw.send_flags)
-        w = SendWQE(idx, int(raw.wr_id), opcode, flags, int(raw.imm_data),
-                    int(raw.remote_addr), int(raw.rkey), int(raw.compare_add), int(raw.swap),
-                    None, None, 0)
+        d.wr_id, d.remote_addr, d.idx, d.opcode, d.flags = (
+            raw.wr_id, raw.remote_addr, idx, opcode, flags)
+        d.imm, d.rkey, d.length, d.npieces = raw.imm_data, raw.rkey, 0, 0
+        d.wc_opcode, d.status = WC_OPCODE.get(opcode, 0), IN_FLIGHT
+        d.pieces = self._pieces + (idx & self._mask) * self._sge
+        w = InFlight(d)
         if opcode not in RC_OPCODES:
             w.status = WCStatus.IBV_WC_LOC_QP_OP_ERR
             return w
@@ -131,8 +190,10 @@ class Requester:
             if n > qp.cap.max_inline_data or opcode not in SENDS | WRITES:
                 w.status = WCStatus.IBV_WC_LOC_LEN_ERR
                 return w
-            w.inline = bytes(qp.device.native.ffi.buffer(raw.sg, n))
-            w.length = n
+            w.keep = ffi.new("uint8_t[]", max(1, n))    # inline data is copied at post time
+            ffi.memmove(w.keep, raw.sg, n)
+            d.pieces[0].ptr, d.pieces[0].len = w.keep, n
+            d.npieces, d.length = 1, n
             return w
         nsge = int(raw.num_sge)
         if nsge > qp.cap.max_send_sge:
@@ -142,23 +203,25 @@ class Requester:
                 for i in range(nsge)]
         # READ and atomic results are written locally: the SGEs need LOCAL_WRITE (10.6.3.1)
         need = Access.IBV_ACCESS_LOCAL_WRITE if w.is_read_or_atomic else Access(0)
-        w.sgl, status = resolve_sges(qp.device.keys, qp.pd, sges, need)
-        if w.sgl is None:
+        regions, status = resolve_regions(qp.device.keys, qp.pd, sges, need)
+        if regions is None:
             w.status = status
             return w
-        w.length = w.sgl.length
-        if w.length > MAX_MSG or (opcode in ATOMICS and w.length != 8):
+        length = sum(n for _mr, _addr, n in regions)
+        if length > MAX_MSG or (opcode in ATOMICS and length != 8):
             w.status = WCStatus.IBV_WC_LOC_LEN_ERR
+            return w
+        d.length = length
+        if w.is_read_or_atomic:
+            w.sgl = SGList([mr.view[a - mr.iova:a - mr.iova + n] for mr, a, n in regions])
+            w.compare_add, w.swap = int(raw.compare_add), int(raw.swap)
+        else:
+            for i, (mr, addr, n) in enumerate(regions):
+                d.pieces[i].ptr, d.pieces[i].len = mr.pointer(addr), n
+            d.npieces = len(regions)
         return w
 
     # ---- transmitting --------------------------------------------------------------------
-    def wqe_at(self, psn: int) -> SendWQE | None:
-        for w in self.wqes:
-            d = psn_diff(psn, w.first_psn)
-            if 0 <= d < w.npkts:
-                return w
-        return None
-
     def rewind(self, psn: int):
         """Go back N: retransmit from `psn` (IBTA 9.7.5.1). A loss also halves the window:
         go-back-N resends a whole window per loss, so a lossy path wants a small one."""
@@ -166,116 +229,90 @@ class Requester:
             self.send_psn = psn
         self.cwnd = max(MIN_WINDOW, self.cwnd / 2)
 
-    def acked(self, npkts: int):
-        self.cwnd = min(WINDOW, self.cwnd + npkts / self.cwnd)
-
     def pump(self, now: float):
-        """Send what the window allows: retransmissions first, then new WQEs."""
-        qp = self.qp
+        """Send what the window allows. The data plane sends SEND/WRITE packets; this loop
+        fetches WQEs for it and sends READ/atomic requests, once per WQE, not per packet."""
+        qp, dp = self.qp, self.dp
         if qp.state == QPState.IBV_QPS_ERR:
             self.flush()
             return
         if qp.state != QPState.IBV_QPS_RTS or qp.completer.rnr_until is not None:
             return
-        comp = qp.completer
-        if psn_diff(self.send_psn, comp.una) < 0:
-            self.send_psn = comp.una     # an ACK of the old round overtook a rewind
-        while psn_diff(self.send_psn, comp.una) < self.cwnd:
-            if self.send_psn == self.next_psn and not self.fetch():
+        dev = qp.device
+        dev.dp.now = now
+        while True:
+            rc = lib.rnic_dp_pump(dev.dp, dp)
+            if rc == lib.RNIC_DP_PUMP_FETCH:
+                if not self.fetch():
+                    break
+                while psn_diff(self.next_psn, self.send_psn) < self.cwnd and self.fetch():
+                    pass        # fetch ahead: one pump call then sends a whole window
+                if qp.state != QPState.IBV_QPS_RTS:
+                    return
+            elif rc == lib.RNIC_DP_PUMP_SLOW:
+                w = self.wqe_at(self.send_psn)
+                if w is None:       # cannot happen: send_psn is always inside a fetched WQE
+                    dev.counters.inc("internal_psn_error")
+                    self.send_psn = self.next_psn
+                    continue
+                self.send_psn = self._send_request(w, self.send_psn)
+                qp.completer.arm_timer(now)
+            elif rc == lib.RNIC_DP_PUMP_TX_FULL:
+                dev.spill_tx()
+            else:
                 break
-            if qp.state != QPState.IBV_QPS_RTS:
-                return
-            w = self.wqe_at(self.send_psn)
-            if w is None:      # cannot happen: send_psn is always inside a fetched WQE
-                qp.device.counters.inc("internal_psn_error")
-                self.send_psn = self.next_psn
-                continue
-            self.send_psn = self._send_one(w, self.send_psn)
-            comp.arm_timer(now)
+        self._prune()
 
-    def _send_one(self, w: SendWQE, psn: int) -> int:
-        """Emit the packet of `w` at `psn`; return the PSN after it."""
+    def _send_request(self, w: InFlight, psn: int) -> int:
+        """Emit the READ or atomic request of w at psn; return the PSN after it."""
         qp = self.qp
-        k = psn_diff(psn, w.first_psn)
-        p = Packet(opcode=0, dest_qp=qp.attr["dest_qp_num"], psn=psn)
-        if psn_diff(psn, self.high_psn) < 0:
-            qp.counters.inc("retransmitted_pkts")
+        p = Packet(opcode=0, dest_qp=qp.attr["dest_qp_num"], psn=psn, ackreq=True)
         if w.opcode == W.IBV_WR_RDMA_READ:
             # A READ goes out as requests of READ_CHUNK packets. A re-issued one ends at its
             # original request's end: the responder may never have seen the next request,
             # and must not answer PSNs beyond its own expected PSN as a "duplicate".
-            mtu = qp.mtu
+            k, mtu = psn_diff(psn, w.first_psn), qp.mtu
             off = k * mtu
             n = min(w.length - off, (READ_CHUNK - k % READ_CHUNK) * mtu)
             p.opcode = op.Opcode.RC_RDMA_READ_REQUEST
             p.reth_va, p.reth_rkey, p.reth_len = w.remote_addr + off, w.rkey, n
-            p.ackreq = True
-            qp.emit(p)
             nxt = psn_add(psn, max(1, -(-n // mtu)))
-        elif w.opcode in ATOMICS:
-            p.opcode = (op.Opcode.RC_COMPARE_SWAP if w.opcode == W.IBV_WR_ATOMIC_CMP_AND_SWP
-                        else op.Opcode.RC_FETCH_ADD)
-            p.atomic_va, p.atomic_rkey = w.remote_addr, w.rkey
-            p.atomic_swap_add = w.swap if w.opcode == W.IBV_WR_ATOMIC_CMP_AND_SWP \
-                else w.compare_add
-            p.atomic_compare = w.compare_add
-            p.ackreq = True
-            qp.emit(p)
-            nxt = psn_add(psn, 1)
         else:
-            mtu = qp.mtu
-            off = k * mtu
-            n = min(mtu, w.length - off)
-            pos = op.position(k, w.npkts)
-            last = pos in (op.Position.LAST, op.Position.ONLY)
-            imm = w.opcode in WITH_IMM and last
-            if w.opcode in SENDS:
-                p.opcode = op.send_opcode(pos, imm, False)
-                p.se = last and bool(w.flags & SendFlags.IBV_SEND_SOLICITED)
-            else:
-                p.opcode = op.write_opcode(pos, imm)
-                if pos in (op.Position.FIRST, op.Position.ONLY):
-                    p.reth_va, p.reth_rkey, p.reth_len = w.remote_addr, w.rkey, w.length
-            if imm:
-                p.imm = w.imm
-            # ask for an ACK before the window runs dry, or the timer is all that is left
-            in_flight = psn_diff(psn, qp.completer.una) + 1
-            p.ackreq = (last or k % ACKREQ_EVERY == ACKREQ_EVERY - 1
-                        or in_flight >= self.cwnd / 2)
-            qp.emit(p, w.payload(off, n))
+            cas = w.opcode == W.IBV_WR_ATOMIC_CMP_AND_SWP
+            p.opcode = op.Opcode.RC_COMPARE_SWAP if cas else op.Opcode.RC_FETCH_ADD
+            p.atomic_va, p.atomic_rkey = w.remote_addr, w.rkey
+            p.atomic_swap_add = w.swap if cas else w.compare_add
+            p.atomic_compare = w.compare_add
             nxt = psn_add(psn, 1)
+        qp.emit(p)
+        if psn_diff(psn, self.high_psn) < 0:
+            self.dp.retransmitted_pkts += 1
         if psn_diff(nxt, self.high_psn) > 0:
             self.high_psn = nxt
         return nxt
 
     # ---- retiring --------------------------------------------------------------------------
     def retire(self):
-        """Complete finished WQEs from the head, in order (IBTA 10.8.3), and free their slots."""
-        qp = self.qp
-        ring = qp.sq_ring
-        while self.wqes and self.wqes[0].status is not None:
-            w = self.wqes.popleft()
-            signaled = qp.sq_sig_all or w.flags & SendFlags.IBV_SEND_SIGNALED
-            if signaled or w.status != WCStatus.IBV_WC_SUCCESS:
-                qp.complete_send(w.wr_id, w.status, WC_OPCODE.get(w.opcode, 0), w.length)
-            ring.store_cons((w.idx + 1) & 0xFFFFFFFF)
+        """Complete finished WQEs from the head, in order (IBTA 10.8.3), free their slots."""
+        lib.rnic_dp_retire(self.qp.device.dp, self.dp)
+        self._prune()
 
     def flush(self):
         """Error state: finish everything outstanding or still in the ring with FLUSH_ERR."""
-        qp = self.qp
+        qp, dp = self.qp, self.dp
         ring = qp.sq_ring
         for w in self.wqes:
             if w.status is None:
                 w.status = WCStatus.IBV_WC_WR_FLUSH_ERR
         self.retire()
         prod = ring.load_prod()
-        if (prod - ring.hdr.cons) & 0xFFFFFFFF > ring.num_entries:
-            prod = ring.hdr.cons       # corrupt producer index: nothing trustworthy to flush
-        while self.sq_next != prod:
-            raw = ring.send_wqe(self.sq_next)
+        if (prod - dp.sq_head) & 0xFFFFFFFF > ring.num_entries:
+            prod = dp.sq_head       # corrupt producer index: nothing trustworthy to flush
+        while dp.sq_next != prod:
+            raw = ring.send_wqe(dp.sq_next)
             qp.complete_send(int(raw.wr_id), WCStatus.IBV_WC_WR_FLUSH_ERR,
                              WC_OPCODE.get(int(raw.opcode), 0))
-            self.sq_next = (self.sq_next + 1) & 0xFFFFFFFF
-            ring.store_cons(self.sq_next)
+            dp.sq_next = dp.sq_head = self._pruned = (dp.sq_next + 1) & 0xFFFFFFFF
+            ring.store_cons(dp.sq_next)
         ring.hdr.error = 1
         self.send_psn = self.next_psn

@@ -1,0 +1,254 @@
+/*
+ * sq.c — the requester's and completer's common case: segmenting SEND and RDMA WRITE WQEs
+ * into packets (IBTA 9.7.1-9.7.2, segmentation 9.7.7), acknowledging them (coalesced ACKs,
+ * 9.7.5.1.2), completing them in order (10.8.3) into the CQ ring (11.4.2), and the window.
+ *
+ * core/roce/ fetches and validates every WQE, builds READ and atomic requests, and handles
+ * every NAK, timeout and response; it calls the same functions for the same jobs, so each
+ * mechanism is written once.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "rnic_dp.h"
+
+enum {
+    SQ_BTH = 12, SQ_RETH = 16, SQ_IMMDT = 4, SQ_ICRC = 4, SQ_ROCE_PORT = 4791,
+    WR_WRITE = 0, WR_WRITE_IMM = 1, WR_SEND = 2, WR_SEND_IMM = 3,
+    SF_SIGNALED = 2, SF_SOLICITED = 4,
+    OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06,
+};
+
+static inline int32_t psn_diff(uint32_t a, uint32_t b) { return (int32_t)((a - b) << 8) >> 8; }
+static inline uint32_t psn_add(uint32_t a, int32_t n) { return (a + (uint32_t)n) & 0xffffff; }
+static inline int sends_data(uint32_t op) { return op <= WR_SEND_IMM; }
+
+static inline void put24(uint8_t *p, uint32_t v) { p[0] = v >> 16; p[1] = v >> 8; p[2] = v; }
+static inline void put32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+static inline void put64(uint8_t *p, uint64_t v) { put32(p, v >> 32); put32(p + 4, (uint32_t)v); }
+
+int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
+                    uint32_t solicited)
+{
+    struct rnic_ring_hdr *h = cq->hdr;
+    uint32_t prod = h->prod;                        /* only the daemon writes prod */
+
+    if (prod - rnic_load_acquire(&h->cons) >= cq->mask) {  /* one slot is kept free */
+        cq->overflow = 1;
+        if (dev->nnotify < dev->notify_cap)
+            dev->notify[dev->nnotify++] = cq->id;
+        return -ENOSPC;
+    }
+    memcpy(cq->entries + (size_t)(prod & cq->mask) * RNIC_CQE_SIZE, e, sizeof(*e));
+    rnic_store_release(&h->prod, prod + 1);
+    if (cq->has_channel) {
+        /* The exchange is a full barrier after publishing prod: a client that arms and
+         * polls again cannot miss both the CQE and the event. */
+        uint32_t arm = rnic_xchg(&h->arm, RNIC_CQ_DISARMED);
+
+        if (arm == RNIC_CQ_ARM_SOLICITED && !solicited && e->status == 0) {
+            rnic_xchg(&h->arm, arm);                /* not for this arm: re-arm */
+        } else if (arm != RNIC_CQ_DISARMED) {
+            rnic_fetch_add(&h->events, 1);
+            if (dev->nnotify < dev->notify_cap)
+                dev->notify[dev->nnotify++] = cq->id;
+        }
+    }
+    return 0;
+}
+
+uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    uint32_t n = 0;
+
+    while (qp->sq_head != qp->sq_next) {
+        struct rnic_dp_swqe *w = &qp->swqes[qp->sq_head & qp->swqe_mask];
+
+        if (w->status < 0)
+            break;
+        if (qp->sq_sig_all || (w->flags & SF_SIGNALED) || w->status != 0) {
+            struct rnic_cqe c;
+
+            memset(&c, 0, sizeof(c));
+            c.wr_id = w->wr_id;
+            c.status = (uint32_t)w->status;
+            c.opcode = w->wc_opcode;
+            c.byte_len = w->length;
+            c.qp_num = qp->qpn;
+            rnic_dp_cq_push(dev, qp->scq, &c, 0);
+        }
+        w->npieces = 0;                             /* no pointer outlives its WQE */
+        qp->sq_head++;
+        rnic_store_release(&qp->sq->cons, qp->sq_head);
+        n++;
+    }
+    return n;
+}
+
+int64_t rnic_dp_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn)
+{
+    uint32_t target = psn_add(psn, 1);
+
+    (void)dev;
+    for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
+        struct rnic_dp_swqe *w = &qp->swqes[i & qp->swqe_mask];
+
+        if (w->status >= 0)
+            continue;
+        if (!sends_data(w->opcode)) {
+            if (psn_diff(psn, w->first_psn) >= 0) {
+                /* the responder executed this READ/atomic but its response is missing */
+                if (psn_diff(w->first_psn, qp->una) > 0)
+                    qp->una = w->first_psn;
+                return w->first_psn;
+            }
+            break;
+        }
+        if (psn_diff(psn, psn_add(w->first_psn, (int32_t)w->npkts - 1)) < 0)
+            break;
+        w->status = 0;                              /* IBV_WC_SUCCESS */
+    }
+    if (psn_diff(target, qp->una) > 0)
+        qp->una = target;
+    return -1;
+}
+
+void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t old_una)
+{
+    int32_t d = psn_diff(qp->una, old_una);
+
+    if (d <= 0)
+        return;
+    qp->cwnd += (double)d / qp->cwnd;               /* additive increase */
+    if (qp->cwnd > RNIC_DP_WINDOW)
+        qp->cwnd = RNIC_DP_WINDOW;
+    qp->rewound = 0;
+    qp->retry_left = qp->retry_cnt;
+    qp->rnr_left = qp->rnr_retry;
+    qp->retrans_at = 0;
+    if (qp->una != qp->send_psn && qp->timeout_s > 0)
+        qp->retrans_at = dev->now + qp->timeout_s;
+}
+
+int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,
+                    uint32_t dst_ip_be)
+{
+    if (len > dev->tx_buf_size)
+        return -EMSGSIZE;
+    if (dev->ntx >= dev->tx_cap)
+        return -ENOSPC;
+    memcpy(dev->tx_bufs + (size_t)dev->ntx * dev->tx_buf_size, data, len);
+    dev->tx_lens[dev->ntx] = len;
+    dev->tx_addrs_be[dev->ntx] = dst_ip_be;
+    dev->ntx++;
+    return 0;
+}
+
+/* Copy n bytes from offset off of the WQE's gather list to dst. */
+static void gather(const struct rnic_dp_swqe *w, uint64_t off, uint8_t *dst, uint32_t n)
+{
+    for (uint32_t i = 0; i < w->npieces && n; i++) {
+        const struct rnic_dp_piece *p = &w->pieces[i];
+        uint64_t take;
+
+        if (off >= p->len) {
+            off -= p->len;
+            continue;
+        }
+        take = p->len - off < n ? p->len - off : n;
+        memcpy(dst, p->ptr + off, take);
+        dst += take;
+        n -= (uint32_t)take;
+        off = 0;
+    }
+}
+
+/* Build packet k of SEND/WRITE WQE w at psn into out; returns its length. IBTA 9.7.7:
+ * FIRST/MIDDLE carry one MTU, LAST/ONLY the rest; RETH on the first packet of a WRITE,
+ * ImmDt on the last one of a *_WITH_IMM; SE on the last packet of a solicited SEND. */
+static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
+                      const struct rnic_dp_swqe *w, uint32_t k, uint32_t psn, uint8_t *out)
+{
+    uint64_t off = (uint64_t)k * qp->mtu;
+    uint32_t n = w->length - off < qp->mtu ? (uint32_t)(w->length - off) : qp->mtu;
+    int first = k == 0, last = k == w->npkts - 1;
+    int write = w->opcode == WR_WRITE || w->opcode == WR_WRITE_IMM;
+    int imm = last && (w->opcode == WR_WRITE_IMM || w->opcode == WR_SEND_IMM);
+    int32_t in_flight = psn_diff(psn, qp->una) + 1;
+    uint32_t pad = (4 - n % 4) % 4, len = SQ_BTH;
+    uint8_t op = write ? OPC_WRITE_FIRST : OPC_SEND_FIRST;
+
+    /* FIRST +0, MIDDLE +1, LAST +2, LAST_IMM +3, ONLY +4, ONLY_IMM +5 (Table 35?) */
+    op += first && last ? 4 + imm : first ? 0 : last ? 2 + imm : 1;
+    out[0] = op;
+    out[1] = (uint8_t)((last && !write && (w->flags & SF_SOLICITED) ? 0x80 : 0) | pad << 4);
+    out[2] = 0xff;                                  /* default P_Key */
+    out[3] = 0xff;
+    out[4] = 0;
+    put24(out + 5, qp->dest_qpn);
+    out[8] = (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
+              || in_flight >= qp->cwnd / 2) ? 0x80 : 0;
+    put24(out + 9, psn);
+    if (write && first) {
+        put64(out + len, w->remote_addr);
+        put32(out + len + 8, w->rkey);
+        put32(out + len + 12, w->length);
+        len += SQ_RETH;
+    }
+    if (imm) {
+        put32(out + len, w->imm);
+        len += SQ_IMMDT;
+    }
+    gather(w, off, out + len, n);
+    len += n;
+    memset(out + len, 0, pad);
+    len += pad;
+    rnic_roce_icrc_put(out + len, rnic_roce_icrc_v4(out, len, dev->ip_be, qp->peer_ip_be,
+                                                   dev->port, SQ_ROCE_PORT));
+    return len + SQ_ICRC;
+}
+
+static struct rnic_dp_swqe *wqe_at(struct rnic_dp_qp *qp, uint32_t psn)
+{
+    for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
+        struct rnic_dp_swqe *w = &qp->swqes[i & qp->swqe_mask];
+        int32_t d = psn_diff(psn, w->first_psn);
+
+        if (d >= 0 && (uint32_t)d < w->npkts)
+            return w;
+    }
+    return NULL;
+}
+
+int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    if (!qp->send_ok || qp->rnr_wait)
+        return RNIC_DP_PUMP_IDLE;
+    if (psn_diff(qp->send_psn, qp->una) < 0)
+        qp->send_psn = qp->una;                     /* an ACK of an old round overtook */
+    while (psn_diff(qp->send_psn, qp->una) < qp->cwnd) {
+        struct rnic_dp_swqe *w;
+        uint32_t psn = qp->send_psn, slot;
+
+        if (psn == qp->next_psn)
+            return RNIC_DP_PUMP_FETCH;
+        w = wqe_at(qp, psn);
+        if (!w || !sends_data(w->opcode))
+            return RNIC_DP_PUMP_SLOW;
+        if (dev->ntx >= dev->tx_cap)
+            return RNIC_DP_PUMP_TX_FULL;
+        slot = dev->ntx++;
+        dev->tx_lens[slot] = build(dev, qp, w, (uint32_t)psn_diff(psn, w->first_psn), psn,
+                                   dev->tx_bufs + (size_t)slot * dev->tx_buf_size);
+        dev->tx_addrs_be[slot] = qp->peer_ip_be;
+        qp->sent_pkts++;
+        if (psn_diff(psn, qp->high_psn) < 0)
+            qp->retransmitted_pkts++;
+        qp->send_psn = psn_add(psn, 1);
+        if (psn_diff(qp->send_psn, qp->high_psn) > 0)
+            qp->high_psn = qp->send_psn;
+        if (qp->retrans_at == 0 && qp->timeout_s > 0)
+            qp->retrans_at = dev->now + qp->timeout_s;
+    }
+    return RNIC_DP_PUMP_IDLE;
+}
