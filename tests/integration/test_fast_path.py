@@ -1,0 +1,44 @@
+"""Acceptance: a steady-state stream of 1 MiB RDMA WRITEs runs in the data plane — fewer
+than one slow-path event (a datagram handed to Python) per 1000 packets, on both daemons."""
+import os
+
+import rnic.enums as e
+from rc_pair import Side, connect, poll_n
+from rnic.wr import SGE, SendWR
+
+MiB = 1 << 20
+
+
+def test_write_stream_stays_in_the_data_plane(two_daemons):
+    da, db = two_daemons
+    a, b = Side(da, mr_size=16 * MiB, cqe=256), Side(db, mr_size=16 * MiB, cqe=256)
+    connect(a, b, mtu=e.IBV_MTU_4096, timeout=14)
+    a.mr.write(os.urandom(16 * MiB), 16 * MiB, 0)
+
+    def stream(count, first_id):
+        for i in range(count):
+            if i >= 8:
+                assert poll_n(a.cq, 1)[0].status == e.IBV_WC_SUCCESS
+            off = (i % 16) * MiB
+            w = SendWR(wr_id=first_id + i, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
+                       sg=[SGE(a.mr.buf + off, MiB, a.mr.lkey)])
+            w.set_wr_rdma(b.mr.rkey, b.mr.buf + off)
+            a.qp.post_send(w)
+        assert all(w.status == e.IBV_WC_SUCCESS for w in poll_n(a.cq, min(count, 8)))
+
+    stream(8, 0)                                   # warm up: connection setup, first ACKs
+    before = a.ctx.get_counters(), b.ctx.get_counters()
+    stream(64, 1000)                               # the steady state: 64 MiB, 16384 packets
+    after = a.ctx.get_counters(), b.ctx.get_counters()
+    assert b.mr.read(16 * MiB, 0) == a.mr.read(16 * MiB, 0)
+    delta = [{k: aft.get(k, 0) - bef.get(k, 0) for k in ("sent_pkts", "rcvd_pkts",
+                                                           "slow_path_events")}
+             for bef, aft in zip(before, after)]
+    print(f"\nrequester {delta[0]}\nresponder {delta[1]}")
+    data_packets = delta[0]["sent_pkts"]
+    assert data_packets >= 64 * 256                # 1 MiB = 256 packets of 4096 bytes
+    assert delta[1]["rcvd_pkts"] >= 64 * 256
+    for d in delta:
+        assert d["slow_path_events"] * 1000 < data_packets   # < 1 per 1000 packets
+    a.close()
+    b.close()
