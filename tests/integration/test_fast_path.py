@@ -33,7 +33,7 @@ def test_write_stream_stays_in_the_data_plane(two_daemons):
     assert b.mr.read(16 * MiB, 0) == a.mr.read(16 * MiB, 0)
     delta = [{k: aft.get(k, 0) - bef.get(k, 0) for k in ("sent_pkts", "rcvd_pkts",
                                                            "slow_path_events")}
-             for bef, aft in zip(before, after)]
+             for bef, aft in zip(before, after, strict=True)]
     print(f"\nrequester {delta[0]}\nresponder {delta[1]}")
     data_packets = delta[0]["sent_pkts"]
     assert data_packets >= 64 * 256                # 1 MiB = 256 packets of 4096 bytes
