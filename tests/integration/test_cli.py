@@ -44,3 +44,31 @@ def test_rnicd_rejects_bad_flags(flag):
     r = subprocess.run([sys.executable, "-m", "rnicd.cli", flag], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and r.stderr
+
+
+def test_embedded_default_config_serves_rnic0_on_loopback(tmp_path):
+    """What `make run` starts: no flags, device rnic0 on 127.0.0.1:4791, socket $RNIC_SOCKET."""
+    import os
+    import socket as so
+    import time
+    probe = so.socket(so.AF_INET, so.SOCK_DGRAM)
+    try:
+        probe.bind(("127.0.0.1", 4791))
+    except OSError:
+        pytest.skip("127.0.0.1:4791 is in use (a daemon from `make run`?)")
+    finally:
+        probe.close()
+    env = dict(os.environ, RNIC_SOCKET=str(tmp_path / "default.sock"))
+    proc = subprocess.Popen([sys.executable, "-m", "rnicd.cli"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(env["RNIC_SOCKET"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = subprocess.run([sys.executable, "-m", "rnicd.tool", "devinfo"], env=env,
+                             capture_output=True, text=True, timeout=30).stdout
+        assert "hca_id:\trnic0" in out
+        assert "0000:0000:0000:0000:0000:ffff:7f00:0001, RoCE v2" in out
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0

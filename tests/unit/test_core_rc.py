@@ -18,9 +18,11 @@ def pair():
     return a, b, ca, cb, qa, qb
 
 
-def test_every_opcode_with_wc_fields(pair):
+@pytest.mark.parametrize("mtu", [abi.IBV_MTU_256, abi.IBV_MTU_512, abi.IBV_MTU_1024,
+                                 abi.IBV_MTU_2048, abi.IBV_MTU_4096])
+def test_every_opcode_with_wc_fields(pair, mtu):
     a, b, ca, cb, qa, qb = pair
-    connect(a, qa, b, qb)
+    connect(a, qa, b, qb, mtu=mtu)
     ma, mb = a.mr(1 << 16), b.mr(1 << 16)
     ma.buf[:6000] = random.Random(1).randbytes(6000)
     mb.buf[0:8] = (40).to_bytes(8, "little")
