@@ -68,28 +68,15 @@ class MR:
 
 
 class SGList:
-    """A validated scatter/gather list: pieces of (memoryview, length)."""
+    """A validated scatter list of memoryviews into registered memory (what core/ writes a
+    received SEND, READ response or atomic result into; the data plane gathers from C
+    pointers instead)."""
 
     __slots__ = ("pieces", "length")
 
     def __init__(self, pieces: list[memoryview]):
         self.pieces = pieces
         self.length = sum(len(p) for p in pieces)
-
-    def gather(self, off: int, n: int):
-        """Bytes [off, off+n) of the list (a memoryview when it lies in one piece)."""
-        out = []
-        for piece in self.pieces:
-            if off >= len(piece):
-                off -= len(piece)
-                continue
-            take = min(n, len(piece) - off)
-            out.append(piece[off:off + take])
-            n -= take
-            off = 0
-            if n == 0:
-                break
-        return out[0] if len(out) == 1 else b"".join(out)
 
     def scatter(self, off: int, data) -> bool:
         """Copy data to [off, off+len(data)); False if it does not fit."""

@@ -14,7 +14,8 @@ from rnicd.wire import roce
 from rnicd.wire.abi import QPState, WCStatus
 from rnicd.wire.roce import psn_add, psn_diff
 
-from .requester import ATOMICS, InFlight, W, dp_field
+from .dpstate import dp_field
+from .requester import ATOMICS, InFlight, W
 
 lib = native.lib
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from rnicd import native
 from rnicd.core.resources import SGList, resolve_regions
+from rnicd.core.roce.dpstate import dp_field
 from rnicd.wire import opcodes as op
 from rnicd.wire.abi import WC_OPCODE_OF_WR as WC_OPCODE
 from rnicd.wire.abi import Access, QPState, SendFlags, WCStatus, WROpcode
@@ -30,12 +31,6 @@ WRITES = {W.IBV_WR_RDMA_WRITE, W.IBV_WR_RDMA_WRITE_WITH_IMM}
 ATOMICS = {W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD}
 MAX_MSG = 1 << 31
 IN_FLIGHT = -1        # rnic_dp_swqe.status while the WQE is not finished
-
-
-def dp_field(name: str, doc: str, kind=int):
-    """An attribute that lives in the QP's struct rnic_dp_qp (shared with the data plane)."""
-    return property(lambda self: getattr(self.dp, name),
-                    lambda self, v: setattr(self.dp, name, kind(v)), doc=doc)
 
 
 class InFlight:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rnicd import native
 from rnicd.core.resources import MR, SGList, resolve_sges
+from rnicd.core.roce.dpstate import dp_field
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
 from rnicd.wire.abi import Access, QPState, WCOpcode, WCStatus
@@ -33,17 +34,11 @@ class SendMessage:
     offset: int = 0
 
 
-def _dp_field(name: str, doc: str):
-    """A responder attribute that lives in the QP's struct rnic_dp_qp (shared with C)."""
-    return property(lambda self: getattr(self.dp, name),
-                    lambda self, v: setattr(self.dp, name, int(v)), doc=doc)
-
-
 class Responder:
-    epsn = _dp_field("epsn", "expected PSN")
-    msn = _dp_field("msn", "message sequence number for the AETH")
-    ack_pending = _dp_field("ack_pending", "an ACK for epsn - 1 is owed")
-    nak_sent = _dp_field("nak_sent", "a sequence NAK was sent for the current gap")
+    epsn = dp_field("epsn", "expected PSN")
+    msn = dp_field("msn", "message sequence number for the AETH")
+    ack_pending = dp_field("ack_pending", "an ACK for epsn - 1 is owed")
+    nak_sent = dp_field("nak_sent", "a sequence NAK was sent for the current gap")
 
     def __init__(self, qp):
         self.qp = qp
