@@ -77,6 +77,11 @@ def cmd_fault(args) -> int:
     return 0
 
 
+def cmd_perf(args) -> int:
+    from rnic.perf import run
+    return run(args, args.socket, args.device)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rnic", description="Inspect and control a running rnicd.")
     p.add_argument("--socket", "-S", help="control socket (default: as rnicd resolves it, "
@@ -89,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stat", help="print device counters and object counts")
     s.add_argument("--json", action="store_true", help="one JSON object")
     s.set_defaults(func=cmd_stat)
+    s = sub.add_parser("perf", help="perftest for rnicd: bandwidth and latency",
+                       description="Client/server like perftest: without HOST it waits for "
+                       "one client; with HOST it connects and measures; --local runs both.")
+    from rnic.perf import add_arguments
+    add_arguments(s)
+    s.set_defaults(func=cmd_perf)
     s = sub.add_parser("fault", help="show or set fault injection",
                        description="With no SPEC, print the faults in force. SPEC is "
                        "'drop=0.05,dup=0.01,reorder=0.02,delay=0.01,corrupt=0.001,seed=7' "
