@@ -245,6 +245,13 @@ int64_t rnic_dp_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn
 void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t old_una);
 /* Transmit what the window allows from send_psn (RNIC_DP_PUMP_*). */
 int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
+/* Queue an ACKNOWLEDGE packet (AETH: syndrome, the QP's MSN) for psn (IBTA 9.7.5.2).
+ * 0, or -ENOSPC when the transmit buffer is full. */
+int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t syndrome,
+                      uint32_t psn);
+/* One coalesced ACK (for epsn - 1) for every QP listed in dev->acks that still owes one;
+ * empties the list. The caller leaves room for dev->nacks datagrams. Returns ACKs queued. */
+uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev);
 /* Queue a datagram core/ built (so that all datagrams go out in one order); -ENOSPC when
  * the transmit buffer is full, -EMSGSIZE when it does not fit a buffer. */
 int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,

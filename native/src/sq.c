@@ -252,3 +252,52 @@ int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
     }
     return RNIC_DP_PUMP_IDLE;
 }
+
+int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t syndrome,
+                      uint32_t psn)
+{
+    uint8_t *out;
+    uint32_t slot;
+
+    if (dev->ntx >= dev->tx_cap)
+        return -ENOSPC;
+    slot = dev->ntx++;
+    out = dev->tx_bufs + (size_t)slot * dev->tx_buf_size;
+    out[0] = 0x11;                                  /* RC ACKNOWLEDGE */
+    out[1] = 0;
+    out[2] = 0xff;
+    out[3] = 0xff;
+    out[4] = 0;
+    put24(out + 5, qp->dest_qpn);
+    out[8] = 0;
+    put24(out + 9, psn & 0xffffff);
+    out[SQ_BTH] = (uint8_t)syndrome;
+    put24(out + SQ_BTH + 1, qp->msn);
+    rnic_roce_icrc_put(out + SQ_BTH + 4, rnic_roce_icrc_v4(out, SQ_BTH + 4, dev->ip_be,
+                                                           qp->peer_ip_be, dev->port,
+                                                           SQ_ROCE_PORT));
+    dev->tx_lens[slot] = SQ_BTH + 4 + SQ_ICRC;
+    dev->tx_addrs_be[slot] = qp->peer_ip_be;
+    qp->sent_pkts++;
+    return 0;
+}
+
+uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev)
+{
+    uint32_t sent = 0;
+
+    for (uint32_t i = 0; i < dev->nacks; i++) {
+        uint32_t qpn = dev->acks[i];
+        struct rnic_dp_qp *qp = qpn < dev->qps_len ? dev->qps[qpn] : NULL;
+
+        if (!qp || qp->qpn != qpn || !qp->ack_pending)
+            continue;
+        /* AETH ACK with the "invalid" credit count: we do not do end-to-end credits */
+        if (rnic_dp_send_aeth(dev, qp, 0x1f, (qp->epsn - 1) & 0xffffff) < 0)
+            break;
+        qp->ack_pending = 0;
+        sent++;
+    }
+    dev->nacks = 0;
+    return sent;
+}

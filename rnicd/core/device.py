@@ -195,9 +195,12 @@ class Device:
         by the slow path, or listed by the data plane), and core/'s part of the requesters
         the data plane could not finish (it needs WQEs fetched, a READ sent, ...)."""
         dp, arrays = self.dp, self._dp_arrays
-        self._acks.update(self._listed(arrays["acks"], dp.nacks, dp.acks_len,
-                                       lambda q: q.dp.ack_pending))
-        dp.nacks = 0
+        if dp.nacks >= dp.acks_len:        # the list overflowed: look at every QP
+            self._acks.update(q for q in self.qps.values() if q.dp.ack_pending)
+            dp.nacks = 0
+        if dp.ntx + dp.nacks > dp.tx_cap:
+            self.spill_tx()
+        native.lib.rnic_dp_flush_acks(dp)
         for qp in self._acks:
             qp.responder.flush_ack()
         self._acks.clear()

@@ -289,9 +289,11 @@ class Responder:
             self._nak(roce.aeth_ack(), psn_add(self.epsn, -1))
 
     def _nak(self, syndrome, psn):
-        qp = self.qp
-        qp.emit(roce.Packet(opcode=op.Opcode.RC_ACKNOWLEDGE, dest_qp=qp.attr["dest_qp_num"],
-                            psn=psn, aeth_syndrome=syndrome, aeth_msn=self.msn))
+        """An ACKNOWLEDGE with this AETH syndrome, built by the data plane."""
+        dev = self.qp.device
+        if native.lib.rnic_dp_send_aeth(dev.dp, self.dp, syndrome, psn) < 0:
+            dev.spill_tx()
+            native.lib.rnic_dp_send_aeth(dev.dp, self.dp, syndrome, psn)
 
     def _rnr(self, pkt):
         self.qp.counters.inc("send_rnr_nak")
