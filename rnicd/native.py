@@ -114,6 +114,7 @@ class RingView:
             self.release()
             raise
         self.num_entries, self.entry_size, self._mask = n, esz, n - 1
+        self.hdr_size = lib.RNIC_RING_HDR_SIZE
         self._entries = self._buf + lib.RNIC_RING_HDR_SIZE
         self._prod = ffi.addressof(self.hdr, "prod")
         self._cons = ffi.addressof(self.hdr, "cons")

@@ -124,6 +124,19 @@ struct rnic_dp_qp {
     uint64_t write_len;     /* WRITE: the RETH DMA length */
     uint64_t fast_pkts;     /* packets the data plane handled for this QP */
 
+    /* SEND being received: its receive WQE's buffers, resolved (rnic_dp_recv_begin) */
+    uint64_t recv_wr_id;
+    uint64_t recv_off;      /* bytes received so far */
+    uint32_t recv_npieces;
+    uint32_t recv_max_sge;  /* capacity of recv_pieces */
+    struct rnic_dp_piece *recv_pieces;
+    /* the receive queue the data plane takes WQEs from; NULL with an SRQ (core/ takes) */
+    struct rnic_ring_hdr *rq;
+    uint8_t *rq_entries;
+    uint32_t rq_mask;
+    uint32_t rq_entry_size;
+    struct rnic_dp_cq *rcq;
+
     /* requester and completer (IBTA 9.7.1-9.7.2, 9.7.5.1); see sq.c */
     uint32_t dest_qpn;
     uint32_t una;           /* oldest PSN not yet acknowledged or answered */
@@ -256,6 +269,14 @@ uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev);
  * the transmit buffer is full, -EMSGSIZE when it does not fit a buffer. */
 int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,
                     uint32_t dst_ip_be);
+
+/* Start receiving a SEND into the buffers of a receive WQE (IBTA 10.6.3.2: each lkey an MR
+ * of the QP's PD with LOCAL_WRITE, covering its range). 0, or -EACCES (the WQE completes
+ * with IBV_WC_LOC_PROT_ERR), -EINVAL (more SGEs than the QP allows). */
+int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t wr_id,
+                       const struct rnic_sge *sg, uint32_t num_sge);
+/* Place n bytes of the SEND at its current offset; -EMSGSIZE if the buffers are too small. */
+int rnic_dp_recv_place(struct rnic_dp_qp *qp, const uint8_t *data, uint32_t n);
 
 /* Try the fast path on one datagram from src_ip_be:sport. Returns 1 if it was handled
  * (placed, state advanced, ACK owed noted), 0 if core/ must handle it. Never both. */

@@ -9,6 +9,7 @@
  * Order of checks as IBTA 9.7.3 lists them: transport header (BTH, ICRC), QP and source,
  * PSN (== ePSN), opcode sequence, RETH access (rkey, PD, access, bounds), length.
  */
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -17,7 +18,9 @@
 enum {
     RX_BTH_LEN = 12, RX_RETH_LEN = 16, RX_ICRC_LEN = 4,
     RX_OP_WRITE_FIRST = 0x06, RX_OP_WRITE_MIDDLE = 0x07, RX_OP_WRITE_LAST = 0x08, RX_OP_WRITE_ONLY = 0x0a,
-    RX_ACCESS_REMOTE_WRITE = 2, RX_OP_ACK = 0x11, RX_AETH_LEN = 4,
+    RX_ACCESS_REMOTE_WRITE = 2, RX_OP_ACK = 0x11, RX_AETH_LEN = 4, RX_ACCESS_LOCAL_WRITE = 1,
+    RX_OP_SEND_FIRST = 0x00, RX_OP_SEND_MIDDLE = 0x01, RX_OP_SEND_LAST = 0x02,
+    RX_OP_SEND_LAST_IMM = 0x03, RX_OP_SEND_ONLY = 0x04, RX_OP_SEND_ONLY_IMM = 0x05,
 };
 
 static inline int32_t rx_psn_diff(uint32_t a, uint32_t b) { return (int32_t)((a - b) << 8) >> 8; }
@@ -77,6 +80,125 @@ static int rx_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t 
     return 1;
 }
 
+int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t wr_id,
+                       const struct rnic_sge *sg, uint32_t num_sge)
+{
+    uint32_t n = 0;
+
+    if (num_sge > qp->recv_max_sge)
+        return -EINVAL;
+    for (uint32_t i = 0; i < num_sge; i++) {
+        uint32_t idx = sg[i].lkey >> 8;
+        const struct rnic_dp_mr *mr = idx < dev->mrs_len ? dev->mrs[idx] : NULL;
+        uint64_t addr = sg[i].addr, len = sg[i].length;
+
+        if (len == 0)
+            continue;
+        if (!mr || mr->rkey != sg[i].lkey || mr->pd != qp->pd
+            || !(mr->access & RX_ACCESS_LOCAL_WRITE) || addr < mr->iova
+            || addr - mr->iova > mr->length || len > mr->length - (addr - mr->iova))
+            return -EACCES;
+        qp->recv_pieces[n].ptr = mr->base + (addr - mr->iova);
+        qp->recv_pieces[n].len = len;
+        n++;
+    }
+    qp->recv_wr_id = wr_id;
+    qp->recv_off = 0;
+    qp->recv_npieces = n;
+    return 0;
+}
+
+int rnic_dp_recv_place(struct rnic_dp_qp *qp, const uint8_t *data, uint32_t n)
+{
+    uint64_t off = qp->recv_off;
+
+    for (uint32_t i = 0; i < qp->recv_npieces && n; i++) {
+        struct rnic_dp_piece *p = &qp->recv_pieces[i];
+        uint64_t take;
+
+        if (off >= p->len) {
+            off -= p->len;
+            continue;
+        }
+        take = p->len - off < n ? p->len - off : n;
+        memcpy(p->ptr + off, data, take);
+        data += take;
+        n -= (uint32_t)take;
+        qp->recv_off += take;
+        off = 0;
+    }
+    return n ? -EMSGSIZE : 0;
+}
+
+/* Resolve the next receive WQE of the QP's own RQ without taking it; 0 if core/ must decide
+ * (no RQ of ours, none posted -> RNR, a bad one -> LOC_PROT_ERR). */
+static int peek_recv(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    struct rnic_recv_wqe *w;
+    uint32_t cons, prod;
+
+    if (!qp->rq)
+        return 0;
+    cons = qp->rq->cons;                            /* only the daemon writes cons */
+    prod = rnic_load_acquire(&qp->rq->prod);
+    if (prod == cons || prod - cons > qp->rq_mask + 1)
+        return 0;
+    w = (struct rnic_recv_wqe *)(qp->rq_entries + (size_t)(cons & qp->rq_mask)
+                                 * qp->rq_entry_size);
+    return rnic_dp_recv_begin(dev, qp, w->wr_id, w->sg, w->num_sge) == 0;
+}
+
+static uint64_t recv_capacity(const struct rnic_dp_qp *qp)
+{
+    uint64_t total = 0;
+
+    for (uint32_t i = 0; i < qp->recv_npieces; i++)
+        total += qp->recv_pieces[i].len;
+    return total;
+}
+
+/* In-order SEND packets (IBTA 9.7.3, 9.7.7.1): into the receive WQE's buffers, then a CQE. */
+static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                   uint32_t op, uint32_t hdr, const uint8_t *payload, uint32_t plen)
+{
+    int first = op == RX_OP_SEND_FIRST || op >= RX_OP_SEND_ONLY;
+    int last = op != RX_OP_SEND_FIRST && op != RX_OP_SEND_MIDDLE;
+    int imm = op == RX_OP_SEND_LAST_IMM || op == RX_OP_SEND_ONLY_IMM;
+
+    if (plen > qp->mtu || (!last && plen != qp->mtu))
+        return 0;
+    if (first ? qp->msg != RNIC_DP_MSG_NONE : qp->msg != RNIC_DP_MSG_SEND)
+        return 0;
+    if (first) {
+        /* take the WQE only once this packet fits: a SEND too long for it is core/'s to
+         * complete with IBV_WC_LOC_LEN_ERR, from the WQE still in the ring */
+        if (!peek_recv(dev, qp) || plen > recv_capacity(qp))
+            return 0;
+        rnic_store_release(&qp->rq->cons, qp->rq->cons + 1);
+        qp->msg = RNIC_DP_MSG_SEND;
+    }
+    if (rnic_dp_recv_place(qp, payload, plen) < 0)
+        return 0;       /* a later packet overflows: core/ completes the WQE in error */
+    if (last) {
+        struct rnic_cqe c;
+
+        memset(&c, 0, sizeof(c));
+        c.wr_id = qp->recv_wr_id;
+        c.opcode = 128;                             /* IBV_WC_RECV */
+        c.byte_len = (uint32_t)qp->recv_off;
+        c.qp_num = qp->qpn;
+        c.src_qp = qp->dest_qpn;
+        if (imm) {
+            c.imm_data = rx_be32(pkt + hdr - 4);
+            c.wc_flags = 2;                         /* IBV_WC_WITH_IMM */
+        }
+        qp->msg = RNIC_DP_MSG_NONE;
+        qp->msn = (qp->msn + 1) & 0xffffff;
+        rnic_dp_cq_push(dev, qp->rcq, &c, pkt[1] >> 7);
+    }
+    return 1;
+}
+
 int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
                    uint32_t src_ip_be, uint16_t sport)
 {
@@ -88,7 +210,7 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
         return 0;
     op = pkt[0];
     if (op != RX_OP_WRITE_FIRST && op != RX_OP_WRITE_MIDDLE && op != RX_OP_WRITE_LAST
-        && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK)
+        && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK && op > RX_OP_SEND_ONLY_IMM)
         return 0;
     qpn = rx_be24(pkt + 5);
     if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
@@ -99,7 +221,8 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
         return rx_ack(dev, qp, pkt, len, psn, src_ip_be, sport);
     if (psn != qp->epsn)
         return 0;
-    hdr = RX_BTH_LEN + ((op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) ? RX_RETH_LEN : 0);
+    hdr = RX_BTH_LEN + ((op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) ? RX_RETH_LEN : 0)
+          + ((op == RX_OP_SEND_LAST_IMM || op == RX_OP_SEND_ONLY_IMM) ? 4 : 0);
     pad = (pkt[1] >> 4) & 3;
     if (len < hdr + RX_ICRC_LEN + pad)
         return 0;
@@ -108,8 +231,14 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
     plen = len - hdr - RX_ICRC_LEN - pad;
     payload = pkt + hdr;
     mtu = qp->mtu;
-    if (plen > mtu || (pad && (op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_MIDDLE)))
+    if (plen > mtu || (pad && (op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_MIDDLE
+                               || op == RX_OP_SEND_FIRST || op == RX_OP_SEND_MIDDLE)))
         return 0;
+    if (op <= RX_OP_SEND_ONLY_IMM) {
+        if (!rx_send(dev, qp, pkt, op, hdr, payload, plen))
+            return 0;
+        goto accepted;
+    }
 
     if (op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) {
         uint64_t va = rx_be64(pkt + RX_BTH_LEN);
@@ -148,6 +277,7 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
             qp->msn = (qp->msn + 1) & 0xffffff;
         }
     }
+accepted:
     qp->epsn = (psn + 1) & 0xffffff;
     qp->nak_sent = 0;
     if ((pkt[8] & 0x80) && !qp->ack_pending) {                 /* AckReq (9.7.5.1.2) */

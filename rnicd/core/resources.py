@@ -213,7 +213,7 @@ class CQ:
         """Point the data plane at a (new, after resize_cq) ring."""
         self._ring = ring
         self.dp.hdr = ring.hdr
-        self.dp.entries = native.ffi.cast("uint8_t *", ring.hdr) + native.lib.RNIC_RING_HDR_SIZE
+        self.dp.entries = native.ffi.cast("uint8_t *", ring.hdr) + ring.hdr_size
         self.dp.mask = ring.num_entries - 1
 
     @property

@@ -220,3 +220,20 @@ def test_reissued_read_stays_inside_its_chunk(pair, seed):
     run(a, b, net=lambda src, d: [] if rng.random() < 0.05 else [d], max_time=1000)
     assert [w["status"] for w in a.poll(ca)] == [S.IBV_WC_SUCCESS] * 4
     assert ma.buf == mb.buf
+
+
+@pytest.mark.parametrize("length", [300, 5000])     # an ONLY packet; FIRST..LAST packets
+def test_send_longer_than_the_receive_buffer(pair, length):
+    """The receive WQE completes with LOC_LEN_ERR (never silently lost), the requester gets
+    REM_INV_REQ_ERR, and both QPs go to the error state."""
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb)
+    ma, mb = a.mr(8192), b.mr(8192)
+    b.post_recv(qb, 7, [mb.sge(0, 200)])
+    b.post_recv(qb, 8, [mb.sge(0, 200)])
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, length)])
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [
+        (7, S.IBV_WC_LOC_LEN_ERR), (8, S.IBV_WC_WR_FLUSH_ERR)]
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, S.IBV_WC_REM_INV_REQ_ERR)]
+    assert qa.state == qb.state == abi.IBV_QPS_ERR

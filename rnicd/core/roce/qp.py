@@ -60,8 +60,17 @@ class RCQP:
         self.peer_ip: str | None = None        # from ah_attr's dgid (IPv4-mapped)
         # hard state shared with the data plane (struct rnic_dp_qp): the responder's PSN,
         # MSN and message in progress live there, and nowhere else
-        self.dp = device.native.ffi.new("struct rnic_dp_qp *", {
-            "qpn": qp_num, "pd": pd.uid, "mtu": mtu_bytes(self.attr["path_mtu"])})
+        ffi = device.native.ffi
+        recv_sge = max(1, srq.max_sge if srq is not None else cap.max_recv_sge)
+        self._recv_pieces = ffi.new("struct rnic_dp_piece[]", recv_sge)
+        self.dp = ffi.new("struct rnic_dp_qp *", {
+            "qpn": qp_num, "pd": pd.uid, "mtu": mtu_bytes(self.attr["path_mtu"]),
+            "recv_pieces": self._recv_pieces, "recv_max_sge": recv_sge, "rcq": recv_cq.dp})
+        if rq is not None:         # the data plane takes receive WQEs from our own RQ only
+            ring = rq.ring
+            self.dp.rq = ring.hdr
+            self.dp.rq_entries = ffi.cast("uint8_t *", ring.hdr) + ring.hdr_size
+            self.dp.rq_mask, self.dp.rq_entry_size = ring.num_entries - 1, ring.entry_size
         self.requester = Requester(self)
         self.completer = Completer(self)
         self.responder = Responder(self)

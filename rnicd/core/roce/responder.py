@@ -8,10 +8,9 @@ A NAK other than RNR/sequence puts this QP in the error state after it is sent.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from rnicd import native
-from rnicd.core.resources import MR, SGList, resolve_sges
+from rnicd.core.resources import MR
 from rnicd.core.roce.dpstate import dp_field
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
@@ -19,19 +18,11 @@ from rnicd.wire.abi import Access, QPState, WCOpcode, WCStatus
 from rnicd.wire.roce import psn_add, psn_diff
 
 K = op.Kind
-ffi, NULL = native.ffi, native.ffi.NULL
+ffi, lib, NULL = native.ffi, native.lib, native.ffi.NULL
 MSG_NONE, MSG_SEND, MSG_WRITE = (native.lib.RNIC_DP_MSG_NONE, native.lib.RNIC_DP_MSG_SEND,
                                  native.lib.RNIC_DP_MSG_WRITE)
 RENAK_AFTER = 16      # out-of-sequence packets after which a sequence NAK is repeated
 ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
-
-
-@dataclass(slots=True)
-class SendMessage:
-    """The multi-packet SEND being received (a WRITE's state lives in qp.dp)."""
-    wr_id: int
-    sgl: SGList
-    offset: int = 0
 
 
 class Responder:
@@ -49,7 +40,6 @@ class Responder:
     def reset_psn(self, psn: int):
         self.epsn = psn
         self.msn = 0
-        self.send: SendMessage | None = None
         self.abandon_write()
         self.dp.msg = MSG_NONE
         self.nak_sent = False
@@ -100,36 +90,35 @@ class Responder:
 
     # ---- per-kind handlers -----------------------------------------------------------------
     def _send(self, pkt, info, now):
-        qp = self.qp
+        """The slow path of a SEND: the data plane receives in-order SENDs into its own RQ's
+        WQEs itself; this handles the rest (SRQ, RNR, errors) with the same C functions."""
+        qp, dp = self.qp, self.dp
         if info.is_first:
-            if self.dp.msg != MSG_NONE:
+            if dp.msg != MSG_NONE:
                 return self._invalid(pkt, now, "SEND FIRST inside a message")
             wqe = qp.take_recv()
             if wqe is None:
                 return self._rnr(pkt)
-            sgl, status = resolve_sges(qp.device.keys, qp.pd, wqe.sges,
-                                       Access.IBV_ACCESS_LOCAL_WRITE)
-            if sgl is None:
-                qp.complete_recv(wqe.wr_id, status, WCOpcode.IBV_WC_RECV)
+            sg = ffi.new("struct rnic_sge[]", [(a, n, k) for a, n, k in wqe.sges] or 1)
+            if lib.rnic_dp_recv_begin(qp.device.dp, dp, wqe.wr_id, sg, len(wqe.sges)) < 0:
+                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_LOC_PROT_ERR, WCOpcode.IBV_WC_RECV)
                 return self._fatal_nak(pkt, roce.NAK_REMOTE_OPERATIONAL, now,
                                        "receive WQE with a bad lkey")
-            self.send = SendMessage(wqe.wr_id, sgl)
-            self.dp.msg = MSG_SEND
-        elif self.dp.msg != MSG_SEND:
+            dp.msg = MSG_SEND
+        elif dp.msg != MSG_SEND:
             return self._invalid(pkt, now, "SEND MIDDLE/LAST without FIRST")
         if not self._length_ok(pkt, info):
             return self._invalid(pkt, now, "bad payload length for the path MTU")
-        m = self.send
-        if not m.sgl.scatter(m.offset, pkt.payload):
-            qp.complete_recv(m.wr_id, WCStatus.IBV_WC_LOC_LEN_ERR, WCOpcode.IBV_WC_RECV)
+        payload = bytes(pkt.payload)
+        if lib.rnic_dp_recv_place(dp, payload, len(payload)) < 0:
+            qp.complete_recv(dp.recv_wr_id, WCStatus.IBV_WC_LOC_LEN_ERR, WCOpcode.IBV_WC_RECV)
             self._end_message()
             return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now,
                                    "SEND larger than the receive buffer")
-        m.offset += len(pkt.payload)
         if info.is_last:
+            wr_id, length = dp.recv_wr_id, dp.recv_off
             self._end_message()
-            opcode = WCOpcode.IBV_WC_RECV
-            qp.complete_recv(m.wr_id, WCStatus.IBV_WC_SUCCESS, opcode, m.offset,
+            qp.complete_recv(wr_id, WCStatus.IBV_WC_SUCCESS, WCOpcode.IBV_WC_RECV, length,
                              pkt.imm if info.immdt else None, solicited=pkt.se)
             self._message_done()
         self._advance(pkt)
@@ -275,7 +264,6 @@ class Responder:
             self.ack_pending = True
 
     def _end_message(self):
-        self.send = None
         self.abandon_write()
         self.dp.msg = MSG_NONE
 
