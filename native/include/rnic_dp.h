@@ -160,6 +160,12 @@ struct rnic_dp_qp {
     struct rnic_dp_swqe *swqes;
     struct rnic_ring_hdr *sq;
     struct rnic_dp_cq *scq;
+    uint8_t *sq_entries;    /* the SQ ring's entries, with the daemon's own geometry */
+    uint32_t sq_entry_size;
+    uint32_t max_send_sge;  /* also the stride of the pieces array: one run per SQ slot */
+    uint32_t max_inline;
+    uint32_t _rsvd2;
+    struct rnic_dp_piece *sq_pieces;
     uint64_t sent_pkts;
     uint64_t retransmitted_pkts;
 };
@@ -256,7 +262,12 @@ int64_t rnic_dp_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn
 /* una moved on from old_una: grow the window, refill the retry budgets and restart the
  * retransmit timer (IBTA 9.7.6.1.3: the timer measures time without progress). */
 void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t old_una);
-/* Transmit what the window allows from send_psn (RNIC_DP_PUMP_*). */
+/* Fetch SEND and RDMA WRITE WQEs from the SQ ring into descriptors, validated (opcode,
+ * SGE count, lkeys and bounds, inline length), with their PSNs. Stops at an empty ring, when
+ * the window is covered, or at a WQE core/ must fetch (READ, atomic, fence, anything wrong):
+ * returns how many it fetched, or -1 in that last case (before fetching any). */
+int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
+/* Transmit what the window allows from send_psn, fetching as it goes (RNIC_DP_PUMP_*). */
 int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
 /* Queue an ACKNOWLEDGE packet (AETH: syndrome, the QP's MSN) for psn (IBTA 9.7.5.2).
  * 0, or -ENOSPC when the transmit buffer is full. */

@@ -220,6 +220,101 @@ static struct rnic_dp_swqe *wqe_at(struct rnic_dp_qp *qp, uint32_t psn)
     return NULL;
 }
 
+/* An unfinished READ or atomic is in flight (a fenced WQE must wait for it, 10.8.3.3). */
+static int rd_atomic_in_flight(const struct rnic_dp_qp *qp)
+{
+    for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
+        const struct rnic_dp_swqe *w = &qp->swqes[i & qp->swqe_mask];
+
+        if (w->status < 0 && !sends_data(w->opcode))
+            return 1;
+    }
+    return 0;
+}
+
+/* Copy and check one SEND/WRITE entry into descriptor d; 0, or -1 if it is core/'s. */
+static int fetch_one(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t idx,
+                     struct rnic_dp_swqe *d)
+{
+    const struct rnic_send_wqe *w = (const struct rnic_send_wqe *)
+        (qp->sq_entries + (size_t)(idx & qp->swqe_mask) * qp->sq_entry_size);
+    struct rnic_dp_piece *pieces = qp->sq_pieces + (size_t)(idx & qp->swqe_mask)
+                                   * qp->max_send_sge;
+    uint32_t op = w->opcode, flags = w->send_flags, n = 0;
+    uint64_t length = 0;
+
+    if (!sends_data(op) || ((flags & 1) && rd_atomic_in_flight(qp)))   /* IBV_SEND_FENCE */
+        return -1;
+    if (flags & 8) {                                /* IBV_SEND_INLINE: data in the slot */
+        uint32_t ilen = w->inline_len;
+
+        if (ilen > qp->max_inline || ilen > qp->sq_entry_size - RNIC_SEND_WQE_HDR_SIZE)
+            return -1;
+        if (ilen) {
+            pieces[0].ptr = (uint8_t *)w->sg;       /* stable until the WQE is retired */
+            pieces[0].len = ilen;
+            n = 1;
+        }
+        length = ilen;
+    } else {
+        if (w->num_sge > qp->max_send_sge)
+            return -1;
+        for (uint32_t i = 0; i < w->num_sge; i++) {
+            uint32_t key = w->sg[i].lkey, kidx = key >> 8;
+            const struct rnic_dp_mr *mr = kidx < dev->mrs_len ? dev->mrs[kidx] : NULL;
+            uint64_t addr = w->sg[i].addr, len = w->sg[i].length;
+
+            if (len == 0)
+                continue;
+            /* IBTA 10.6.3.2: an lkey of the QP's PD covering the range (local reads need
+             * no access right) */
+            if (!mr || mr->rkey != key || mr->pd != qp->pd || addr < mr->iova
+                || addr - mr->iova > mr->length || len > mr->length - (addr - mr->iova))
+                return -1;
+            pieces[n].ptr = mr->base + (addr - mr->iova);
+            pieces[n].len = len;
+            n++;
+            length += len;
+        }
+        if (length > (1u << 31))
+            return -1;
+    }
+    d->wr_id = w->wr_id;
+    d->remote_addr = w->remote_addr;
+    d->idx = idx;
+    d->opcode = op;
+    d->flags = flags;
+    d->imm = w->imm_data;
+    d->rkey = w->rkey;
+    d->length = (uint32_t)length;
+    d->first_psn = qp->next_psn;
+    d->npkts = length ? (uint32_t)((length + qp->mtu - 1) / qp->mtu) : 1;
+    d->status = -1;
+    d->wc_opcode = (op == WR_SEND || op == WR_SEND_IMM) ? 0 : 1;   /* IBV_WC_SEND/RDMA_WRITE */
+    d->npieces = n;
+    d->pieces = pieces;
+    qp->next_psn = psn_add(qp->next_psn, (int32_t)d->npkts);
+    return 0;
+}
+
+int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    uint32_t prod = rnic_load_acquire(&qp->sq->prod);
+    int fetched = 0;
+
+    if (prod - qp->sq_head > qp->swqe_mask + 1)
+        return fetched ? fetched : -1;              /* a corrupt index: core/ fails the QP */
+    while (qp->sq_next != prod && psn_diff(qp->next_psn, qp->send_psn) < qp->cwnd) {
+        struct rnic_dp_swqe *d = &qp->swqes[qp->sq_next & qp->swqe_mask];
+
+        if (fetch_one(dev, qp, qp->sq_next, d) < 0)
+            return fetched ? fetched : -1;
+        qp->sq_next++;
+        fetched++;
+    }
+    return fetched;
+}
+
 int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
     if (!qp->send_ok || qp->rnr_wait)
@@ -230,8 +325,8 @@ int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
         struct rnic_dp_swqe *w;
         uint32_t psn = qp->send_psn, slot;
 
-        if (psn == qp->next_psn)
-            return RNIC_DP_PUMP_FETCH;
+        if (psn == qp->next_psn && rnic_dp_fetch(dev, qp) <= 0)
+            return RNIC_DP_PUMP_FETCH;              /* empty, or the next WQE is core/'s */
         w = wqe_at(qp, psn);
         if (!w || !sends_data(w->opcode))
             return RNIC_DP_PUMP_SLOW;

@@ -237,3 +237,18 @@ def test_send_longer_than_the_receive_buffer(pair, length):
         (7, S.IBV_WC_LOC_LEN_ERR), (8, S.IBV_WC_WR_FLUSH_ERR)]
     assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, S.IBV_WC_REM_INV_REQ_ERR)]
     assert qa.state == qb.state == abi.IBV_QPS_ERR
+
+
+def test_bad_lkey_in_the_ring_completes_with_loc_prot_err(pair):
+    """The client library checks lkeys, but the ring is the client's memory: the data plane
+    refuses the WQE and core/ completes it in error, then flushes what follows."""
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb)
+    ma, mb = a.mr(4096), b.mr(4096)
+    a.post_send(qa, 1, abi.IBV_WR_RDMA_WRITE, [(ma.iova, 16, ma.lkey ^ 0x40)], rkey=mb.rkey,
+                raddr=mb.iova, ring=False)
+    a.post_send(qa, 2, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 16)], rkey=mb.rkey, raddr=mb.iova)
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [
+        (1, S.IBV_WC_LOC_PROT_ERR), (2, S.IBV_WC_WR_FLUSH_ERR)]
+    assert qa.state == abi.IBV_QPS_ERR

@@ -37,10 +37,11 @@ class InFlight:
     """core/'s handle on an in-flight send WQE: its descriptor `d`, plus what only core/
     uses (the scatter list of a READ or atomic result, the atomic operands, inline bytes)."""
 
-    __slots__ = ("d", "sgl", "compare_add", "swap", "keep")
+    __slots__ = ("d", "idx", "sgl", "compare_add", "swap", "keep")
 
-    def __init__(self, d):
+    def __init__(self, d, idx: int):
         self.d = d
+        self.idx = idx              # the SQ index it was made for (slots are reused)
         self.sgl: SGList | None = None
         self.compare_add = self.swap = 0
         self.keep = None
@@ -87,6 +88,9 @@ class Requester:
         self._pruned = 0
         dp.swqes, dp.swqe_mask, dp.sq = self._swqes, self._mask, ring.hdr
         dp.scq, dp.sq_sig_all = qp.send_cq.dp, int(bool(qp.sq_sig_all))
+        dp.sq_entries = ffi.cast("uint8_t *", ring.hdr) + ring.hdr_size
+        dp.sq_entry_size, dp.sq_pieces = ring.entry_size, self._pieces
+        dp.max_send_sge, dp.max_inline = self._sge, qp.cap.max_inline_data
         self.cwnd = WINDOW
         self.reset_psn(0)
 
@@ -102,9 +106,17 @@ class Requester:
     # ---- the in-flight list ----------------------------------------------------------------
     @property
     def wqes(self) -> list[InFlight]:
-        """Fetched WQEs not yet retired, oldest first."""
+        """Fetched WQEs not yet retired, oldest first (views made on demand for the ones the
+        data plane fetched itself)."""
         head, count = self.dp.sq_head, (self.dp.sq_next - self.dp.sq_head) & 0xFFFFFFFF
-        return [self._slots[(head + i) & self._mask] for i in range(count)]
+        out = []
+        for i in range(count):
+            idx = (head + i) & 0xFFFFFFFF
+            w = self._slots[idx & self._mask]
+            if w is None or w.idx != idx:
+                w = self._slots[idx & self._mask] = InFlight(self._swqes[idx & self._mask], idx)
+            out.append(w)
+        return out
 
     def wqe_at(self, psn: int) -> InFlight | None:
         for w in self.wqes:
@@ -176,7 +188,7 @@ class Requester:
         d.imm, d.rkey, d.length, d.npieces = raw.imm_data, raw.rkey, 0, 0
         d.wc_opcode, d.status = WC_OPCODE.get(opcode, 0), IN_FLIGHT
         d.pieces = self._pieces + (idx & self._mask) * self._sge
-        w = InFlight(d)
+        w = InFlight(d, idx)
         if opcode not in RC_OPCODES:
             w.status = WCStatus.IBV_WC_LOC_QP_OP_ERR
             return w
@@ -225,8 +237,9 @@ class Requester:
         self.cwnd = max(MIN_WINDOW, self.cwnd / 2)
 
     def pump(self, now: float):
-        """Send what the window allows. The data plane sends SEND/WRITE packets; this loop
-        fetches WQEs for it and sends READ/atomic requests, once per WQE, not per packet."""
+        """Send what the window allows. The data plane fetches and sends SEND/WRITE WQEs;
+        this loop fetches the others (READ, atomic, fenced, bad) and sends READ/atomic
+        requests, once per WQE."""
         qp, dp = self.qp, self.dp
         if qp.state == QPState.IBV_QPS_ERR:
             self.flush()
@@ -237,11 +250,9 @@ class Requester:
         dev.dp.now = now
         while True:
             rc = lib.rnic_dp_pump(dev.dp, dp)
-            if rc == lib.RNIC_DP_PUMP_FETCH:
+            if rc == lib.RNIC_DP_PUMP_FETCH:       # the next WQE is core/'s (or none)
                 if not self.fetch():
                     break
-                while psn_diff(self.next_psn, self.send_psn) < self.cwnd and self.fetch():
-                    pass        # fetch ahead: one pump call then sends a whole window
                 if qp.state != QPState.IBV_QPS_RTS:
                     return
             elif rc == lib.RNIC_DP_PUMP_SLOW:
