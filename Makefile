@@ -32,7 +32,9 @@ lint: deps
 	$(PYTHON) -m ruff check rnicd clients tests native/build_ffi.py
 
 bench: deps
-	$(PYTHON) bench/run.py
+	@sh scripts/install-bench-deps.sh
+	$(PIP) install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PYTHON) bench/run.py $(ARGS)
 
 install:
 	$(PIP) install --quiet $(if $(DESTDIR),--root $(DESTDIR)) --prefix $(PREFIX) .
