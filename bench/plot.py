@@ -3,9 +3,9 @@
 
 usage: plot.py RESULTS.json [--outdir DIR] [--readme bench/README.md]
 Writes DIR/bw_vs_size.png, DIR/latency_cdf.png and DIR/summary.md (DIR defaults to the JSON's
-folder). With --readme, the summary replaces the part of that file between the
-`<!-- results:begin -->` and `<!-- results:end -->` markers (of the top-level README). summary.md is written even when
-matplotlib is missing.
+folder). With --readme, the summary replaces the part of that file (the top-level README)
+between the `<!-- results:begin -->` and `<!-- results:end -->` markers. summary.md is written
+even when matplotlib is missing.
 """
 from __future__ import annotations
 
