@@ -29,7 +29,7 @@ test: deps sysdeps
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 lint: deps
-	$(PYTHON) -m ruff check rnicd clients tests native/build_ffi.py
+	$(PYTHON) -m ruff check rnicd clients tests bench native/build_ffi.py
 
 bench: deps
 	@sh scripts/install-bench-deps.sh
