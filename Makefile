@@ -3,6 +3,9 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PREFIX ?= /usr/local
 DESTDIR ?=
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 DEPS_STAMP := build/.deps-stamp
 NATIVE_SRC := $(wildcard native/src/*.c native/include/*.h) native/build_ffi.py
 
@@ -36,8 +39,17 @@ bench: deps
 	$(PIP) install --quiet --disable-pip-version-check -e '.[bench]'
 	$(PYTHON) bench/run.py $(ARGS)
 
+# The package (with its C module), the systemd units, the sysusers entry for the group rnic
+# and a commented default config (never overwriting an existing one).
 install:
-	$(PIP) install --quiet $(if $(DESTDIR),--root $(DESTDIR)) --prefix $(PREFIX) .
+	$(PIP) install --quiet --disable-pip-version-check --no-warn-script-location \
+		$(if $(DESTDIR),--root $(DESTDIR)) --prefix $(PREFIX) .
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/rnicd
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' systemd/rnicd.service > $(DESTDIR)$(UNITDIR)/rnicd.service
+	install -m 644 systemd/rnicd.socket $(DESTDIR)$(UNITDIR)/rnicd.socket
+	install -m 644 systemd/rnicd.sysusers $(DESTDIR)$(SYSUSERSDIR)/rnicd.conf
+	test -e $(DESTDIR)$(SYSCONFDIR)/rnicd/rnicd.toml || \
+		install -m 644 etc/rnicd.toml $(DESTDIR)$(SYSCONFDIR)/rnicd/rnicd.toml
 
 clean:
 	rm -rf build dist *.egg-info rnicd/_native*.so rnicd/_native.c .pytest_cache

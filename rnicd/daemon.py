@@ -17,7 +17,7 @@ from rnicd.core.device import Device
 from rnicd.errors import VerbsError
 from rnicd.io.control import ControlServer
 from rnicd.io.shm import SharedMemory
-from rnicd.io.systemd import sd_notify
+from rnicd.io.systemd import listen_socket, sd_notify, watchdog_interval
 from rnicd.io.udp import RocePort, open_roce_socket
 from rnicd.wire import ctl
 
@@ -54,9 +54,17 @@ class Daemon:
         sd_notify("READY=1\nSTATUS=serving " + self.device.name)
 
     async def serve(self, listen_sock=None):
-        self.start(listen_sock)
+        self.start(listen_sock if listen_sock is not None else listen_socket())
+        interval = watchdog_interval()
+        if interval:                        # WatchdogSec: prove the loop is alive
+            self._watchdog(interval)
         await self._stopped.wait()
         self.shutdown()
+
+    def _watchdog(self, interval: float):
+        if not self._stopped.is_set():
+            sd_notify("WATCHDOG=1")
+            self.loop.call_later(interval, self._watchdog, interval)
 
     def stop(self):
         self._stopped.set()

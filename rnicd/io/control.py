@@ -129,7 +129,7 @@ class ControlServer:
             listen_sock.bind(path)
             os.chmod(path, 0o660)
             listen_sock.listen(128)
-        self.path = path
+        self.path = path if listen_sock is None else None   # systemd's socket is systemd's
         self.sock = listen_sock
         self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._accept)

@@ -1,0 +1,85 @@
+"""rnicd as a systemd service: a test plays systemd's part (socket activation with
+LISTEN_FDS, NOTIFY_SOCKET, WATCHDOG_USEC); `make install DESTDIR=...` lays out every file;
+the units pass `systemd-analyze verify` where it is available."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# exec rnicd with the listening socket at fd 3 and LISTEN_PID naming rnicd itself, as
+# systemd does (the pid survives exec)
+LAUNCH = ("import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.close(fd); "
+          "os.environ['LISTEN_PID'] = str(os.getpid()); "
+          "os.execv(sys.executable, [sys.executable, '-m', 'rnicd.cli'] + sys.argv[2:])")
+
+
+def test_socket_activation_ready_watchdog_stopping(tmp_path):
+    ctl_path = str(tmp_path / "activated.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(ctl_path)
+    listener.listen(16)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    env = dict(os.environ, LISTEN_FDS="1", NOTIFY_SOCKET=str(tmp_path / "notify"),
+               WATCHDOG_USEC="200000")
+    fd = listener.fileno()
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(fd), "--bind", "127.0.251.1",
+                             "--ctl-socket", str(tmp_path / "unused.sock")],
+                            env=env, pass_fds=(fd,), stderr=subprocess.PIPE, text=True)
+    listener.close()                       # the daemon owns it now
+    try:
+        messages = []
+        deadline = time.monotonic() + 20
+        while not any("WATCHDOG=1" in m for m in messages) and time.monotonic() < deadline:
+            messages.append(notify.recv(4096).decode())
+        assert "READY=1" in messages[0]
+        assert any("WATCHDOG=1" in m for m in messages)
+        assert not os.path.exists(tmp_path / "unused.sock")   # it used systemd's socket
+        from rnic.device import Context
+        with Context(socket=ctl_path) as ctx:                # verbs over the passed socket
+            assert ctx.query_device().name == "rnic0"
+        proc.terminate()
+        while True:
+            m = notify.recv(4096).decode()
+            if "STOPPING=1" in m:
+                break
+        assert proc.wait(10) == 0
+        assert os.path.exists(ctl_path)          # systemd's socket file is not ours to remove
+    finally:
+        notify.close()
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_make_install_lays_out_every_file(tmp_path):
+    dest = tmp_path / "root"
+    r = subprocess.run(["make", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
+    for f in ("usr/bin/rnicd", "usr/bin/rnic", "usr/lib/systemd/system/rnicd.service",
+              "usr/lib/systemd/system/rnicd.socket", "usr/lib/sysusers.d/rnicd.conf",
+              "etc/rnicd/rnicd.toml"):
+        assert f in files, f"{f} not installed; have {sorted(files)[:20]}..."
+    assert any(f.startswith("usr/lib/python3") and "rnicd/_native" in f for f in files)
+    assert any(f.startswith("usr/lib/python3") and f.endswith("rnic/perf/run.py") for f in files)
+    unit = (dest / "usr/lib/systemd/system/rnicd.service").read_text()
+    assert "ExecStart=/usr/bin/rnicd " in unit and "@BINDIR@" not in unit
+    if shutil.which("systemd-analyze"):
+        units = [str(dest / "usr/lib/systemd/system" / u) for u in ("rnicd.socket",
+                                                                     "rnicd.service")]
+        r = subprocess.run(["systemd-analyze", "verify", f"--root={dest}", *units],
+                           capture_output=True, text=True, timeout=60)
+        complaints = [line for line in (r.stdout + r.stderr).splitlines()
+                      if "rnicd" in line]
+        assert not complaints, complaints
+    else:
+        print("systemd-analyze not installed: units not verified")
