@@ -16,6 +16,7 @@ from rnicd.config import Config
 from rnicd.core.device import Device
 from rnicd.errors import VerbsError
 from rnicd.io.control import ControlServer
+from rnicd.io.netif import interface_of
 from rnicd.io.shm import SharedMemory
 from rnicd.io.systemd import listen_socket, sd_notify, watchdog_interval
 from rnicd.io.udp import RocePort, open_roce_socket
@@ -43,6 +44,11 @@ class Daemon:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self, listen_sock=None):
+        netdev = interface_of(self.config.bind)
+        if netdev is not None:
+            self.device.set_netdev_mtu(netdev[1])
+            log.info("rnicd: %s is on %s, MTU %d: active_mtu %d", self.config.bind, netdev[0],
+                     netdev[1], 128 << self.device.active_mtu)
         sock = open_roce_socket(self.config.bind, self.config.port)
         self.port = RocePort(self.loop, sock, self.device, self._after_batch)
         self.control = ControlServer(self.loop, self.config.ctl_socket, self._handle,

@@ -115,7 +115,8 @@ class Session:
     def m_query_port(self, args, fds, now):
         arg_int(args, "port", 1, 1, 1)
         return {
-            "state": int(PortState.IBV_PORT_ACTIVE), "max_mtu": 5, "active_mtu": 5,
+            "state": int(PortState.IBV_PORT_ACTIVE), "max_mtu": 5,
+            "active_mtu": int(self.device.active_mtu),
             "gid_tbl_len": 16, "port_cap_flags": 0, "max_msg_sz": self.device.limits.max_msg_sz,
             "bad_pkey_cntr": 0, "qkey_viol_cntr": 0, "pkey_tbl_len": 1, "lid": 0, "sm_lid": 0,
             "lmc": 0, "max_vl_num": 1, "sm_sl": 0, "subnet_timeout": 0, "init_type_reply": 0,

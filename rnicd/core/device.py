@@ -22,11 +22,12 @@ from rnicd.core.qp_state import QPLimits
 from rnicd.core.resources import CQ, CQEntry, KeyTable
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
-from rnicd.wire.abi import EventType, QPState
+from rnicd.wire.abi import MTU, EventType, QPState, mtu_bytes
 
 log = logging.getLogger("rnicd.device")
 
 ROCE_PORT = 4791
+ROCE_OVERHEAD = 20 + 8 + 12 + 28 + 4 + 4    # IPv4, UDP, BTH, AtomicETH/RETH+ImmDt, ICRC, pad
 
 
 QP_TABLE = 1 << 15          # QPNs are indices into the data plane's QP table
@@ -65,8 +66,7 @@ class Device:
         self.port = port
         self.native = native
         self.limits = DeviceLimits()
-        self.qp_limits = QPLimits(max_qp_rd_atom=self.limits.max_qp_rd_atom,
-                                  max_qp_init_rd_atom=self.limits.max_qp_init_rd_atom)
+        self.set_netdev_mtu(None)
         self.rng = random.Random(seed)
         self.keys = KeyTable(self.rng, MR_TABLE)
         self.qps: dict[int, object] = {}
@@ -95,6 +95,17 @@ class Device:
         self.notify: set = set()
         self.events: list[tuple[object, dict]] = []
         self._acks: set = set()
+
+    def set_netdev_mtu(self, netdev_mtu: int | None):
+        """The port's active MTU: the largest IBTA MTU whose packets, with every RoCEv2
+        header (IPv4, UDP, BTH, the largest extension headers, ICRC), fit the netdev's MTU,
+        as rxe derives it. No netdev known: 4096. path_mtu may not exceed it (IBTA 11.2.4)."""
+        self.netdev_mtu = netdev_mtu
+        room = (netdev_mtu or 65536) - ROCE_OVERHEAD
+        self.active_mtu = max((m for m in MTU if mtu_bytes(m) <= room), default=MTU.IBV_MTU_256)
+        self.qp_limits = QPLimits(max_qp_rd_atom=self.limits.max_qp_rd_atom,
+                                  max_qp_init_rd_atom=self.limits.max_qp_init_rd_atom,
+                                  max_mtu=self.active_mtu)
 
     # ---- identity ------------------------------------------------------------------------
     @property

@@ -121,7 +121,8 @@ class ControlServer:
         self.on_close = on_close
         self.sent_fds = sent_fds
         self.connections: set[Connection] = set()
-        if listen_sock is None:
+        owned = listen_sock is None         # a socket systemd passed is systemd's to remove
+        if owned:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             if os.path.exists(path):
                 _remove_stale(path)
@@ -129,7 +130,7 @@ class ControlServer:
             listen_sock.bind(path)
             os.chmod(path, 0o660)
             listen_sock.listen(128)
-        self.path = path if listen_sock is None else None   # systemd's socket is systemd's
+        self.path = path if owned else None
         self.sock = listen_sock
         self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._accept)

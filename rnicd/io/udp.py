@@ -1,8 +1,10 @@
 """The RoCEv2 port: one UDP socket on (bind address, 4791), read in batches."""
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 import socket
 import struct
 
@@ -90,8 +92,14 @@ class RocePort:
             rc = lib.rnic_send_batch(fd, dp.tx_bufs + sent * dp.tx_buf_size, dp.tx_buf_size,
                                      dp.tx_lens + sent, n, dp.tx_addrs_be + sent,
                                      self._tx_ports)
-            if rc <= 0:            # socket buffer full (or an error): the rest is lost,
-                self.counters.inc("tx_dropped_busy", dp.ntx - sent)   # timers recover it
+            if rc <= 0:            # the rest is lost; the retransmit timers recover it
+                lost = dp.ntx - sent
+                if rc == 0:
+                    self.counters.inc("tx_dropped_busy", lost)       # socket buffer full
+                else:
+                    name = errno.errorcode.get(-rc, str(-rc))
+                    self.counters.inc(f"tx_err_{name}", lost)        # EMSGSIZE: path MTU
+                    log.warning("sendmmsg: %s (%d datagrams lost)", os.strerror(-rc), lost)
                 break
             sent += rc
         dp.ntx = 0

@@ -110,7 +110,7 @@ def test_killed_client_releases_everything_and_peer_gets_retry_exceeded(two_daem
     da, db = two_daemons
     b = Side(db)
     before = da.open_fds()
-    tests_dir = os.path.dirname(__file__)
+    tests_dir = os.path.dirname(os.path.dirname(__file__))     # where rc_pair.py lives
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {tests_dir!r})

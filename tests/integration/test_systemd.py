@@ -73,13 +73,20 @@ def test_make_install_lays_out_every_file(tmp_path):
     assert any(f.startswith("usr/lib/python3") and f.endswith("rnic/perf/run.py") for f in files)
     unit = (dest / "usr/lib/systemd/system/rnicd.service").read_text()
     assert "ExecStart=/usr/bin/rnicd " in unit and "@BINDIR@" not in unit
-    if shutil.which("systemd-analyze"):
-        units = [str(dest / "usr/lib/systemd/system" / u) for u in ("rnicd.socket",
-                                                                     "rnicd.service")]
-        r = subprocess.run(["systemd-analyze", "verify", f"--root={dest}", *units],
-                           capture_output=True, text=True, timeout=60)
-        complaints = [line for line in (r.stdout + r.stderr).splitlines()
-                      if "rnicd" in line]
-        assert not complaints, complaints
-    else:
-        print("systemd-analyze not installed: units not verified")
+    # systemd-analyze checks that ExecStart exists, and --root=DESTDIR lacks systemd's own
+    # units: verify the units as rendered for the rnicd this environment has on PATH.
+    analyze, rnicd_bin = shutil.which("systemd-analyze"), shutil.which("rnicd")
+    if not analyze or not rnicd_bin:
+        print("systemd-analyze or an installed rnicd missing: units not verified")
+        return
+    rendered = tmp_path / "units"
+    rendered.mkdir()
+    (rendered / "rnicd.service").write_text(
+        open(os.path.join(ROOT, "systemd", "rnicd.service")).read().replace(
+            "@BINDIR@", os.path.dirname(rnicd_bin)))
+    shutil.copy(os.path.join(ROOT, "systemd", "rnicd.socket"), rendered / "rnicd.socket")
+    r = subprocess.run([analyze, "verify", str(rendered / "rnicd.socket"),
+                        str(rendered / "rnicd.service")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), \
+        r.stdout + r.stderr

@@ -252,3 +252,19 @@ def test_bad_lkey_in_the_ring_completes_with_loc_prot_err(pair):
     assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [
         (1, S.IBV_WC_LOC_PROT_ERR), (2, S.IBV_WC_WR_FLUSH_ERR)]
     assert qa.state == abi.IBV_QPS_ERR
+
+
+@pytest.mark.parametrize("netdev,active", [(1500, abi.IBV_MTU_1024), (9000, abi.IBV_MTU_4096),
+                                           (1100, abi.IBV_MTU_1024), (1099, abi.IBV_MTU_512),
+                                           (None, abi.IBV_MTU_4096)])
+def test_active_mtu_follows_the_netdev_and_bounds_path_mtu(pair, netdev, active):
+    """As rxe: the largest IBTA MTU whose RoCEv2 packets fit the netdev; path_mtu above it is
+    refused at modify_qp (IBTA 11.2.4), rather than every packet failing to leave."""
+    from rnicd.errors import VerbsError
+    a, b, ca, cb, qa, qb = pair
+    b.dev.set_netdev_mtu(netdev)
+    assert b.dev.active_mtu == active
+    if active < abi.IBV_MTU_4096:
+        with pytest.raises(VerbsError) as exc:
+            connect(a, qa, b, qb, mtu=abi.IBV_MTU_4096)
+        assert exc.value.code == 22 and "IBV_QP_PATH_MTU" in exc.value.msg

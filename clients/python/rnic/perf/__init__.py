@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="WRs per post_send call (one signaled completion per list)")
     p.add_argument("-I", "--inline-size", type=int, default=0,
                    help="send messages up to this size inline (max 512)")
-    p.add_argument("-m", "--mtu", type=int, default=4096, choices=sorted(MTU_ENUM),
-                   help="path MTU")
+    p.add_argument("-m", "--mtu", type=int, default=0, choices=sorted(MTU_ENUM),
+                   help="path MTU (default: the ports' active MTU; never more than it)")
     p.add_argument("--event", action="store_true",
                    help="sleep on completion events instead of polling")
     p.add_argument("-p", "--port", type=int, default=DEFAULT_PORT,

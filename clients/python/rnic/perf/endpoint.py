@@ -38,7 +38,7 @@ class Params:
     tx_depth: int = 128
     post_list: int = 1
     inline: int = 0
-    mtu: int = 4096
+    mtu: int = 0                   # 0: the port's active MTU (perftest's default)
     event: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -111,10 +111,14 @@ class Endpoint:
         self.index = {qp.qp_num: i for i, qp in enumerate(self.qps)}
         self.psn = random.randrange(1 << 24)
         self.peer: dict = {}
+        # path MTU: what was asked for, but no more than this port carries (IBTA 11.2.4)
+        active = 128 << self.ctx.query_port(1).active_mtu
+        p.mtu = min(p.mtu or active, active)
 
     def info(self) -> dict:
         return {"gid": self.ctx.query_gid(1, 0).raw.hex(), "qpns": [q.qp_num for q in self.qps],
-                "psn": self.psn, "rkey": self.mr.rkey, "addr": self.mr.buf, "slot": self.slot}
+                "psn": self.psn, "rkey": self.mr.rkey, "addr": self.mr.buf, "slot": self.slot,
+                "mtu": self.p.mtu}
 
     def connect(self, peer: dict) -> None:
         if len(peer["qpns"]) != len(self.qps):
@@ -167,6 +171,7 @@ def handshake_client(link: Link, ep: Endpoint) -> None:
     reply = link.recv()
     if "error" in reply:
         raise ConnectionError(f"perf server: {reply['error']}")
+    ep.p.mtu = reply["info"]["mtu"]            # the smaller of the two ports' MTUs
     ep.connect(reply["info"])
     link.send({"connected": True})
     link.recv()
