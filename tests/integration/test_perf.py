@@ -56,6 +56,16 @@ def test_text_output_has_perftest_columns_and_all_sizes(two_daemons, tmp_path):
     assert len(samples.read_text().split()) == 30
 
 
+def test_device_option_names_the_device(two_daemons):
+    da, db = two_daemons
+    ok = perf(da, "write_bw", "--local", "--server-socket", db.socket, "-d", "rnic0", "-n", "10",
+              "--json")
+    assert ok.returncode == 0, ok.stderr
+    bad = perf(da, "write_bw", "--local", "--server-socket", db.socket, "-d", "mlx5_0",
+               "-n", "10")
+    assert bad.returncode == 1 and "no device 'mlx5_0'" in bad.stderr
+
+
 def test_client_server_over_tcp(two_daemons):
     """Two invocations, as perftest is used: a server waiting, a client naming its host."""
     da, db = two_daemons

@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="path MTU (default: the ports' active MTU; never more than it)")
     p.add_argument("--event", action="store_true",
                    help="sleep on completion events instead of polling")
+    p.add_argument("-d", "--device", default=argparse.SUPPRESS,
+                   help="device name (as `rnic -d`; default: the daemon's)")
     p.add_argument("-p", "--port", type=int, default=DEFAULT_PORT,
                    help=f"TCP port of the out-of-band exchange (default {DEFAULT_PORT})")
     p.add_argument("--json", action="store_true",
@@ -199,7 +201,6 @@ def _free_port() -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="rnic perf", description=__doc__.splitlines()[0])
     ap.add_argument("--socket", "-S", default=os.environ.get("RNIC_SOCKET"))
-    ap.add_argument("--device", "-d")
     add_arguments(ap)
     args = ap.parse_args(argv)
-    return run(args, args.socket, args.device)
+    return run(args, args.socket, getattr(args, "device", None))
