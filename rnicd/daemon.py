@@ -16,7 +16,7 @@ from rnicd.config import Config
 from rnicd.core.device import Device
 from rnicd.errors import VerbsError
 from rnicd.io.control import ControlServer
-from rnicd.io.netif import interface_of
+from rnicd.io.netif import LinkWatcher, interface_of
 from rnicd.io.shm import SharedMemory
 from rnicd.io.systemd import listen_socket, sd_notify, watchdog_interval
 from rnicd.io.udp import RocePort, open_roce_socket
@@ -41,14 +41,14 @@ class Daemon:
         self._stopped = asyncio.Event()
         self.port: RocePort | None = None
         self.control: ControlServer | None = None
+        self.watcher: LinkWatcher | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self, listen_sock=None):
-        netdev = interface_of(self.config.bind)
-        if netdev is not None:
-            self.device.set_netdev_mtu(netdev[1])
-            log.info("rnicd: %s is on %s, MTU %d: active_mtu %d", self.config.bind, netdev[0],
-                     netdev[1], 128 << self.device.active_mtu)
+        link = interface_of(self.config.bind)
+        if link is not None:
+            self._link_changed(link)
+            self.watcher = LinkWatcher(self.loop, self.config.bind, self._link_changed)
         sock = open_roce_socket(self.config.bind, self.config.port)
         self.port = RocePort(self.loop, sock, self.device, self._after_batch)
         self.control = ControlServer(self.loop, self.config.ctl_socket, self._handle,
@@ -58,6 +58,15 @@ class Daemon:
         log.info("rnicd: device %s on %s:%d, control socket %s", self.device.name,
                  self.config.bind, self.config.port, self.config.ctl_socket)
         sd_notify("READY=1\nSTATUS=serving " + self.device.name)
+
+    def _link_changed(self, link):
+        """The bound interface's addresses, state or MTU changed (netlink)."""
+        self.device.apply_link(link.ifname, link.mtu, link.up, link.addrs)
+        log.info("rnicd: %s on %s: MTU %d (active_mtu %d), %s, %d addresses", self.config.bind,
+                 link.ifname, link.mtu, 128 << self.device.active_mtu,
+                 "up" if link.up else "down", len(link.addrs))
+        if self.port:
+            self._drain()
 
     async def serve(self, listen_sock=None):
         self.start(listen_sock if listen_sock is not None else listen_socket())
@@ -81,6 +90,8 @@ class Daemon:
             self.control.close()          # closes every session: releases all objects
         if self.port:
             self.port.close()
+        if self.watcher:
+            self.watcher.stop()
         if self._timer:
             self._timer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -178,8 +189,8 @@ class Daemon:
             events, d.events = d.events, []
             by_session = {s: c for c, s in self.sessions.items()}
             for owner, ev in events:
-                conn = by_session.get(owner)
-                if conn is not None:
+                conns = self.sessions if owner is None else filter(None, [by_session.get(owner)])
+                for conn in list(conns):
                     conn.send({"ev": ev})
         deadline = d.next_deadline()
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):

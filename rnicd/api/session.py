@@ -114,21 +114,22 @@ class Session:
 
     def m_query_port(self, args, fds, now):
         arg_int(args, "port", 1, 1, 1)
+        up = self.device.port_active
         return {
-            "state": int(PortState.IBV_PORT_ACTIVE), "max_mtu": 5,
-            "active_mtu": int(self.device.active_mtu),
-            "gid_tbl_len": 16, "port_cap_flags": 0, "max_msg_sz": self.device.limits.max_msg_sz,
+            "state": int(PortState.IBV_PORT_ACTIVE if up else PortState.IBV_PORT_DOWN),
+            "max_mtu": 5, "active_mtu": int(self.device.active_mtu),
+            "gid_tbl_len": len(self.device.gid_table), "port_cap_flags": 0,
+            "max_msg_sz": self.device.limits.max_msg_sz,
             "bad_pkey_cntr": 0, "qkey_viol_cntr": 0, "pkey_tbl_len": 1, "lid": 0, "sm_lid": 0,
             "lmc": 0, "max_vl_num": 1, "sm_sl": 0, "subnet_timeout": 0, "init_type_reply": 0,
-            "active_width": 2, "active_speed": 32, "phys_state": 5,
+            "active_width": 2, "active_speed": 32, "phys_state": 5 if up else 3,
             "link_layer": IBV_LINK_LAYER_ETHERNET,
         }, []
 
     def m_query_gid(self, args, fds, now):
         arg_int(args, "port", 1, 1, 1)
-        index = arg_int(args, "index", 0, 15, 0)
-        gid = self.device.gid if index == 0 else bytes(16)   # one address: GID 0
-        return {"gid": gid, "gid_type": IBV_GID_TYPE_ROCE_V2}, []
+        index = arg_int(args, "index", 0, len(self.device.gid_table) - 1, 0)
+        return {"gid": self.device.gid_table[index], "gid_type": IBV_GID_TYPE_ROCE_V2}, []
 
     def m_get_counters(self, args, fds, now):
         if args.get("qp") is not None:

@@ -27,6 +27,7 @@ from rnicd.wire.abi import MTU, EventType, QPState, mtu_bytes
 log = logging.getLogger("rnicd.device")
 
 ROCE_PORT = 4791
+GID_TABLE = 16
 ROCE_OVERHEAD = 20 + 8 + 12 + 28 + 4 + 4    # IPv4, UDP, BTH, AtomicETH/RETH+ImmDt, ICRC, pad
 
 
@@ -67,6 +68,8 @@ class Device:
         self.native = native
         self.limits = DeviceLimits()
         self.set_netdev_mtu(None)
+        self.port_active = True
+        self.gid_table = [self.gid] + [bytes(16)] * (GID_TABLE - 1)
         self.rng = random.Random(seed)
         self.keys = KeyTable(self.rng, MR_TABLE)
         self.qps: dict[int, object] = {}
@@ -95,6 +98,27 @@ class Device:
         self.notify: set = set()
         self.events: list[tuple[object, dict]] = []
         self._acks: set = set()
+
+    def apply_link(self, ifname: str, mtu: int, up: bool, addrs) -> None:
+        """The bound interface changed (netlink): rebuild the GID table (IBTA A17.4.5:
+        RoCEv2 GIDs are the interface's IPv4-mapped and IPv6 addresses; GID 0 stays the bound
+        address while it exists), the port state and the active MTU, and tell every client."""
+        gids = [ipaddress.IPv6Address(f"::ffff:{a}").packed if ":" not in a
+                else ipaddress.IPv6Address(a).packed for a in addrs]
+        if self.gid in gids:
+            gids.remove(self.gid)
+            gids.insert(0, self.gid)
+        table = (gids + [bytes(16)] * GID_TABLE)[:GID_TABLE]
+        if table != self.gid_table:
+            self.gid_table = table
+            self.post_event(None, {"type": int(EventType.IBV_EVENT_GID_CHANGE), "port_num": 1})
+        if up != self.port_active:
+            self.port_active = up
+            ev = EventType.IBV_EVENT_PORT_ACTIVE if up else EventType.IBV_EVENT_PORT_ERR
+            log.info("port 1 of %s (%s): %s", self.name, ifname, "ACTIVE" if up else "DOWN")
+            self.post_event(None, {"type": int(ev), "port_num": 1})
+        if mtu != self.netdev_mtu:
+            self.set_netdev_mtu(mtu)
 
     def set_netdev_mtu(self, netdev_mtu: int | None):
         """The port's active MTU: the largest IBTA MTU whose packets, with every RoCEv2
@@ -308,6 +332,7 @@ class Device:
         dp.nnotify = 0
 
     def post_event(self, owner, ev: dict):
+        """An asynchronous event for owner's client; owner None: for every client."""
         self.events.append((owner, ev))
 
 

@@ -57,3 +57,49 @@ def diagnose(*hs) -> str:
                      capture_output=True, text=True, timeout=30).stdout
         out.append(f"\n--- {h.name} {h.ip}\n{stat}{open(h.log).read()[-500:]}")
     return "".join(out)
+
+
+def test_gid_table_and_port_state_follow_the_netdev(hosts):
+    """Adding/removing an address changes the GID table within 1 s with IBV_EVENT_GID_CHANGE;
+    link down/up gives IBV_EVENT_PORT_ERR / IBV_EVENT_PORT_ACTIVE (netlink, live)."""
+    import time
+
+    from rnic.device import Context
+    (h,) = hosts(1)
+    extra = h.ip.rsplit(".", 1)[0] + ".99"
+    with Context(socket=h.socket) as ctx:
+        assert ctx.query_gid(1, 0).raw[12:] == bytes(int(x) for x in h.ip.split("."))
+        gid = bytes(10) + b"\xff\xff" + bytes(int(x) for x in extra.split("."))
+
+        def gids():
+            return [ctx.query_gid(1, i).raw for i in range(ctx.query_port(1).gid_tbl_len)]
+
+        def wait_gid(present: bool) -> float:
+            """Seconds until a GID_CHANGE event shows the table with(out) the address (other
+            changes, such as the IPv6 link-local address appearing, may come first)."""
+            t0 = time.monotonic()
+            while True:
+                ev = ctx.get_async_event(timeout=5)
+                assert ev is not None, "no IBV_EVENT_GID_CHANGE"
+                if ev.event_type == e.IBV_EVENT_GID_CHANGE and (gid in gids()) == present:
+                    assert ev.port_num == 1
+                    return time.monotonic() - t0
+
+        h.run("ip", "addr", "add", f"{extra}/24", "dev", "eth0", check=True)
+        assert wait_gid(True) < 1.0
+        h.run("ip", "addr", "del", f"{extra}/24", "dev", "eth0", check=True)
+        assert wait_gid(False) < 1.0
+        h.run("ip", "link", "set", "eth0", "down", check=True)
+        kinds = set()
+        while e.IBV_EVENT_PORT_ERR not in kinds:      # (IPv6 addresses may go too: GID_CHANGE)
+            ev = ctx.get_async_event(timeout=5)
+            assert ev is not None, f"no PORT_ERR; saw {kinds}"
+            kinds.add(ev.event_type)
+        assert ctx.query_port(1).state == e.IBV_PORT_DOWN
+        h.run("ip", "link", "set", "eth0", "up", check=True)
+        while True:
+            ev = ctx.get_async_event(timeout=5)
+            assert ev is not None, "no PORT_ACTIVE after link up"
+            if ev.event_type == e.IBV_EVENT_PORT_ACTIVE:
+                break
+        assert ctx.query_port(1).state == e.IBV_PORT_ACTIVE
