@@ -13,6 +13,7 @@ from rnicd.core.device import Device
 from rnicd.core.fault import FaultSpec
 from rnicd.core.resources import CQ, MR, PD, SRQ, CompChannel, RecvQueue
 from rnicd.core.roce.qp import RCQP, QPCap
+from rnicd.core.ud import UDQP, AddressHandle, ipv4_of_gid
 from rnicd.errors import VerbsError, einval, enoent
 from rnicd.wire import ctl
 from rnicd.wire.abi import (
@@ -61,6 +62,7 @@ class Session:
         self.qps: dict[int, RCQP] = {}
         self.srqs: dict[int, SRQ] = {}
         self.channels: dict[int, CompChannel] = {}
+        self.ahs: dict[int, AddressHandle] = {}
         self._next_handle = 1
         self.doorbell_fd = shm.new_eventfd()
         self.closed = False
@@ -205,6 +207,27 @@ class Session:
         mr.release()
         self.shm.unmap(mr.buf)
 
+    # ---- address handles (UD) ------------------------------------------------------------
+    def m_create_ah(self, args, fds, now):
+        pd = self._get(self.pds, args, "pd", "PD")
+        attr = args.get("ah_attr")
+        grh = attr.get("grh") if isinstance(attr, dict) else None
+        dgid = grh.get("dgid") if isinstance(grh, dict) else None
+        peer = ipv4_of_gid(bytes(dgid)) if isinstance(dgid, bytes | bytearray) else None
+        if peer is None:
+            raise einval("create_ah: ah_attr needs is_global=1 and grh.dgid, an IPv4-mapped "
+                         "GID (RoCEv2 routes by GID)")
+        ah = AddressHandle(self._handle(), pd, attr, peer)
+        pd.refs += 1
+        self.ahs[ah.handle] = ah
+        return {"ah": ah.handle}, []
+
+    def m_destroy_ah(self, args, fds, now):
+        ah = self._get(self.ahs, args, "ah", "address handle")
+        del self.ahs[ah.handle]
+        ah.pd.refs -= 1
+        return {}, []
+
     # ---- channels / CQ -------------------------------------------------------------------
     def m_create_comp_channel(self, args, fds, now):
         ch = CompChannel(self._handle(), self, self.shm.new_eventfd())
@@ -306,9 +329,9 @@ class Session:
         lim = self.device.limits
         pd = self._get(self.pds, args, "pd", "PD")
         qp_type = arg_int(args, "qp_type", 0, 255)
-        if qp_type != QPType.IBV_QPT_RC:
-            raise VerbsError(errno.EOPNOTSUPP, f"create_qp: qp_type {qp_type} not supported yet "
-                             "(only IBV_QPT_RC)")
+        if qp_type not in (QPType.IBV_QPT_RC, QPType.IBV_QPT_UD):
+            raise VerbsError(errno.EOPNOTSUPP, f"create_qp: qp_type {qp_type} not supported "
+                             "(IBV_QPT_RC and IBV_QPT_UD are)")
         scq = self._get(self.cqs, args, "send_cq", "send CQ")
         rcq = self._get(self.cqs, args, "recv_cq", "receive CQ")
         srq = None
@@ -337,7 +360,8 @@ class Session:
                 c.max_recv_sge, 0)
             rq = RecvQueue(ring, c.max_recv_sge)
             out_fds.append(rq_fd)
-        qp = RCQP(self.device, self, self._handle(), self.device.allocate_qpn(), pd, scq, rcq,
+        kind = RCQP if qp_type == QPType.IBV_QPT_RC else UDQP
+        qp = kind(self.device, self, self._handle(), self.device.allocate_qpn(), pd, scq, rcq,
                   srq, sq, rq, c, bool(args.get("sq_sig_all")), qp_type)
         for ref in (pd, scq, rcq, srq):
             if ref is not None:
@@ -392,6 +416,7 @@ class Session:
             self._destroy_cq(cq)
         for mr in list(self.mrs.values()):
             self._destroy_mr(mr, now)
+        self.ahs.clear()
         self.pds.clear()
         for ch in self.channels.values():
             self.shm.close_fd(ch.fd)

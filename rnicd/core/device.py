@@ -22,7 +22,7 @@ from rnicd.core.qp_state import QPLimits
 from rnicd.core.resources import CQ, CQEntry, KeyTable
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
-from rnicd.wire.abi import MTU, EventType, QPState, mtu_bytes
+from rnicd.wire.abi import MTU, EventType, QPState, QPType, mtu_bytes
 
 log = logging.getLogger("rnicd.device")
 
@@ -208,16 +208,23 @@ class Device:
             return
         info = op.OPCODES.get(pkt.opcode)
         qp = self.qps.get(pkt.dest_qp)
-        if info is None or info.transport != op.Transport.RC:
+        if info is None or info.transport not in (op.Transport.RC, op.Transport.UD):
             c.inc("rx_drop_unsupported_opcode")
             return
         if qp is None:
             c.inc("rx_drop_unknown_qp")
             return
+        transport = op.Transport.UD if qp.qp_type == QPType.IBV_QPT_UD else op.Transport.RC
+        if info.transport != transport:
+            c.inc("rx_drop_wrong_transport")
+            return
+        qp.counters.inc("rcvd_qp_pkts")
+        if transport == op.Transport.UD:
+            qp.receive(pkt, info, src_ip, self.ip, now)
+            return
         if qp.peer_ip != src_ip:
             c.inc("rx_drop_wrong_source")
             return
-        qp.counters.inc("rcvd_qp_pkts")
         if info.is_request:
             qp.responder.on_request(pkt, info, now)
             if qp.responder.ack_pending:
@@ -265,7 +272,7 @@ class Device:
 
     def doorbell(self, owner, now: float):
         for qp in list(owner.qps.values()):
-            qp.requester.pump(now)
+            qp.pump(now)
 
     def next_deadline(self) -> float | None:
         ds = [d for qp in self.qps.values() if (d := qp.deadline()) is not None]
@@ -279,14 +286,18 @@ class Device:
 
     # ---- outputs -------------------------------------------------------------------------
     def emit(self, qp, pkt: roce.Packet, payload=b""):
+        """Queue a packet core/ built for qp's peer."""
+        self.emit_to(qp.peer_ip, qp.dp.peer_ip_be, pkt, payload)
+
+    def emit_to(self, ip: str, ip_be: int, pkt: roce.Packet, payload=b""):
         """Queue a packet core/ built, behind the data plane's, so that order is kept."""
-        data = roce.build(pkt, payload, src_ip=self.ip, dst_ip=qp.peer_ip, sport=self.port,
+        data = roce.build(pkt, payload, src_ip=self.ip, dst_ip=ip, sport=self.port,
                           dport=ROCE_PORT)
         self.counters.inc("sent_pkts")
         lib = native.lib
-        if lib.rnic_dp_tx_push(self.dp, data, len(data), qp.dp.peer_ip_be) == -errno.ENOSPC:
+        if lib.rnic_dp_tx_push(self.dp, data, len(data), ip_be) == -errno.ENOSPC:
             self.spill_tx()
-            lib.rnic_dp_tx_push(self.dp, data, len(data), qp.dp.peer_ip_be)
+            lib.rnic_dp_tx_push(self.dp, data, len(data), ip_be)
 
     def spill_tx(self):
         """The transmit buffer is full in the middle of a call: move it to `tx`."""

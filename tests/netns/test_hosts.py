@@ -103,3 +103,53 @@ def test_gid_table_and_port_state_follow_the_netdev(hosts):
             if ev.event_type == e.IBV_EVENT_PORT_ACTIVE:
                 break
         assert ctx.query_port(1).state == e.IBV_PORT_ACTIVE
+
+
+def test_ud_between_all_three_hosts_through_address_handles(hosts):
+    from rnic.addr import AH, AHAttr, GlobalRoute
+    from rnic.cq import CQ
+    from rnic.device import Context
+    from rnic.mr import MR
+    from rnic.pd import PD
+    from rnic.qp import QP, QPAttr, QPCap, QPInitAttr
+    hs = hosts(3)
+    qkey = 0x11111111
+    sides = []
+    for h in hs:
+        ctx = Context(socket=h.socket)
+        pd = PD(ctx)
+        mr = MR(pd, 1 << 16, e.IBV_ACCESS_LOCAL_WRITE)
+        scq, cq = CQ(ctx, 64, None, None, 0), CQ(ctx, 64, None, None, 0)
+        qp = QP(pd, QPInitAttr(qp_type=e.IBV_QPT_UD, scq=scq, rcq=cq,
+                               cap=QPCap(max_send_wr=16, max_recv_wr=16)))
+        attr = QPAttr()
+        attr.qkey, attr.sq_psn = qkey, 0
+        qp.to_init(attr)
+        qp.to_rtr(attr)
+        qp.to_rts(attr)
+        for i in range(4):
+            qp.post_recv(RecvWR(wr_id=i, num_sge=1,
+                                sg=[SGE(mr.buf + i * 2048, 2048, mr.lkey)]))
+        sides.append((h, ctx, pd, mr, scq, cq, qp))
+    for (h, _ctx, pd, mr, scq, _cq, qp), (ph, pctx, *_, pqp) in itertools.permutations(sides,
+                                                                                       2):
+        ah = AH(pd, attr=AHAttr(port_num=1, is_global=1,
+                                gr=GlobalRoute(dgid=pctx.query_gid(1, 0), sgid_index=0)))
+        msg = f"{h.ip}->{ph.ip}".encode()
+        mr.write(msg, len(msg), 60000)
+        wr = SendWR(wr_id=9, opcode=e.IBV_WR_SEND, num_sge=1,
+                    sg=[SGE(mr.buf + 60000, len(msg), mr.lkey)])
+        wr.set_wr_ud(ah, pqp.qp_num, qkey)
+        qp.post_send(wr)
+        assert poll_n(scq, 1)[0].status == e.IBV_WC_SUCCESS
+    for h, _ctx, _pd, mr, _scq, cq, _qp in sides:  # each got one datagram from each other
+        wcs = poll_n(cq, 2)
+        senders = set()
+        for wc in wcs:
+            assert wc.status == e.IBV_WC_SUCCESS and wc.wc_flags & e.IBV_WC_GRH
+            body = mr.read(wc.byte_len - 40, wc.wr_id * 2048 + 40).decode()
+            assert body.endswith(f"->{h.ip}")
+            senders.add(body.split("->")[0])
+        assert senders == {o.ip for o in hs if o is not h}
+    for side in sides:
+        side[1].close()

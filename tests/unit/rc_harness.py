@@ -70,20 +70,23 @@ class Host:
         r = self.call("create_cq", cqe=n, channel=None)
         return self.s.cqs[r["cq"]]
 
-    def qp(self, cq, max_send_wr=64, max_recv_wr=64, srq=None, sge=4, inline=64):
-        r = self.call("create_qp", pd=self.pd, qp_type=abi.IBV_QPT_RC, send_cq=cq.handle,
+    def qp(self, cq, max_send_wr=64, max_recv_wr=64, srq=None, sge=4, inline=64,
+           qp_type=abi.IBV_QPT_RC):
+        r = self.call("create_qp", pd=self.pd, qp_type=qp_type, send_cq=cq.handle,
                       recv_cq=cq.handle, srq=srq, sq_sig_all=0,
                       cap=dict(max_send_wr=max_send_wr, max_recv_wr=max_recv_wr,
                                max_send_sge=sge, max_recv_sge=sge, max_inline_data=inline))
         return self.s.qps[r["qp"]]
 
     def post_send(self, qp, wr_id, opcode, sges=(), *, flags=abi.IBV_SEND_SIGNALED, imm=0,
-                  rkey=0, raddr=0, compare_add=0, swap=0, inline=None, ring=True):
+                  rkey=0, raddr=0, compare_add=0, swap=0, inline=None, ring=True, ah=0,
+                  remote_qpn=0, remote_qkey=0):
         ring_v = qp.sq_ring
         prod = ring_v.load_prod()
         w = ring_v.send_wqe(prod)
         w.wr_id, w.opcode, w.send_flags, w.imm_data = wr_id, opcode, flags, imm
         w.rkey, w.remote_addr, w.compare_add, w.swap = rkey, raddr, compare_add, swap
+        w.ah, w.remote_qpn, w.remote_qkey = ah, remote_qpn, remote_qkey
         if inline is not None:
             w.send_flags |= abi.IBV_SEND_INLINE
             w.inline_len = len(inline)

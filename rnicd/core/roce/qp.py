@@ -185,6 +185,9 @@ class RCQP:
     def emit(self, pkt, payload=b""):
         self.device.emit(self, pkt, payload)
 
+    def pump(self, now: float):
+        self.requester.pump(now)
+
     def deadline(self) -> float | None:
         d = [t for t in (self.completer.deadline, self.responder.deadline) if t is not None]
         return min(d) if d else None

@@ -1,0 +1,83 @@
+"""UD QPs, sans-I/O: address handles, Q_Key, DETH, the GRH in front of the payload."""
+import ipaddress
+
+from rc_harness import Host, run
+
+from rnicd.wire import abi
+
+M = abi.QPAttrMask
+
+
+def ud_ready(h: Host, cq, qkey=0x1234):
+    qp = h.qp(cq, qp_type=abi.IBV_QPT_UD)
+    qp.modify(M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_QKEY,
+              dict(qp_state=abi.IBV_QPS_INIT, pkey_index=0, port_num=1, qkey=qkey), h.now)
+    qp.modify(M.IBV_QP_STATE, dict(qp_state=abi.IBV_QPS_RTR), h.now)
+    qp.modify(M.IBV_QP_STATE | M.IBV_QP_SQ_PSN, dict(qp_state=abi.IBV_QPS_RTS, sq_psn=7), h.now)
+    return qp
+
+
+def ah_to(h: Host, peer: Host) -> int:
+    return h.call("create_ah", pd=h.pd, ah_attr=dict(
+        port_num=1, is_global=1, grh=dict(dgid=peer.dev.gid, sgid_index=0)))["ah"]
+
+
+def test_ud_send_delivers_grh_payload_and_src_qp():
+    a, b = Host("127.0.0.1"), Host("127.0.0.2")
+    ca, cb = a.cq(), b.cq()
+    qa, qb = ud_ready(a, ca), ud_ready(b, cb)
+    ma, mb = a.mr(4096), b.mr(8192)
+    ma.buf[:100] = bytes(range(100))
+    b.post_recv(qb, 11, [mb.sge(0, 2048)])
+    b.post_recv(qb, 12, [mb.sge(2048, 2048)])
+    ah = ah_to(a, b)
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 100)], ah=ah, remote_qpn=qb.qp_num,
+                remote_qkey=0x1234)
+    a.post_send(qa, 2, abi.IBV_WR_SEND_WITH_IMM, [ma.sge(0, 10)], ah=ah, imm=0xABCD,
+                remote_qpn=qb.qp_num, remote_qkey=0x1234)
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [
+        (1, abi.IBV_WC_SUCCESS), (2, abi.IBV_WC_SUCCESS)]
+    wb = b.poll(cb)
+    assert [(w["wr_id"], w["byte_len"], w["opcode"]) for w in wb] == [
+        (11, 140, abi.IBV_WC_RECV), (12, 50, abi.IBV_WC_RECV)]
+    assert all(w["wc_flags"] & abi.IBV_WC_GRH for w in wb)
+    assert wb[1]["wc_flags"] & abi.IBV_WC_WITH_IMM and wb[1]["imm_data"] == 0xABCD
+    assert mb.buf[40:140] == ma.buf[:100]
+    ip = mb.buf[20:40]                             # A17.4.5.2: the IPv4 header in the GRH
+    assert ip[0] == 0x45 and ipaddress.IPv4Address(bytes(ip[12:16])) == \
+        ipaddress.IPv4Address("127.0.0.1")
+
+
+def test_ud_qkey_mismatch_and_missing_recv_are_dropped_and_counted():
+    a, b = Host("127.0.0.1"), Host("127.0.0.2")
+    ca, cb = a.cq(), b.cq()
+    qa, qb = ud_ready(a, ca), ud_ready(b, cb)
+    ma, mb = a.mr(4096), b.mr(4096)
+    ah = ah_to(a, b)
+    b.post_recv(qb, 5, [mb.sge(0, 1024)])
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 8)], ah=ah, remote_qpn=qb.qp_num,
+                remote_qkey=0x9999)                 # wrong Q_Key
+    run(a, b)
+    assert b.poll(cb) == [] and qb.counters["qkey_violation"] == 1
+    a.post_send(qa, 2, abi.IBV_WR_SEND, [ma.sge(0, 8)], ah=ah, remote_qpn=qb.qp_num,
+                remote_qkey=0x1234)
+    a.post_send(qa, 3, abi.IBV_WR_SEND, [ma.sge(0, 8)], ah=ah, remote_qpn=qb.qp_num,
+                remote_qkey=0x1234)                 # no receive WQE left for this one
+    run(a, b)
+    assert [w["wr_id"] for w in b.poll(cb)] == [5]
+    assert qb.counters["ud_no_recv_wqe"] == 1
+    assert len(a.poll(ca)) == 3                     # sends complete when they leave
+
+
+def test_ud_send_larger_than_the_mtu_fails_locally():
+    a, b = Host("127.0.0.1"), Host("127.0.0.2")
+    ca, cb = a.cq(), b.cq()
+    qa, qb = ud_ready(a, ca), ud_ready(b, cb)
+    a.dev.set_netdev_mtu(1500)                      # active MTU 1024
+    ma = a.mr(8192)
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 2000)], ah=ah_to(a, b),
+                remote_qpn=qb.qp_num, remote_qkey=0x1234)
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, abi.IBV_WC_LOC_LEN_ERR)]
+    assert qa.state == abi.IBV_QPS_ERR
