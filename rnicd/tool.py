@@ -61,6 +61,28 @@ def cmd_stat(args) -> int:
     return 0
 
 
+QP_TYPES = {2: "RC", 3: "UC", 4: "UD"}
+QP_STATES = {0: "RESET", 1: "INIT", 2: "RTR", 3: "RTS", 4: "SQD", 5: "SQE", 6: "ERR"}
+
+
+def cmd_qp(args) -> int:
+    with _context(args) as ctx:
+        rows = ctx._call("get_qps", {})[0]["qps"]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'QPN':>6} {'type':<4} {'state':<5} {'sq_psn':>8} {'una':>8} {'rq_psn':>8} "
+          f"{'peer':<22} {'pid':>7}")
+    for r in rows:
+        def psn(v):
+            return "-" if v is None else f"{v:#x}"
+        print(f"{r['qp_num']:>6} {QP_TYPES.get(r['qp_type'], r['qp_type']):<4} "
+              f"{QP_STATES.get(r['state'], r['state']):<5} {psn(r['sq_psn']):>8} "
+              f"{psn(r['una']):>8} {psn(r['rq_psn']):>8} {r['peer'] or '-':<22} "
+              f"{r['pid'] or '-':>7}")
+    return 0
+
+
 def cmd_fault(args) -> int:
     from rnicd.core.fault import FaultSpec
     with _context(args) as ctx:
@@ -94,6 +116,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stat", help="print device counters and object counts")
     s.add_argument("--json", action="store_true", help="one JSON object")
     s.set_defaults(func=cmd_stat)
+    s = sub.add_parser("qp", help="the device's QPs: number, type, state, PSNs, peer",
+                       description="Every QP of the device, whichever client owns it: next "
+                       "send PSN, oldest unacknowledged PSN (una), expected receive PSN, "
+                       "the peer (address/QPN) and the owning process.")
+    s.add_argument("--json", action="store_true", help="one JSON array")
+    s.set_defaults(func=cmd_qp)
     s = sub.add_parser("perf", help="perftest for rnicd: bandwidth and latency",
                        description="Client/server like perftest: without HOST it waits for "
                        "one client; with HOST it connects and measures; --local runs both.")

@@ -155,6 +155,23 @@ class Session:
     def m_get_fault(self, args, fds, now):
         return {"spec": self.device.fault.spec.to_dict()}, []
 
+    def m_get_qps(self, args, fds, now):
+        """Every QP of the device (like `rdma resource show qp`): number, type, state, PSNs,
+        peer, owner."""
+        rows = []
+        for qpn, qp in sorted(self.device.qps.items()):
+            row = {"qp_num": qpn, "qp_type": int(qp.qp_type), "state": int(qp.state),
+                   "pid": qp.owner.pid, "sq_psn": None, "una": None, "rq_psn": None,
+                   "peer": None}
+            if qp.qp_type == QPType.IBV_QPT_RC:
+                row.update(sq_psn=qp.requester.next_psn, una=qp.completer.una,
+                           rq_psn=qp.responder.epsn,
+                           peer=f"{qp.peer_ip}/{qp.attr['dest_qp_num']}" if qp.peer_ip else None)
+            else:
+                row.update(sq_psn=qp.psn)
+            rows.append(row)
+        return {"qps": rows}, []
+
     def m_get_objects(self, args, fds, now):
         return self.shm.object_counts(), []
 

@@ -30,7 +30,7 @@ METHODS = (
     "create_cq", "resize_cq", "destroy_cq",
     "create_srq", "modify_srq", "query_srq", "destroy_srq",
     "create_qp", "modify_qp", "query_qp", "destroy_qp",
-    "get_counters", "set_fault", "get_fault", "get_objects",
+    "get_counters", "set_fault", "get_fault", "get_objects", "get_qps",
 )
 
 

@@ -1,4 +1,5 @@
 """The `rnic` and `rnicd` commands as a user runs them."""
+import json
 import subprocess
 import sys
 
@@ -72,3 +73,19 @@ def test_embedded_default_config_serves_rnic0_on_loopback(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_qp_table(two_daemons):
+    import rnic.enums as e
+    from rc_pair import Side, connect
+    da, db = two_daemons
+    a, b = Side(da), Side(db)
+    connect(a, b, psn=(0x111, 0x222))
+    out = rnic(da, "qp").stdout.splitlines()
+    assert out[0].split() == ["QPN", "type", "state", "sq_psn", "una", "rq_psn", "peer", "pid"]
+    row = next(line.split() for line in out[1:] if int(line.split()[0]) == a.qp.qp_num)
+    assert row[1:7] == ["RC", "RTS", "0x111", "0x111", "0x222", f"{db.ip}/{b.qp.qp_num}"]
+    rows = json.loads(rnic(da, "qp", "--json").stdout)
+    assert [r["state"] for r in rows if r["qp_num"] == a.qp.qp_num] == [e.IBV_QPS_RTS]
+    a.close()
+    b.close()
