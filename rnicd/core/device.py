@@ -22,7 +22,7 @@ from rnicd.core.qp_state import QPLimits
 from rnicd.core.resources import CQ, CQEntry, KeyTable
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
-from rnicd.wire.abi import MTU, EventType, QPState, QPType, mtu_bytes
+from rnicd.wire.abi import MTU, EventType, QPState, QPType, WCStatus, mtu_bytes
 
 log = logging.getLogger("rnicd.device")
 
@@ -177,8 +177,17 @@ class Device:
         self.keys.remove(mr)
         lo, hi = mr.pointer(mr.iova), mr.pointer(mr.iova + mr.length)
         for qp in list(self.qps.values()):
-            if qp.dp.msg == native.lib.RNIC_DP_MSG_WRITE and lo <= qp.dp.write_ptr <= hi:
+            if qp.qp_type != QPType.IBV_QPT_RC:
+                continue                            # UD keeps no pointers between packets
+            dp = qp.dp
+            if dp.msg == native.lib.RNIC_DP_MSG_WRITE and lo <= dp.write_ptr <= hi:
                 qp.responder.abandon_write()
+            if dp.msg == native.lib.RNIC_DP_MSG_SEND and any(
+                    lo <= dp.recv_pieces[i].ptr < hi for i in range(dp.recv_npieces)):
+                # the receive WQE being filled points into it: it completes in error
+                self.counters.inc("mr_deregistered_in_use")
+                qp.responder.abandon_send(WCStatus.IBV_WC_LOC_PROT_ERR)
+                qp.fatal("a SEND was being received into a deregistered MR", now)
             if qp.requester.uses_region(mr):
                 self.counters.inc("mr_deregistered_in_use")
                 qp.fatal("a send WR still uses a deregistered MR", now)

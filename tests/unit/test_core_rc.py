@@ -268,3 +268,23 @@ def test_active_mtu_follows_the_netdev_and_bounds_path_mtu(pair, netdev, active)
         with pytest.raises(VerbsError) as exc:
             connect(a, qa, b, qb, mtu=abi.IBV_MTU_4096)
         assert exc.value.code == 22 and "IBV_QP_PATH_MTU" in exc.value.msg
+
+
+def test_deregistering_the_mr_a_send_is_received_into(pair):
+    """Regression: the data plane holds raw pointers into the receive buffer of a SEND in
+    progress; deregistering that MR must not leave them dangling. The WQE completes with
+    LOC_PROT_ERR, the QP goes to error, the rest of the SEND is NAKed, nothing is written."""
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb)
+    ma, mb = a.mr(8192), b.mr(8192)
+    b.post_recv(qb, 7, [mb.sge(0, 8192)])
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 5000)])
+    packets = a.dev.take_tx()                    # FIRST, MIDDLE, ..., LAST (MTU 1024)
+    b.dev.receive(packets[0][0], a.dev.ip, 4791, 0.0)
+    assert qb.dp.msg == 1                        # a SEND is in progress in the data plane
+    mr = next(m for m in b.s.mrs.values() if m.lkey == mb.lkey)
+    b.call("dereg_mr", mr=mr.handle)
+    assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [(7, S.IBV_WC_LOC_PROT_ERR)]
+    assert qb.state == abi.IBV_QPS_ERR and qb.dp.msg == 0
+    for data, _ in packets[1:]:
+        b.dev.receive(data, a.dev.ip, 4791, 0.0)   # dropped: the QP is in error

@@ -263,6 +263,14 @@ class Responder:
         if pkt.ackreq:
             self.ack_pending = True
 
+    def abandon_send(self, status: WCStatus):
+        """Give up the SEND being received: its receive WQE completes with status."""
+        dp = self.dp
+        if dp.msg == MSG_SEND:
+            wr_id = dp.recv_wr_id
+            dp.msg, dp.recv_npieces = MSG_NONE, 0
+            self.qp.complete_recv(wr_id, status, WCOpcode.IBV_WC_RECV)
+
     def _end_message(self):
         self.abandon_write()
         self.dp.msg = MSG_NONE
