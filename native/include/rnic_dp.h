@@ -276,6 +276,14 @@ int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t s
 /* One coalesced ACK (for epsn - 1) for every QP listed in dev->acks that still owes one;
  * empties the list. The caller leaves room for dev->nacks datagrams. Returns ACKs queued. */
 uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev);
+/* Queue the READ response packets for len bytes at src, from psn on (IBTA 9.7.4.1.5: FIRST,
+ * MIDDLE..., LAST or ONLY; AETH with the QP's MSN on FIRST, LAST and ONLY). Returns how many
+ * packets, or -ENOSPC (nothing queued) when the transmit buffer cannot take them all. */
+int rnic_dp_read_respond(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
+                         const uint8_t *src, uint32_t len);
+/* Scatter n bytes to offset off of a WQE's local buffers (a READ's destination); 0, or
+ * -EMSGSIZE if they do not fit. */
+int rnic_dp_swqe_place(struct rnic_dp_swqe *w, uint64_t off, const uint8_t *data, uint32_t n);
 /* Queue a datagram core/ built (so that all datagrams go out in one order); -ENOSPC when
  * the transmit buffer is full, -EMSGSIZE when it does not fit a buffer. */
 int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,

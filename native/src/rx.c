@@ -21,6 +21,8 @@ enum {
     RX_ACCESS_REMOTE_WRITE = 2, RX_OP_ACK = 0x11, RX_AETH_LEN = 4, RX_ACCESS_LOCAL_WRITE = 1,
     RX_OP_SEND_FIRST = 0x00, RX_OP_SEND_MIDDLE = 0x01, RX_OP_SEND_LAST = 0x02,
     RX_OP_SEND_LAST_IMM = 0x03, RX_OP_SEND_ONLY = 0x04, RX_OP_SEND_ONLY_IMM = 0x05,
+    RX_OP_READ_REQUEST = 0x0c, RX_OP_READ_RESP_FIRST = 0x0d, RX_OP_READ_RESP_MIDDLE = 0x0e,
+    RX_OP_READ_RESP_ONLY = 0x10, RX_ACCESS_REMOTE_READ = 4, RX_WR_RDMA_READ = 4,
 };
 
 static inline int32_t rx_psn_diff(uint32_t a, uint32_t b) { return (int32_t)((a - b) << 8) >> 8; }
@@ -52,6 +54,92 @@ static int icrc_ok(const struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t l
 {
     return rx_le32(pkt + len - RX_ICRC_LEN)
         == rnic_roce_icrc_v4(pkt, len - RX_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port);
+}
+
+/* The region behind (rkey, va, n) if this QP may read it (IBTA 10.6.3.2, 9.7.4.1.5). */
+static const uint8_t *read_source(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
+                                  uint32_t rkey, uint64_t va, uint64_t n)
+{
+    uint32_t idx = rkey >> 8;
+    const struct rnic_dp_mr *mr;
+
+    if (!(qp->access & RX_ACCESS_REMOTE_READ) || idx >= dev->mrs_len)
+        return NULL;
+    mr = dev->mrs[idx];
+    if (!mr || mr->rkey != rkey || mr->pd != qp->pd || !(mr->access & RX_ACCESS_REMOTE_READ))
+        return NULL;
+    if (va < mr->iova || va - mr->iova > mr->length || n > mr->length - (va - mr->iova))
+        return NULL;
+    return mr->base + (va - mr->iova);
+}
+
+/* An in-order RDMA READ request (9.7.4.1.5): answer it from the region. Duplicates (they
+ * are re-executed), zero-length and bad ones are core/'s. */
+static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                           uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
+{
+    uint64_t va;
+    uint32_t rkey, dlen;
+    const uint8_t *src;
+    int n;
+
+    if (len != RX_BTH_LEN + RX_RETH_LEN + RX_ICRC_LEN || (pkt[1] & 0x30) || psn != qp->epsn
+        || qp->msg != RNIC_DP_MSG_NONE || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+        return 0;
+    va = rx_be64(pkt + RX_BTH_LEN);
+    rkey = rx_be32(pkt + RX_BTH_LEN + 8);
+    dlen = rx_be32(pkt + RX_BTH_LEN + 12);
+    if (dlen == 0 || !(src = read_source(dev, qp, rkey, va, dlen)))
+        return 0;
+    if ((n = rnic_dp_read_respond(dev, qp, psn, src, dlen)) < 0)
+        return 0;
+    qp->epsn = (psn + (uint32_t)n) & 0xffffff;
+    qp->msn = (qp->msn + 1) & 0xffffff;
+    qp->nak_sent = 0;
+    qp->fast_pkts++;
+    return 1;
+}
+
+/* An in-order RDMA READ response for the READ at the head of what is unanswered: place it;
+ * the last one completes the WQE (9.7.5.1.3). Gaps, stale or odd responses are core/'s. */
+static int rx_read_response(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                            uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
+{
+    uint32_t op = pkt[0], hdr = RX_BTH_LEN + (op == RX_OP_READ_RESP_MIDDLE ? 0 : RX_AETH_LEN);
+    uint32_t pad = (pkt[1] >> 4) & 3, plen, k, expect, old = qp->una;
+    struct rnic_dp_swqe *w = NULL;
+
+    if (!qp->send_ok || psn != qp->una || len < hdr + RX_ICRC_LEN + pad)
+        return 0;
+    if (op != RX_OP_READ_RESP_MIDDLE && (pkt[RX_BTH_LEN] >> 5) != 0)
+        return 0;                                   /* only a positive AETH */
+    for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
+        struct rnic_dp_swqe *c = &qp->swqes[i & qp->swqe_mask];
+        int32_t d = rx_psn_diff(psn, c->first_psn);
+
+        if (d >= 0 && (uint32_t)d < c->npkts) {
+            w = c;
+            break;
+        }
+    }
+    if (!w || w->opcode != RX_WR_RDMA_READ || w->status >= 0)
+        return 0;
+    if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
+        return 0;
+    k = (uint32_t)rx_psn_diff(psn, w->first_psn);
+    plen = len - hdr - RX_ICRC_LEN - pad;
+    expect = w->length - k * qp->mtu < qp->mtu ? w->length - k * qp->mtu : qp->mtu;
+    if (plen != expect || rnic_dp_swqe_place(w, (uint64_t)k * qp->mtu, pkt + hdr, plen) < 0)
+        return 0;
+    qp->una = (psn + 1) & 0xffffff;
+    if (k == w->npkts - 1)
+        w->status = 0;                              /* IBV_WC_SUCCESS */
+    rnic_dp_progress(dev, qp, old);
+    rnic_dp_retire(dev, qp);
+    if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
+        dev->pumps[dev->npumps++] = qp->qpn;
+    qp->fast_pkts++;
+    return 1;
 }
 
 /* A positive ACK for our requests (9.7.5.1.2): acknowledge, retire, send more. NAKs, stale
@@ -210,7 +298,8 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
         return 0;
     op = pkt[0];
     if (op != RX_OP_WRITE_FIRST && op != RX_OP_WRITE_MIDDLE && op != RX_OP_WRITE_LAST
-        && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK && op > RX_OP_SEND_ONLY_IMM)
+        && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK && op > RX_OP_SEND_ONLY_IMM
+        && (op < RX_OP_READ_REQUEST || op > RX_OP_READ_RESP_ONLY))
         return 0;
     qpn = rx_be24(pkt + 5);
     if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
@@ -219,6 +308,10 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
     psn = rx_be24(pkt + 9);
     if (op == RX_OP_ACK)
         return rx_ack(dev, qp, pkt, len, psn, src_ip_be, sport);
+    if (op == RX_OP_READ_REQUEST)
+        return rx_read_request(dev, qp, pkt, len, psn, src_ip_be, sport);
+    if (op >= RX_OP_READ_RESP_FIRST)
+        return rx_read_response(dev, qp, pkt, len, psn, src_ip_be, sport);
     if (psn != qp->epsn)
         return 0;
     hdr = RX_BTH_LEN + ((op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) ? RX_RETH_LEN : 0)

@@ -396,3 +396,62 @@ uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev)
     dev->nacks = 0;
     return sent;
 }
+
+int rnic_dp_read_respond(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
+                         const uint8_t *src, uint32_t len)
+{
+    uint32_t mtu = qp->mtu, n = len ? (len + mtu - 1) / mtu : 1;
+
+    if (dev->ntx + n > dev->tx_cap)
+        return -ENOSPC;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t slot = dev->ntx++, off = k * mtu;
+        uint32_t plen = len - off < mtu ? len - off : mtu, pad = (4 - plen % 4) % 4;
+        uint32_t hlen = SQ_BTH;
+        uint8_t *out = dev->tx_bufs + (size_t)slot * dev->tx_buf_size;
+        /* READ_RESPONSE FIRST 0x0d, MIDDLE 0x0e, LAST 0x0f, ONLY 0x10 (RC opcodes) */
+        uint8_t op = n == 1 ? 0x10 : k == 0 ? 0x0d : k == n - 1 ? 0x0f : 0x0e;
+
+        out[0] = op;
+        out[1] = (uint8_t)(pad << 4);
+        out[2] = 0xff;
+        out[3] = 0xff;
+        out[4] = 0;
+        put24(out + 5, qp->dest_qpn);
+        out[8] = 0;
+        put24(out + 9, psn_add(psn, (int32_t)k));
+        if (op != 0x0e) {                           /* AETH: ACK, invalid credit count */
+            out[hlen] = 0x1f;
+            put24(out + hlen + 1, qp->msn);
+            hlen += 4;
+        }
+        memcpy(out + hlen, src + off, plen);
+        memset(out + hlen + plen, 0, pad);
+        rnic_roce_icrc_put(out + hlen + plen + pad,
+                           rnic_roce_icrc_v4(out, hlen + plen + pad, dev->ip_be, qp->peer_ip_be,
+                                             dev->port, SQ_ROCE_PORT));
+        dev->tx_lens[slot] = hlen + plen + pad + SQ_ICRC;
+        dev->tx_addrs_be[slot] = qp->peer_ip_be;
+        qp->sent_pkts++;
+    }
+    return (int)n;
+}
+
+int rnic_dp_swqe_place(struct rnic_dp_swqe *w, uint64_t off, const uint8_t *data, uint32_t n)
+{
+    for (uint32_t i = 0; i < w->npieces && n; i++) {
+        struct rnic_dp_piece *p = &w->pieces[i];
+        uint64_t take;
+
+        if (off >= p->len) {
+            off -= p->len;
+            continue;
+        }
+        take = p->len - off < n ? p->len - off : n;
+        memcpy(p->ptr + off, data, take);
+        data += take;
+        n -= (uint32_t)take;
+        off = 0;
+    }
+    return n ? -EMSGSIZE : 0;
+}

@@ -171,7 +171,8 @@ class Completer:
             self._fail_head(WCStatus.IBV_WC_BAD_RESP_ERR, now, "READ response of wrong length")
             return
         if expect:
-            w.sgl.scatter(k * mtu, pkt.payload)
+            payload = bytes(pkt.payload)
+            lib.rnic_dp_swqe_place(w.d, k * mtu, payload, len(payload))
         self.una = psn_add(pkt.psn, 1)
         if k == w.npkts - 1:
             w.status = WCStatus.IBV_WC_SUCCESS

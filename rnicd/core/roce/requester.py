@@ -40,7 +40,7 @@ class InFlight:
     __slots__ = ("d", "idx", "sgl", "compare_add", "swap", "keep")
 
     def __init__(self, d, idx: int):
-        self.d = d
+        self.d = d                  # struct rnic_dp_swqe * (its slot in the QP's array)
         self.idx = idx              # the SQ index it was made for (slots are reused)
         self.sgl: SGList | None = None
         self.compare_add = self.swap = 0
@@ -114,7 +114,8 @@ class Requester:
             idx = (head + i) & 0xFFFFFFFF
             w = self._slots[idx & self._mask]
             if w is None or w.idx != idx:
-                w = self._slots[idx & self._mask] = InFlight(self._swqes[idx & self._mask], idx)
+                w = self._slots[idx & self._mask] = InFlight(self._swqes + (idx & self._mask),
+                                                             idx)
             out.append(w)
         return out
 
@@ -167,7 +168,7 @@ class Requester:
         if flags & SendFlags.IBV_SEND_FENCE and self._outstanding_rd_atomic():
             return False       # IBTA 10.8.3.3: fence waits for prior READs/atomics
         slot = dp.sq_next & self._mask
-        w = self._slots[slot] = self._copy(raw, dp.sq_next, self._swqes[slot])
+        w = self._slots[slot] = self._copy(raw, dp.sq_next, self._swqes + slot)
         dp.sq_next = (dp.sq_next + 1) & 0xFFFFFFFF
         if w.status is not None:
             qp.fatal(f"bad send WQE wr_id={w.wr_id}: {w.status.name}", 0.0)
@@ -219,10 +220,10 @@ class Requester:
             w.status = WCStatus.IBV_WC_LOC_LEN_ERR
             return w
         d.length = length
-        if w.is_read_or_atomic:
+        if opcode in ATOMICS:       # the 8-byte result is written by core/
             w.sgl = SGList([mr.view[a - mr.iova:a - mr.iova + n] for mr, a, n in regions])
             w.compare_add, w.swap = int(raw.compare_add), int(raw.swap)
-        else:
+        else:                       # the data plane gathers (SEND/WRITE) or scatters (READ)
             for i, (mr, addr, n) in enumerate(regions):
                 d.pieces[i].ptr, d.pieces[i].len = mr.pointer(addr), n
             d.npieces = len(regions)

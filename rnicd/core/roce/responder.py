@@ -168,11 +168,9 @@ class Responder:
     def _read(self, pkt, info, now):
         if self.dp.msg != MSG_NONE:
             return self._invalid(pkt, now, "READ inside a message")
-        view = self._remote_range(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
-                                  Access.IBV_ACCESS_REMOTE_READ)
-        if view is None:
+        n = self._read_respond(pkt)
+        if n is None:
             return self._access_error(pkt, now)
-        n = self._read_respond(pkt.psn, view)
         self.epsn = psn_add(self.epsn, n)
         self._message_done()
 
@@ -201,10 +199,7 @@ class Responder:
     # ---- duplicates (IBTA 9.7.5.1.4) ---------------------------------------------------------
     def _duplicate(self, pkt, info, now):
         if info.kind == K.READ_REQ:
-            view = self._remote_range(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
-                                      Access.IBV_ACCESS_REMOTE_READ)
-            if view is not None:
-                self._read_respond(pkt.psn, view)       # READs are re-executed
+            self._read_respond(pkt)                     # READs are re-executed
         elif info.kind == K.ATOMIC:
             orig = self.atomic_cache.get(pkt.psn)
             if orig is None:
@@ -230,26 +225,23 @@ class Responder:
             return None
         return mr
 
-    def _remote_range(self, rkey, va, length, need) -> memoryview | None:
-        if length == 0:
-            return memoryview(b"")     # zero-length transfers need no valid rkey (9.7.4.1.5)
-        mr = self._remote_mr(rkey, va, length, need)
-        if mr is None:
-            return None
-        off = va - mr.iova
-        return mr.view[off:off + length]
-
-    def _read_respond(self, psn: int, view: memoryview) -> int:
-        """Emit the READ response packets for view starting at psn; return their count."""
-        qp = self.qp
-        mtu = qp.mtu
-        n = max(1, -(-len(view) // mtu))
-        for k in range(n):
-            p = roce.Packet(opcode=op.read_resp_opcode(op.position(k, n)),
-                            dest_qp=qp.attr["dest_qp_num"], psn=psn_add(psn, k))
-            if k == 0 or k == n - 1:
-                p.aeth_syndrome, p.aeth_msn = roce.aeth_ack(), self.msn
-            qp.emit(p, view[k * mtu:(k + 1) * mtu])
+    def _read_respond(self, pkt) -> int | None:
+        """Answer a READ request with the data plane's rnic_dp_read_respond; the number of
+        response packets, or None on a remote access error."""
+        length = pkt.reth_len
+        if length:
+            mr = self._remote_mr(pkt.reth_rkey, pkt.reth_va, length,
+                                 Access.IBV_ACCESS_REMOTE_READ)
+            if mr is None:
+                return None
+            src = mr.pointer(pkt.reth_va)
+        else:
+            src = NULL      # zero-length transfers need no valid rkey (9.7.4.1.5)
+        dev = self.qp.device
+        n = lib.rnic_dp_read_respond(dev.dp, self.dp, pkt.psn, src, length)
+        if n < 0:
+            dev.spill_tx()
+            n = lib.rnic_dp_read_respond(dev.dp, self.dp, pkt.psn, src, length)
         return n
 
     def _atomic_ack(self, psn, orig):
