@@ -56,7 +56,7 @@ def _build() -> FFI:
         # target attributes and chosen at load time, so the module loads on any x86-64.
         extra_compile_args=["-O3", "-std=gnu11"],
         # Rebuild (make native) when any C source or header changes.
-        depends=[os.path.join(SRC_DIR, s) for s in SOURCES]
+        depends=[os.path.join(SRC_DIR, s) for s in (*SOURCES, "dp_util.h")]
         + [os.path.join(INCLUDE_DIR, h) for h in HEADERS],
     )
     return builder

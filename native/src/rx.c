@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "dp_util.h"
 #include "rnic_dp.h"
 
 enum {
@@ -25,12 +26,7 @@ enum {
     RX_OP_READ_RESP_ONLY = 0x10, RX_ACCESS_REMOTE_READ = 4, RX_WR_RDMA_READ = 4,
 };
 
-static inline int32_t rx_psn_diff(uint32_t a, uint32_t b) { return (int32_t)((a - b) << 8) >> 8; }
 
-static inline uint32_t rx_be24(const uint8_t *p) { return (uint32_t)p[0] << 16 | p[1] << 8 | p[2]; }
-static inline uint32_t rx_be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | p[2] << 8 | p[3]; }
-static inline uint64_t rx_be64(const uint8_t *p) { return (uint64_t)rx_be32(p) << 32 | rx_be32(p + 4); }
-static inline uint32_t rx_le32(const uint8_t *p) { return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | p[1] << 8 | p[0]; }
 
 /* The region behind (rkey, va, n) if this QP may write it (IBTA 10.6.3.2, 9.7.4.1.4). */
 static uint8_t *write_target(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
@@ -52,7 +48,7 @@ static uint8_t *write_target(const struct rnic_dp_dev *dev, const struct rnic_dp
 static int icrc_ok(const struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
                    uint32_t src_ip_be, uint16_t sport)
 {
-    return rx_le32(pkt + len - RX_ICRC_LEN)
+    return dp_le32(pkt + len - RX_ICRC_LEN)
         == rnic_roce_icrc_v4(pkt, len - RX_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port);
 }
 
@@ -86,9 +82,9 @@ static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const
     if (len != RX_BTH_LEN + RX_RETH_LEN + RX_ICRC_LEN || (pkt[1] & 0x30) || psn != qp->epsn
         || qp->msg != RNIC_DP_MSG_NONE || !icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
-    va = rx_be64(pkt + RX_BTH_LEN);
-    rkey = rx_be32(pkt + RX_BTH_LEN + 8);
-    dlen = rx_be32(pkt + RX_BTH_LEN + 12);
+    va = dp_be64(pkt + RX_BTH_LEN);
+    rkey = dp_be32(pkt + RX_BTH_LEN + 8);
+    dlen = dp_be32(pkt + RX_BTH_LEN + 12);
     if (dlen == 0 || !(src = read_source(dev, qp, rkey, va, dlen)))
         return 0;
     if ((n = rnic_dp_read_respond(dev, qp, psn, src, dlen)) < 0)
@@ -107,26 +103,18 @@ static int rx_read_response(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, cons
 {
     uint32_t op = pkt[0], hdr = RX_BTH_LEN + (op == RX_OP_READ_RESP_MIDDLE ? 0 : RX_AETH_LEN);
     uint32_t pad = (pkt[1] >> 4) & 3, plen, k, expect, old = qp->una;
-    struct rnic_dp_swqe *w = NULL;
+    struct rnic_dp_swqe *w;
 
     if (!qp->send_ok || psn != qp->una || len < hdr + RX_ICRC_LEN + pad)
         return 0;
     if (op != RX_OP_READ_RESP_MIDDLE && (pkt[RX_BTH_LEN] >> 5) != 0)
         return 0;                                   /* only a positive AETH */
-    for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
-        struct rnic_dp_swqe *c = &qp->swqes[i & qp->swqe_mask];
-        int32_t d = rx_psn_diff(psn, c->first_psn);
-
-        if (d >= 0 && (uint32_t)d < c->npkts) {
-            w = c;
-            break;
-        }
-    }
+    w = dp_wqe_at(qp, psn);
     if (!w || w->opcode != RX_WR_RDMA_READ || w->status >= 0)
         return 0;
     if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
-    k = (uint32_t)rx_psn_diff(psn, w->first_psn);
+    k = (uint32_t)dp_psn_diff(psn, w->first_psn);
     plen = len - hdr - RX_ICRC_LEN - pad;
     expect = w->length - k * qp->mtu < qp->mtu ? w->length - k * qp->mtu : qp->mtu;
     if (plen != expect || rnic_dp_swqe_place(w, (uint64_t)k * qp->mtu, pkt + hdr, plen) < 0)
@@ -153,7 +141,7 @@ static int rx_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t 
     if (len != RX_BTH_LEN + RX_AETH_LEN + RX_ICRC_LEN || (pkt[1] & 0x30)
         || (pkt[RX_BTH_LEN] >> 5) != 0 || !qp->send_ok)
         return 0;
-    if (rx_psn_diff(psn, qp->una) < 0 || rx_psn_diff(psn, qp->next_psn) >= 0)
+    if (dp_psn_diff(psn, qp->una) < 0 || dp_psn_diff(psn, qp->next_psn) >= 0)
         return 0;
     if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
@@ -198,24 +186,11 @@ int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t 
 
 int rnic_dp_recv_place(struct rnic_dp_qp *qp, const uint8_t *data, uint32_t n)
 {
-    uint64_t off = qp->recv_off;
+    uint32_t left = dp_pieces_copy(qp->recv_pieces, qp->recv_npieces, qp->recv_off,
+                                   (uint8_t *)data, n, 1);
 
-    for (uint32_t i = 0; i < qp->recv_npieces && n; i++) {
-        struct rnic_dp_piece *p = &qp->recv_pieces[i];
-        uint64_t take;
-
-        if (off >= p->len) {
-            off -= p->len;
-            continue;
-        }
-        take = p->len - off < n ? p->len - off : n;
-        memcpy(p->ptr + off, data, take);
-        data += take;
-        n -= (uint32_t)take;
-        qp->recv_off += take;
-        off = 0;
-    }
-    return n ? -EMSGSIZE : 0;
+    qp->recv_off += n - left;
+    return left ? -EMSGSIZE : 0;
 }
 
 /* Resolve the next receive WQE of the QP's own RQ without taking it; 0 if core/ must decide
@@ -277,7 +252,7 @@ static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t
         c.qp_num = qp->qpn;
         c.src_qp = qp->dest_qpn;
         if (imm) {
-            c.imm_data = rx_be32(pkt + hdr - 4);
+            c.imm_data = dp_be32(pkt + hdr - 4);
             c.wc_flags = 2;                         /* IBV_WC_WITH_IMM */
         }
         qp->msg = RNIC_DP_MSG_NONE;
@@ -301,11 +276,11 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
         && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK && op > RX_OP_SEND_ONLY_IMM
         && (op < RX_OP_READ_REQUEST || op > RX_OP_READ_RESP_ONLY))
         return 0;
-    qpn = rx_be24(pkt + 5);
+    qpn = dp_be24(pkt + 5);
     if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
         || qp->peer_ip_be != src_ip_be)
         return 0;
-    psn = rx_be24(pkt + 9);
+    psn = dp_be24(pkt + 9);
     if (op == RX_OP_ACK)
         return rx_ack(dev, qp, pkt, len, psn, src_ip_be, sport);
     if (op == RX_OP_READ_REQUEST)
@@ -334,9 +309,9 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
     }
 
     if (op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) {
-        uint64_t va = rx_be64(pkt + RX_BTH_LEN);
-        uint32_t rkey = rx_be32(pkt + RX_BTH_LEN + 8);
-        uint64_t dlen = rx_be32(pkt + RX_BTH_LEN + 12);
+        uint64_t va = dp_be64(pkt + RX_BTH_LEN);
+        uint32_t rkey = dp_be32(pkt + RX_BTH_LEN + 8);
+        uint64_t dlen = dp_be32(pkt + RX_BTH_LEN + 12);
         uint8_t *dst;
 
         if (qp->msg != RNIC_DP_MSG_NONE || dlen == 0)

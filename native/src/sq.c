@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "dp_util.h"
 #include "rnic_dp.h"
 
 enum {
@@ -19,13 +20,8 @@ enum {
     OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06,
 };
 
-static inline int32_t psn_diff(uint32_t a, uint32_t b) { return (int32_t)((a - b) << 8) >> 8; }
-static inline uint32_t psn_add(uint32_t a, int32_t n) { return (a + (uint32_t)n) & 0xffffff; }
 static inline int sends_data(uint32_t op) { return op <= WR_SEND_IMM; }
 
-static inline void put24(uint8_t *p, uint32_t v) { p[0] = v >> 16; p[1] = v >> 8; p[2] = v; }
-static inline void put32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
-static inline void put64(uint8_t *p, uint64_t v) { put32(p, v >> 32); put32(p + 4, (uint32_t)v); }
 
 int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
                     uint32_t solicited)
@@ -87,7 +83,7 @@ uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 
 int64_t rnic_dp_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn)
 {
-    uint32_t target = psn_add(psn, 1);
+    uint32_t target = dp_psn_add(psn, 1);
 
     (void)dev;
     for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
@@ -96,26 +92,26 @@ int64_t rnic_dp_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn
         if (w->status >= 0)
             continue;
         if (!sends_data(w->opcode)) {
-            if (psn_diff(psn, w->first_psn) >= 0) {
+            if (dp_psn_diff(psn, w->first_psn) >= 0) {
                 /* the responder executed this READ/atomic but its response is missing */
-                if (psn_diff(w->first_psn, qp->una) > 0)
+                if (dp_psn_diff(w->first_psn, qp->una) > 0)
                     qp->una = w->first_psn;
                 return w->first_psn;
             }
             break;
         }
-        if (psn_diff(psn, psn_add(w->first_psn, (int32_t)w->npkts - 1)) < 0)
+        if (dp_psn_diff(psn, dp_psn_add(w->first_psn, (int32_t)w->npkts - 1)) < 0)
             break;
         w->status = 0;                              /* IBV_WC_SUCCESS */
     }
-    if (psn_diff(target, qp->una) > 0)
+    if (dp_psn_diff(target, qp->una) > 0)
         qp->una = target;
     return -1;
 }
 
 void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t old_una)
 {
-    int32_t d = psn_diff(qp->una, old_una);
+    int32_t d = dp_psn_diff(qp->una, old_una);
 
     if (d <= 0)
         return;
@@ -144,25 +140,6 @@ int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,
     return 0;
 }
 
-/* Copy n bytes from offset off of the WQE's gather list to dst. */
-static void gather(const struct rnic_dp_swqe *w, uint64_t off, uint8_t *dst, uint32_t n)
-{
-    for (uint32_t i = 0; i < w->npieces && n; i++) {
-        const struct rnic_dp_piece *p = &w->pieces[i];
-        uint64_t take;
-
-        if (off >= p->len) {
-            off -= p->len;
-            continue;
-        }
-        take = p->len - off < n ? p->len - off : n;
-        memcpy(dst, p->ptr + off, take);
-        dst += take;
-        n -= (uint32_t)take;
-        off = 0;
-    }
-}
-
 /* Build packet k of SEND/WRITE WQE w at psn into out; returns its length. IBTA 9.7.7:
  * FIRST/MIDDLE carry one MTU, LAST/ONLY the rest; RETH on the first packet of a WRITE,
  * ImmDt on the last one of a *_WITH_IMM; SE on the last packet of a solicited SEND. */
@@ -174,7 +151,7 @@ static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp
     int first = k == 0, last = k == w->npkts - 1;
     int write = w->opcode == WR_WRITE || w->opcode == WR_WRITE_IMM;
     int imm = last && (w->opcode == WR_WRITE_IMM || w->opcode == WR_SEND_IMM);
-    int32_t in_flight = psn_diff(psn, qp->una) + 1;
+    int32_t in_flight = dp_psn_diff(psn, qp->una) + 1;
     uint32_t pad = (4 - n % 4) % 4, len = SQ_BTH;
     uint8_t op = write ? OPC_WRITE_FIRST : OPC_SEND_FIRST;
 
@@ -185,39 +162,27 @@ static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp
     out[2] = 0xff;                                  /* default P_Key */
     out[3] = 0xff;
     out[4] = 0;
-    put24(out + 5, qp->dest_qpn);
+    dp_put24(out + 5, qp->dest_qpn);
     out[8] = (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
               || in_flight >= qp->cwnd / 2) ? 0x80 : 0;
-    put24(out + 9, psn);
+    dp_put24(out + 9, psn);
     if (write && first) {
-        put64(out + len, w->remote_addr);
-        put32(out + len + 8, w->rkey);
-        put32(out + len + 12, w->length);
+        dp_put64(out + len, w->remote_addr);
+        dp_put32(out + len + 8, w->rkey);
+        dp_put32(out + len + 12, w->length);
         len += SQ_RETH;
     }
     if (imm) {
-        put32(out + len, w->imm);
+        dp_put32(out + len, w->imm);
         len += SQ_IMMDT;
     }
-    gather(w, off, out + len, n);
+    dp_pieces_copy(w->pieces, w->npieces, off, out + len, n, 0);
     len += n;
     memset(out + len, 0, pad);
     len += pad;
     rnic_roce_icrc_put(out + len, rnic_roce_icrc_v4(out, len, dev->ip_be, qp->peer_ip_be,
                                                    dev->port, SQ_ROCE_PORT));
     return len + SQ_ICRC;
-}
-
-static struct rnic_dp_swqe *wqe_at(struct rnic_dp_qp *qp, uint32_t psn)
-{
-    for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
-        struct rnic_dp_swqe *w = &qp->swqes[i & qp->swqe_mask];
-        int32_t d = psn_diff(psn, w->first_psn);
-
-        if (d >= 0 && (uint32_t)d < w->npkts)
-            return w;
-    }
-    return NULL;
 }
 
 /* An unfinished READ or atomic is in flight (a fenced WQE must wait for it, 10.8.3.3). */
@@ -293,7 +258,7 @@ static int fetch_one(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t id
     d->wc_opcode = (op == WR_SEND || op == WR_SEND_IMM) ? 0 : 1;   /* IBV_WC_SEND/RDMA_WRITE */
     d->npieces = n;
     d->pieces = pieces;
-    qp->next_psn = psn_add(qp->next_psn, (int32_t)d->npkts);
+    qp->next_psn = dp_psn_add(qp->next_psn, (int32_t)d->npkts);
     return 0;
 }
 
@@ -304,7 +269,7 @@ int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 
     if (prod - qp->sq_head > qp->swqe_mask + 1)
         return fetched ? fetched : -1;              /* a corrupt index: core/ fails the QP */
-    while (qp->sq_next != prod && psn_diff(qp->next_psn, qp->send_psn) < qp->cwnd) {
+    while (qp->sq_next != prod && dp_psn_diff(qp->next_psn, qp->send_psn) < qp->cwnd) {
         struct rnic_dp_swqe *d = &qp->swqes[qp->sq_next & qp->swqe_mask];
 
         if (fetch_one(dev, qp, qp->sq_next, d) < 0)
@@ -319,28 +284,28 @@ int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
     if (!qp->send_ok || qp->rnr_wait)
         return RNIC_DP_PUMP_IDLE;
-    if (psn_diff(qp->send_psn, qp->una) < 0)
+    if (dp_psn_diff(qp->send_psn, qp->una) < 0)
         qp->send_psn = qp->una;                     /* an ACK of an old round overtook */
-    while (psn_diff(qp->send_psn, qp->una) < qp->cwnd) {
+    while (dp_psn_diff(qp->send_psn, qp->una) < qp->cwnd) {
         struct rnic_dp_swqe *w;
         uint32_t psn = qp->send_psn, slot;
 
         if (psn == qp->next_psn && rnic_dp_fetch(dev, qp) <= 0)
             return RNIC_DP_PUMP_FETCH;              /* empty, or the next WQE is core/'s */
-        w = wqe_at(qp, psn);
+        w = dp_wqe_at(qp, psn);
         if (!w || !sends_data(w->opcode))
             return RNIC_DP_PUMP_SLOW;
         if (dev->ntx >= dev->tx_cap)
             return RNIC_DP_PUMP_TX_FULL;
         slot = dev->ntx++;
-        dev->tx_lens[slot] = build(dev, qp, w, (uint32_t)psn_diff(psn, w->first_psn), psn,
+        dev->tx_lens[slot] = build(dev, qp, w, (uint32_t)dp_psn_diff(psn, w->first_psn), psn,
                                    dev->tx_bufs + (size_t)slot * dev->tx_buf_size);
         dev->tx_addrs_be[slot] = qp->peer_ip_be;
         qp->sent_pkts++;
-        if (psn_diff(psn, qp->high_psn) < 0)
+        if (dp_psn_diff(psn, qp->high_psn) < 0)
             qp->retransmitted_pkts++;
-        qp->send_psn = psn_add(psn, 1);
-        if (psn_diff(qp->send_psn, qp->high_psn) > 0)
+        qp->send_psn = dp_psn_add(psn, 1);
+        if (dp_psn_diff(qp->send_psn, qp->high_psn) > 0)
             qp->high_psn = qp->send_psn;
         if (qp->retrans_at == 0 && qp->timeout_s > 0)
             qp->retrans_at = dev->now + qp->timeout_s;
@@ -363,11 +328,11 @@ int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t s
     out[2] = 0xff;
     out[3] = 0xff;
     out[4] = 0;
-    put24(out + 5, qp->dest_qpn);
+    dp_put24(out + 5, qp->dest_qpn);
     out[8] = 0;
-    put24(out + 9, psn & 0xffffff);
+    dp_put24(out + 9, psn & 0xffffff);
     out[SQ_BTH] = (uint8_t)syndrome;
-    put24(out + SQ_BTH + 1, qp->msn);
+    dp_put24(out + SQ_BTH + 1, qp->msn);
     rnic_roce_icrc_put(out + SQ_BTH + 4, rnic_roce_icrc_v4(out, SQ_BTH + 4, dev->ip_be,
                                                            qp->peer_ip_be, dev->port,
                                                            SQ_ROCE_PORT));
@@ -417,12 +382,12 @@ int rnic_dp_read_respond(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_
         out[2] = 0xff;
         out[3] = 0xff;
         out[4] = 0;
-        put24(out + 5, qp->dest_qpn);
+        dp_put24(out + 5, qp->dest_qpn);
         out[8] = 0;
-        put24(out + 9, psn_add(psn, (int32_t)k));
+        dp_put24(out + 9, dp_psn_add(psn, (int32_t)k));
         if (op != 0x0e) {                           /* AETH: ACK, invalid credit count */
             out[hlen] = 0x1f;
-            put24(out + hlen + 1, qp->msn);
+            dp_put24(out + hlen + 1, qp->msn);
             hlen += 4;
         }
         memcpy(out + hlen, src + off, plen);
@@ -439,19 +404,5 @@ int rnic_dp_read_respond(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_
 
 int rnic_dp_swqe_place(struct rnic_dp_swqe *w, uint64_t off, const uint8_t *data, uint32_t n)
 {
-    for (uint32_t i = 0; i < w->npieces && n; i++) {
-        struct rnic_dp_piece *p = &w->pieces[i];
-        uint64_t take;
-
-        if (off >= p->len) {
-            off -= p->len;
-            continue;
-        }
-        take = p->len - off < n ? p->len - off : n;
-        memcpy(p->ptr + off, data, take);
-        data += take;
-        n -= (uint32_t)take;
-        off = 0;
-    }
-    return n ? -EMSGSIZE : 0;
+    return dp_pieces_copy(w->pieces, w->npieces, off, (uint8_t *)data, n, 1) ? -EMSGSIZE : 0;
 }

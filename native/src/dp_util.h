@@ -1,0 +1,72 @@
+/*
+ * dp_util.h — helpers shared by the data plane's sources (rx.c, sq.c): 24-bit PSN
+ * arithmetic (IBTA 9.7.1), big-endian header fields, scatter/gather over a list of pieces,
+ * and finding the in-flight WQE that holds a PSN. Internal: not part of any interface.
+ */
+#ifndef RNIC_DP_UTIL_H
+#define RNIC_DP_UTIL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "rnic_dp.h"
+
+/* a - b for 24-bit PSNs, in (-2^23, 2^23] */
+static inline int32_t dp_psn_diff(uint32_t a, uint32_t b) { return (int32_t)((a - b) << 8) >> 8; }
+static inline uint32_t dp_psn_add(uint32_t a, int32_t n) { return (a + (uint32_t)n) & 0xffffff; }
+
+static inline uint32_t dp_be24(const uint8_t *p) { return (uint32_t)p[0] << 16 | p[1] << 8 | p[2]; }
+static inline uint32_t dp_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | p[2] << 8 | p[3];
+}
+static inline uint64_t dp_be64(const uint8_t *p) { return (uint64_t)dp_be32(p) << 32 | dp_be32(p + 4); }
+static inline uint32_t dp_le32(const uint8_t *p)
+{
+    return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | p[1] << 8 | p[0];
+}
+static inline void dp_put24(uint8_t *p, uint32_t v) { p[0] = v >> 16; p[1] = v >> 8; p[2] = v; }
+static inline void dp_put32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static inline void dp_put64(uint8_t *p, uint64_t v) { dp_put32(p, v >> 32); dp_put32(p + 4, (uint32_t)v); }
+
+/* Copy n bytes between buf and offset off of the pieces (to the pieces when `in`); returns
+ * the bytes that did not fit. */
+static inline uint32_t dp_pieces_copy(const struct rnic_dp_piece *pieces, uint32_t npieces,
+                                      uint64_t off, uint8_t *buf, uint32_t n, int in)
+{
+    for (uint32_t i = 0; i < npieces && n; i++) {
+        uint64_t take;
+
+        if (off >= pieces[i].len) {
+            off -= pieces[i].len;
+            continue;
+        }
+        take = pieces[i].len - off < n ? pieces[i].len - off : n;
+        if (in)
+            memcpy(pieces[i].ptr + off, buf, take);
+        else
+            memcpy(buf, pieces[i].ptr + off, take);
+        buf += take;
+        n -= (uint32_t)take;
+        off = 0;
+    }
+    return n;
+}
+
+/* The in-flight WQE whose PSN range holds psn, or NULL. */
+static inline struct rnic_dp_swqe *dp_wqe_at(struct rnic_dp_qp *qp, uint32_t psn)
+{
+    for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
+        struct rnic_dp_swqe *w = &qp->swqes[i & qp->swqe_mask];
+        int32_t d = dp_psn_diff(psn, w->first_psn);
+
+        if (d >= 0 && (uint32_t)d < w->npkts)
+            return w;
+    }
+    return NULL;
+}
+
+#endif /* RNIC_DP_UTIL_H */
