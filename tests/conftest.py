@@ -4,13 +4,12 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import uvloop
+from daemon_ready import wait_ready
 
 # Daemons and helper processes the tests start import this tree, not an installed copy.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,20 +40,8 @@ class DaemonProcess:
             args += ["--fault", fault]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rnicd exited with {self.proc.returncode}:\n{self.read_log()}")
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(self.socket)
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"rnicd did not start within {timeout}s:\n{self.read_log()}")
+        self.log.flush()
+        wait_ready(self.proc, self.socket, str(self.log_path))
 
     def read_log(self) -> str:
         self.log.flush()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
+from daemon_ready import wait_ready
 
 SUBNET = "10.77.{}.{}"      # addresses of our own test hosts, inside our own namespaces
 
@@ -91,7 +90,7 @@ class Network:
                                         stdout=f, stderr=subprocess.STDOUT)
             self.hosts.append(Host(name, ip, sock, proc, log))
         for h in self.hosts:
-            _wait_socket(h)
+            wait_ready(h.proc, h.socket, h.log, f"rnicd in {h.name}")
 
     def close(self):
         from pyroute2 import netns
@@ -108,20 +107,6 @@ class Network:
                 netns.remove(name)             # removing a namespace removes its veth ends
             except OSError:
                 pass
-
-
-def _wait_socket(h: Host, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if h.proc.poll() is not None:
-            raise RuntimeError(f"rnicd in {h.name} exited: {open(h.log).read()[-800:]}")
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(h.socket)
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"rnicd in {h.name} not ready: {open(h.log).read()[-800:]}")
 
 
 @pytest.fixture
