@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,17 @@ class DaemonProcess:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def tshark():
+    """The tshark executable, an independent dissector; skips (printing why) without it."""
+    exe = shutil.which("tshark")
+    if exe is None:
+        msg = "tshark not installed; make sysdeps installs it"
+        print(msg)
+        pytest.skip(msg)
+    return exe
 
 
 @pytest.fixture

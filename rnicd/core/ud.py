@@ -13,7 +13,7 @@ import logging
 import struct
 
 from rnicd import native
-from rnicd.core.qp_state import check_modify
+from rnicd.core.qp_state import ATTR_FIELD, check_modify
 from rnicd.core.resources import CQEntry, resolve_sges
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
@@ -73,11 +73,8 @@ class UDQP:
     # ---- verbs ---------------------------------------------------------------------------
     def modify(self, attr_mask: int, attr: dict, now: float):
         new = check_modify(self.qp_type, self.state, attr_mask, attr, self.device.qp_limits)
-        for name, bit in (("qkey", QPAttrMask.IBV_QP_QKEY),
-                          ("pkey_index", QPAttrMask.IBV_QP_PKEY_INDEX),
-                          ("port_num", QPAttrMask.IBV_QP_PORT),
-                          ("sq_psn", QPAttrMask.IBV_QP_SQ_PSN)):
-            if attr_mask & bit:
+        for bit, name in ATTR_FIELD.items():          # the attributes the mask names
+            if attr_mask & bit and name in self.attr and name != "qp_state":
                 self.attr[name] = attr[name]
         if attr_mask & QPAttrMask.IBV_QP_SQ_PSN:
             self.psn = attr["sq_psn"]

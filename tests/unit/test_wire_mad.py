@@ -2,7 +2,6 @@
 InfiniBand CM dissector as an independent decoder."""
 import dataclasses
 import random
-import shutil
 import subprocess
 
 import pytest
@@ -262,16 +261,6 @@ def test_exact_and_padded_fields_are_byte_strings():
 
 
 # ---- tshark --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tshark():
-    exe = shutil.which("tshark")
-    if exe is None:
-        msg = "tshark not installed; make sysdeps installs it"
-        print(msg)
-        pytest.skip(msg)
-    return exe
-
-
 GID_SRC = bytes(10) + b"\xff\xff" + FLOW["src_ip"]   # IPv4-mapped GIDs, as RoCEv2 uses
 GID_DST = bytes(10) + b"\xff\xff" + FLOW["dst_ip"]
 TSHARK_MSGS = [

@@ -1,9 +1,6 @@
 """Wireshark's InfiniBand dissector (tshark) as an independent decoder of what build() emits."""
-import shutil
 import struct
 import subprocess
-
-import pytest
 
 from rnicd.wire import roce
 from rnicd.wire.opcodes import OPCODES, Hdr
@@ -51,16 +48,6 @@ def write_pcap(path, frames):
         for i, frame in enumerate(frames):
             f.write(struct.pack("<IIII", 1_700_000_000 + i, 0, len(frame), len(frame)))
             f.write(frame)
-
-
-@pytest.fixture(scope="module")
-def tshark():
-    exe = shutil.which("tshark")
-    if exe is None:
-        msg = "tshark not installed; make sysdeps installs it"
-        print(msg)
-        pytest.skip(msg)
-    return exe
 
 
 def packets():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from rnicd.core.qp_state import check_modify
+from rnicd.core.qp_state import ATTR_FIELD, check_modify
 from rnicd.core.resources import CQ, PD, SRQ, CQEntry, RecvQueue
 from rnicd.core.roce.completer import Completer
 from rnicd.core.roce.requester import Requester
@@ -89,10 +89,9 @@ class RCQP:
                 raise einval("ah_attr.grh.dgid must be an IPv4-mapped GID (::ffff:a.b.c.d): "
                              "this device speaks RoCEv2 over IPv4")
             self.peer_ip = ".".join(str(b) for b in dgid[12:])
-        for name, value in attr.items():
-            if name in self.attr and name not in ("qp_state", "cur_qp_state"):
-                if _mask_of(name) & attr_mask:
-                    self.attr[name] = value
+        for bit, name in ATTR_FIELD.items():          # the attributes the mask names
+            if attr_mask & bit and name in self.attr and name != "qp_state":
+                self.attr[name] = attr[name]
         dp = self.dp
         dp.mtu = self.mtu
         dp.access = self.attr["qp_access_flags"]
@@ -209,21 +208,3 @@ class RCQP:
         a["cap"] = vars(self.cap).copy()
         return a
 
-
-def _mask_of(name: str) -> int:
-    return _ATTR_MASK.get(name, 0)
-
-
-_ATTR_MASK = {
-    "path_mtu": QPAttrMask.IBV_QP_PATH_MTU, "dest_qp_num": QPAttrMask.IBV_QP_DEST_QPN,
-    "rq_psn": QPAttrMask.IBV_QP_RQ_PSN, "sq_psn": QPAttrMask.IBV_QP_SQ_PSN,
-    "qp_access_flags": QPAttrMask.IBV_QP_ACCESS_FLAGS,
-    "pkey_index": QPAttrMask.IBV_QP_PKEY_INDEX, "port_num": QPAttrMask.IBV_QP_PORT,
-    "qkey": QPAttrMask.IBV_QP_QKEY, "timeout": QPAttrMask.IBV_QP_TIMEOUT,
-    "retry_cnt": QPAttrMask.IBV_QP_RETRY_CNT, "rnr_retry": QPAttrMask.IBV_QP_RNR_RETRY,
-    "min_rnr_timer": QPAttrMask.IBV_QP_MIN_RNR_TIMER,
-    "max_rd_atomic": QPAttrMask.IBV_QP_MAX_QP_RD_ATOMIC,
-    "max_dest_rd_atomic": QPAttrMask.IBV_QP_MAX_DEST_RD_ATOMIC,
-    "ah_attr": QPAttrMask.IBV_QP_AV, "path_mig_state": QPAttrMask.IBV_QP_PATH_MIG_STATE,
-    "en_sqd_async_notify": QPAttrMask.IBV_QP_EN_SQD_ASYNC_NOTIFY,
-}
