@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 
 from rnicd.api.session import Session
@@ -25,6 +26,19 @@ from rnicd.wire import ctl
 log = logging.getLogger("rnicd")
 
 _ONE = (1).to_bytes(8, "little")
+
+
+def _raise_fd_limit():
+    """Every QP holds ring memfds until its client maps them (offloaded connections for a
+    while): lift the soft descriptor limit to the hard one, as servers commonly do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > 1 << 20:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d: %s", soft, exc)
 
 
 class Daemon:
@@ -45,6 +59,7 @@ class Daemon:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self, listen_sock=None):
+        _raise_fd_limit()
         link = interface_of(self.config.bind)
         if link is not None:
             self._link_changed(link)
@@ -62,6 +77,7 @@ class Daemon:
     def _link_changed(self, link):
         """The bound interface's addresses, state or MTU changed (netlink)."""
         self.device.apply_link(link.ifname, link.mtu, link.up, link.addrs)
+        self.device.netdev_ifindex = link.index
         log.info("rnicd: %s on %s: MTU %d (active_mtu %d), %s, %d addresses", self.config.bind,
                  link.ifname, link.mtu, 128 << self.device.active_mtu,
                  "up" if link.up else "down", len(link.addrs))

@@ -16,10 +16,12 @@ import struct
 from dataclasses import dataclass
 
 from rnicd import native
+from rnicd.core.cm.agent import CMAgent
 from rnicd.core.counters import Counters
 from rnicd.core.fault import FaultInjector, FaultSpec
 from rnicd.core.qp_state import QPLimits
 from rnicd.core.resources import CQ, CQEntry, KeyTable
+from rnicd.wire import mad
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
 from rnicd.wire.abi import MTU, EventType, QPState, QPType, WCStatus, mtu_bytes
@@ -69,6 +71,7 @@ class Device:
         self.limits = DeviceLimits()
         self.set_netdev_mtu(None)
         self.port_active = True
+        self.netdev_ifindex: int | None = None     # the bound netdev, when one holds our IP
         self.gid_table = [self.gid] + [bytes(16)] * (GID_TABLE - 1)
         self.rng = random.Random(seed)
         self.keys = KeyTable(self.rng, MR_TABLE)
@@ -98,6 +101,7 @@ class Device:
         self.notify: set = set()
         self.events: list[tuple[object, dict]] = []
         self._acks: set = set()
+        self.cm = CMAgent(self)             # QP1: connection management
 
     def apply_link(self, ifname: str, mtu: int, up: bool, addrs) -> None:
         """The bound interface changed (netlink): rebuild the GID table (IBTA A17.4.5:
@@ -221,6 +225,9 @@ class Device:
             c.inc("rx_drop_unsupported_opcode")
             return
         if qp is None:
+            if pkt.dest_qp == mad.GSI_QPN and info.transport == op.Transport.UD:
+                self.cm.receive(pkt, src_ip, now)
+                return
             c.inc("rx_drop_unknown_qp")
             return
         transport = op.Transport.UD if qp.qp_type == QPType.IBV_QPT_UD else op.Transport.RC
@@ -285,6 +292,8 @@ class Device:
 
     def next_deadline(self) -> float | None:
         ds = [d for qp in self.qps.values() if (d := qp.deadline()) is not None]
+        if (d := self.cm.deadline()) is not None:
+            ds.append(d)
         return min(ds) if ds else None
 
     def on_timer(self, now: float):
@@ -292,6 +301,7 @@ class Device:
             d = qp.deadline()
             if d is not None and d <= now:
                 qp.on_timer(now)
+        self.cm.on_timer(now)
 
     # ---- outputs -------------------------------------------------------------------------
     def emit(self, qp, pkt: roce.Packet, payload=b""):

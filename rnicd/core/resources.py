@@ -238,6 +238,19 @@ class RecvQueue:
         n = (self.ring.load_prod() - self.ring.hdr.cons) & 0xFFFFFFFF
         return n if n <= self.ring.num_entries else -1      # -1: client broke the ring
 
+    def post(self, wr_id: int, sges: list[tuple[int, int, int]]) -> None:
+        """Post a receive WQE on the client's behalf (establishment offload pre-posts
+        buffers before the client has the ring). Only while the client does not post."""
+        ring = self.ring
+        prod = ring.load_prod()
+        if (prod - ring.hdr.cons) & 0xFFFFFFFF >= ring.num_entries:
+            raise OverflowError("receive queue full")
+        w = ring.recv_wqe(prod)
+        w.wr_id, w.num_sge = wr_id, len(sges)
+        for i, (addr, length, lkey) in enumerate(sges):
+            w.sg[i].addr, w.sg[i].length, w.sg[i].lkey = addr, length, lkey
+        ring.store_prod((prod + 1) & 0xFFFFFFFF)
+
     def take(self) -> RecvWQE | None:
         """Pop the next receive WQE (copied out), or None if empty or corrupt."""
         ring = self.ring

@@ -64,6 +64,7 @@ class UDQP:
         self.attr = {"qp_state": S.IBV_QPS_RESET, "qkey": 0, "pkey_index": 0, "port_num": 1,
                      "sq_psn": 0}
         self.peer_ip = None                       # UD has no single peer
+        self.cm_id = None
         self.sq_next = 0
         self.psn = 0
         self.counters = device.counters.child()

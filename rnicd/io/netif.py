@@ -24,6 +24,7 @@ class LinkState:
     mtu: int
     up: bool                                   # administratively up and carrier on
     addrs: tuple[str, ...] = field(default=())  # IPv4 first, then IPv6, kernel order
+    index: int = 0
 
 
 def _state(ipr, index: int) -> LinkState:
@@ -34,7 +35,7 @@ def _state(ipr, index: int) -> LinkState:
         addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
         (v4 if a["family"] == 2 else v6).append(addr)
     return LinkState(link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU"),
-                     bool(flags & IFF_UP and flags & IFF_RUNNING), tuple(v4 + v6))
+                     bool(flags & IFF_UP and flags & IFF_RUNNING), tuple(v4 + v6), index)
 
 
 def _index_of(ipr, ip: str) -> int | None:

@@ -70,6 +70,7 @@ class Connection:
         self._msgs = collections.deque()     # complete messages not yet consumed
         self._fds = collections.deque()      # received fds not yet handed to a message
         self._events = collections.deque()   # async event bodies
+        self._cm_events = collections.deque()  # connection-manager event bodies (rdma_cm)
         self._deferred = collections.deque()  # (method, args) queued by finalizers
         self._next_id = 1
         self._abandoned = set()               # ids whose caller stopped waiting
@@ -197,18 +198,23 @@ class Connection:
         return True
 
     # ---- asynchronous events ----------------------------------------------------------
+    def _queue(self, kind: str) -> collections.deque:
+        return self._cm_events if kind == "cm" else self._events
+
     def _queue_event(self, ev) -> None:
         if isinstance(ev, dict):
-            self._events.append(ev)
+            self._queue("cm" if "cm_event" in ev else "async").append(ev)
             try:
                 os.write(self._wake_w, b"!")
             except OSError:
                 pass
 
-    def poll_event(self) -> dict | None:
-        """The next queued async event, reading what the socket holds without blocking."""
+    def poll_event(self, kind: str = "async") -> dict | None:
+        """The next queued event of ``kind`` ("async": verbs async events, "cm": connection
+        manager events), reading what the socket holds without blocking."""
+        queue = self._queue(kind)
         with self._lock:
-            while not self._events:
+            while not queue:
                 msg, rfds = self._next_message(block=False)
                 if msg is None:
                     break
@@ -221,13 +227,13 @@ class Connection:
                 os.read(self._wake_r, 4096)
             except OSError:
                 pass
-            return self._events.popleft() if self._events else None
+            return queue.popleft() if queue else None
 
-    def next_event(self, timeout: float | None = None) -> dict | None:
-        """Block until an async event arrives (None after ``timeout`` seconds)."""
+    def next_event(self, timeout: float | None = None, kind: str = "async") -> dict | None:
+        """Block until an event of ``kind`` arrives (None after ``timeout`` seconds)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            ev = self.poll_event()
+            ev = self.poll_event(kind)
             if ev is not None:
                 return ev
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -235,11 +241,11 @@ class Connection:
                 return None
             select.select([self._sock, self._wake_r], [], [], left)
 
-    async def next_event_async(self) -> dict:
-        """Await the next async event without blocking the event loop (one waiter)."""
+    async def next_event_async(self, kind: str = "async") -> dict:
+        """Await the next event of ``kind`` without blocking the event loop (one waiter)."""
         loop = asyncio.get_running_loop()
         while True:
-            ev = self.poll_event()
+            ev = self.poll_event(kind)
             if ev is not None:
                 return ev
             fut = loop.create_future()

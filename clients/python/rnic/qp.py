@@ -83,21 +83,40 @@ class QP(RnicCM):
                 "recv_cq": None if rcq is None else rcq.handle,
                 "srq": None if srq is None else srq.handle}
         r, fds = ctx._call("create_qp", args, nfds=1 if srq is not None else 2)
+        self._attach(pd, r, fds, qp_type, init_attr.qp_context, init_attr.sq_sig_all,
+                     (scq, rcq, srq), init_attr.cap, "create_qp")
+        if qp_attr is not None:
+            (self.to_rts if qp_type == T.IBV_QPT_UD else self.to_init)(qp_attr)
+
+    @classmethod
+    def _open(cls, pd, handle: int, scq, rcq):
+        """A QP the daemon created for this context (establishment offload, rnic.cmid):
+        map its rings. It is in RTS already, with receives pre-posted."""
+        r, fds = pd.ctx._call("open_qp", {"qp": handle}, nfds=2)
+        self = cls.__new__(cls)
+        self._attach(pd, r, fds, T.IBV_QPT_RC, None, bool(r.get("sq_sig_all")),
+                     (scq, rcq, None), None, "open_qp")
+        self._state = S.IBV_QPS_RTS
+        return self
+
+    def _attach(self, pd, r, fds, qp_type, qp_context, sq_sig_all, cqs, cap, verb):
+        ctx = pd.ctx
+        scq, rcq, srq = cqs
         self._sq = self._rq = None
         try:
-            self.handle = need_int(r, "qp", "create_qp")
+            self.handle = need_int(r, "qp", verb)
         except RnicError:
             for fd in fds:
                 _close_fds([fd])
             raise
         try:
-            self.qp_num = need_int(r, "qp_num", "create_qp")
-            self.cap = QPCap.from_dict(r.get("cap"), default=init_attr.cap)
+            self.qp_num = need_int(r, "qp_num", verb)
+            self.cap = QPCap.from_dict(r.get("cap"), default=cap)
             sq_fd = fds.pop(0)
-            self._sq = Ring(sq_fd, r.get("sq_size"), KIND_SQ, "create_qp (SQ)")
+            self._sq = Ring(sq_fd, r.get("sq_size"), KIND_SQ, f"{verb} (SQ)")
             self._sq.limit = self.cap.max_send_wr or self._sq.num_entries
             if srq is None:
-                self._rq = Ring(fds.pop(0), r.get("rq_size"), KIND_RQ, "create_qp (RQ)")
+                self._rq = Ring(fds.pop(0), r.get("rq_size"), KIND_RQ, f"{verb} (RQ)")
                 self._rq.limit = self.cap.max_recv_wr or self._rq.num_entries
         except BaseException:
             for fd in fds:
@@ -108,8 +127,8 @@ class QP(RnicCM):
         n = native()
         self._ffi = n.ffi
         self.qp_type = qp_type
-        self.qp_context = init_attr.qp_context
-        self.sq_sig_all = init_attr.sq_sig_all
+        self.qp_context = qp_context
+        self.sq_sig_all = sq_sig_all
         self._state = S.IBV_QPS_RESET
         self.context, self.pd, self.scq, self.rcq, self.srq = ctx, pd, scq, rcq, srq
         self._init_cm(ctx)
@@ -118,8 +137,6 @@ class QP(RnicCM):
                 parent.add_ref(self)
         ctx._register("qp", self.handle, self)
         ctx._register("qpn", self.qp_num, self)
-        if qp_attr is not None:
-            (self.to_rts if qp_type == T.IBV_QPT_UD else self.to_init)(qp_attr)
 
     # ---- state ---------------------------------------------------------------------------
     @property

@@ -58,6 +58,7 @@ class RCQP:
             "path_mig_state": 0, "en_sqd_async_notify": 0, "sq_draining": 0,
         }
         self.peer_ip: str | None = None        # from ah_attr's dgid (IPv4-mapped)
+        self.cm_id = None                       # the CM connection driving it, if any
         # hard state shared with the data plane (struct rnic_dp_qp): the responder's PSN,
         # MSN and message in progress live there, and nowhere else
         ffi = device.native.ffi

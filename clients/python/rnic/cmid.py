@@ -1,0 +1,603 @@
+"""Connection management with rdma_cm's model, in pyverbs.cmid's shape: ``AddrInfo``,
+``ConnParam``, ``CMEventChannel``, ``CMEvent``, ``CMID``.
+
+The CM protocol runs in the daemon (as ib_cm runs in the kernel under librdmacm): this module
+asks it to listen, connect, accept, reject and disconnect, and reads its events. On the wire
+the connection is made of IB CM MADs to QP1 (docs/connection-management.md).
+
+Two ways to use it, as in pyverbs:
+
+- synchronous: ``CMID(creator=AddrInfo(...), qp_init_attr=...)``; ``connect()``,
+  ``accept()``, ``disconnect()`` return once the connection is established or closed and
+  ``get_request()`` waits for a connection request;
+- asynchronous: ``CMID(creator=CMEventChannel())``; every call returns at once and progress
+  arrives as ``CMEvent`` objects: ``channel.get_cm_event()``, or
+  ``await channel.get_cm_event_async()`` under asyncio.
+
+Address resolution asks the kernel's routing table (pyroute2) which interface reaches the
+destination; it must be the netdev the device is bound to, and the source is the device's
+GID 0 (the address rnicd sends from).
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import ipaddress
+import socket
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+from rnicd.wire.abi import QPState, QPType
+from rnicd.wire.cma import RAI_PASSIVE, RDMA_PS_TCP, CMEventType
+
+from .cq import CQ
+from .device import Context
+from .errors import RnicError, einval
+from .mr import MR
+from .pd import PD
+from .qp import QP, QPInitAttr
+from .wr import SGE, RecvWR, SendWR
+
+__all__ = ["AddrInfo", "ConnParam", "CMEventChannel", "CMEvent", "CMID", "OffloadTemplate",
+           "CMEventType", "RDMA_PS_TCP", "RAI_PASSIVE"]
+
+E = CMEventType
+RTN_LOCAL = 2
+IBV_ACCESS_LOCAL_WRITE = 1
+IBV_SEND_SIGNALED = 2
+# how long a synchronous call waits for the daemon's CM: a REQ/DREQ gives up after ~4.3 s
+SYNC_TIMEOUT = 30.0
+
+
+# ---- addresses ----------------------------------------------------------------------------
+def _ipv4(host) -> str | None:
+    if host is None:
+        return None
+    if isinstance(host, bytes):
+        host = host.decode()
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+    except (socket.gaierror, IndexError):
+        raise RnicError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r} to an IPv4 address "
+                        "(rnicd speaks RoCEv2 over IPv4)") from None
+
+
+def _port(service) -> int:
+    if service is None:
+        return 0
+    if isinstance(service, bytes):
+        service = service.decode()
+    if isinstance(service, str) and not service.isdigit():
+        try:
+            return socket.getservbyname(service)
+        except OSError:
+            raise einval(f"unknown service {service!r}") from None
+    port = int(service)
+    if not 0 <= port <= 0xFFFF:
+        raise einval(f"port {port} out of range")
+    return port
+
+
+class AddrInfo:
+    """rdma_addrinfo: ``AddrInfo(src=None, dst=None, service=None, port_space=RDMA_PS_TCP,
+    flags=0)``. With ``flags=RAI_PASSIVE`` the address and service are where to listen;
+    otherwise ``dst``/``service`` are the peer and ``src`` an optional source."""
+
+    def __init__(self, src=None, dst=None, service=None, port_space=RDMA_PS_TCP, flags=0,
+                 src_service=None, dst_service=None):
+        if port_space != RDMA_PS_TCP:
+            raise RnicError(errno.EOPNOTSUPP, "AddrInfo: rnicd supports RDMA_PS_TCP (RC) only")
+        self.flags = int(flags)
+        self.port_space = port_space
+        self.src = _ipv4(src)
+        self.dst = _ipv4(dst)
+        self.passive = bool(self.flags & RAI_PASSIVE)
+        self.port = _port(service if service is not None else
+                          src_service if self.passive else dst_service)
+        if not self.passive and self.dst is None:
+            raise einval("AddrInfo: an active AddrInfo needs dst (or flags=RAI_PASSIVE)")
+
+    def __repr__(self) -> str:
+        kind = "passive" if self.passive else "active"
+        return f"AddrInfo({kind}, src={self.src}, dst={self.dst}, port={self.port})"
+
+
+_route_pool: ThreadPoolExecutor | None = None
+
+
+def route_to(dst: str):
+    """(oif index, preferred source, route type) of the kernel's route to dst. pyroute2's
+    synchronous API runs its own loop, so it runs in a worker thread (the caller may be
+    inside asyncio)."""
+    global _route_pool
+
+    def lookup():
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            r = ipr.route("get", dst=dst)[0]
+            return r.get_attr("RTA_OIF"), r.get_attr("RTA_PREFSRC"), r["type"]
+    if _route_pool is None:
+        _route_pool = ThreadPoolExecutor(1, thread_name_prefix="rnic-route")
+    try:
+        return _route_pool.submit(lookup).result(timeout=10)
+    except Exception as exc:       # pyroute2's NetlinkError and friends
+        raise RnicError(errno.ENETUNREACH, f"no route to {dst}: {exc}") from None
+
+
+def resolve_source(ctx: Context, dst: str, src: str | None = None) -> str:
+    """The source address for a connection from ctx's device to dst (rdma_resolve_addr):
+    the kernel's route to dst must leave through the device's netdev; the source is the
+    device's GID 0, the address it sends from."""
+    r, _ = ctx._call("query_gid", {"port": 1, "index": 0})
+    gid, ifindex = bytes(r.get("gid") or b""), r.get("ndev_ifindex")
+    dev_ip = str(ipaddress.IPv4Address(gid[12:])) if len(gid) == 16 else None
+    if dev_ip is None:
+        raise RnicError(errno.EADDRNOTAVAIL, f"device {ctx.name} has no IPv4 GID 0")
+    if src not in (None, "0.0.0.0", dev_ip):
+        raise RnicError(errno.EADDRNOTAVAIL, f"source {src} is not the address of device "
+                        f"{ctx.name} ({dev_ip}); rnicd sends from its bound address")
+    oif, _prefsrc, rtype = route_to(dst)
+    if isinstance(ifindex, int) and oif != ifindex and rtype != RTN_LOCAL:
+        raise RnicError(errno.ENETUNREACH, f"the route to {dst} leaves through interface "
+                        f"{oif}, but device {ctx.name} is bound to interface {ifindex}")
+    return dev_ip
+
+
+# ---- parameters ---------------------------------------------------------------------------
+class ConnParam:
+    """struct rdma_conn_param. ``private_data`` (an rnic addition to pyverbs' signature)
+    travels in the REQ (at most 56 bytes), REP (196) or REJ (148)."""
+
+    def __init__(self, resources=1, depth=1, flow_control=0, retry=5, rnr_retry=5, srq=0,
+                 qp_num=0, private_data=b""):
+        self.responder_resources, self.initiator_depth = resources, depth
+        self.flow_control, self.retry_count, self.rnr_retry_count = flow_control, retry, \
+            rnr_retry
+        self.srq, self.qpn, self.private_data = srq, qp_num, bytes(private_data)
+
+    def to_dict(self) -> dict:
+        return {"responder_resources": self.responder_resources,
+                "initiator_depth": self.initiator_depth, "flow_control": self.flow_control,
+                "retry_count": self.retry_count, "rnr_retry_count": self.rnr_retry_count}
+
+
+class OffloadTemplate:
+    """What the daemon needs to complete incoming connections by itself (listen(offload=)):
+    each connection gets a QP made from ``qp_init_attr`` (its CQs and ``pd``), ``recv_count``
+    receives of ``recv_length`` bytes pre-posted from ``recv_mr`` (consecutive slices from
+    ``recv_offset``; wr_id = the buffer's address), and is accepted with ``conn_param``.
+    Notifications: one per ``notify_max`` connections, or ``notify_usec`` after the first."""
+
+    def __init__(self, pd, qp_init_attr: QPInitAttr, recv_mr: MR | None = None,
+                 recv_length: int = 0, recv_count: int = 0, recv_offset: int = 0,
+                 conn_param: ConnParam | None = None, notify_max: int = 64,
+                 notify_usec: int = 20000):
+        if qp_init_attr.send_cq is None or qp_init_attr.recv_cq is None:
+            raise einval("OffloadTemplate: qp_init_attr needs send_cq and recv_cq")
+        self.pd, self.qp_init_attr, self.recv_mr = pd, qp_init_attr, recv_mr
+        self.recv_length, self.recv_count, self.recv_offset = recv_length, recv_count, \
+            recv_offset
+        self.conn_param = conn_param or ConnParam()
+        self.notify_max, self.notify_usec = notify_max, notify_usec
+
+    def to_dict(self) -> dict:
+        a = self.qp_init_attr
+        d = {"qp_init": {"pd": self.pd.handle, "send_cq": a.send_cq.handle,
+                         "recv_cq": a.recv_cq.handle, "cap": a.cap.to_dict(),
+                         "sq_sig_all": int(bool(a.sq_sig_all))},
+             "conn_param": self.conn_param.to_dict(),
+             "private_data": self.conn_param.private_data,
+             "notify_max": self.notify_max, "notify_usec": self.notify_usec}
+        if self.recv_mr is not None and self.recv_count:
+            d["recv"] = {"mr": self.recv_mr.handle, "offset": self.recv_offset,
+                         "length": self.recv_length, "count": self.recv_count}
+        return d
+
+
+# ---- events -------------------------------------------------------------------------------
+class CMEventChannel:
+    """rdma_event_channel: where a context's CM events arrive. ``CMEventChannel(context=None,
+    socket=None)`` opens a Context on the daemon unless one is given."""
+
+    def __init__(self, context: Context | None = None, socket=None):
+        self._own_ctx = context is None
+        self.context = context if context is not None else Context(socket=socket)
+        self._ids: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._stash = collections.deque()   # events read while waiting for another id
+        self._closed = False
+
+    def _post_local(self, raw: dict) -> None:
+        """An event this library produces itself (address and route resolution)."""
+        self._stash.append(raw)
+
+    def _pull(self, timeout: float | None) -> dict | None:
+        if self._stash:
+            return self._stash.popleft()
+        return self.context._conn.next_event(timeout, "cm")
+
+    def get_cm_event(self, timeout: float | None = None) -> "CMEvent | None":
+        """The next event (blocking; None after ``timeout`` seconds)."""
+        raw = self._pull(timeout)
+        return None if raw is None else CMEvent(self, _raw=raw)
+
+    async def get_cm_event_async(self) -> "CMEvent":
+        """Await the next event without blocking the asyncio loop."""
+        if self._stash:
+            return CMEvent(self, _raw=self._stash.popleft())
+        return CMEvent(self, _raw=await self.context._conn.next_event_async("cm"))
+
+    def _wait(self, handle: int, kinds, timeout: float = SYNC_TIMEOUT) -> "CMEvent":
+        """Synchronous calls: the next event of `kinds` for id `handle`; other events wait
+        in the stash for get_cm_event()."""
+        for raw in list(self._stash):
+            if raw.get("id") == handle and raw.get("cm_event") in kinds:
+                self._stash.remove(raw)
+                return CMEvent(self, _raw=raw)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            raw = self.context._conn.next_event(max(left, 0.0), "cm") if left > 0 else None
+            if raw is None:
+                raise RnicError(errno.ETIMEDOUT, f"no CM event for id {handle} within "
+                                f"{timeout:.0f} s")
+            if raw.get("id") == handle and raw.get("cm_event") in kinds:
+                return CMEvent(self, _raw=raw)
+            self._stash.append(raw)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._own_ctx:
+                self.context.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_QP_STATE_AFTER = {E.RDMA_CM_EVENT_ESTABLISHED: QPState.IBV_QPS_RTS,
+                   E.RDMA_CM_EVENT_DISCONNECTED: QPState.IBV_QPS_ERR}
+
+
+class CMEvent:
+    """One rdma_cm_event: ``event_type``, ``id`` (the CMID), ``listen_id``, ``status``
+    (REJ reason or -errno), ``private_data``, and for RNIC_CM_EVENT_OFFLOAD_ESTABLISHED
+    ``conns``: the CMIDs the daemon established. ``CMEvent(channel)`` blocks for the next."""
+
+    def __init__(self, channel: CMEventChannel, timeout: float | None = None, _raw=None):
+        raw = _raw if _raw is not None else channel._pull(timeout)
+        if raw is None:
+            raise RnicError(errno.ETIMEDOUT, "no CM event arrived")
+        self.channel = channel
+        self.raw = raw
+        try:
+            self.event_type = E(raw.get("cm_event"))
+        except ValueError:
+            raise RnicError(errno.EPROTO, f"unknown CM event {raw.get('cm_event')!r}") from None
+        self.status = raw.get("status", 0)
+        self.private_data = bytes(raw.get("private_data") or b"")
+        self.remote_ip, self.remote_port = raw.get("remote_ip"), raw.get("remote_port")
+        handle = raw.get("id")
+        if self.event_type == E.RDMA_CM_EVENT_CONNECT_REQUEST:
+            self.listen_id = channel._ids.get(raw.get("listen_id"))
+            self.id = CMID(creator=self, listen_id=self.listen_id)
+        else:
+            self.id = channel._ids.get(handle)
+            self.listen_id = None
+        qp = getattr(self.id, "qp", None)
+        if qp is not None and self.event_type in _QP_STATE_AFTER:
+            qp._state = _QP_STATE_AFTER[self.event_type]     # the daemon moved the QP
+        self.conns = []
+        if self.event_type == E.RNIC_CM_EVENT_OFFLOAD_ESTABLISHED:
+            self.listen_id = self.id
+            self.conns = [CMID._offloaded(self.listen_id, c) for c in raw.get("conns") or ()]
+
+    def ack_cm_event(self) -> None:
+        """Nothing to free here (the event is a Python object); kept for pyverbs code."""
+
+    def event_str(self) -> str:
+        return self.event_type.name
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        extra = f", {len(self.conns)} connections" if self.conns else ""
+        return f"CMEvent({self.event_type.name}, status={self.status}{extra})"
+
+
+# ---- the identifier ------------------------------------------------------------------------
+class CMID:
+    """rdma_cm_id. ``CMID(creator=AddrInfo | CMEventChannel | CMEvent, qp_init_attr=None,
+    pd=None, port_space=RDMA_PS_TCP, listen_id=None)``. A synchronous id (from an AddrInfo)
+    opens its own Context, on the daemon at ``socket`` (default: $RNIC_SOCKET...), unless
+    ``context`` or ``pd`` names one: rnic's additions, since rnicd has no device discovery."""
+
+    def __init__(self, creator=None, qp_init_attr: QPInitAttr | None = None, pd: PD = None,
+                 port_space=RDMA_PS_TCP, listen_id: CMID | None = None, *, context=None,
+                 socket=None):
+        self.handle = None
+        self.qp: QP | None = None
+        self._qp_handle = None           # offloaded: the daemon's QP, opened on first use
+        self._own = []                   # objects this id created (CQs, PD), closed with it
+        self.pd = pd
+        self.local_ip = self.remote_ip = None
+        self.local_port = self.remote_port = 0
+        self.offload: OffloadTemplate | None = None
+        self.private_data = b""          # what the peer sent with its REQ, REP or REJ
+        self._closed = False
+        if isinstance(creator, AddrInfo):
+            self._sync = True
+            self.event_channel = CMEventChannel(context if context is not None else
+                                                pd.ctx if pd is not None else None, socket)
+            self._create()
+            if creator.passive:
+                self.bind_addr(creator)
+            else:
+                self.resolve_addr(creator)
+                self.resolve_route()
+            if qp_init_attr is not None:
+                self.create_qp(qp_init_attr)
+        elif isinstance(creator, CMEventChannel):
+            self._sync = False
+            self.event_channel = creator
+            self._create()
+        elif isinstance(creator, CMEvent):           # a connection request's new id
+            if listen_id is None:
+                raise einval("CMID(creator=CMEvent) needs listen_id")
+            self._sync = listen_id._sync
+            self.event_channel = listen_id.event_channel
+            self.pd = listen_id.pd
+            self._adopt(creator.raw.get("id"))
+            self.local_ip, self.local_port = listen_id.local_ip, listen_id.local_port
+            self.remote_ip, self.remote_port = creator.remote_ip, creator.remote_port
+            self.private_data = creator.private_data
+        elif creator is not None:
+            raise einval(f"cannot create a CMID from {type(creator).__name__}")
+        else:
+            raise einval("CMID needs a creator: AddrInfo, CMEventChannel or CMEvent")
+
+    def _create(self) -> None:
+        r, _ = self.context._call("cm_create_id", {})
+        self._adopt(r["id"])
+
+    def _adopt(self, handle: int) -> None:
+        self.handle = handle
+        self.event_channel._ids[handle] = self
+
+    @classmethod
+    def _offloaded(cls, listen_id: CMID, c: dict) -> CMID:
+        self = cls.__new__(cls)
+        self.qp, self._qp_handle, self._own, self._closed = None, c.get("qp"), [], False
+        self._sync, self.event_channel = listen_id._sync, listen_id.event_channel
+        self.pd, self.offload = listen_id.offload.pd, listen_id.offload
+        self._adopt(c.get("id"))
+        self.local_ip, self.local_port = c.get("local_ip"), c.get("local_port")
+        self.remote_ip, self.remote_port = c.get("remote_ip"), c.get("remote_port")
+        self.qp_num, self.private_data = c.get("qp_num"), bytes(c.get("private_data") or b"")
+        return self
+
+    # ---- properties ----------------------------------------------------------------------
+    @property
+    def context(self) -> Context:
+        return self.event_channel.context
+
+    def open_qp(self) -> QP:
+        """An offloaded connection's QP (in RTS, receives pre-posted): map it on first use."""
+        if self.qp is None and self._qp_handle is not None:
+            a = self.offload.qp_init_attr
+            self.qp = QP._open(self.pd, self._qp_handle, a.send_cq, a.recv_cq)
+        return self.qp
+
+    # ---- addresses -----------------------------------------------------------------------
+    def bind_addr(self, ai: AddrInfo) -> None:
+        """Bind to a local address (and port: ai's service) of this device."""
+        self._check_open()
+        if ai.src not in (None, "0.0.0.0"):
+            resolve_source(self.context, ai.src, ai.src)
+        self.local_ip, self.local_port = ai.src, ai.port
+        self._ensure_pd()
+
+    def resolve_addr(self, ai: AddrInfo, timeout_ms: int = 2000) -> None:
+        """Resolve the destination (rdma_resolve_addr): ADDR_RESOLVED, or ADDR_ERROR."""
+        self._check_open()
+        try:
+            self.local_ip = resolve_source(self.context, ai.dst, ai.src)
+        except RnicError as exc:
+            if self._sync:
+                raise
+            return self.event_channel._post_local({"cm_event": int(E.RDMA_CM_EVENT_ADDR_ERROR),
+                                                   "id": self.handle, "status": -exc.code})
+        self.remote_ip, self.remote_port = ai.dst, ai.port
+        self._ensure_pd()
+        if not self._sync:
+            self.event_channel._post_local({"cm_event": int(E.RDMA_CM_EVENT_ADDR_RESOLVED),
+                                            "id": self.handle})
+
+    def resolve_route(self, timeout_ms: int = 2000) -> None:
+        """RoCE routes are the IP route found by resolve_addr: ROUTE_RESOLVED at once."""
+        self._check_open()
+        if self.remote_ip is None:
+            raise einval("resolve_route: resolve_addr first")
+        if not self._sync:
+            self.event_channel._post_local({"cm_event": int(E.RDMA_CM_EVENT_ROUTE_RESOLVED),
+                                            "id": self.handle})
+
+    # ---- resources -----------------------------------------------------------------------
+    def _ensure_pd(self) -> None:
+        if self.pd is None:
+            self.pd = PD(self.context)
+            self._own.append(self.pd)
+
+    def create_qp(self, qp_init_attr: QPInitAttr) -> QP:
+        """rdma_create_qp: an RC QP on this id's PD; CQs are created when the attributes
+        name none. The CM moves it through INIT/RTR/RTS during connect/accept."""
+        self._check_open()
+        self._ensure_pd()
+        a = qp_init_attr
+        a.qp_type = QPType.IBV_QPT_RC      # as rdma_create_ep does for RDMA_PS_TCP
+        if a.send_cq is None or a.recv_cq is None:
+            depth = max(a.cap.max_send_wr, a.cap.max_recv_wr, 1) * 2
+            cq = CQ(self.context, depth)
+            self._own.append(cq)
+            a.send_cq = a.send_cq or cq
+            a.recv_cq = a.recv_cq or cq
+        self.qp = QP(self.pd, a)
+        return self.qp
+
+    def reg_msgs(self, size: int) -> MR:
+        self._ensure_pd()
+        return MR(self.pd, size, IBV_ACCESS_LOCAL_WRITE)
+
+    # ---- connection ----------------------------------------------------------------------
+    def listen(self, backlog: int = 0, offload: OffloadTemplate | None = None) -> None:
+        """Listen on the bound port. With ``offload`` the daemon completes handshakes itself
+        and reports established connections in bulk (RNIC_CM_EVENT_OFFLOAD_ESTABLISHED)."""
+        self._check_open()
+        args = {"id": self.handle, "port": self.local_port, "backlog": int(backlog)}
+        if offload is not None:
+            args["offload"] = offload.to_dict()
+            self.offload = offload
+        r, _ = self.context._call("cm_listen", args)
+        self.local_port, self.local_ip = r.get("port", self.local_port), r.get("ip")
+
+    def get_request(self, timeout: float | None = None) -> CMID:
+        """Wait for the next connection request on this listening id -> its new CMID."""
+        self._check_open()
+        ev = self._wait_for_request(timeout)
+        return ev.id
+
+    def _wait_for_request(self, timeout):
+        ch = self.event_channel
+        for raw in list(ch._stash):
+            if raw.get("listen_id") == self.handle:
+                ch._stash.remove(raw)
+                return CMEvent(ch, _raw=raw)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            raw = self.context._conn.next_event(left, "cm")
+            if raw is None:
+                raise RnicError(errno.ETIMEDOUT, "get_request: no connection request")
+            if raw.get("listen_id") == self.handle and \
+                    raw.get("cm_event") == E.RDMA_CM_EVENT_CONNECT_REQUEST:
+                return CMEvent(ch, _raw=raw)
+            ch._stash.append(raw)
+
+    def connect(self, param: ConnParam | None = None) -> None:
+        """Send a REQ. Synchronous ids return once ESTABLISHED (RnicError ECONNREFUSED on a
+        REJ, ETIMEDOUT when the peer does not answer)."""
+        self._check_open()
+        if self.qp is None:
+            raise einval("connect: create_qp first (rnicd's CM connects the id's RC QP)")
+        p = param or ConnParam()
+        r, _ = self.context._call("cm_connect", {
+            "id": self.handle, "qp": self.qp.handle, "dst_ip": self.remote_ip,
+            "port": self.remote_port, "conn_param": p.to_dict(),
+            "private_data": p.private_data})
+        self.local_port = r.get("local_port", 0)
+        if self._sync:
+            self._complete("connect")
+
+    def accept(self, param: ConnParam | None = None) -> None:
+        """Accept a connection request with this id's QP (REP). Synchronous ids return once
+        the RTU arrived (ESTABLISHED)."""
+        self._check_open()
+        if self.qp is None:
+            raise einval("accept: create_qp on the new id first")
+        p = param or ConnParam()
+        self.context._call("cm_accept", {"id": self.handle, "qp": self.qp.handle,
+                                         "conn_param": p.to_dict(),
+                                         "private_data": p.private_data})
+        if self._sync:
+            self._complete("accept")
+
+    def _complete(self, verb: str) -> CMEvent:
+        ev = self.event_channel._wait(self.handle, (
+            E.RDMA_CM_EVENT_ESTABLISHED, E.RDMA_CM_EVENT_REJECTED,
+            E.RDMA_CM_EVENT_UNREACHABLE, E.RDMA_CM_EVENT_CONNECT_ERROR))
+        if ev.event_type == E.RDMA_CM_EVENT_ESTABLISHED:
+            self.private_data = ev.private_data
+            return ev
+        code = {E.RDMA_CM_EVENT_REJECTED: errno.ECONNREFUSED,
+                E.RDMA_CM_EVENT_UNREACHABLE: errno.ETIMEDOUT}.get(ev.event_type,
+                                                                  errno.ECONNABORTED)
+        exc = RnicError(code, f"{verb}: {ev.event_type.name} (status {ev.status})")
+        exc.event = ev
+        raise exc
+
+    def reject(self, private_data: bytes = b"") -> None:
+        self._check_open()
+        self.context._call("cm_reject", {"id": self.handle, "private_data": bytes(private_data)})
+
+    def disconnect(self) -> None:
+        """DREQ; the QP goes to ERR, flushing outstanding work requests. Synchronous ids
+        return once DISCONNECTED (the DREP, or the peer's DREQ, arrived)."""
+        self._check_open()
+        self.context._call("cm_disconnect", {"id": self.handle})
+        if self._sync:
+            self.event_channel._wait(self.handle, (E.RDMA_CM_EVENT_DISCONNECTED,))
+
+    # ---- data path helpers (rdma_verbs.h) ------------------------------------------------
+    def post_recv(self, mr: MR, wr_id: int = 0) -> None:
+        self.qp.post_recv(RecvWR(wr_id=wr_id, num_sge=1, sg=[SGE(mr.buf, mr.length, mr.lkey)]))
+
+    def post_send(self, mr: MR, flags: int = IBV_SEND_SIGNALED, wr_id: int = 0) -> None:
+        self.qp.post_send(SendWR(wr_id=wr_id, num_sge=1, sg=[SGE(mr.buf, mr.length, mr.lkey)],
+                                 send_flags=flags))
+
+    def _get_comp(self, cq, timeout: float):
+        deadline = time.monotonic() + timeout
+        while True:
+            n, wcs = cq.poll(1)
+            if n:
+                return wcs[0]
+            if time.monotonic() > deadline:
+                raise RnicError(errno.ETIMEDOUT, "no completion arrived")
+            time.sleep(0.0002)
+
+    def get_recv_comp(self, timeout: float = SYNC_TIMEOUT):
+        return self._get_comp(self.qp.rcq, timeout)
+
+    def get_send_comp(self, timeout: float = SYNC_TIMEOUT):
+        return self._get_comp(self.qp.scq, timeout)
+
+    def query_qp(self, attr_mask: int = 0):
+        return self.qp.query(attr_mask)
+
+    # ---- teardown ------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RnicError(errno.EBADF, "CMID is closed")
+
+    def close(self) -> None:
+        """rdma_destroy_id (and its QP): a live connection is disconnected first."""
+        if self._closed:
+            return
+        self._closed = True
+        ctx = self.context
+        if self.handle is not None and not ctx.closed:
+            ctx._destroy("cm_destroy_id", {"id": self.handle})
+        for obj in [self.qp] + self._own[::-1]:
+            if obj is not None and not obj.closed:
+                obj.close()
+        if self._sync and self.event_channel._own_ctx and self.offload is None and \
+                not any(c is not self for c in self.event_channel._ids.values()):
+            self.event_channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"CMID({self.handle}, {self.local_ip}:{self.local_port} -> "
+                f"{self.remote_ip}:{self.remote_port})")

@@ -1,0 +1,62 @@
+"""One communication identifier (rdma_cm_id) and its connection state (IBTA 12.9, the CM
+state machine, merged with rdma_cm's view of it). The transitions live in core/cm/agent.py;
+docs/connection-management.md draws them.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class CMState(Enum):
+    IDLE = "idle"                # created, or bound; may listen or connect
+    LISTEN = "listen"
+    REQ_SENT = "req_sent"        # active: REQ out, waiting for REP (or REJ, MRA)
+    REQ_RCVD = "req_rcvd"        # passive: CONNECT_REQUEST given to the consumer
+    REP_SENT = "rep_sent"        # passive: accepted, waiting for RTU
+    ESTABLISHED = "established"
+    DREQ_SENT = "dreq_sent"      # disconnect asked, waiting for DREP
+    TIMEWAIT = "timewait"        # disconnected; the record answers late DREQs, then goes
+    CLOSED = "closed"            # rejected, timed out or gone: only the handle is left
+
+
+# a handshake in these states still counts against its listener's backlog
+HANDSHAKING = (CMState.REQ_RCVD, CMState.REP_SENT)
+
+
+class CMId:
+    """A CM identifier owned by one client session (owner None: orphaned by a dead client,
+    finishing its disconnect on the client's behalf)."""
+
+    def __init__(self, owner, handle: int):
+        self.owner, self.handle = owner, handle
+        self.state = CMState.IDLE
+        self.qp = None                        # the RC QP the connection drives
+        self.listener: CMId | None = None     # passive side: the listening id
+        self.local_ip: str | None = None
+        self.local_port = 0
+        self.remote_ip: str | None = None
+        self.remote_port = 0
+        self.local_comm_id = 0
+        self.remote_comm_id = 0
+        self.remote_qpn = 0
+        self.remote_psn = 0
+        self.local_psn = 0
+        self.req = None                       # the REQ (sent or received)
+        self.conn_param: dict = {}            # active side: what connect() asked for
+        self.private_data = b""               # passive side: the consumer's part of the REQ
+        self.path_mtu = 0
+        self.last_mad: bytes | None = None    # resent on timeout and on duplicates
+        self.retries_left = 0
+        self.deadline: float | None = None
+        # listener only
+        self.backlog = 0
+        self.children: set[CMId] = set()
+        self.offload = None                   # core/cm/offload.Offload when offloaded
+
+    @property
+    def handshaking(self) -> bool:
+        return self.state in HANDSHAKING
+
+    def __repr__(self) -> str:
+        return (f"CMId({self.handle}, {self.state.value}, comm {self.local_comm_id:#x}"
+                f"->{self.remote_comm_id:#x}, peer {self.remote_ip})")
