@@ -21,9 +21,8 @@ from rnicd.core.counters import Counters
 from rnicd.core.fault import FaultInjector, FaultSpec
 from rnicd.core.qp_state import QPLimits
 from rnicd.core.resources import CQ, CQEntry, KeyTable
-from rnicd.wire import mad
+from rnicd.wire import mad, roce
 from rnicd.wire import opcodes as op
-from rnicd.wire import roce
 from rnicd.wire.abi import MTU, EventType, QPState, QPType, WCStatus, mtu_bytes
 
 log = logging.getLogger("rnicd.device")

@@ -164,7 +164,10 @@ class Connection:
         """One complete message and its fds; None when not blocking and none is ready."""
         while not self._msgs:
             if not self._pump(block):
-                return None, []
+                if not block:
+                    return None, []
+                # an event loop's add_reader (uvloop) may have made the socket non-blocking
+                select.select([self._sock], [], [])
         msg = self._msgs.popleft()
         n = msg.get("nfds", 0)
         if not isinstance(n, int) or n < 0 or n > ctl.MAX_FDS or n > len(self._fds):

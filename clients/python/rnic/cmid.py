@@ -36,7 +36,7 @@ from .device import Context
 from .errors import RnicError, einval
 from .mr import MR
 from .pd import PD
-from .qp import QP, QPInitAttr
+from .qp import QP, QPAttr, QPInitAttr
 from .wr import SGE, RecvWR, SendWR
 
 __all__ = ["AddrInfo", "ConnParam", "CMEventChannel", "CMEvent", "CMID", "OffloadTemplate",
@@ -45,6 +45,7 @@ __all__ = ["AddrInfo", "ConnParam", "CMEventChannel", "CMEvent", "CMID", "Offloa
 E = CMEventType
 RTN_LOCAL = 2
 IBV_ACCESS_LOCAL_WRITE = 1
+RC_ACCESS = 0xF      # LOCAL_WRITE | REMOTE_WRITE | REMOTE_READ | REMOTE_ATOMIC
 IBV_SEND_SIGNALED = 2
 # how long a synchronous call waits for the daemon's CM: a REQ/DREQ gives up after ~4.3 s
 SYNC_TIMEOUT = 30.0
@@ -450,6 +451,9 @@ class CMID:
             a.send_cq = a.send_cq or cq
             a.recv_cq = a.recv_cq or cq
         self.qp = QP(self.pd, a)
+        # as librdmacm does: straight to INIT, so that receives can be posted before the
+        # connection is made; rdma_cm's access flags for RC
+        self.qp.to_init(QPAttr(qp_access_flags=RC_ACCESS))
         return self.qp
 
     def reg_msgs(self, size: int) -> MR:

@@ -15,9 +15,8 @@ import logging
 from rnicd.core.cm.conn import CMId, CMState
 from rnicd.core.cm.offload import BACKLOG_FULL, Offload
 from rnicd.errors import VerbsError, einval
-from rnicd.wire import cma, mad
+from rnicd.wire import cma, mad, roce
 from rnicd.wire import opcodes as op
-from rnicd.wire import roce
 from rnicd.wire.abi import Access, QPAttrMask, QPState, QPType
 from rnicd.wire.cma import CMEventType as E
 
