@@ -13,11 +13,11 @@ import time
 
 import pytest
 import rnic.enums as e
-from rnic.cmid import RAI_PASSIVE, AddrInfo, CMEventChannel, CMEventType, CMID, ConnParam
+from rnic.cmid import CMID, RAI_PASSIVE, AddrInfo, CMEventChannel, CMEventType, ConnParam
 from rnic.device import Context
 from rnic.mr import MR
 from rnic.qp import QPCap, QPInitAttr
-from rnic.wr import SGE, RecvWR, SendWR
+from rnic.wr import SGE, SendWR
 
 from rnicd.wire import mad, opcodes, roce
 
