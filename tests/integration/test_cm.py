@@ -281,3 +281,63 @@ def test_bad_mads_to_qp1_are_counted_and_dropped(two_daemons):
     assert c["cm_rx_drop_short"] == 1
     assert c["cm_rx_drop_bad_class_version"] == 1
     assert c["cm_rx_dreq_unknown"] == 1          # answered with a DREP (IBTA 12.9.6)
+
+
+def test_capture_of_connect_and_disconnect_dissects_as_ib_cm(two_daemons, tshark, tmp_path):
+    """A live capture on lo: tshark names REQ, REP, RTU, DREQ, DREP and their fields match
+    the two ends' QPs and the service ID of the rdma_cm port."""
+    if os.geteuid() != 0:
+        pytest.skip("capturing on lo needs root")
+    da, db = two_daemons
+    pcap = tmp_path / "cm.pcap"
+    cap = subprocess.Popen([tshark, "-i", "lo", "-f", f"udp port 4791 and host {da.ip}",
+                            "-w", str(pcap), "-q"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.5)                 # the capture must run before the first MAD
+        qpns = {}
+
+        def serve(cid):
+            cid.create_qp(QPInitAttr(cap=CAP))
+            qpns["server"] = cid.qp.qp_num
+            cid.accept()
+            cid.event_channel._wait(cid.handle, (E.RDMA_CM_EVENT_DISCONNECTED,))
+            cid.close()
+
+        srv = Listener(db, 7480, serve)
+        with client(da, 7480, peer=db) as c:
+            c.connect(ConnParam(private_data=b"tshark"))
+            qpns["client"] = c.qp.qp_num
+            c.disconnect()
+        srv.join()
+        time.sleep(1.0)
+    finally:
+        cap.terminate()
+        cap.wait(10)
+    cols = ["_ws.col.Info", "ip.src", "infiniband.deth.q_key", "infiniband.bth.destqp",
+            "infiniband.cm.req.serviceid", "infiniband.cm.req.localqpn",
+            "infiniband.cm.req", "infiniband.cm.rep.localqpn", "infiniband.cm.rep.remotecommid",
+            "infiniband.cm.rtu.remotecommid", "infiniband.cm.dreq.remotecommid",
+            "infiniband.cm.req.remoteqpneecn", "infiniband.cm.drsp.remotecommid"]
+    cmd = [tshark, "-n", "-r", str(pcap), "-d", "udp.port==4791,infiniband", "-T", "fields",
+           "-E", "separator=/t", "-E", "occurrence=f", "-Y", "infiniband.mad"]
+    for col in cols:
+        cmd += ["-e", col]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
+    rows = [dict(zip(cols, line.split("\t"), strict=True)) for line in out.splitlines()]
+    print(out)
+    assert [r["_ws.col.Info"] for r in rows] == [
+        "CM: ConnectRequest", "CM: ConnectReply", "CM: ReadyToUse", "CM: DisconnectRequest",
+        "CM: DisconnectReply"]
+    req, rep, rtu, dreq, drep = rows
+    assert [r["ip.src"] for r in rows] == [da.ip, db.ip, da.ip, da.ip, db.ip]
+    assert all(int(r["infiniband.deth.q_key"], 0) == mad.GSI_QKEY for r in rows)
+    assert all(int(r["infiniband.bth.destqp"], 0) == mad.GSI_QPN for r in rows)
+    assert int(req["infiniband.cm.req.serviceid"], 0) == 0x0106 << 16 | 7480
+    assert int(req["infiniband.cm.req.localqpn"], 0) == qpns["client"]
+    assert int(rep["infiniband.cm.rep.localqpn"], 0) == qpns["server"]
+    client_comm = int(req["infiniband.cm.req"], 0)
+    assert int(rep["infiniband.cm.rep.remotecommid"], 0) == client_comm
+    assert int(dreq["infiniband.cm.req.remoteqpneecn"], 0) == qpns["server"]
+    assert int(drep["infiniband.cm.drsp.remotecommid"], 0) == client_comm
+    assert rtu["infiniband.cm.rtu.remotecommid"] and dreq["infiniband.cm.dreq.remotecommid"]
