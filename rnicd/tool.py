@@ -1,4 +1,5 @@
-"""`rnic`: talk to a running rnicd (devinfo, stat, fault), like ibv_devinfo and rdma-statistic."""
+"""`rnic`: talk to a running rnicd (devinfo, stat, qp, fault, perf, ping), like ibv_devinfo,
+rdma-statistic, perftest and rping."""
 from __future__ import annotations
 
 import argparse
@@ -104,6 +105,11 @@ def cmd_perf(args) -> int:
     return run(args, args.socket, args.device)
 
 
+def cmd_ping(args) -> int:
+    from rnicd.ping import run
+    return run(args, _context)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rnic", description="Inspect and control a running rnicd.")
     p.add_argument("--socket", "-S", help="control socket (default: as rnicd resolves it, "
@@ -128,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
     from rnic.perf import add_arguments
     add_arguments(s)
     s.set_defaults(func=cmd_perf)
+    from rnicd import ping
+    s = sub.add_parser("ping", help="rping: connect over rdma_cm and verify RDMA READ/WRITE",
+                       description=ping.DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ping.add_arguments(s)
+    s.set_defaults(func=cmd_ping)
     s = sub.add_parser("fault", help="show or set fault injection",
                        description="With no SPEC, print the faults in force. SPEC is "
                        "'drop=0.05,dup=0.01,reorder=0.02,delay=0.01,corrupt=0.001,seed=7' "

@@ -109,6 +109,7 @@ class AddrInfo:
 
 
 _route_pool: ThreadPoolExecutor | None = None
+_ipr = None
 
 
 def route_to(dst: str):
@@ -118,10 +119,12 @@ def route_to(dst: str):
     global _route_pool
 
     def lookup():
-        from pyroute2 import IPRoute
-        with IPRoute() as ipr:
-            r = ipr.route("get", dst=dst)[0]
-            return r.get_attr("RTA_OIF"), r.get_attr("RTA_PREFSRC"), r["type"]
+        global _ipr
+        if _ipr is None:               # one netlink socket, kept by the worker thread
+            from pyroute2 import IPRoute
+            _ipr = IPRoute()
+        r = _ipr.route("get", dst=dst)[0]
+        return r.get_attr("RTA_OIF"), r.get_attr("RTA_PREFSRC"), r["type"]
     if _route_pool is None:
         _route_pool = ThreadPoolExecutor(1, thread_name_prefix="rnic-route")
     try:
@@ -177,7 +180,7 @@ class OffloadTemplate:
     def __init__(self, pd, qp_init_attr: QPInitAttr, recv_mr: MR | None = None,
                  recv_length: int = 0, recv_count: int = 0, recv_offset: int = 0,
                  conn_param: ConnParam | None = None, notify_max: int = 64,
-                 notify_usec: int = 20000):
+                 notify_usec: int = 50000):
         if qp_init_attr.send_cq is None or qp_init_attr.recv_cq is None:
             raise einval("OffloadTemplate: qp_init_attr needs send_cq and recv_cq")
         self.pd, self.qp_init_attr, self.recv_mr = pd, qp_init_attr, recv_mr

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NOTIFY_MAX = 64
-NOTIFY_DELAY = 0.02
+NOTIFY_DELAY = 0.05
 BACKLOG_FULL = b"rnicd: listen backlog full"     # REJ private data beyond the backlog
 
 
