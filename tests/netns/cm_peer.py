@@ -15,8 +15,15 @@ import sys
 import time
 
 import rnic.enums as e
-from rnic.cmid import (RAI_PASSIVE, AddrInfo, CMEventChannel, CMEventType, CMID, ConnParam,
-                       OffloadTemplate)
+from rnic.cmid import (
+    CMID,
+    RAI_PASSIVE,
+    AddrInfo,
+    CMEventChannel,
+    CMEventType,
+    ConnParam,
+    OffloadTemplate,
+)
 from rnic.cq import CQ
 from rnic.mr import MR
 from rnic.pd import PD
