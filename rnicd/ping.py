@@ -136,26 +136,35 @@ def _status_name(status: int) -> str:
         return str(status)
 
 
-def _wait(cq, want: set[int], timeout: float, what: str) -> dict:
-    """Poll cq until a completion for every wr_id in `want` arrived -> {wr_id: WC}."""
-    got: dict = {}
-    deadline = time.monotonic() + timeout
-    spins = 0
-    while not want <= got.keys():
-        n, wcs = cq.poll(8)
-        for wc in wcs:
-            got[wc.wr_id] = wc
-        if n:
-            spins = 0
-            continue
-        if time.monotonic() > deadline:
-            missing = ", ".join(str(w) for w in sorted(want - got.keys()))
-            raise PingError(f"no completion for {what} within {timeout:g} s "
-                            f"(work request(s) {missing}); is the peer still there?")
-        spins += 1
-        if spins > 200:                      # spin a little for latency, then back off
-            time.sleep(min(1e-3, 20e-6 * (spins - 200)))
-    return got
+class Completions:
+    """Completions of one CQ by wr_id. A poll may return completions that a later wait is
+    for (the next request's RECV together with the done SEND's), so they are kept."""
+
+    def __init__(self, cq):
+        self.cq = cq
+        self.pending: dict = {}
+
+    def wait(self, want: set[int], timeout: float, what: str) -> dict:
+        """Poll until a completion for every wr_id in `want` arrived -> {wr_id: WC}."""
+        deadline = time.monotonic() + timeout
+        spins = 0
+        while not want <= self.pending.keys():
+            n, wcs = self.cq.poll(8)
+            for wc in wcs:
+                if wc.wr_id in self.pending:
+                    raise PingError(f"internal: two completions for work request {wc.wr_id}")
+                self.pending[wc.wr_id] = wc
+            if n:
+                spins = 0
+                continue
+            if time.monotonic() > deadline:
+                missing = ", ".join(str(w) for w in sorted(want - self.pending.keys()))
+                raise PingError(f"no completion for {what} within {timeout:g} s "
+                                f"(work request(s) {missing}); is the peer still there?")
+            spins += 1
+            if spins > 200:                  # spin a little for latency, then back off
+                time.sleep(min(1e-3, 20e-6 * (spins - 200)))
+        return {w: self.pending.pop(w) for w in want}
 
 
 def _check(wc, what: str) -> None:
@@ -210,19 +219,20 @@ def _serve(args, cid, limit: int) -> int:
     import rnic.enums as e
     from rnic.mr import MR
     cid.create_qp(_qp_init())
-    qp, cq, pd = cid.qp, cid.qp.rcq, cid.pd
-    if cid.qp.scq is not cq:
+    qp, pd = cid.qp, cid.pd
+    if qp.scq is not qp.rcq:
         raise PingError("internal: expected one CQ for sends and receives")
     req_mr = MR(pd, REQ.size, e.IBV_ACCESS_LOCAL_WRITE)
     done_mr = MR(pd, DONE.size, e.IBV_ACCESS_LOCAL_WRITE)
     buf = MR(pd, limit, e.IBV_ACCESS_LOCAL_WRITE)
+    cq = Completions(qp.rcq)
     _recv(qp, req_mr, W_REQ)                 # before accept: the client may send at once
     cid.accept()
     peer = f"{cid.remote_ip}:{cid.remote_port}"
     _say(args, f"rnic ping: connection from {peer}")
     served = 0
     while args.count is None or served < args.count:
-        wc = _wait(cq, {W_REQ}, args.timeout, "the next request")[W_REQ]
+        wc = cq.wait({W_REQ}, args.timeout, "the next request")[W_REQ]
         if wc.status == e.IBV_WC_WR_FLUSH_ERR:          # the client disconnected
             break
         _check(wc, "receiving a request")
@@ -237,7 +247,7 @@ def _serve(args, cid, limit: int) -> int:
         if status == DONE_OK:
             if s_len:
                 _send(qp, W_READ, e.IBV_WR_RDMA_READ, buf, s_len, s_rkey, s_addr)
-                _check(_wait(cq, {W_READ}, args.timeout, "the RDMA READ")[W_READ],
+                _check(cq.wait({W_READ}, args.timeout, "the RDMA READ")[W_READ],
                        "RDMA READ of the client's buffer")
                 _send(qp, W_WRITE, e.IBV_WR_RDMA_WRITE, buf, s_len, k_rkey, k_addr)
             if args.verbose:
@@ -245,7 +255,7 @@ def _serve(args, cid, limit: int) -> int:
         done_mr.write(DONE.pack(status))
         _send(qp, W_DONE, e.IBV_WR_SEND, done_mr, DONE.size)
         wanted = {W_DONE, W_WRITE} if status == DONE_OK and s_len else {W_DONE}
-        wcs = _wait(cq, wanted, args.timeout, "the RDMA WRITE and done")
+        wcs = cq.wait(wanted, args.timeout, "the RDMA WRITE and done")
         for w, what in ((W_WRITE, "RDMA WRITE into the client's sink"),
                         (W_DONE, "SEND of done")):
             if w in wcs:
@@ -287,7 +297,8 @@ def client(args, ctx) -> int:
     where = f"{args.addr}:{args.port}"
     with CMID(creator=AddrInfo(src=args.src_addr, dst=args.addr, service=str(args.port)),
               qp_init_attr=_qp_init(), context=ctx) as cid:
-        qp, cq, pd = cid.qp, cid.qp.rcq, cid.pd
+        qp, pd = cid.qp, cid.pd
+        cq = Completions(qp.rcq)
         src = MR(pd, size, e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_READ)
         sink = MR(pd, size, e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE)
         req = MR(pd, REQ.size, e.IBV_ACCESS_LOCAL_WRITE)
@@ -306,7 +317,7 @@ def client(args, ctx) -> int:
             _recv(qp, done, W_DONE)
             t0 = time.perf_counter()
             _send(qp, W_REQ, e.IBV_WR_SEND, req, REQ.size)
-            wcs = _wait(cq, {W_REQ, W_DONE}, args.timeout, f"iteration {i + 1}'s done")
+            wcs = cq.wait({W_REQ, W_DONE}, args.timeout, f"iteration {i + 1}'s done")
             rtts.append(time.perf_counter() - t0)
             for w, what in ((W_REQ, "SEND of the request"), (W_DONE, "receiving done")):
                 if wcs[w].status == e.IBV_WC_WR_FLUSH_ERR:

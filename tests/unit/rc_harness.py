@@ -152,9 +152,10 @@ def connect(a: Host, qa, b: Host, qb, mtu=abi.IBV_MTU_1024, timeout=14, retry_cn
                       rnr_retry=rnr_retry, sq_psn=my_psn, max_rd_atomic=4), h.now)
 
 
-def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000):
+def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=None):
     """Deliver datagrams until both sides are idle; jump the clock to the next deadline when
-    nothing is in flight. `net(src, data) -> list of datagrams` may drop/dup/reorder."""
+    nothing is in flight. `net(src, data) -> list of datagrams` may drop/dup/reorder.
+    `until`: also return (without error) when the next deadline lies beyond that time."""
     hosts = {a.dev.ip: a, b.dev.ip: b}
     held = []
     for _ in range(max_rounds):
@@ -176,6 +177,8 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000):
         if not deadlines:
             return
         t = min(deadlines)
+        if until is not None and t > until:
+            return
         if t > max_time:
             raise AssertionError(f"still busy at t={t}")
         a.now = b.now = max(t, a.now)
