@@ -49,12 +49,12 @@ printed as "listening on IP:PORT"), accepts one client, serves its iterations an
 when the client disconnects (or, with -C, disconnects itself after that many iterations).
 
 Client (-c -a ADDR): connects to the server at ADDR:PORT and runs -C iterations (default
-{COUNT}). Each iteration fills a -S byte buffer (default {SIZE}) with a rotating printable
-pattern ("{PREFIX.decode()}" then characters starting one further along each time) and
-SENDs the server the address and rkey of that buffer and of an empty sink buffer; the server
-RDMA READs the buffer, RDMA WRITEs it into the sink and SENDs "done"; the client checks the
-sink byte for byte against the buffer. It prints "ping data: ..." per iteration with -v, and
-a summary with the round-trip times (one request, READ, WRITE and done) at the end.
+{COUNT}). Each fills a -S byte buffer (default {SIZE}) with a rotating printable pattern
+("{PREFIX.decode()}", then characters starting one further along each iteration) and SENDs
+the server the address and rkey of that buffer and of an empty sink buffer; the server RDMA
+READs the buffer, RDMA WRITEs it into the sink and SENDs "done"; the client compares the
+sink with the buffer byte for byte. It prints "ping data: ..." per iteration with -v, and a
+summary with the round-trip times (request, READ, WRITE and done) at the end unless -q.
 
 Exit status: 0 if every iteration was verified; 1 on a data mismatch (with the first
 differing offset), a refused or unanswered connection, a failed work completion or a wait

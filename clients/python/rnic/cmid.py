@@ -358,7 +358,8 @@ class CMID:
                 raise einval("CMID(creator=CMEvent) needs listen_id")
             self._sync = listen_id._sync
             self.event_channel = listen_id.event_channel
-            self.pd = listen_id.pd
+            # share a PD the caller gave the listener; one the listener made is closed with it
+            self.pd = None if listen_id.pd in listen_id._own else listen_id.pd
             self._adopt(creator.raw.get("id"))
             self.local_ip, self.local_port = listen_id.local_ip, listen_id.local_port
             self.remote_ip, self.remote_port = creator.remote_ip, creator.remote_port
