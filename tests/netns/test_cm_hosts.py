@@ -78,3 +78,24 @@ def test_offload_accepts_1000_connections_in_bulk(hosts):
     assert passive["connections"] == n and passive["notifications"] < 100
     assert passive["received"] == n and passive["verified"] == n
     assert passive["qp_state"] == 3 and passive["distinct_peers"] == 1      # RTS
+
+
+def test_rnic_ping_between_every_pair(hosts):
+    """`rnic ping` (rdma_cm connect, SEND, RDMA READ + WRITE, verify, disconnect) from each
+    host to each other, the client resolving the server through its routing table."""
+    hs = hosts(3)
+    for server, client in itertools.permutations(hs, 2):
+        srv = server.popen(sys.executable, "-m", "rnicd.tool", "--socket", server.socket,
+                           "ping", "-s", "-p", "7174", stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        try:
+            assert "listening on" in srv.stdout.readline(), srv.stderr.read()
+            r = client.run(sys.executable, "-m", "rnicd.tool", "--socket", client.socket,
+                           "ping", "-c", "-a", server.ip, "-p", "7174", "-C", "20", "-S",
+                           "8192", "-v", capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert r.stdout.count("ping data: rnic-ping: ") == 20, r.stdout
+            assert srv.wait(30) == 0, srv.stderr.read()
+        finally:
+            if srv.poll() is None:
+                srv.kill()
