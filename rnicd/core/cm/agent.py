@@ -80,10 +80,7 @@ class CMAgent:
         if len(private_data) > cma.REQ_PRIVATE_DATA:
             raise einval(f"connect: private data is {len(private_data)} bytes; a REQ carries "
                          f"at most {cma.REQ_PRIVATE_DATA} after the rdma_cm header")
-        if qp.state == QPState.IBV_QPS_RESET:
-            self._modify(qp, M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT
-                         | M.IBV_QP_ACCESS_FLAGS, qp_state=QPState.IBV_QPS_INIT, pkey_index=0,
-                         port_num=1, qp_access_flags=int(_RC_ACCESS), now=now)
+        self._to_init(qp, now)
         cid.qp, qp.cm_id = qp, cid
         cid.local_ip, cid.remote_ip = self.device.ip, dst_ip
         cid.local_port, cid.remote_port = self._free_port(), port
@@ -441,12 +438,16 @@ class CMAgent:
     def _modify(self, qp, mask: int, now: float, **attr):
         qp.modify(int(mask), attr, now)
 
-    def _to_rts(self, qp, cid: CMId, *, dest_rd_atomic, rd_atomic, retry, rnr_retry, now):
-        """The QP transitions rdma_cm makes once both PSNs and QPNs are known."""
+    def _to_init(self, qp, now: float):
+        """RESET -> INIT with rdma_cm's access flags for RC (a client may have done it)."""
         if qp.state == QPState.IBV_QPS_RESET:
             self._modify(qp, M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT
                          | M.IBV_QP_ACCESS_FLAGS, qp_state=QPState.IBV_QPS_INIT, pkey_index=0,
                          port_num=1, qp_access_flags=int(_RC_ACCESS), now=now)
+
+    def _to_rts(self, qp, cid: CMId, *, dest_rd_atomic, rd_atomic, retry, rnr_retry, now):
+        """The QP transitions rdma_cm makes once both PSNs and QPNs are known."""
+        self._to_init(qp, now)
         lim = self.device.limits
         self._modify(qp, M.IBV_QP_STATE | M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_DEST_QPN
                      | M.IBV_QP_RQ_PSN | M.IBV_QP_MAX_DEST_RD_ATOMIC | M.IBV_QP_MIN_RNR_TIMER,
