@@ -134,7 +134,7 @@ def test_unreachable_peer_times_out(rnicd, tmp_path):
             c.connect()
         took = time.monotonic() - t0
     assert info.value.event.event_type == E.RDMA_CM_EVENT_UNREACHABLE
-    assert 3.0 < took < 8.0, took
+    assert 3.0 < took < 15.0, took        # 7 resends 0.54 s apart, not rdma_cm's 70 s
     with Context(socket=da.socket) as ctx:
         assert ctx.get_counters()["cm_tx_retries"] == 7
 

@@ -79,7 +79,8 @@ def offload_serve(sock, ip, port, n):
     cq = CQ(ch.context, 2 * n + 16)
     mr = MR(pd, n * MSG, e.IBV_ACCESS_LOCAL_WRITE)
     template = OffloadTemplate(pd, QPInitAttr(scq=cq, rcq=cq, cap=CAP), recv_mr=mr,
-                               recv_length=MSG, recv_count=1)
+                               recv_length=MSG, recv_count=1,
+                               notify_usec=200_000)   # a wide window: robust on slow hosts
     lid = CMID(creator=ch)
     lid.bind_addr(AddrInfo(src=ip, service=port, flags=RAI_PASSIVE))
     lid.listen(backlog=n, offload=template)
