@@ -276,15 +276,12 @@ def _serve(args, cid, limit: int) -> int:
 
 def _wait_disconnected(cid, timeout: float) -> None:
     from rnic.cmid import CMEventType
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        ev = cid.event_channel.get_cm_event(timeout=max(left, 0.0)) if left > 0 else None
-        if ev is None:
-            raise PingError(f"the client's receive was flushed but no DISCONNECTED event "
-                            f"arrived within {timeout:g} s")
-        if ev.id is cid and ev.event_type == CMEventType.RDMA_CM_EVENT_DISCONNECTED:
-            return
+    from rnic.errors import RnicError
+    try:
+        cid.wait_event(CMEventType.RDMA_CM_EVENT_DISCONNECTED, timeout=timeout)
+    except RnicError as exc:
+        raise PingError(f"the client's receive was flushed but no DISCONNECTED event "
+                        f"arrived within {timeout:g} s") from exc
 
 
 # ---- client ---------------------------------------------------------------------------------

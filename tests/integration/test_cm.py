@@ -72,7 +72,7 @@ def test_connect_accept_private_data_send_and_disconnect(two_daemons):
         cid.accept(ConnParam(private_data=b"welcome"))
         wc = cid.get_recv_comp(timeout=10)
         got = mr.read(wc.byte_len, 0)
-        ev = cid.event_channel._wait(cid.handle, (E.RDMA_CM_EVENT_DISCONNECTED,))
+        ev = cid.wait_event(E.RDMA_CM_EVENT_DISCONNECTED)
         state = cid.qp.query()[0].qp_state
         cid.close()
         return req_data, got, ev.event_type, state, cid.remote_ip
@@ -183,7 +183,7 @@ def test_graceful_disconnect_completes_or_flushes_every_write(two_daemons):
         mr = MR(cid.pd, size, e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE)
         info["rkey"], info["addr"] = mr.rkey, mr.buf
         cid.accept()
-        ev = cid.event_channel._wait(cid.handle, (E.RDMA_CM_EVENT_DISCONNECTED,))
+        ev = cid.wait_event(E.RDMA_CM_EVENT_DISCONNECTED)
         cid.close()
         return ev.event_type
 
@@ -237,7 +237,7 @@ def test_client_death_gives_peer_disconnected_within_2s(two_daemons):
         cid.create_qp(QPInitAttr(cap=CAP))
         cid.accept()
         seen["established"] = time.monotonic()
-        ev = cid.event_channel._wait(cid.handle, (E.RDMA_CM_EVENT_DISCONNECTED,), timeout=20)
+        ev = cid.wait_event(E.RDMA_CM_EVENT_DISCONNECTED, timeout=20)
         seen["disconnected"] = time.monotonic()
         cid.close()
         return ev.event_type
@@ -301,7 +301,7 @@ def test_capture_of_connect_and_disconnect_dissects_as_ib_cm(two_daemons, tshark
             cid.create_qp(QPInitAttr(cap=CAP))
             qpns["server"] = cid.qp.qp_num
             cid.accept()
-            cid.event_channel._wait(cid.handle, (E.RDMA_CM_EVENT_DISCONNECTED,))
+            cid.wait_event(E.RDMA_CM_EVENT_DISCONNECTED)
             cid.close()
 
         srv = Listener(db, 7480, serve)

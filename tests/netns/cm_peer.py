@@ -53,7 +53,7 @@ def serve(sock, ip, port, n):
                 continue
             cid.create_qp(QPInitAttr(cap=CAP))
             cid.accept(ConnParam(private_data=b"hi " + data))
-            ev = cid.event_channel._wait(cid.handle, (E.RDMA_CM_EVENT_DISCONNECTED,))
+            ev = cid.wait_event(E.RDMA_CM_EVENT_DISCONNECTED)
             out(accepted=data.decode(), peer=cid.remote_ip, disconnected=ev.event_type.name)
             cid.close()
 

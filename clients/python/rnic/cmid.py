@@ -235,21 +235,21 @@ class CMEventChannel:
             return CMEvent(self, _raw=self._stash.popleft())
         return CMEvent(self, _raw=await self.context._conn.next_event_async("cm"))
 
-    def _wait(self, handle: int, kinds, timeout: float = SYNC_TIMEOUT) -> "CMEvent":
-        """Synchronous calls: the next event of `kinds` for id `handle`; other events wait
-        in the stash for get_cm_event()."""
+    def _wait(self, match, timeout: float | None, what: str) -> "CMEvent":
+        """Synchronous calls: the next event whose raw body satisfies `match` (None timeout:
+        wait for ever); other events wait in the stash for get_cm_event()."""
         for raw in list(self._stash):
-            if raw.get("id") == handle and raw.get("cm_event") in kinds:
+            if match(raw):
                 self._stash.remove(raw)
                 return CMEvent(self, _raw=raw)
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            raw = self.context._conn.next_event(max(left, 0.0), "cm") if left > 0 else None
+            left = None if deadline is None else deadline - time.monotonic()
+            raw = None if left is not None and left <= 0 else \
+                self.context._conn.next_event(left, "cm")
             if raw is None:
-                raise RnicError(errno.ETIMEDOUT, f"no CM event for id {handle} within "
-                                f"{timeout:.0f} s")
-            if raw.get("id") == handle and raw.get("cm_event") in kinds:
+                raise RnicError(errno.ETIMEDOUT, f"no {what} within {timeout:g} s")
+            if match(raw):
                 return CMEvent(self, _raw=raw)
             self._stash.append(raw)
 
@@ -479,25 +479,19 @@ class CMID:
     def get_request(self, timeout: float | None = None) -> CMID:
         """Wait for the next connection request on this listening id -> its new CMID."""
         self._check_open()
-        ev = self._wait_for_request(timeout)
-        return ev.id
+        return self.event_channel._wait(
+            lambda raw: raw.get("listen_id") == self.handle
+            and raw.get("cm_event") == E.RDMA_CM_EVENT_CONNECT_REQUEST,
+            timeout, "connection request").id
 
-    def _wait_for_request(self, timeout):
-        ch = self.event_channel
-        for raw in list(ch._stash):
-            if raw.get("listen_id") == self.handle:
-                ch._stash.remove(raw)
-                return CMEvent(ch, _raw=raw)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            raw = self.context._conn.next_event(left, "cm")
-            if raw is None:
-                raise RnicError(errno.ETIMEDOUT, "get_request: no connection request")
-            if raw.get("listen_id") == self.handle and \
-                    raw.get("cm_event") == E.RDMA_CM_EVENT_CONNECT_REQUEST:
-                return CMEvent(ch, _raw=raw)
-            ch._stash.append(raw)
+    def wait_event(self, *kinds: CMEventType, timeout: float | None = SYNC_TIMEOUT) -> CMEvent:
+        """The next event of one of `kinds` for this id (events for other ids stay queued
+        for get_cm_event); RnicError ETIMEDOUT after `timeout` seconds."""
+        self._check_open()
+        names = "/".join(E(k).name for k in kinds)
+        return self.event_channel._wait(
+            lambda raw: raw.get("id") == self.handle and raw.get("cm_event") in kinds,
+            timeout, f"{names} event for CM id {self.handle}")
 
     def connect(self, param: ConnParam | None = None) -> None:
         """Send a REQ. Synchronous ids return once ESTABLISHED (RnicError ECONNREFUSED on a
@@ -528,9 +522,8 @@ class CMID:
             self._complete("accept")
 
     def _complete(self, verb: str) -> CMEvent:
-        ev = self.event_channel._wait(self.handle, (
-            E.RDMA_CM_EVENT_ESTABLISHED, E.RDMA_CM_EVENT_REJECTED,
-            E.RDMA_CM_EVENT_UNREACHABLE, E.RDMA_CM_EVENT_CONNECT_ERROR))
+        ev = self.wait_event(E.RDMA_CM_EVENT_ESTABLISHED, E.RDMA_CM_EVENT_REJECTED,
+                             E.RDMA_CM_EVENT_UNREACHABLE, E.RDMA_CM_EVENT_CONNECT_ERROR)
         if ev.event_type == E.RDMA_CM_EVENT_ESTABLISHED:
             self.private_data = ev.private_data
             return ev
@@ -551,7 +544,7 @@ class CMID:
         self._check_open()
         self.context._call("cm_disconnect", {"id": self.handle})
         if self._sync:
-            self.event_channel._wait(self.handle, (E.RDMA_CM_EVENT_DISCONNECTED,))
+            self.wait_event(E.RDMA_CM_EVENT_DISCONNECTED)
 
     # ---- data path helpers (rdma_verbs.h) ------------------------------------------------
     def post_recv(self, mr: MR, wr_id: int = 0) -> None:
