@@ -106,8 +106,8 @@ class Device:
         """The bound interface changed (netlink): rebuild the GID table (IBTA A17.4.5:
         RoCEv2 GIDs are the interface's IPv4-mapped and IPv6 addresses; GID 0 stays the bound
         address while it exists), the port state and the active MTU, and tell every client."""
-        gids = [ipaddress.IPv6Address(f"::ffff:{a}").packed if ":" not in a
-                else ipaddress.IPv6Address(a).packed for a in addrs]
+        gids = [roce.ipv4_mapped_gid(a) if ":" not in a else ipaddress.IPv6Address(a).packed
+                for a in addrs]
         if self.gid in gids:
             gids.remove(self.gid)
             gids.insert(0, self.gid)
@@ -138,7 +138,7 @@ class Device:
     @property
     def gid(self) -> bytes:
         """GID 0: the IPv4-mapped bind address (RoCE v2, IBTA A17.4.5.1)."""
-        return ipaddress.IPv6Address(f"::ffff:{self.ip}").packed
+        return roce.ipv4_mapped_gid(self.ip)
 
     @property
     def node_guid(self) -> int:

@@ -278,6 +278,11 @@ _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _PAD = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
 
 
+def ipv4_mapped_gid(ip: str) -> bytes:
+    """The RoCEv2 GID of an IPv4 address: ::ffff:a.b.c.d (IBTA A17.4.5.1)."""
+    return _V4_MAPPED + _ip_bytes(ip)
+
+
 def _ip_bytes(ip) -> bytes:
     if isinstance(ip, str):
         if ip[:7].lower() == "::ffff:":

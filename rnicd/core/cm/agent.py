@@ -9,7 +9,6 @@ DREQ is resent every CM response timeout, max_cm_retries times (IBTA 12.7.27, 12
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from rnicd.core.cm.conn import CMId, CMState
@@ -39,10 +38,6 @@ _RC_ACCESS = (Access.IBV_ACCESS_LOCAL_WRITE | Access.IBV_ACCESS_REMOTE_WRITE
 def cm_timeout(code: int) -> float:
     """A 5-bit CM timeout code -> seconds (IBTA 12.6.5: 4.096 us * 2^code)."""
     return 4.096e-6 * (1 << code)
-
-
-def _gid(ip: str) -> bytes:
-    return ipaddress.IPv6Address(f"::ffff:{ip}").packed
 
 
 class CMAgent:
@@ -99,7 +94,7 @@ class CMAgent:
             retry_count=param["retry_count"], rnr_retry_count=param["rnr_retry_count"],
             path_mtu=cid.path_mtu, max_cm_retries=MAX_CM_RETRIES, srq=int(qp.srq is not None),
             end_to_end_flow_control=param["flow_control"],
-            primary_local_gid=_gid(self.device.ip), primary_remote_gid=_gid(dst_ip),
+            primary_local_gid=self.device.gid, primary_remote_gid=roce.ipv4_mapped_gid(dst_ip),
             primary_hop_limit=64, primary_subnet_local=1,
             primary_local_ack_timeout=LOCAL_ACK_TIMEOUT, private_data=pdata)
         cid.conn_param = param
@@ -432,7 +427,7 @@ class CMAgent:
         if qp.state not in (QPState.IBV_QPS_RESET, QPState.IBV_QPS_INIT):
             raise einval(f"{verb}: QP {qp.qp_num} is {qp.state.name}; the CM moves it from "
                          "RESET or INIT itself")
-        if getattr(qp, "cm_id", None) is not None:
+        if qp.cm_id is not None:
             raise einval(f"{verb}: QP {qp.qp_num} already belongs to a connection")
 
     def _modify(self, qp, mask: int, now: float, **attr):
@@ -453,7 +448,8 @@ class CMAgent:
                      | M.IBV_QP_RQ_PSN | M.IBV_QP_MAX_DEST_RD_ATOMIC | M.IBV_QP_MIN_RNR_TIMER,
                      qp_state=QPState.IBV_QPS_RTR,
                      ah_attr={"is_global": 1, "port_num": 1, "grh": {
-                         "dgid": _gid(cid.remote_ip), "sgid_index": 0, "hop_limit": 64}},
+                         "dgid": roce.ipv4_mapped_gid(cid.remote_ip), "sgid_index": 0,
+                         "hop_limit": 64}},
                      path_mtu=cid.path_mtu, dest_qp_num=cid.remote_qpn,
                      rq_psn=cid.remote_psn, max_dest_rd_atomic=min(dest_rd_atomic,
                                                                    lim.max_qp_rd_atom),
