@@ -585,11 +585,7 @@ class Session:
         self.closed = True
         self.device.cm.abort_owner(self, list(self.cm_ids.values()), now)
         self.cm_ids.clear()
-        for _result, ring_fds in self.parked_rings.values():
-            for fd in ring_fds:
-                self.shm.close_fd(fd)
-        self.parked_rings.clear()
-        for qp in list(self.qps.values()):
+        for qp in list(self.qps.values()):         # also closes parked (offloaded) rings
             self._destroy_qp(qp, now)
         for srq in list(self.srqs.values()):
             self._destroy_srq(srq)
