@@ -101,14 +101,7 @@ class Host:
             self.dev.doorbell(self.s, self.now)
 
     def post_recv(self, qp_or_srq, wr_id, sges):
-        rq = qp_or_srq.rq
-        ring_v = rq.ring
-        prod = ring_v.load_prod()
-        w = ring_v.recv_wqe(prod)
-        w.wr_id, w.num_sge = wr_id, len(sges)
-        for i, (a, n, k) in enumerate(sges):
-            w.sg[i].addr, w.sg[i].length, w.sg[i].lkey = a, n, k
-        ring_v.store_prod(prod + 1)
+        qp_or_srq.rq.post(wr_id, list(sges))
 
     def poll(self, cq):
         out = []
