@@ -1,21 +1,32 @@
 # The commands the README names. `make run` and `make test` do all set-up on a fresh machine.
+#
+# Everything runs in the project's virtualenv $(VENV), made with whatever python3 is first on
+# PATH: Debian's own python3 is externally managed (PEP 668) and never installed into.
 PYTHON ?= python3
-PIP := $(PYTHON) -m pip
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+VPIP := $(VPY) -m pip --disable-pip-version-check
 PREFIX ?= /usr/local
 DESTDIR ?=
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
-DEPS_STAMP := build/.deps-stamp
-NATIVE_SRC := $(wildcard native/src/*.c native/include/*.h) native/build_ffi.py
+# the service's own virtualenv (make install)
+LIBDIR ?= $(PREFIX)/lib/rnicd
+DEPS_STAMP := $(VENV)/.rnicd-deps
+NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
 
-.PHONY: run test native lint install clean deps sysdeps bench
+.PHONY: run test native lint install clean distclean deps sysdeps bench venv
+
+venv: $(VPY)
+$(VPY):
+	@sh scripts/make-venv.sh $(PYTHON) $(VENV)
 
 # Python dependencies and the C data plane (editable install: sources stay in the tree).
 deps: $(DEPS_STAMP)
-$(DEPS_STAMP): pyproject.toml setup.py $(NATIVE_SRC)
-	$(PIP) install --quiet --disable-pip-version-check -e '.[test,dev]'
-	@mkdir -p build && touch $@
+$(DEPS_STAMP): $(VPY) pyproject.toml setup.py $(NATIVE_SRC)
+	$(VPIP) install --quiet -e '.[test,dev]'
+	@touch $@
 
 # Debian packages the tests use as independent oracles (tshark). Best effort: tests that
 # need them skip with the reason when they are missing.
@@ -23,28 +34,41 @@ sysdeps:
 	@sh scripts/install-sysdeps.sh
 
 native: deps
-	$(PYTHON) setup.py -q build_ext --inplace
+	$(VPY) setup.py -q build_ext --inplace
 
 run: deps
-	$(PYTHON) -m rnicd.cli $(ARGS)
+	@echo "rnicd: starting; in another shell: $(VENV)/bin/rnic devinfo  (Ctrl-C stops it)"
+	$(VPY) -m rnicd.cli $(ARGS)
 
 test: deps sysdeps
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 lint: deps
-	$(PYTHON) -m ruff check rnicd clients tests bench native/build_ffi.py
+	$(VPY) -m ruff check rnicd clients tests bench native/build_ffi.py
 
+# ARGS=--update-readme also rewrites README.md's Performance section from the results.
 bench: deps
 	@sh scripts/install-bench-deps.sh
-	$(PIP) install --quiet --disable-pip-version-check -e '.[bench]'
-	$(PYTHON) bench/run.py $(ARGS)
+	$(VPIP) install --quiet -e '.[bench]'
+	$(VPY) bench/run.py $(ARGS)
 
-# The package (with its C module), the systemd units, the sysusers entry for the group rnic
-# and a commented default config (never overwriting an existing one).
+# System-wide, for the service: the package (with its C module) in a virtualenv of its own,
+# $(LIBDIR), made with $(PYTHON), and $(PREFIX)/bin/rnicd and rnic linking to its scripts.
+# It never installs into, or uninstalls from, the Python that runs make (pip only ever sees
+# the new venv), nor into Debian's externally managed Python. With DESTDIR (a staged install
+# for packaging) the venv is made under DESTDIR and its paths are rewritten to $(LIBDIR).
+# Then the systemd units, the sysusers entry for the group rnic and a commented default
+# config (never overwriting an existing one).
 install:
-	$(PIP) install --quiet --disable-pip-version-check --no-warn-script-location \
-		$(if $(DESTDIR),--root $(DESTDIR)) --prefix $(PREFIX) .
-	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/rnicd
+	rm -rf $(DESTDIR)$(LIBDIR)
+	sh scripts/make-venv.sh $(PYTHON) $(DESTDIR)$(LIBDIR)
+	env -u PYTHONPATH $(DESTDIR)$(LIBDIR)/bin/python -m pip --disable-pip-version-check \
+		install --quiet $(if $(DESTDIR),--no-compile) .
+	$(if $(DESTDIR),sh scripts/relocate-venv.sh $(DESTDIR) $(LIBDIR))
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/rnicd
+	ln -sfn $(LIBDIR)/bin/rnicd $(DESTDIR)$(PREFIX)/bin/rnicd
+	ln -sfn $(LIBDIR)/bin/rnic $(DESTDIR)$(PREFIX)/bin/rnic
 	sed 's|@BINDIR@|$(PREFIX)/bin|g' systemd/rnicd.service > $(DESTDIR)$(UNITDIR)/rnicd.service
 	install -m 644 systemd/rnicd.socket $(DESTDIR)$(UNITDIR)/rnicd.socket
 	install -m 644 systemd/rnicd.sysusers $(DESTDIR)$(SYSUSERSDIR)/rnicd.conf
@@ -53,4 +77,8 @@ install:
 
 clean:
 	rm -rf build dist *.egg-info rnicd/_native*.so rnicd/_native.c .pytest_cache
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+# `make clean` keeps the venv (its downloads); this removes it too.
+distclean: clean
+	rm -rf $(VENV)

@@ -4,7 +4,8 @@
 Starts two daemons on loopback (127.0.77.1, 127.0.77.2), drives `rnic perf ... --local --json`
 over a matrix (bw, lat, qps, rate), measures daemon RSS with 1/64/1024 QPs on a third daemon
 (mem), runs the peers (peers), takes medians over --runs, computes the target ratios and writes
-<out>/<YYYY-MM-DD>.json, then calls bench/plot.py. See bench/README.md.
+<out>/<YYYY-MM-DD>.json, then calls bench/plot.py (README.md only with --update-readme). See
+bench/README.md.
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def run_perf(a, pair, test, size, run, qps=1, post_list=1, samples=None):
     for d in pair:
         d.ensure()
     prefix = ([sys.executable, os.path.abspath(__file__), "_fake-perf"] if a.fake_perf
-              else [sys.executable, "-m", "rnicd.tool"])
+              else [sys.executable, "-m", "rnic.tool"])
     cmd = prefix + ["--socket", cli.sock, "perf", test, "--local", "--server-socket", srv.sock,
                     "--json", "-s", str(size)]
     if test.endswith("_lat"):
@@ -314,7 +315,7 @@ def machine_info():
 
 
 def fake_perf(argv):
-    """Stand-in for `python -m rnicd.tool perf` (development only: --fake-perf)."""
+    """Stand-in for `python -m rnic.tool perf` (development only: --fake-perf)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("test")
     ap.add_argument("--samples")
@@ -353,6 +354,8 @@ def parse_args(argv=None):
                     help="development only: made-up perf numbers instead of `rnic perf`")
     ap.add_argument("--timeout", type=float, default=60, help="seconds per perf invocation")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--update-readme", action="store_true",
+                    help="also rewrite README.md's Performance section from these results")
     a = ap.parse_args(argv)
     a.only = [g for g in a.only.split(",") if g]
     if bad := set(a.only) - set(GROUPS):
@@ -421,7 +424,7 @@ def main(argv=None):
             f"(target {r['op']} {r['target']}: {met})")
     if not a.no_plot:
         cmd = [sys.executable, os.path.join(HERE, "plot.py"), path]
-        if not a.fake_perf and os.path.abspath(a.out) == os.path.join(HERE, "results"):
+        if a.update_readme and not a.fake_perf:
             cmd += ["--readme", os.path.join(ROOT, "README.md")]
         p = subprocess.run(cmd, timeout=300)
         if p.returncode:

@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from rnicd.core.fault import FaultSpec
+from rnicd.wire.roce import ROCEV2_PORT
 
 
 def default_socket_path() -> str:
@@ -24,7 +25,7 @@ def default_socket_path() -> str:
 class Config:
     device: str = "rnic0"
     bind: str = "127.0.0.1"
-    port: int = 4791
+    port: int = ROCEV2_PORT
     ctl_socket: str = field(default_factory=default_socket_path)
     fault: FaultSpec = field(default_factory=FaultSpec)
     log_level: str = "info"

@@ -1,12 +1,15 @@
 """Shared fixtures: real rnicd processes on loopback addresses, uvloop for asyncio tests."""
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import itertools
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import uvloop
@@ -17,6 +20,45 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [_ROOT, os.path.join(_ROOT, "clients", "python")]
     + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+
+def _installed_state() -> dict:
+    """What `make test`'s set-up installed into this Python: the console scripts and the
+    rnicd distribution's metadata."""
+    state = {}
+    for name in ("rnicd", "rnic"):
+        path = os.path.join(sysconfig.get_path("scripts"), name)
+        state[path] = (hashlib.sha256(open(path, "rb").read()).hexdigest()
+                       if os.path.exists(path) else None)
+    try:
+        dist = importlib.metadata.distribution("rnicd")
+        state["rnicd distribution"] = (dist.version, dist.read_text("RECORD"),
+                                       dist.read_text("direct_url.json"))
+    except importlib.metadata.PackageNotFoundError:
+        state["rnicd distribution"] = None
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def environment_left_as_found():
+    """No test changes the environment it runs in (a `make install DESTDIR=...` once removed
+    the rnicd and rnic commands): checked once, after the last test."""
+    before = _installed_state()
+    yield
+    after = _installed_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"the test run changed the installed rnicd: {sorted(changed)}"
+
+
+@pytest.fixture(scope="session")
+def source_tree(tmp_path_factory):
+    """A copy of the project's sources (what a clone has), for tests that build or install
+    the package: a build writes build/ and *.egg-info into its tree, and must not write ours."""
+    dst = tmp_path_factory.mktemp("src") / "rnicd"
+    shutil.copytree(_ROOT, dst, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", "_native.c",
+        ".pytest_cache", ".ruff_cache", "results"))
+    return dst
 
 
 def pytest_asyncio_loop_factories(config, item):
@@ -30,9 +72,14 @@ _addresses = (f"127.{20 + os.getpid() % 200}.{a}.{b}" for a in itertools.count(1
               for b in range(1, 255))
 
 
+def next_address() -> str:
+    """A loopback address no other daemon of this run has."""
+    return next(_addresses)
+
+
 class DaemonProcess:
     def __init__(self, tmp_path, name, fault=None, extra=()):
-        self.ip = next(_addresses)
+        self.ip = next_address()
         self.socket = str(tmp_path / f"{name}.sock")
         self.log_path = tmp_path / f"{name}.log"
         args = [sys.executable, "-m", "rnicd.cli", "--bind", self.ip, "--ctl-socket",

@@ -12,8 +12,9 @@ from rnic.mr import MR
 from rnic.pd import PD
 from rnic.qp import QP, QPAttr, QPCap, QPInitAttr
 
-ACCESS = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE | e.IBV_ACCESS_REMOTE_READ
-          | e.IBV_ACCESS_REMOTE_ATOMIC)
+from rnicd.wire.abi import RC_ACCESS
+
+ACCESS = RC_ACCESS
 
 
 class Side:

@@ -16,27 +16,25 @@ from rnicd.core.device import Device
 from rnicd.core.fault import FaultSpec
 from rnicd.core.resources import CQ, MR, PD, SRQ, CompChannel, RecvQueue
 from rnicd.core.roce.qp import RCQP, QPCap
-from rnicd.core.ud import UDQP, AddressHandle, ipv4_of_gid
+from rnicd.core.ud import UDQP, AddressHandle
 from rnicd.errors import VerbsError, einval, enoent
-from rnicd.wire import ctl, mad
+from rnicd.wire import ctl, mad, roce
 from rnicd.wire.abi import (
     IBV_GID_TYPE_ROCE_V2,
     IBV_LINK_LAYER_ETHERNET,
     IBV_NODE_CA,
     IBV_TRANSPORT_IB,
+    RC_ACCESS,
     Access,
     AtomicCap,
     PortState,
     QPType,
 )
+from rnicd.wire.rings import CQE_SIZE, RECV_WQE_HDR, SEND_WQE_HDR, SGE_SIZE, RingKind
 
 log = logging.getLogger("rnicd.api")
 
-SEND_WQE_HDR, RECV_WQE_HDR, SGE_SIZE, CQE_SIZE = 64, 16, 16, 64
-RING_SQ, RING_RQ, RING_SRQ, RING_CQ = 1, 2, 3, 4
-MR_ACCESS = (Access.IBV_ACCESS_LOCAL_WRITE | Access.IBV_ACCESS_REMOTE_WRITE
-             | Access.IBV_ACCESS_REMOTE_READ | Access.IBV_ACCESS_REMOTE_ATOMIC
-             | Access.IBV_ACCESS_ZERO_BASED | Access.IBV_ACCESS_RELAXED_ORDERING)
+MR_ACCESS = RC_ACCESS | Access.IBV_ACCESS_ZERO_BASED | Access.IBV_ACCESS_RELAXED_ORDERING
 
 
 def arg_int(args: dict, name: str, lo: int, hi: int, default=None) -> int:
@@ -269,7 +267,7 @@ class Session:
         attr = args.get("ah_attr")
         grh = attr.get("grh") if isinstance(attr, dict) else None
         dgid = grh.get("dgid") if isinstance(grh, dict) else None
-        peer = ipv4_of_gid(bytes(dgid)) if isinstance(dgid, bytes | bytearray) else None
+        peer = roce.ipv4_of_gid(dgid) if isinstance(dgid, bytes | bytearray) else None
         if peer is None:
             raise einval("create_ah: ah_attr needs is_global=1 and grh.dgid, an IPv4-mapped "
                          "GID (RoCEv2 routes by GID)")
@@ -305,7 +303,7 @@ class Session:
         channel = None
         if args.get("channel") is not None:
             channel = self._get(self.channels, args, "channel", "completion channel")
-        ring, fd, size = self.shm.new_ring(RING_CQ, CQE_SIZE, pow2_at_least(cqe + 1), 0, 0)
+        ring, fd, size = self.shm.new_ring(RingKind.CQ, CQE_SIZE, pow2_at_least(cqe + 1), 0, 0)
         cq = CQ(self._handle(), self, ring, channel, comp_vector)
         self.cqs[cq.handle] = cq
         self.device.add_cq(cq)
@@ -318,7 +316,7 @@ class Session:
         pending = (old.hdr.prod - old.load_cons()) & 0xFFFFFFFF
         if cqe < pending:
             raise einval(f"resize_cq: {pending} completions are pending, more than cqe={cqe}")
-        ring, fd, size = self.shm.new_ring(RING_CQ, CQE_SIZE, pow2_at_least(cqe + 1), 0, 0)
+        ring, fd, size = self.shm.new_ring(RingKind.CQ, CQE_SIZE, pow2_at_least(cqe + 1), 0, 0)
         cons = old.load_cons()
         for i in range(pending):       # move unpolled CQEs, in order, to the new ring
             self.device.native.ffi.memmove(ring.cqe(i), old.cqe(cons + i), CQE_SIZE)
@@ -347,7 +345,7 @@ class Session:
         max_sge = arg_int(args, "max_sge", 1, lim.max_srq_sge)
         limit = arg_int(args, "srq_limit", 0, max_wr, 0)
         n = pow2_at_least(max_wr)
-        ring, fd, size = self.shm.new_ring(RING_SRQ, RECV_WQE_HDR + SGE_SIZE * max_sge, n,
+        ring, fd, size = self.shm.new_ring(RingKind.SRQ, RECV_WQE_HDR + SGE_SIZE * max_sge, n,
                                            max_sge, 0)
         srq = SRQ(self._handle(), self, pd, ring, n, max_sge, limit)
         pd.refs += 1
@@ -410,13 +408,13 @@ class Session:
         sq_slots = max(c.max_send_sge, -(-c.max_inline_data // SGE_SIZE), 1)
         c.max_inline_data = max(c.max_inline_data, 0)
         c.max_send_wr = pow2_at_least(c.max_send_wr)
-        sq, sq_fd, sq_size = self.shm.new_ring(RING_SQ, SEND_WQE_HDR + SGE_SIZE * sq_slots,
+        sq, sq_fd, sq_size = self.shm.new_ring(RingKind.SQ, SEND_WQE_HDR + SGE_SIZE * sq_slots,
                                                c.max_send_wr, c.max_send_sge, c.max_inline_data)
         out_fds, rq, rq_size = [sq_fd], None, 0
         if srq is None:
             c.max_recv_wr = pow2_at_least(c.max_recv_wr)
             ring, rq_fd, rq_size = self.shm.new_ring(
-                RING_RQ, RECV_WQE_HDR + SGE_SIZE * max(c.max_recv_sge, 1), c.max_recv_wr,
+                RingKind.RQ, RECV_WQE_HDR + SGE_SIZE * max(c.max_recv_sge, 1), c.max_recv_wr,
                 c.max_recv_sge, 0)
             rq = RecvQueue(ring, c.max_recv_sge)
             out_fds.append(rq_fd)

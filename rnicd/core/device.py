@@ -24,10 +24,10 @@ from rnicd.core.resources import CQ, CQEntry, KeyTable
 from rnicd.wire import mad, roce
 from rnicd.wire import opcodes as op
 from rnicd.wire.abi import MTU, EventType, QPState, QPType, WCStatus, mtu_bytes
+from rnicd.wire.roce import ROCEV2_PORT
 
 log = logging.getLogger("rnicd.device")
 
-ROCE_PORT = 4791
 GID_TABLE = 16
 ROCE_OVERHEAD = 20 + 8 + 12 + 28 + 4 + 4    # IPv4, UDP, BTH, AtomicETH/RETH+ImmDt, ICRC, pad
 
@@ -61,7 +61,7 @@ class DeviceLimits:
 
 
 class Device:
-    def __init__(self, name: str, ip: str, port: int = ROCE_PORT, fault: FaultSpec | None = None,
+    def __init__(self, name: str, ip: str, port: int = ROCEV2_PORT, fault: FaultSpec | None = None,
                  seed: int | None = None):
         self.name = name
         self.ip = ip
@@ -310,7 +310,7 @@ class Device:
     def emit_to(self, ip: str, ip_be: int, pkt: roce.Packet, payload=b""):
         """Queue a packet core/ built, behind the data plane's, so that order is kept."""
         data = roce.build(pkt, payload, src_ip=self.ip, dst_ip=ip, sport=self.port,
-                          dport=ROCE_PORT)
+                          dport=ROCEV2_PORT)
         self.counters.inc("sent_pkts")
         lib = native.lib
         if lib.rnic_dp_tx_push(self.dp, data, len(data), ip_be) == -errno.ENOSPC:
@@ -326,7 +326,7 @@ class Device:
         dp, ffi = self.dp, native.ffi
         for i in range(dp.ntx):
             data = ffi.buffer(dp.tx_bufs + i * TX_BUF, dp.tx_lens[i])[:]
-            yield data, (_ip_str(dp.tx_addrs_be[i]), ROCE_PORT)
+            yield data, (_ip_str(dp.tx_addrs_be[i]), ROCEV2_PORT)
 
     def take_tx(self) -> list[tuple[bytes, tuple[str, int]]]:
         """Every datagram to send, in order, as (bytes, address); empties the queues."""

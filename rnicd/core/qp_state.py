@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rnicd.errors import einval
-from rnicd.wire.abi import MTU, Access, QPAttrMask, QPState, QPType
+from rnicd.wire.abi import MTU, RC_ACCESS, Access, QPAttrMask, QPState, QPType
 
 M, S, T = QPAttrMask, QPState, QPType
 RC, UC, UD = T.IBV_QPT_RC, T.IBV_QPT_UC, T.IBV_QPT_UD
@@ -27,8 +27,7 @@ SQD, SQE, ERR = S.IBV_QPS_SQD, S.IBV_QPS_SQE, S.IBV_QPS_ERR
 PSN_MAX = (1 << 24) - 1          # IBTA 9.2: PSN is 24 bits
 QPN_MAX = (1 << 24) - 1          # IBTA 9.2: DestQP is 24 bits
 QKEY_MAX = (1 << 32) - 1         # IBTA 9.2.7: Q_Key is 32 bits
-QP_ACCESS_ALLOWED = int(Access.IBV_ACCESS_LOCAL_WRITE | Access.IBV_ACCESS_REMOTE_WRITE
-                        | Access.IBV_ACCESS_REMOTE_READ | Access.IBV_ACCESS_REMOTE_ATOMIC)
+QP_ACCESS_ALLOWED = int(RC_ACCESS)
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,6 @@ class AddressHandle:
         self.peer_ip_be = native.ipv4_be(peer_ip)
 
 
-def ipv4_of_gid(dgid: bytes) -> str | None:
-    if len(dgid) != 16 or dgid[:12] != b"\0" * 10 + b"\xff\xff":
-        return None
-    return str(ipaddress.IPv4Address(dgid[12:]))
-
-
 class UDQP:
     """A UD QP: the requester sends each WQE as one packet, the responder delivers each
     datagram to the next receive WQE. Same interface towards the device as RCQP."""

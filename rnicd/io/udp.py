@@ -9,12 +9,12 @@ import socket
 import struct
 
 from rnicd import native
+from rnicd.wire.roce import ROCEV2_PORT
 
 log = logging.getLogger("rnicd.udp")
 
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2      # linux/in.h
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33      # asm-generic/socket.h (root may exceed rmem_max)
-ROCE_PORT = 4791
 SOCKET_BUFFER = 16 << 20
 RECV_BATCH = 64             # datagrams per recvmmsg
 RECV_BUF = 9216             # bytes per datagram buffer: a 4096-MTU RoCE packet fits twice
@@ -56,7 +56,7 @@ class RocePort:
         self._addrs = ffi.new("uint32_t[]", RECV_BATCH)
         self._ports = ffi.new("uint16_t[]", RECV_BATCH)
         self._slow = ffi.new("uint32_t[]", RECV_BATCH)
-        self._tx_ports = ffi.new("uint16_t[]", [ROCE_PORT] * native.lib.RNIC_MAX_BATCH)
+        self._tx_ports = ffi.new("uint16_t[]", [ROCEV2_PORT] * native.lib.RNIC_MAX_BATCH)
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self):

@@ -48,6 +48,11 @@ class Access(IntFlag):
     IBV_ACCESS_RELAXED_ORDERING = 1 << 20
 
 
+# What an RC QP's qp_access_flags may grant and what rdma_cm and perftest register with.
+RC_ACCESS = (Access.IBV_ACCESS_LOCAL_WRITE | Access.IBV_ACCESS_REMOTE_WRITE
+             | Access.IBV_ACCESS_REMOTE_READ | Access.IBV_ACCESS_REMOTE_ATOMIC)
+
+
 class WROpcode(IntEnum):
     IBV_WR_RDMA_WRITE = 0
     IBV_WR_RDMA_WRITE_WITH_IMM = 1

@@ -283,6 +283,14 @@ def ipv4_mapped_gid(ip: str) -> bytes:
     return _V4_MAPPED + _ip_bytes(ip)
 
 
+def ipv4_of_gid(gid: bytes) -> str | None:
+    """The IPv4 address an IPv4-mapped GID stands for, else None (an IPv6 GID)."""
+    gid = bytes(gid)
+    if len(gid) != 16 or not gid.startswith(_V4_MAPPED):
+        return None
+    return ".".join(str(b) for b in gid[12:])
+
+
 def _ip_bytes(ip) -> bytes:
     if isinstance(ip, str):
         if ip[:7].lower() == "::ffff:":

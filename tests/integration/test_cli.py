@@ -7,7 +7,7 @@ import pytest
 
 
 def rnic(daemon, *args, check=True):
-    return subprocess.run([sys.executable, "-m", "rnicd.tool", "--socket", daemon.socket, *args],
+    return subprocess.run([sys.executable, "-m", "rnic.tool", "--socket", daemon.socket, *args],
                           capture_output=True, text=True, check=check, timeout=30)
 
 
@@ -35,7 +35,7 @@ def test_fault_set_show_and_stat(rnicd):
 
 
 def test_no_daemon_gives_a_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "rnicd.tool", "--socket",
+    r = subprocess.run([sys.executable, "-m", "rnic.tool", "--socket",
                         str(tmp_path / "none.sock"), "devinfo"], capture_output=True, text=True)
     assert r.returncode == 1 and "cannot reach rnicd" in r.stderr
 
@@ -66,7 +66,7 @@ def test_embedded_default_config_serves_rnic0_on_loopback(tmp_path):
         deadline = time.monotonic() + 20
         while not os.path.exists(env["RNIC_SOCKET"]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        out = subprocess.run([sys.executable, "-m", "rnicd.tool", "devinfo"], env=env,
+        out = subprocess.run([sys.executable, "-m", "rnic.tool", "devinfo"], env=env,
                              capture_output=True, text=True, timeout=30).stdout
         assert "hca_id:\trnic0" in out
         assert "0000:0000:0000:0000:0000:ffff:7f00:0001, RoCE v2" in out

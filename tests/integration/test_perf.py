@@ -13,7 +13,7 @@ LAT_KEYS = {"test", "bytes", "iterations", "t_min_us", "t_max_us", "t_typical_us
 
 
 def perf(daemon, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "rnicd.tool", "--socket", daemon.socket,
+    return subprocess.run([sys.executable, "-m", "rnic.tool", "--socket", daemon.socket,
                            "perf", *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -66,20 +66,26 @@ def test_device_option_names_the_device(two_daemons):
     assert bad.returncode == 1 and "no device 'mlx5_0'" in bad.stderr
 
 
-def test_client_server_over_tcp(two_daemons):
-    """Two invocations, as perftest is used: a server waiting, a client naming its host."""
+@pytest.mark.parametrize("test,client_args", [
+    ("send_bw", ["HOST", "-p", "PORT", "-s", "2048", "-n", "300", "--json"]),
+    # perftest's habit: the server's host last (`ib_write_bw -s 65536 HOST`)
+    ("write_bw", ["-p", "PORT", "-s", "65536", "-n", "3000", "--json", "HOST"])])
+def test_client_server_over_tcp(two_daemons, test, client_args):
+    """Two invocations, as perftest is used: a server waiting, a client naming its host
+    (the server daemon's address) before or after the options."""
     da, db = two_daemons
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "rnicd.tool", "--socket", db.socket,
-                               "perf", "send_bw", "-p", str(port)], stdout=subprocess.PIPE,
+    server = subprocess.Popen([sys.executable, "-m", "rnic.tool", "--socket", db.socket,
+                               "perf", test, "-p", str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        r = perf(da, "send_bw", "127.0.0.1", "-p", str(port), "-s", "2048", "-n", "300",
-                 "--json")
+        args = [{"HOST": db.ip, "PORT": str(port)}.get(a, a) for a in client_args]
+        r = perf(da, test, *args)
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["iterations"] == 300
+        row = json.loads(r.stdout)
+        assert row["test"] == test and row["iterations"] == int(args[args.index("-n") + 1])
         assert server.wait(30) == 0
     finally:
         if server.poll() is None:

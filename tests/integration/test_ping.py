@@ -6,16 +6,15 @@ import threading
 import time
 
 import rnic.enums as e
+from rnic import ping
 from rnic.cmid import CMID, RAI_PASSIVE, AddrInfo, CMEventType
 from rnic.mr import MR
 from rnic.qp import QPCap, QPInitAttr
 from rnic.wr import SGE, SendWR
 
-from rnicd import ping
-
 
 def ping_cmd(d, *args):
-    return [sys.executable, "-m", "rnicd.tool", "--socket", d.socket, "ping", *args]
+    return [sys.executable, "-m", "rnic.tool", "--socket", d.socket, "ping", *args]
 
 
 def run_ping(d, *args, timeout=60):
@@ -147,7 +146,7 @@ def test_data_mismatch_names_the_first_differing_offset(two_daemons):
 
 
 def test_help_and_bad_arguments():
-    tool = [sys.executable, "-m", "rnicd.tool", "ping"]
+    tool = [sys.executable, "-m", "rnic.tool", "ping"]
     r = subprocess.run(tool + ["--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0
     words = " ".join(r.stdout.split())

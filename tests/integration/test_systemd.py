@@ -1,11 +1,12 @@
 """rnicd as a systemd service: a test plays systemd's part (socket activation with
-LISTEN_FDS, NOTIFY_SOCKET, WATCHDOG_USEC); `make install DESTDIR=...` lays out every file;
-the units pass `systemd-analyze verify` where it is available."""
+LISTEN_FDS, NOTIFY_SOCKET, WATCHDOG_USEC); `make install DESTDIR=...` lays out every file and
+what it installed runs; the units pass `systemd-analyze verify` where it is available."""
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 
 import pytest
@@ -58,25 +59,53 @@ def test_socket_activation_ready_watchdog_stopping(tmp_path):
             proc.kill()
 
 
+def _clean_env(**extra):
+    """The environment of a user outside this tree: no PYTHONPATH pointing into it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return env | extra
+
+
 @pytest.mark.slow
-def test_make_install_lays_out_every_file(tmp_path):
+def test_make_install_lays_out_every_file_and_what_it_installed_runs(tmp_path, source_tree):
     dest = tmp_path / "root"
-    r = subprocess.run(["make", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+    r = subprocess.run(["make", "-C", str(source_tree), "install", f"DESTDIR={dest}",
+                        "PREFIX=/usr", f"PYTHON={sys.executable}"], env=_clean_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    files = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
+    files = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() or p.is_symlink()}
     for f in ("usr/bin/rnicd", "usr/bin/rnic", "usr/lib/systemd/system/rnicd.service",
               "usr/lib/systemd/system/rnicd.socket", "usr/lib/sysusers.d/rnicd.conf",
-              "etc/rnicd/rnicd.toml"):
+              "etc/rnicd/rnicd.toml", "usr/lib/rnicd/bin/python", "usr/lib/rnicd/bin/rnicd"):
         assert f in files, f"{f} not installed; have {sorted(files)[:20]}..."
-    assert any(f.startswith("usr/lib/python3") and "rnicd/_native" in f for f in files)
-    assert any(f.startswith("usr/lib/python3") and f.endswith("rnic/perf/run.py") for f in files)
+    assert any(f.startswith("usr/lib/rnicd/lib/python3") and "rnicd/_native" in f for f in files)
+    assert any(f.startswith("usr/lib/rnicd/lib/python3") and f.endswith("rnic/perf/run.py")
+               for f in files)
+    # the commands link into the service's venv, at the path where it will live
+    for cmd in ("rnicd", "rnic"):
+        assert os.readlink(dest / "usr/bin" / cmd) == f"/usr/lib/rnicd/bin/{cmd}"
+        first = (dest / "usr/lib/rnicd/bin" / cmd).read_text().splitlines()[0]
+        assert first == "#!/usr/lib/rnicd/bin/python", first
+    assert str(dest) not in (dest / "usr/lib/rnicd/pyvenv.cfg").read_text()
     unit = (dest / "usr/lib/systemd/system/rnicd.service").read_text()
     assert "ExecStart=/usr/bin/rnicd " in unit and "@BINDIR@" not in unit
+    # What it installed imports and runs, from outside the tree and on its own packages (the
+    # venv works from DESTDIR too: it finds itself from the path it is started by).
+    py = dest / "usr/lib/rnicd/bin/python"
+    code = ("import rnicd, rnicd.core.cm, rnicd.daemon, rnicd._native, rnic.tool, rnic.ping, "
+            "rnic.perf; print(rnicd.__file__)")
+    r = subprocess.run([str(py), "-c", code], cwd=tmp_path, env=_clean_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith(str(dest / "usr/lib/rnicd/lib")), r.stdout
+    for module in ("rnicd.cli", "rnic.tool"):
+        r = subprocess.run([str(py), "-m", module, "--help"], cwd=tmp_path, env=_clean_env(),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
     # systemd-analyze checks that ExecStart exists, and --root=DESTDIR lacks systemd's own
-    # units: verify the units as rendered for the rnicd this environment has on PATH.
-    analyze, rnicd_bin = shutil.which("systemd-analyze"), shutil.which("rnicd")
-    if not analyze or not rnicd_bin:
+    # units: verify the units as rendered for the rnicd beside this test's Python.
+    analyze = shutil.which("systemd-analyze")
+    rnicd_bin = os.path.join(sysconfig.get_path("scripts"), "rnicd")
+    if not analyze or not os.path.exists(rnicd_bin):
         print("systemd-analyze or an installed rnicd missing: units not verified")
         return
     rendered = tmp_path / "units"

@@ -85,12 +85,12 @@ def test_rnic_ping_between_every_pair(hosts):
     host to each other, the client resolving the server through its routing table."""
     hs = hosts(3)
     for server, client in itertools.permutations(hs, 2):
-        srv = server.popen(sys.executable, "-m", "rnicd.tool", "--socket", server.socket,
+        srv = server.popen(sys.executable, "-m", "rnic.tool", "--socket", server.socket,
                            "ping", "-s", "-p", "7174", stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
         try:
             assert "listening on" in srv.stdout.readline(), srv.stderr.read()
-            r = client.run(sys.executable, "-m", "rnicd.tool", "--socket", client.socket,
+            r = client.run(sys.executable, "-m", "rnic.tool", "--socket", client.socket,
                            "ping", "-c", "-a", server.ip, "-p", "7174", "-C", "20", "-S",
                            "8192", "-v", capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stdout + r.stderr

@@ -34,10 +34,10 @@ def test_rc_between_every_pair_of_hosts(hosts):
 def test_perf_write_bw_between_every_pair(hosts):
     hs = hosts(3)
     for port, (server, client) in enumerate(itertools.permutations(hs, 2), start=18600):
-        srv = server.popen(sys.executable, "-m", "rnicd.tool", "--socket", server.socket,
+        srv = server.popen(sys.executable, "-m", "rnic.tool", "--socket", server.socket,
                            "perf", "write_bw", "-p", str(port), stdout=open(os.devnull, "w"))
         try:
-            r = client.run(sys.executable, "-m", "rnicd.tool", "--socket", client.socket,
+            r = client.run(sys.executable, "-m", "rnic.tool", "--socket", client.socket,
                            "perf", "write_bw", server.ip, "-p", str(port), "-s", "65536",
                            "-n", "300", "--json", capture_output=True, text=True, timeout=120)
             assert r.returncode == 0, r.stderr + diagnose(server, client)
@@ -53,7 +53,7 @@ def diagnose(*hs) -> str:
     """Counters and log tails of the hosts, for a failure message."""
     out = []
     for h in hs:
-        stat = h.run(sys.executable, "-m", "rnicd.tool", "--socket", h.socket, "stat",
+        stat = h.run(sys.executable, "-m", "rnic.tool", "--socket", h.socket, "stat",
                      capture_output=True, text=True, timeout=30).stdout
         out.append(f"\n--- {h.name} {h.ip}\n{stat}{open(h.log).read()[-500:]}")
     return "".join(out)

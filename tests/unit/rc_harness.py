@@ -13,8 +13,7 @@ from rnicd.api.session import Session
 from rnicd.core.device import Device
 from rnicd.wire import abi
 
-ALL_ACCESS = (abi.IBV_ACCESS_LOCAL_WRITE | abi.IBV_ACCESS_REMOTE_WRITE
-              | abi.IBV_ACCESS_REMOTE_READ | abi.IBV_ACCESS_REMOTE_ATOMIC)
+ALL_ACCESS = abi.RC_ACCESS
 
 
 class FakeShm:

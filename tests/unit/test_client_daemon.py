@@ -651,7 +651,10 @@ def test_resize_remaps(daemon, ctx):
 
 @needs_native
 def test_rings_from_the_daemon_are_checked():
-    from rnic._rings import KIND_CQ, KIND_SQ, Ring
+    from rnic._rings import Ring
+
+    from rnicd.wire.rings import RingKind
+    KIND_CQ, KIND_SQ = RingKind.CQ, RingKind.SQ
 
     def memfd(size, init=None):
         fd = os.memfd_create("t", os.MFD_CLOEXEC)

@@ -28,3 +28,11 @@ def test_imports_point_one_way(layer):
             if layer in ("wire", "core"):
                 assert top not in FORBIDDEN, f"{path.relative_to(ROOT)} imports {name}"
             assert not name.startswith(UPWARD[layer]), f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_daemon_never_imports_the_client():
+    """The client (`rnic`, its command-line tools included) builds on the daemon's wire/
+    definitions, never the other way round: the daemon package must run without it."""
+    for path in ROOT.rglob("*.py"):
+        for name in imports(path):
+            assert name.split(".")[0] != "rnic", f"{path.relative_to(ROOT)} imports {name}"

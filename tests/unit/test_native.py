@@ -534,3 +534,17 @@ def test_batch_argument_errors(udp_pair):
     assert lib.rnic_send_batch(fd, bufs, 16, lens, 1, addrs, ffi.NULL) == -errno.EINVAL
     assert lib.rnic_recv_batch(-1, bufs, 16, 1, lens, addrs, ports) == -errno.EBADF
     assert lib.rnic_send_batch(-1, bufs, 16, lens, 0, addrs, ports) == 0  # nothing to do
+
+
+def test_ring_numbers_in_python_are_the_headers():
+    """rnicd.wire.rings repeats rnic_abi.h's numbers for Python: each one is the C one."""
+    from rnicd.wire import rings
+    assert rings.ABI_VERSION == lib.RNIC_ABI_VERSION
+    assert rings.RING_MAGIC == lib.RNIC_RING_MAGIC
+    assert rings.RING_HDR_SIZE == lib.RNIC_RING_HDR_SIZE == ffi.sizeof("struct rnic_ring_hdr")
+    assert rings.SEND_WQE_HDR == lib.RNIC_SEND_WQE_HDR_SIZE == ffi.sizeof("struct rnic_send_wqe")
+    assert rings.RECV_WQE_HDR == lib.RNIC_RECV_WQE_HDR_SIZE == ffi.sizeof("struct rnic_recv_wqe")
+    assert rings.SGE_SIZE == ffi.sizeof("struct rnic_sge")
+    assert rings.CQE_SIZE == lib.RNIC_CQE_SIZE == ffi.sizeof("struct rnic_cqe")
+    assert [(k.name, k.value) for k in rings.RingKind] == [
+        (n, getattr(lib, f"RNIC_RING_{n}")) for n in ("SQ", "RQ", "SRQ", "CQ")]

@@ -7,8 +7,9 @@ daemon re-checks everything it reads from a ring: these checks exist to give the
 application an immediate, precise error, not to protect the daemon.
 """
 from rnicd.wire.abi import QPType, SendFlags, WROpcode
+from rnicd.wire.rings import SEND_WQE_HDR
 
-from ._rings import SEND_WQE_HDR, U32, uint
+from ._rings import U32, uint
 from .errors import RnicError, einval, enomem
 
 W = WROpcode

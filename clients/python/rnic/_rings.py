@@ -8,15 +8,12 @@ import errno
 import mmap
 import os
 
+from rnicd.wire.rings import ABI_VERSION, RING_HDR_SIZE, RING_MAGIC, entry_bytes
+
 from .errors import RnicError, einval
 
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
-RING_HDR_SIZE = 256
-RING_MAGIC = 0x524E4943
-ABI_VERSION = 1
-KIND_SQ, KIND_RQ, KIND_SRQ, KIND_CQ = 1, 2, 3, 4
-SEND_WQE_HDR, RECV_WQE_HDR, CQE_SIZE, SGE_SIZE = 64, 16, 64, 16
 _MAX_RING_BYTES = 1 << 31
 _native = None
 
@@ -98,10 +95,7 @@ class Ring:
         elif RING_HDR_SIZE + es * cnt > size:
             bad = f"{cnt} x {es} bytes do not fit in {size} bytes"
         else:
-            need = {KIND_SQ: SEND_WQE_HDR + max(max_sge * SGE_SIZE, max_inline),
-                    KIND_RQ: RECV_WQE_HDR + max_sge * SGE_SIZE,
-                    KIND_SRQ: RECV_WQE_HDR + max_sge * SGE_SIZE,
-                    KIND_CQ: CQE_SIZE}[kind]
+            need = entry_bytes(kind, max_sge, max_inline)
             if need > es:
                 bad = f"entries of {es} bytes cannot hold {need}"
         if bad:

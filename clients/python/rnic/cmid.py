@@ -28,7 +28,7 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-from rnicd.wire.abi import QPState, QPType
+from rnicd.wire.abi import IBV_ACCESS_LOCAL_WRITE, IBV_SEND_SIGNALED, RC_ACCESS, QPState, QPType
 from rnicd.wire.cma import RAI_PASSIVE, RDMA_PS_TCP, CMEventType
 
 from .cq import CQ
@@ -44,9 +44,6 @@ __all__ = ["AddrInfo", "ConnParam", "CMEventChannel", "CMEvent", "CMID", "Offloa
 
 E = CMEventType
 RTN_LOCAL = 2
-IBV_ACCESS_LOCAL_WRITE = 1
-RC_ACCESS = 0xF      # LOCAL_WRITE | REMOTE_WRITE | REMOTE_READ | REMOTE_ATOMIC
-IBV_SEND_SIGNALED = 2
 # how long a synchronous call waits for the daemon's CM: a REQ/DREQ gives up after ~4.3 s
 SYNC_TIMEOUT = 30.0
 

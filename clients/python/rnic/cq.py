@@ -14,8 +14,9 @@ import select
 import time
 
 from rnicd.wire.abi import WCFlags, WCOpcode, WCStatus
+from rnicd.wire.rings import RingKind
 
-from ._rings import KIND_CQ, U32, Ring, native
+from ._rings import U32, Ring, native
 from .base import RnicCM
 from .device import need_int
 from .errors import RnicError
@@ -207,7 +208,7 @@ class CQ(RnicCM):
             raise
         try:
             self.cqe = need_int(r, "cqe", "create_cq")
-            self._ring = Ring(fds[0], r.get("size"), KIND_CQ, "create_cq")
+            self._ring = Ring(fds[0], r.get("size"), RingKind.CQ, "create_cq")
         except BaseException:
             ctx._destroy("destroy_cq", {"cq": self.handle})
             raise
@@ -275,7 +276,7 @@ class CQ(RnicCM):
         except RnicError:
             os.close(fds[0])
             raise
-        new = Ring(fds[0], r.get("size"), KIND_CQ, "resize_cq")
+        new = Ring(fds[0], r.get("size"), RingKind.CQ, "resize_cq")
         old, self._ring = self._ring, new
         old.release()
         self.cqe = actual

@@ -4,11 +4,12 @@ post_send and post_recv write WQEs into the QP's shared-memory rings (see rnic._
 state changes, queries and creation are control verbs on the socket.
 """
 from rnicd.wire.abi import QPAttrMask, QPState, QPType
+from rnicd.wire.rings import RingKind
 
 from . import _post
 from ._conn import _close_fds
 from ._qp_attr import QPAttr, QPCap, QPInitAttr
-from ._rings import KIND_RQ, KIND_SQ, Ring, native
+from ._rings import Ring, native
 from .base import RnicCM
 from .device import need_int
 from .errors import RnicError, einval
@@ -113,10 +114,10 @@ class QP(RnicCM):
             self.qp_num = need_int(r, "qp_num", verb)
             self.cap = QPCap.from_dict(r.get("cap"), default=cap)
             sq_fd = fds.pop(0)
-            self._sq = Ring(sq_fd, r.get("sq_size"), KIND_SQ, f"{verb} (SQ)")
+            self._sq = Ring(sq_fd, r.get("sq_size"), RingKind.SQ, f"{verb} (SQ)")
             self._sq.limit = self.cap.max_send_wr or self._sq.num_entries
             if srq is None:
-                self._rq = Ring(fds.pop(0), r.get("rq_size"), KIND_RQ, f"{verb} (RQ)")
+                self._rq = Ring(fds.pop(0), r.get("rq_size"), RingKind.RQ, f"{verb} (RQ)")
                 self._rq.limit = self.cap.max_recv_wr or self._rq.num_entries
         except BaseException:
             for fd in fds:

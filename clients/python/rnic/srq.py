@@ -3,9 +3,10 @@ import errno
 import os
 
 from rnicd.wire.abi import SRQAttrMask
+from rnicd.wire.rings import RingKind
 
 from . import _post
-from ._rings import KIND_SRQ, Ring
+from ._rings import Ring
 from .base import RnicCM
 from .device import need_int
 from .errors import RnicError, einval
@@ -63,7 +64,7 @@ class SRQ(RnicCM):
         try:
             self.max_wr = need_int(r, "max_wr", "create_srq")
             self.max_sge = need_int(r, "max_sge", "create_srq")
-            self._ring = Ring(fds[0], r.get("size"), KIND_SRQ, "create_srq")
+            self._ring = Ring(fds[0], r.get("size"), RingKind.SRQ, "create_srq")
             self._ring.limit = self.max_wr or self._ring.num_entries
         except BaseException:
             ctx._destroy("destroy_srq", {"srq": self.handle})

@@ -16,7 +16,7 @@ from rnicd.core.cm.offload import BACKLOG_FULL, Offload
 from rnicd.errors import VerbsError, einval
 from rnicd.wire import cma, mad, roce
 from rnicd.wire import opcodes as op
-from rnicd.wire.abi import Access, QPAttrMask, QPState, QPType
+from rnicd.wire.abi import RC_ACCESS, QPAttrMask, QPState, QPType
 from rnicd.wire.cma import CMEventType as E
 
 log = logging.getLogger("rnicd.cm")
@@ -31,8 +31,6 @@ DEFAULT_BACKLOG = 1024
 LOCAL_ACK_TIMEOUT = 14       # the QP's timeout code (67 ms), also sent in the REQ
 EPHEMERAL = (32768, 60999)   # Linux's ip_local_port_range: ports for active ids
 _UD_SEND = op.send_opcode(op.Position.ONLY, transport=op.Transport.UD)
-_RC_ACCESS = (Access.IBV_ACCESS_LOCAL_WRITE | Access.IBV_ACCESS_REMOTE_WRITE
-              | Access.IBV_ACCESS_REMOTE_READ | Access.IBV_ACCESS_REMOTE_ATOMIC)
 
 
 def cm_timeout(code: int) -> float:
@@ -438,7 +436,7 @@ class CMAgent:
         if qp.state == QPState.IBV_QPS_RESET:
             self._modify(qp, M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT
                          | M.IBV_QP_ACCESS_FLAGS, qp_state=QPState.IBV_QPS_INIT, pkey_index=0,
-                         port_num=1, qp_access_flags=int(_RC_ACCESS), now=now)
+                         port_num=1, qp_access_flags=int(RC_ACCESS), now=now)
 
     def _to_rts(self, qp, cid: CMId, *, dest_rd_atomic, rd_atomic, retry, rnr_retry, now):
         """The QP transitions rdma_cm makes once both PSNs and QPNs are known."""

@@ -13,7 +13,7 @@ from rnicd.core.roce.requester import Requester
 from rnicd.core.roce.responder import Responder
 from rnicd.errors import einval
 from rnicd.wire.abi import EventType, QPAttrMask, QPState, WCOpcode, WCStatus, mtu_bytes
-from rnicd.wire.roce import timeout_seconds
+from rnicd.wire.roce import ipv4_of_gid, timeout_seconds
 
 log = logging.getLogger("rnicd.qp")
 
@@ -85,11 +85,11 @@ class RCQP:
     def modify(self, attr_mask: int, attr: dict, now: float):
         new = check_modify(self.qp_type, self.state, attr_mask, attr, self.device.qp_limits)
         if attr_mask & QPAttrMask.IBV_QP_AV:
-            dgid = bytes(attr["ah_attr"]["grh"]["dgid"])
-            if dgid[:12] != b"\0" * 10 + b"\xff\xff":
+            peer_ip = ipv4_of_gid(attr["ah_attr"]["grh"]["dgid"])
+            if peer_ip is None:
                 raise einval("ah_attr.grh.dgid must be an IPv4-mapped GID (::ffff:a.b.c.d): "
                              "this device speaks RoCEv2 over IPv4")
-            self.peer_ip = ".".join(str(b) for b in dgid[12:])
+            self.peer_ip = peer_ip
         for bit, name in ATTR_FIELD.items():          # the attributes the mask names
             if attr_mask & bit and name in self.attr and name != "qp_state":
                 self.attr[name] = attr[name]

@@ -105,7 +105,7 @@ def run(args, socket_path: str | None, device: str | None) -> int:
     host, port = args.host or "127.0.0.1", args.port
     if args.local:
         port = _free_port()
-        cmd = [sys.executable, "-m", "rnicd.tool", "--socket",
+        cmd = [sys.executable, "-m", "rnic.tool", "--socket",
                args.server_socket or socket_path or "", "perf", args.test, "-p", str(port)]
         if device:
             cmd[3:3] = ["--device", device]

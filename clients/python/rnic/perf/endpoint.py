@@ -20,9 +20,9 @@ from rnic.errors import RnicError
 from rnic.mr import MR
 from rnic.pd import PD
 from rnic.qp import QP, QPAttr, QPCap, QPInitAttr
+from rnicd.wire.abi import RC_ACCESS
 
-ACCESS = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE | e.IBV_ACCESS_REMOTE_READ
-          | e.IBV_ACCESS_REMOTE_ATOMIC)
+ACCESS = RC_ACCESS
 MTU_ENUM = {256: e.IBV_MTU_256, 512: e.IBV_MTU_512, 1024: e.IBV_MTU_1024,
             2048: e.IBV_MTU_2048, 4096: e.IBV_MTU_4096}
 

@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from rnicd.wire.abi import MTU, PortState
+from rnicd.wire.abi import MTU, PortState, mtu_bytes
 
 PORT_STATE = {s.value: s.name.removeprefix("IBV_PORT_") for s in PortState}
-MTU_BYTES = {m.value: 128 << m.value for m in MTU}
+MTU_BYTES = {m.value: mtu_bytes(m) for m in MTU}
 
 
 def _context(args):
@@ -106,8 +106,23 @@ def cmd_perf(args) -> int:
 
 
 def cmd_ping(args) -> int:
-    from rnicd.ping import run
+    from rnic.ping import run
     return run(args, _context)
+
+
+class _Intermixed(argparse.ArgumentParser):
+    """A subcommand's parser that takes positionals after options, as perftest's users type
+    them (`rnic perf write_bw -s 65536 HOST`), not only before them."""
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:              # parse_known_intermixed_args calls back into this
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def parser() -> argparse.ArgumentParser:
@@ -115,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", "-S", help="control socket (default: as rnicd resolves it, "
                    "starting with $RNIC_SOCKET)")
     p.add_argument("--device", "-d", help="device name (default: the daemon's)")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Intermixed)
     s = sub.add_parser("devinfo", help="print the device like ibv_devinfo")
     s.add_argument("-v", "--verbose", action="store_true", help="also print device limits")
     s.set_defaults(func=cmd_devinfo)
@@ -134,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     from rnic.perf import add_arguments
     add_arguments(s)
     s.set_defaults(func=cmd_perf)
-    from rnicd import ping
+    from rnic import ping
     s = sub.add_parser("ping", help="rping: connect over rdma_cm and verify RDMA READ/WRITE",
                        description=ping.DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,31 @@
+"""The shared-memory ring layout of native/include/rnic_abi.h, for Python.
+
+The C header is the definition; these are its numbers for the daemon's control plane and the
+Python client (tests/unit/test_native.py checks each against the compiled header).
+"""
+from enum import IntEnum
+
+ABI_VERSION = 1                 # RNIC_ABI_VERSION
+RING_MAGIC = 0x524E4943         # RNIC_RING_MAGIC, "RNIC"
+RING_HDR_SIZE = 256             # RNIC_RING_HDR_SIZE: four cache lines
+SEND_WQE_HDR = 64               # RNIC_SEND_WQE_HDR_SIZE: struct rnic_send_wqe before its SGEs
+RECV_WQE_HDR = 16               # RNIC_RECV_WQE_HDR_SIZE
+SGE_SIZE = 16                   # struct rnic_sge
+CQE_SIZE = 64                   # RNIC_CQE_SIZE
+
+
+class RingKind(IntEnum):
+    """enum rnic_ring_kind."""
+    SQ = 1
+    RQ = 2
+    SRQ = 3
+    CQ = 4
+
+
+def entry_bytes(kind: int, max_sge: int, max_inline: int = 0) -> int:
+    """The least entry size that holds a WQE of max_sge SGEs (SQ: or max_inline bytes)."""
+    if kind == RingKind.CQ:
+        return CQE_SIZE
+    if kind == RingKind.SQ:
+        return SEND_WQE_HDR + max(max_sge * SGE_SIZE, max_inline)
+    return RECV_WQE_HDR + max_sge * SGE_SIZE
