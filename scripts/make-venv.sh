@@ -8,7 +8,10 @@ python=$1
 dir=$2
 if "$python" -m venv "$dir" >/dev/null 2>&1; then exit 0; fi
 rm -rf "$dir"                       # a venv without pip is half made: never keep it
-ver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if ! ver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); then
+    echo "make-venv: '$python' does not run; install Python 3.11 or newer, or name one with PYTHON=" >&2
+    exit 1
+fi
 pkgs="python3-venv python$ver-venv"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "make-venv: '$python -m venv' failed; installing $pkgs" >&2
