@@ -157,6 +157,7 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=N
             for data, (ip, _port) in src.dev.take_tx():
                 for d in (net(src, data) if net else [data]):
                     held.append((hosts[ip], src, d))
+            src.dev.produce(src.now)        # the transmit buffer drained: READ responses
         if held:
             batch, held = held, []
             for dst, src, d in batch:
@@ -164,7 +165,8 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=N
                 moved = True
             a.dev.end_batch(a.now)
             b.dev.end_batch(b.now)
-        if moved or a.dev.tx or b.dev.tx or a.dev.dp.ntx or b.dev.dp.ntx:
+        if (moved or a.dev.tx or b.dev.tx or a.dev.dp.ntx or b.dev.dp.ntx or a.dev.reading
+                or b.dev.reading):
             continue
         deadlines = [d for d in (a.dev.next_deadline(), b.dev.next_deadline()) if d is not None]
         if not deadlines:
