@@ -181,13 +181,13 @@ def daemon_objects(d):
 # ---- a RoCEv2 peer that is not rnicd (issue 24): raw packets, scapy's ICRC ------------------
 @pytest.fixture
 def raw_peer(rnicd):
-    import conftest
     import roce_peer as rp
 
     from rnicd.wire import roce
     d = rnicd("d")
     side = Side(d, mr_size=4 << 20)
-    ip = next(conftest._addresses)
+    o = d.ip.split(".")
+    ip = f"127.{o[1]}.254.{o[3]}"           # beside the daemon's own loopback address
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:        # SO_RCVBUFFORCE (33): room for every response, as root; else what is allowed
         sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)
