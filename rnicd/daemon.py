@@ -52,6 +52,7 @@ class Daemon:
         self._ring_fds: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._producing = False             # a call to _produce is scheduled
         self._stopped = asyncio.Event()
         self.port: RocePort | None = None
         self.control: ControlServer | None = None
@@ -175,6 +176,11 @@ class Daemon:
         self.device.end_batch(self.loop.time())
         self._drain()
 
+    def _produce(self):
+        self._producing = False
+        self.device.produce(self.loop.time())
+        self._drain()
+
     def _on_timer(self):
         self._timer = self._timer_at = None
         self.device.on_timer(self.loop.time())
@@ -193,6 +199,10 @@ class Daemon:
                         send(dgram, addr)
         elif d.dp.ntx:
             self.port.send_queued(d.dp)
+        if d.reading and not self._producing:
+            # READ responses in progress: more once the loop has served other events
+            self._producing = True
+            self.loop.call_soon(self._produce)
         d.take_notifications()
         if d.notify:
             for ch in d.notify:

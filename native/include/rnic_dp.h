@@ -16,6 +16,12 @@
 
 /* Largest count rnic_recv_batch / rnic_send_batch accept in one call. */
 #define RNIC_MAX_BATCH 64
+/* Largest message, and largest RDMA READ DMA length (IBTA 9.4.1: 2^31 bytes). */
+#define RNIC_DP_MAX_MSG 2147483648u
+
+/* a - b for 24-bit PSNs (IBTA 9.7.1), in (-2^23, 2^23]: the one definition, which
+ * core/ calls as wire.roce.psn_diff. */
+int32_t rnic_psn_diff(uint32_t a, uint32_t b);
 
 /* rnic_cpu_features() bits: which accelerated paths this CPU runs. */
 #define RNIC_CPU_PCLMUL 1
@@ -129,6 +135,15 @@ struct rnic_dp_qp {
     uint64_t recv_off;      /* bytes received so far */
     uint32_t recv_npieces;
     uint32_t recv_max_sge;  /* capacity of recv_pieces */
+    /* RDMA READ being answered (IBTA 9.7.4.1.5): rnic_dp_read_begin sets it up, and
+     * rnic_dp_read_continue queues its responses as the transmit buffer has room */
+    const uint8_t *rd_src;
+    uint32_t rd_len;        /* its DMA length */
+    uint32_t rd_psn;        /* PSN of its first response */
+    uint32_t rd_msn;        /* the MSN its AETHs carry */
+    uint32_t rd_next;       /* responses queued so far ... */
+    uint32_t rd_npkts;      /* ... of this many; 0: no READ being answered */
+    uint32_t _rsvd1;
     struct rnic_dp_piece *recv_pieces;
     /* the receive queue the data plane takes WQEs from; NULL with an SRQ (core/ takes) */
     struct rnic_ring_hdr *rq;
@@ -162,9 +177,9 @@ struct rnic_dp_qp {
     struct rnic_dp_cq *scq;
     uint8_t *sq_entries;    /* the SQ ring's entries, with the daemon's own geometry */
     uint32_t sq_entry_size;
-    uint32_t max_send_sge;  /* also the stride of the pieces array: one run per SQ slot */
+    uint32_t max_send_sge;  /* the QP's cap (may be 0) */
     uint32_t max_inline;
-    uint32_t _rsvd2;
+    uint32_t sq_piece_stride;   /* pieces per SQ slot in sq_pieces: max(1, max_send_sge) */
     struct rnic_dp_piece *sq_pieces;
     uint64_t sent_pkts;
     uint64_t retransmitted_pkts;
@@ -201,7 +216,7 @@ struct rnic_dp_swqe {
     uint32_t wc_opcode;     /* enum ibv_wc_opcode of its completion */
     uint32_t npieces;       /* gather list of a SEND/WRITE payload ... */
     uint32_t _rsvd0;
-    struct rnic_dp_piece *pieces;   /* ... in the QP's piece array (max_send_sge a slot) */
+    struct rnic_dp_piece *pieces;   /* ... in the QP's piece array (sq_piece_stride a slot) */
 };
 
 /* Largest congestion window, smallest one, and how often a long message asks for an ACK. */
@@ -234,7 +249,8 @@ struct rnic_dp_dev {
     uint32_t *notify;               /* ids of CQs to signal, or that overran */
     uint32_t nnotify;
     uint32_t pumps_cap;
-    uint32_t *pumps;                /* QPNs whose requester needs core/ (fetch, READ, ...) */
+    uint32_t *pumps;                /* QPNs that need core/: requester (fetch, READ, ...)
+                                     * or READ responses still to produce */
     uint32_t npumps;
     uint32_t _rsvd1;
     double now;                     /* the time of the current call, set by core/ */
@@ -262,10 +278,24 @@ int64_t rnic_dp_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn
 /* una moved on from old_una: grow the window, refill the retry budgets and restart the
  * retransmit timer (IBTA 9.7.6.1.3: the timer measures time without progress). */
 void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t old_una);
-/* Fetch SEND and RDMA WRITE WQEs from the SQ ring into descriptors, validated (opcode,
- * SGE count, lkeys and bounds, inline length), with their PSNs. Stops at an empty ring, when
- * the window is covered, or at a WQE core/ must fetch (READ, atomic, fence, anything wrong):
- * returns how many it fetched, or -1 in that last case (before fetching any). */
+/* WQEs posted and not fetched yet: prod - sq_next, or -EPROTO when the producer index is
+ * impossible (behind the fetch position or more than a ring ahead of the oldest WQE):
+ * core/ then fails the QP (rnic_abi.h). */
+int rnic_dp_sq_pending(const struct rnic_dp_qp *qp);
+/* Copy the SQ entry at sq_next out of the client's ring, once, and validate the copy into
+ * its descriptor (IBTA 10.8.3.1, 11.4.1.1): opcode, inline length, SGE count against the
+ * QP's cap, each lkey (PD, bounds; LOCAL_WRITE for READ and atomic results), total length.
+ * status is -1 for a good WQE, else the enum ibv_wc_status it completes with. hdr (may be
+ * NULL) receives the copied header. */
+void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
+                       struct rnic_send_wqe *hdr);
+/* Take the loaded descriptor at sq_next: give a good one its PSNs and advance sq_next.
+ * -EAGAIN (nothing taken) while its last PSN would be 2^23 or more past una: PSN distance
+ * is only defined below that (IBTA 9.7.1). */
+int rnic_dp_swqe_commit(struct rnic_dp_qp *qp);
+/* Fetch SEND and RDMA WRITE WQEs (rnic_dp_swqe_load, _commit). Stops at an empty ring, when
+ * the window is covered, or at a WQE core/ must fetch (READ, atomic, fence, anything wrong,
+ * a corrupt index): returns how many it fetched, or -1 in that last case (before any). */
 int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
 /* Transmit what the window allows from send_psn, fetching as it goes (RNIC_DP_PUMP_*). */
 int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
@@ -276,11 +306,14 @@ int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t s
 /* One coalesced ACK (for epsn - 1) for every QP listed in dev->acks that still owes one;
  * empties the list. The caller leaves room for dev->nacks datagrams. Returns ACKs queued. */
 uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev);
-/* Queue the READ response packets for len bytes at src, from psn on (IBTA 9.7.4.1.5: FIRST,
- * MIDDLE..., LAST or ONLY; AETH with the QP's MSN on FIRST, LAST and ONLY). Returns how many
- * packets, or -ENOSPC (nothing queued) when the transmit buffer cannot take them all. */
-int rnic_dp_read_respond(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
-                         const uint8_t *src, uint32_t len);
+/* Start answering a READ of len bytes at src whose first response has PSN psn (IBTA
+ * 9.7.4.1.5): returns the PSNs its responses take, or -EMSGSIZE when len exceeds
+ * RNIC_DP_MAX_MSG (NAK Invalid Request), -EBUSY while another READ is being answered.
+ * Nothing is queued: rnic_dp_read_continue does that. The AETHs carry the QP's MSN now. */
+int rnic_dp_read_begin(struct rnic_dp_qp *qp, uint32_t psn, const uint8_t *src, uint64_t len);
+/* Queue READ responses (FIRST, MIDDLE..., LAST or ONLY; AETH on all but MIDDLE) while the
+ * transmit buffer has room; returns how many are still to go (0: done, READ state cleared). */
+uint32_t rnic_dp_read_continue(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
 /* Scatter n bytes to offset off of a WQE's local buffers (a READ's destination); 0, or
  * -EMSGSIZE if they do not fit. */
 int rnic_dp_swqe_place(struct rnic_dp_swqe *w, uint64_t off, const uint8_t *data, uint32_t n);

@@ -11,8 +11,13 @@
 
 #include "rnic_dp.h"
 
-/* a - b for 24-bit PSNs, in (-2^23, 2^23] */
-static inline int32_t dp_psn_diff(uint32_t a, uint32_t b) { return (int32_t)((a - b) << 8) >> 8; }
+/* a - b for 24-bit PSNs, in (-2^23, 2^23] (rnic_psn_diff exports it to core/) */
+static inline int32_t dp_psn_diff(uint32_t a, uint32_t b)
+{
+    uint32_t d = (a - b) & 0xffffff;
+
+    return d > 0x800000 ? (int32_t)d - 0x1000000 : (int32_t)d;
+}
 static inline uint32_t dp_psn_add(uint32_t a, int32_t n) { return (a + (uint32_t)n) & 0xffffff; }
 
 static inline uint32_t dp_be24(const uint8_t *p) { return (uint32_t)p[0] << 16 | p[1] << 8 | p[2]; }
@@ -31,6 +36,14 @@ static inline void dp_put32(uint8_t *p, uint32_t v)
     p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
 }
 static inline void dp_put64(uint8_t *p, uint64_t v) { dp_put32(p, v >> 32); dp_put32(p + 4, (uint32_t)v); }
+
+/* Copy n bytes out of memory a client can write, once: the barrier keeps the compiler from
+ * reading the source again in place of the copy (rnic_abi.h: copy, then validate). */
+static inline void dp_copy_shared(void *dst, const void *src, size_t n)
+{
+    memcpy(dst, src, n);
+    __asm__ __volatile__("" ::: "memory");
+}
 
 /* Copy n bytes between buf and offset off of the pieces (to the pieces when `in`); returns
  * the bytes that did not fit. */

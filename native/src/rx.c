@@ -69,8 +69,10 @@ static const uint8_t *read_source(const struct rnic_dp_dev *dev, const struct rn
     return mr->base + (va - mr->iova);
 }
 
-/* An in-order RDMA READ request (9.7.4.1.5): answer it from the region. Duplicates (they
- * are re-executed), zero-length and bad ones are core/'s. */
+/* An in-order RDMA READ request (9.7.4.1.5): start answering it from the region; what the
+ * transmit buffer cannot take now core/ produces as it drains (dev->pumps). Duplicates (they
+ * are re-executed), zero-length, oversized and bad ones are core/'s, and so is any READ
+ * while another one is being answered (responses go out in PSN order). */
 static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
                            uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
 {
@@ -80,19 +82,21 @@ static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const
     int n;
 
     if (len != RX_BTH_LEN + RX_RETH_LEN + RX_ICRC_LEN || (pkt[1] & 0x30) || psn != qp->epsn
-        || qp->msg != RNIC_DP_MSG_NONE || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+        || qp->msg != RNIC_DP_MSG_NONE || qp->rd_npkts || !icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
     va = dp_be64(pkt + RX_BTH_LEN);
     rkey = dp_be32(pkt + RX_BTH_LEN + 8);
     dlen = dp_be32(pkt + RX_BTH_LEN + 12);
-    if (dlen == 0 || !(src = read_source(dev, qp, rkey, va, dlen)))
+    if (dlen == 0 || dlen > RNIC_DP_MAX_MSG || !(src = read_source(dev, qp, rkey, va, dlen)))
         return 0;
-    if ((n = rnic_dp_read_respond(dev, qp, psn, src, dlen)) < 0)
+    if ((n = rnic_dp_read_begin(qp, psn, src, dlen)) < 0)
         return 0;
     qp->epsn = (psn + (uint32_t)n) & 0xffffff;
     qp->msn = (qp->msn + 1) & 0xffffff;
     qp->nak_sent = 0;
     qp->fast_pkts++;
+    if (rnic_dp_read_continue(dev, qp) && dev->npumps < dev->pumps_cap)
+        dev->pumps[dev->npumps++] = qp->qpn;
     return 1;
 }
 
@@ -136,12 +140,14 @@ static int rx_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t 
                   uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
 {
     uint32_t old = qp->una;
+    int32_t d;
     int64_t lost;
 
     if (len != RX_BTH_LEN + RX_AETH_LEN + RX_ICRC_LEN || (pkt[1] & 0x30)
         || (pkt[RX_BTH_LEN] >> 5) != 0 || !qp->send_ok)
         return 0;
-    if (dp_psn_diff(psn, qp->una) < 0 || dp_psn_diff(psn, qp->next_psn) >= 0)
+    d = dp_psn_diff(psn, qp->una);                 /* requests in flight: [una, next_psn) */
+    if (d < 0 || d >= dp_psn_diff(qp->next_psn, qp->una))
         return 0;
     if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
@@ -164,13 +170,17 @@ int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t 
     if (num_sge > qp->recv_max_sge)
         return -EINVAL;
     for (uint32_t i = 0; i < num_sge; i++) {
-        uint32_t idx = sg[i].lkey >> 8;
-        const struct rnic_dp_mr *mr = idx < dev->mrs_len ? dev->mrs[idx] : NULL;
-        uint64_t addr = sg[i].addr, len = sg[i].length;
+        struct rnic_sge e;
+        const struct rnic_dp_mr *mr;
+        uint64_t addr, len;
 
+        dp_copy_shared(&e, &sg[i], sizeof(e));     /* sg may be the client's ring */
+        mr = (e.lkey >> 8) < dev->mrs_len ? dev->mrs[e.lkey >> 8] : NULL;
+        addr = e.addr;
+        len = e.length;
         if (len == 0)
             continue;
-        if (!mr || mr->rkey != sg[i].lkey || mr->pd != qp->pd
+        if (!mr || mr->rkey != e.lkey || mr->pd != qp->pd
             || !(mr->access & RX_ACCESS_LOCAL_WRITE) || addr < mr->iova
             || addr - mr->iova > mr->length || len > mr->length - (addr - mr->iova))
             return -EACCES;
@@ -197,7 +207,8 @@ int rnic_dp_recv_place(struct rnic_dp_qp *qp, const uint8_t *data, uint32_t n)
  * (no RQ of ours, none posted -> RNR, a bad one -> LOC_PROT_ERR). */
 static int peek_recv(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
-    struct rnic_recv_wqe *w;
+    const uint8_t *entry;
+    struct rnic_recv_wqe w;
     uint32_t cons, prod;
 
     if (!qp->rq)
@@ -206,9 +217,13 @@ static int peek_recv(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
     prod = rnic_load_acquire(&qp->rq->prod);
     if (prod == cons || prod - cons > qp->rq_mask + 1)
         return 0;
-    w = (struct rnic_recv_wqe *)(qp->rq_entries + (size_t)(cons & qp->rq_mask)
-                                 * qp->rq_entry_size);
-    return rnic_dp_recv_begin(dev, qp, w->wr_id, w->sg, w->num_sge) == 0;
+    entry = qp->rq_entries + (size_t)(cons & qp->rq_mask) * qp->rq_entry_size;
+    dp_copy_shared(&w, entry, RNIC_RECV_WQE_HDR_SIZE);  /* header read once; SGEs likewise */
+    if (w.num_sge > (qp->rq_entry_size - RNIC_RECV_WQE_HDR_SIZE) / sizeof(struct rnic_sge))
+        return 0;
+    return rnic_dp_recv_begin(dev, qp, w.wr_id,
+                              (const struct rnic_sge *)(entry + RNIC_RECV_WQE_HDR_SIZE),
+                              w.num_sge) == 0;
 }
 
 static uint64_t recv_capacity(const struct rnic_dp_qp *qp)

@@ -15,8 +15,9 @@
 
 enum {
     SQ_BTH = 12, SQ_RETH = 16, SQ_IMMDT = 4, SQ_ICRC = 4, SQ_ROCE_PORT = 4791,
-    WR_WRITE = 0, WR_WRITE_IMM = 1, WR_SEND = 2, WR_SEND_IMM = 3,
-    SF_SIGNALED = 2, SF_SOLICITED = 4,
+    WR_WRITE = 0, WR_WRITE_IMM = 1, WR_SEND = 2, WR_SEND_IMM = 3, WR_CAS = 5, WR_FAA = 6,
+    SF_FENCE = 1, SF_SIGNALED = 2, SF_SOLICITED = 4, SF_INLINE = 8, ACC_LOCAL_WRITE = 1,
+    WC_LOC_LEN_ERR = 1, WC_LOC_QP_OP_ERR = 2, WC_LOC_PROT_ERR = 4,   /* enum ibv_wc_status */
     OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06,
 };
 
@@ -197,87 +198,134 @@ static int rd_atomic_in_flight(const struct rnic_dp_qp *qp)
     return 0;
 }
 
-/* Copy and check one SEND/WRITE entry into descriptor d; 0, or -1 if it is core/'s. */
-static int fetch_one(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t idx,
-                     struct rnic_dp_swqe *d)
+int32_t rnic_psn_diff(uint32_t a, uint32_t b) { return dp_psn_diff(a, b); }
+
+int rnic_dp_sq_pending(const struct rnic_dp_qp *qp)
 {
-    const struct rnic_send_wqe *w = (const struct rnic_send_wqe *)
-        (qp->sq_entries + (size_t)(idx & qp->swqe_mask) * qp->sq_entry_size);
-    struct rnic_dp_piece *pieces = qp->sq_pieces + (size_t)(idx & qp->swqe_mask)
-                                   * qp->max_send_sge;
-    uint32_t op = w->opcode, flags = w->send_flags, n = 0;
+    uint32_t posted = rnic_load_acquire(&qp->sq->prod) - qp->sq_head;
+
+    if (posted > qp->swqe_mask + 1 || posted < qp->sq_next - qp->sq_head)
+        return -EPROTO;
+    return (int)(posted - (qp->sq_next - qp->sq_head));
+}
+
+/* enum ibv_wc_opcode of each IBV_WR_* up to FETCH_AND_ADD */
+static const uint8_t wc_opcode_of[WR_FAA + 1] = { 1, 1, 0, 0, 2, 3, 4 };
+
+void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
+                       struct rnic_send_wqe *hdr)
+{
+    uint32_t slot = qp->sq_next & qp->swqe_mask;
+    const uint8_t *entry = qp->sq_entries + (size_t)slot * qp->sq_entry_size;
+    const struct rnic_sge *ring_sg = (const struct rnic_sge *)(entry + RNIC_SEND_WQE_HDR_SIZE);
+    struct rnic_dp_swqe *d = &qp->swqes[slot];
+    struct rnic_dp_piece *pieces = qp->sq_pieces + (size_t)slot * qp->sq_piece_stride;
+    struct rnic_send_wqe w;
+    uint32_t op, n = 0;
     uint64_t length = 0;
 
-    if (!sends_data(op) || ((flags & 1) && rd_atomic_in_flight(qp)))   /* IBV_SEND_FENCE */
-        return -1;
-    if (flags & 8) {                                /* IBV_SEND_INLINE: data in the slot */
-        uint32_t ilen = w->inline_len;
-
-        if (ilen > qp->max_inline || ilen > qp->sq_entry_size - RNIC_SEND_WQE_HDR_SIZE)
-            return -1;
-        if (ilen) {
-            pieces[0].ptr = (uint8_t *)w->sg;       /* stable until the WQE is retired */
-            pieces[0].len = ilen;
+    dp_copy_shared(&w, entry, RNIC_SEND_WQE_HDR_SIZE);   /* the only read of the header */
+    if (hdr)
+        *hdr = w;
+    op = w.opcode;
+    d->wr_id = w.wr_id;
+    d->remote_addr = w.remote_addr;
+    d->idx = qp->sq_next;
+    d->opcode = op;
+    d->flags = w.send_flags;
+    d->imm = w.imm_data;
+    d->rkey = w.rkey;
+    d->length = 0;
+    d->npkts = 1;
+    d->status = -1;
+    d->wc_opcode = op <= WR_FAA ? wc_opcode_of[op] : 0;
+    d->npieces = 0;
+    d->pieces = pieces;
+    if (op > WR_FAA) {
+        d->status = WC_LOC_QP_OP_ERR;
+        return;
+    }
+    if (w.send_flags & SF_INLINE) {                 /* data in the slot, stable until retired */
+        if (!sends_data(op) || w.inline_len > qp->max_inline
+            || w.inline_len > qp->sq_entry_size - RNIC_SEND_WQE_HDR_SIZE) {
+            d->status = WC_LOC_LEN_ERR;
+            return;
+        }
+        if (w.inline_len) {
+            pieces[0].ptr = (uint8_t *)ring_sg;
+            pieces[0].len = w.inline_len;
             n = 1;
         }
-        length = ilen;
+        length = w.inline_len;
     } else {
-        if (w->num_sge > qp->max_send_sge)
-            return -1;
-        for (uint32_t i = 0; i < w->num_sge; i++) {
-            uint32_t key = w->sg[i].lkey, kidx = key >> 8;
-            const struct rnic_dp_mr *mr = kidx < dev->mrs_len ? dev->mrs[kidx] : NULL;
-            uint64_t addr = w->sg[i].addr, len = w->sg[i].length;
+        /* READ and atomic results are written locally: LOCAL_WRITE (IBTA 10.6.3.1) */
+        uint32_t need = sends_data(op) ? 0 : ACC_LOCAL_WRITE;
 
-            if (len == 0)
-                continue;
-            /* IBTA 10.6.3.2: an lkey of the QP's PD covering the range (local reads need
-             * no access right) */
-            if (!mr || mr->rkey != key || mr->pd != qp->pd || addr < mr->iova
-                || addr - mr->iova > mr->length || len > mr->length - (addr - mr->iova))
-                return -1;
-            pieces[n].ptr = mr->base + (addr - mr->iova);
-            pieces[n].len = len;
-            n++;
-            length += len;
+        if (w.num_sge > qp->max_send_sge
+            || w.num_sge > (qp->sq_entry_size - RNIC_SEND_WQE_HDR_SIZE) / sizeof(*ring_sg)) {
+            d->status = WC_LOC_LEN_ERR;
+            return;
         }
-        if (length > (1u << 31))
-            return -1;
+        for (uint32_t i = 0; i < w.num_sge; i++) {
+            struct rnic_sge sg;
+            const struct rnic_dp_mr *mr;
+
+            dp_copy_shared(&sg, &ring_sg[i], sizeof(sg));
+            if (sg.length == 0)
+                continue;
+            mr = (sg.lkey >> 8) < dev->mrs_len ? dev->mrs[sg.lkey >> 8] : NULL;
+            /* IBTA 10.6.3.2: an lkey of the QP's PD covering the range */
+            if (!mr || mr->rkey != sg.lkey || mr->pd != qp->pd || (mr->access & need) != need
+                || sg.addr < mr->iova || sg.addr - mr->iova > mr->length
+                || sg.length > mr->length - (sg.addr - mr->iova)) {
+                d->status = WC_LOC_PROT_ERR;
+                return;
+            }
+            pieces[n].ptr = mr->base + (sg.addr - mr->iova);
+            pieces[n].len = sg.length;
+            n++;
+            length += sg.length;
+        }
+        if (length > RNIC_DP_MAX_MSG || (op >= WR_CAS && length != 8)) {
+            d->status = WC_LOC_LEN_ERR;
+            return;
+        }
     }
-    d->wr_id = w->wr_id;
-    d->remote_addr = w->remote_addr;
-    d->idx = idx;
-    d->opcode = op;
-    d->flags = flags;
-    d->imm = w->imm_data;
-    d->rkey = w->rkey;
     d->length = (uint32_t)length;
-    d->first_psn = qp->next_psn;
-    d->npkts = length ? (uint32_t)((length + qp->mtu - 1) / qp->mtu) : 1;
-    d->status = -1;
-    d->wc_opcode = (op == WR_SEND || op == WR_SEND_IMM) ? 0 : 1;   /* IBV_WC_SEND/RDMA_WRITE */
     d->npieces = n;
-    d->pieces = pieces;
-    qp->next_psn = dp_psn_add(qp->next_psn, (int32_t)d->npkts);
+    if (op < WR_CAS && length)
+        d->npkts = (uint32_t)((length + qp->mtu - 1) / qp->mtu);
+}
+
+int rnic_dp_swqe_commit(struct rnic_dp_qp *qp)
+{
+    struct rnic_dp_swqe *d = &qp->swqes[qp->sq_next & qp->swqe_mask];
+
+    if (d->status < 0) {
+        /* in flight from una to the WQE's last PSN: less than 2^23 (IBTA 9.7.1) */
+        if ((uint64_t)((qp->next_psn - qp->una) & 0xffffff) + d->npkts > 0x800000)
+            return -EAGAIN;
+        d->first_psn = qp->next_psn;
+        qp->next_psn = dp_psn_add(qp->next_psn, (int32_t)d->npkts);
+    }
+    qp->sq_next++;
     return 0;
 }
 
 int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
-    uint32_t prod = rnic_load_acquire(&qp->sq->prod);
-    int fetched = 0;
+    int pending = rnic_dp_sq_pending(qp), fetched = 0;
 
-    if (prod - qp->sq_head > qp->swqe_mask + 1)
-        return fetched ? fetched : -1;              /* a corrupt index: core/ fails the QP */
-    while (qp->sq_next != prod && dp_psn_diff(qp->next_psn, qp->send_psn) < qp->cwnd) {
-        struct rnic_dp_swqe *d = &qp->swqes[qp->sq_next & qp->swqe_mask];
+    while (fetched < pending && dp_psn_diff(qp->next_psn, qp->send_psn) < qp->cwnd) {
+        const struct rnic_dp_swqe *d = &qp->swqes[qp->sq_next & qp->swqe_mask];
 
-        if (fetch_one(dev, qp, qp->sq_next, d) < 0)
-            return fetched ? fetched : -1;
-        qp->sq_next++;
+        rnic_dp_swqe_load(dev, qp, NULL);
+        if (d->status >= 0 || !sends_data(d->opcode)
+            || ((d->flags & SF_FENCE) && rd_atomic_in_flight(qp)) || rnic_dp_swqe_commit(qp) < 0)
+            return fetched ? fetched : -1;          /* core/'s: it loads the WQE again */
         fetched++;
     }
-    return fetched;
+    return pending < 0 ? -1 : fetched;              /* a corrupt index: core/ fails the QP */
 }
 
 int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
@@ -350,7 +398,8 @@ uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev)
         uint32_t qpn = dev->acks[i];
         struct rnic_dp_qp *qp = qpn < dev->qps_len ? dev->qps[qpn] : NULL;
 
-        if (!qp || qp->qpn != qpn || !qp->ack_pending)
+        /* a READ still being answered goes first: core/ sends the ACK after it */
+        if (!qp || qp->qpn != qpn || !qp->ack_pending || qp->rd_npkts)
             continue;
         /* AETH ACK with the "invalid" credit count: we do not do end-to-end credits */
         if (rnic_dp_send_aeth(dev, qp, 0x1f, (qp->epsn - 1) & 0xffffff) < 0)
@@ -362,17 +411,30 @@ uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev)
     return sent;
 }
 
-int rnic_dp_read_respond(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
-                         const uint8_t *src, uint32_t len)
+int rnic_dp_read_begin(struct rnic_dp_qp *qp, uint32_t psn, const uint8_t *src, uint64_t len)
 {
-    uint32_t mtu = qp->mtu, n = len ? (len + mtu - 1) / mtu : 1;
+    if (len > RNIC_DP_MAX_MSG)
+        return -EMSGSIZE;
+    if (qp->rd_npkts)
+        return -EBUSY;
+    qp->rd_src = src;
+    qp->rd_len = (uint32_t)len;
+    qp->rd_psn = psn;
+    qp->rd_msn = qp->msn;
+    qp->rd_next = 0;
+    qp->rd_npkts = len ? (uint32_t)((len + qp->mtu - 1) / qp->mtu) : 1;
+    return (int)qp->rd_npkts;
+}
 
-    if (dev->ntx + n > dev->tx_cap)
-        return -ENOSPC;
-    for (uint32_t k = 0; k < n; k++) {
-        uint32_t slot = dev->ntx++, off = k * mtu;
-        uint32_t plen = len - off < mtu ? len - off : mtu, pad = (4 - plen % 4) % 4;
-        uint32_t hlen = SQ_BTH;
+uint32_t rnic_dp_read_continue(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    uint32_t mtu = qp->mtu, n = qp->rd_npkts;
+
+    while (qp->rd_next < n && dev->ntx < dev->tx_cap) {
+        uint32_t k = qp->rd_next++, slot = dev->ntx++, hlen = SQ_BTH;
+        uint64_t off = (uint64_t)k * mtu;
+        uint32_t plen = qp->rd_len - off < mtu ? (uint32_t)(qp->rd_len - off) : mtu;
+        uint32_t pad = (4 - plen % 4) % 4;
         uint8_t *out = dev->tx_bufs + (size_t)slot * dev->tx_buf_size;
         /* READ_RESPONSE FIRST 0x0d, MIDDLE 0x0e, LAST 0x0f, ONLY 0x10 (RC opcodes) */
         uint8_t op = n == 1 ? 0x10 : k == 0 ? 0x0d : k == n - 1 ? 0x0f : 0x0e;
@@ -384,13 +446,14 @@ int rnic_dp_read_respond(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_
         out[4] = 0;
         dp_put24(out + 5, qp->dest_qpn);
         out[8] = 0;
-        dp_put24(out + 9, dp_psn_add(psn, (int32_t)k));
+        dp_put24(out + 9, dp_psn_add(qp->rd_psn, (int32_t)k));
         if (op != 0x0e) {                           /* AETH: ACK, invalid credit count */
             out[hlen] = 0x1f;
-            dp_put24(out + hlen + 1, qp->msn);
+            dp_put24(out + hlen + 1, qp->rd_msn);
             hlen += 4;
         }
-        memcpy(out + hlen, src + off, plen);
+        if (plen)
+            memcpy(out + hlen, qp->rd_src + off, plen);
         memset(out + hlen + plen, 0, pad);
         rnic_roce_icrc_put(out + hlen + plen + pad,
                            rnic_roce_icrc_v4(out, hlen + plen + pad, dev->ip_be, qp->peer_ip_be,
@@ -399,7 +462,11 @@ int rnic_dp_read_respond(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_
         dev->tx_addrs_be[slot] = qp->peer_ip_be;
         qp->sent_pkts++;
     }
-    return (int)n;
+    if (qp->rd_next < n)
+        return n - qp->rd_next;
+    qp->rd_npkts = qp->rd_next = 0;
+    qp->rd_src = NULL;
+    return 0;
 }
 
 int rnic_dp_swqe_place(struct rnic_dp_swqe *w, uint64_t off, const uint8_t *data, uint32_t n)

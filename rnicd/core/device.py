@@ -100,6 +100,7 @@ class Device:
         self.notify: set = set()
         self.events: list[tuple[object, dict]] = []
         self._acks: set = set()
+        self.reading: set = set()           # QPs with READ responses still to produce
         self.cm = CMAgent(self)             # QP1: connection management
 
     def apply_link(self, ifname: str, mtu: int, up: bool, addrs) -> None:
@@ -163,6 +164,7 @@ class Device:
         self.qps.pop(qp.qp_num, None)
         self._dp_arrays["qps"][qp.qp_num] = native.ffi.NULL
         self._acks.discard(qp)
+        self.reading.discard(qp)
         self._gone.inc("sent_pkts", qp.dp.sent_pkts)
         self._gone.inc("retransmitted_pkts", qp.dp.retransmitted_pkts)
 
@@ -185,6 +187,8 @@ class Device:
             dp = qp.dp
             if dp.msg == native.lib.RNIC_DP_MSG_WRITE and lo <= dp.write_ptr <= hi:
                 qp.responder.abandon_write()
+            if dp.rd_npkts and lo <= dp.rd_src < hi:
+                qp.responder.stop_reads()   # the requester's timer asks again: NAKed then
             if dp.msg == native.lib.RNIC_DP_MSG_SEND and any(
                     lo <= dp.recv_pieces[i].ptr < hi for i in range(dp.recv_npieces)):
                 # the receive WQE being filled points into it: it completes in error
@@ -212,7 +216,7 @@ class Device:
         c = self.counters
         try:
             pkt = roce.parse(data, src_ip=src_ip, dst_ip=self.ip, sport=src_port,
-                             dport=self.port)
+                             dport=self.port, lenient=True)
         except roce.MalformedPacket as exc:
             c.inc(f"rx_drop_{exc.reason}")
             if exc.reason == "bad_icrc":
@@ -222,6 +226,11 @@ class Device:
         qp = self.qps.get(pkt.dest_qp)
         if info is None or info.transport not in (op.Transport.RC, op.Transport.UD):
             c.inc("rx_drop_unsupported_opcode")
+            return
+        if pkt.bad_len is not None and not (
+                info.is_request and qp is not None and qp.qp_type != QPType.IBV_QPT_UD
+                and info.transport == op.Transport.RC and qp.peer_ip == src_ip):
+            c.inc(f"rx_drop_{pkt.bad_len}")   # an RC responder checks length in its turn
             return
         if qp is None:
             if pkt.dest_qp == mad.GSI_QPN and info.transport == op.Transport.UD:
@@ -262,10 +271,23 @@ class Device:
             qp.responder.flush_ack()
         self._acks.clear()
         pumps = self._listed(arrays["pumps"], dp.npumps, dp.pumps_cap,
-                             lambda q: q.state == QPState.IBV_QPS_RTS)
+                             lambda q: q.state == QPState.IBV_QPS_RTS or q.dp.rd_npkts)
         dp.npumps = 0
         for qp in pumps:
+            if qp.dp.rd_npkts:
+                self.reading.add(qp)
             qp.requester.pump(now)
+
+    def produce(self, now: float) -> bool:
+        """The transmit buffer drained: queue more of the READ responses in progress (IBTA
+        9.7.4.1.5; paced by the transmit side, as hardware is). True while some remain."""
+        self.dp.now = now
+        for qp in list(self.reading):
+            if self.dp.ntx >= self.dp.tx_cap:
+                break
+            if not qp.responder.produce():
+                self.reading.discard(qp)
+        return bool(self.reading)
 
     def _listed(self, array, n: int, cap: int, scan) -> set:
         """The QPs whose numbers the data plane listed; all that `scan` picks on overflow."""

@@ -13,6 +13,8 @@ import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
+from rnicd.native import lib as _lib
+
 from .opcodes import BTH_LEN, HEADER_LEN, ICRC_LEN, OPCODES, Hdr, OpInfo
 
 ROCEV2_PORT = 4791  # Annex A17: IANA-assigned UDP destination port
@@ -35,17 +37,15 @@ MASK24 = 0xFFFFFF
 
 # ---- PSN arithmetic (IBTA 9.7.1: 24-bit, modulo 2^24) --------------------------------------
 PSN_MASK = MASK24
-_PSN_HALF = 1 << 23
 
 
 def psn_add(a: int, n: int) -> int:
     return (a + n) & PSN_MASK
 
 
-def psn_diff(a: int, b: int) -> int:
-    """a - b as a signed distance in (-2^23, 2^23]."""
-    d = (a - b) & PSN_MASK
-    return d - (1 << 24) if d > _PSN_HALF else d
+# a - b as a signed distance in (-2^23, 2^23]: the data plane's definition, so that both
+# planes decide alike at every distance (psn_diff(a, b) with a, b in 0..2^24-1)
+psn_diff = _lib.rnic_psn_diff
 
 
 def psn_lt(a: int, b: int) -> bool:
@@ -169,6 +169,7 @@ class Packet:
     deth_qkey: int | None = None
     deth_src_qp: int | None = None
     payload: bytes | memoryview = b""   # parse(): a view into the datagram, without pad
+    bad_len: str | None = None      # parse(lenient=True): the length check that failed
 
     @property
     def info(self) -> OpInfo:
@@ -382,9 +383,13 @@ def build(pkt, payload=None, *, src_ip, dst_ip, sport: int, dport: int = ROCEV2_
 
 
 def parse(datagram, *, src_ip=None, dst_ip=None, sport: int | None = None,
-          dport: int = ROCEV2_PORT, check_icrc: bool = True, ip_id: int = 0) -> Packet:
+          dport: int = ROCEV2_PORT, check_icrc: bool = True, ip_id: int = 0,
+          lenient: bool = False) -> Packet:
     """Parse an untrusted UDP payload. Raises MalformedPacket(reason) and nothing else for bad
-    bytes. Packet.payload is a view into `datagram`: copy it before reusing the buffer."""
+    bytes. Packet.payload is a view into `datagram`: copy it before reusing the buffer.
+    lenient: a packet whose headers are all there but whose payload length or pad is wrong
+    is returned with bad_len set (and payload = everything after the headers), so that a
+    responder can apply the checks that come before the length check (IBTA 9.9.3)."""
     untrusted = memoryview(datagram).cast("B")
     n = len(untrusted)
     if n < BTH_LEN + ICRC_LEN:
@@ -407,20 +412,25 @@ def parse(datagram, *, src_ip=None, dst_ip=None, sport: int | None = None,
         raise MalformedPacket("short")
     body = end - hend
     pad = (b1 >> _BTH_PAD_SHIFT) & 3
+    bad = None
     if body & 3:                       # payload + pad is a multiple of 4 (9.3.1)
-        raise MalformedPacket("len_mismatch")
-    if not info.has_payload:
+        bad = "len_mismatch"
+    elif not info.has_payload:
         if body:
-            raise MalformedPacket("len_mismatch")
-        if pad:
-            raise MalformedPacket("bad_pad")
+            bad = "len_mismatch"
+        elif pad:
+            bad = "bad_pad"
     elif pad and (not info.is_last or pad > body):
-        raise MalformedPacket("bad_pad")
+        bad = "bad_pad"
+    if bad is not None:
+        if not lenient:
+            raise MalformedPacket(bad)
+        pad = 0
     pkt = Packet(
         opcode=info.opcode, se=bool(b1 & _BTH_SE), migreq=bool(b1 & _BTH_M), pad=pad,
         tver=0, pkey=pkey, fecn=bool(w1 & _BIT31), becn=bool(w1 & _BIT30),
         dest_qp=w1 & MASK24, ackreq=bool(w2 & _BIT31), psn=w2 & MASK24,
-        payload=untrusted[hend:end - pad])
+        payload=untrusted[hend:end - pad], bad_len=bad)
     off = BTH_LEN
     for h in info.ext:
         st, get, _put = _EXT[h]

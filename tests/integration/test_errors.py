@@ -176,3 +176,68 @@ def daemon_objects(d):
     from rnic.device import Context
     with Context(socket=d.socket) as ctx:
         return ctx.get_objects()
+
+
+# ---- a RoCEv2 peer that is not rnicd (issue 24): raw packets, scapy's ICRC ------------------
+@pytest.fixture
+def raw_peer(rnicd):
+    import roce_peer as rp
+
+    from rnicd.wire import roce
+    d = rnicd("d")
+    side = Side(d, mr_size=4 << 20)
+    o = d.ip.split(".")
+    ip = f"127.{o[1]}.254.{o[3]}"           # beside the daemon's own loopback address
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:        # SO_RCVBUFFORCE (33): room for every response, as root; else what is allowed
+        sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    sock.bind((ip, rp.ROCE_PORT))
+    sock.settimeout(10)
+    connect_one(side, 0x99, roce.ipv4_mapped_gid(ip), 0x10, 0x4C8)
+    yield d, side, ip, sock
+    sock.close()
+    side.close()
+
+
+def test_raw_peer_read_of_2_mib_is_answered_in_order(raw_peer):
+    """One READ request of 2 MiB at MTU 1024 (as rxe and ConnectX send it): 2048 responses,
+    twice the daemon's transmit buffer, produced as it drains, in order, then an ACK."""
+    import roce_peer as rp
+    d, side, ip, sock = raw_peer
+    n = 2 << 20
+    data = random.Random(9).randbytes(n)
+    side.mr.write(data, n, 0)
+    sock.sendto(rp.request(rp.READ_REQUEST, side.qp.qp_num, 0x4C8, ip, d.ip, rp.ROCE_PORT,
+                           rp.reth(side.mr.buf, side.mr.rkey, n)), (d.ip, rp.ROCE_PORT))
+    sock.sendto(rp.request(rp.SEND_ONLY, side.qp.qp_num, 0x4C8 + 2048, ip, d.ip, rp.ROCE_PORT,
+                           b"", ackreq=True), (d.ip, rp.ROCE_PORT))
+    got = [rp.parse_response(sock.recv(2048), d.ip, ip) for _ in range(2049)]
+    assert [p["psn"] for p in got] == list(range(0x4C8, 0x4C8 + 2049))
+    assert [p["op"] for p in got] == [rp.READ_FIRST] + [rp.READ_MIDDLE] * 2046 + [
+        rp.READ_LAST, rp.ACK]
+    assert b"".join(p["payload"] for p in got[:2048]) == data
+    # the SEND found no receive WQE: an RNR NAK, after the READ's responses
+    assert got[-1]["aeth"][0] >> 5 == 1
+
+
+@pytest.mark.parametrize("case", ["read_too_long", "read_opcode_inside_write"])
+def test_raw_peer_bad_request_gets_nak_invalid_request(raw_peer, case):
+    import roce_peer as rp
+    d, side, ip, sock = raw_peer
+    qpn, to = side.qp.qp_num, (d.ip, rp.ROCE_PORT)
+    if case == "read_too_long":
+        pkts = [rp.request(rp.READ_REQUEST, qpn, 0x4C8, ip, d.ip, rp.ROCE_PORT,
+                           rp.reth(side.mr.buf, side.mr.rkey, (1 << 31) + 1))]
+    else:
+        body = bytes(1024)
+        pkts = [rp.request(rp.WRITE_FIRST, qpn, 0x4C8, ip, d.ip, rp.ROCE_PORT,
+                           rp.reth(side.mr.buf, side.mr.rkey, 4096) + body, ackreq=False),
+                rp.request(rp.READ_REQUEST, qpn, 0x4C9, ip, d.ip, rp.ROCE_PORT, body)]
+    for p in pkts:
+        sock.sendto(p, to)
+    nak = rp.parse_response(sock.recv(2048), d.ip, ip)
+    assert (nak["op"], nak["psn"], nak["aeth"][0]) == (rp.ACK, 0x4C7 + len(pkts), 0x61)
+    assert side.qp.query(e.IBV_QP_STATE)[0].qp_state == e.IBV_QPS_ERR
+    assert not any(k.startswith("rx_drop_") for k in side.ctx.get_counters())

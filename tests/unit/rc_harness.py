@@ -11,7 +11,7 @@ import itertools
 from rnicd import native
 from rnicd.api.session import Session
 from rnicd.core.device import Device
-from rnicd.wire import abi
+from rnicd.wire import abi, roce
 
 ALL_ACCESS = abi.RC_ACCESS
 
@@ -58,8 +58,10 @@ class Host:
         res, out = self.s.call(method, args, list(fds), self.now)
         return res
 
-    def mr(self, size, access=ALL_ACCESS, iova=0x10000):
-        buf = bytearray(size)
+    def mr(self, size, access=ALL_ACCESS, iova=0x10000, buf=None):
+        """buf: the region's memory (default a bytearray; an anonymous mmap for large ones:
+        its pages cost nothing until written)."""
+        buf = bytearray(size) if buf is None else buf
         tok = next(self.shm._tok)
         self.shm.regions[tok] = buf
         r = self.call("reg_mr", [tok], pd=self.pd, addr=iova, length=size, access=access)
@@ -144,6 +146,26 @@ def connect(a: Host, qa, b: Host, qb, mtu=abi.IBV_MTU_1024, timeout=14, retry_cn
                       rnr_retry=rnr_retry, sq_psn=my_psn, max_rd_atomic=4), h.now)
 
 
+def connect_to(h: Host, q, peer_ip: str, peer_qpn: int, mtu=abi.IBV_MTU_1024, my_psn=100,
+               peer_psn=200, access=ALL_ACCESS):
+    """Take q to RTS towards a peer that is not a Host (a test peer sending raw packets)."""
+    M = abi.QPAttrMask
+    q.modify(M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS,
+             dict(qp_state=abi.IBV_QPS_INIT, pkey_index=0, port_num=1,
+                  qp_access_flags=access), h.now)
+    ah = dict(port_num=1, is_global=1, grh=dict(dgid=roce.ipv4_mapped_gid(peer_ip),
+                                                sgid_index=0, hop_limit=64, flow_label=0,
+                                                traffic_class=0))
+    q.modify(M.IBV_QP_STATE | M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_DEST_QPN
+             | M.IBV_QP_RQ_PSN | M.IBV_QP_MAX_DEST_RD_ATOMIC | M.IBV_QP_MIN_RNR_TIMER,
+             dict(qp_state=abi.IBV_QPS_RTR, ah_attr=ah, path_mtu=mtu, dest_qp_num=peer_qpn,
+                  rq_psn=peer_psn, max_dest_rd_atomic=4, min_rnr_timer=1), h.now)
+    q.modify(M.IBV_QP_STATE | M.IBV_QP_TIMEOUT | M.IBV_QP_RETRY_CNT | M.IBV_QP_RNR_RETRY
+             | M.IBV_QP_SQ_PSN | M.IBV_QP_MAX_QP_RD_ATOMIC,
+             dict(qp_state=abi.IBV_QPS_RTS, timeout=14, retry_cnt=7, rnr_retry=7,
+                  sq_psn=my_psn, max_rd_atomic=4), h.now)
+
+
 def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=None):
     """Deliver datagrams until both sides are idle; jump the clock to the next deadline when
     nothing is in flight. `net(src, data) -> list of datagrams` may drop/dup/reorder.
@@ -156,6 +178,7 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=N
             for data, (ip, _port) in src.dev.take_tx():
                 for d in (net(src, data) if net else [data]):
                     held.append((hosts[ip], src, d))
+            src.dev.produce(src.now)        # the transmit buffer drained: READ responses
         if held:
             batch, held = held, []
             for dst, src, d in batch:
@@ -163,7 +186,8 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=N
                 moved = True
             a.dev.end_batch(a.now)
             b.dev.end_batch(b.now)
-        if moved or a.dev.tx or b.dev.tx or a.dev.dp.ntx or b.dev.dp.ntx:
+        if (moved or a.dev.tx or b.dev.tx or a.dev.dp.ntx or b.dev.dp.ntx or a.dev.reading
+                or b.dev.reading):
             continue
         deadlines = [d for d in (a.dev.next_deadline(), b.dev.next_deadline()) if d is not None]
         if not deadlines:
@@ -176,4 +200,39 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=N
         a.now = b.now = max(t, a.now)
         a.dev.on_timer(a.now)
         b.dev.on_timer(b.now)
+    raise AssertionError("no quiescence")
+
+
+def run_batched(a: Host, b: Host, max_rounds=10_000_000):
+    """As run() on a lossless network, for transfers of millions of packets: datagrams go
+    from one device's transmit buffer into the other's data plane 64 at a time
+    (rnic_dp_rx_batch, as the daemon's receive loop does), without a Python object each."""
+    lib, ffi = native.lib, native.ffi
+    batch = lib.RNIC_MAX_BATCH
+    slow = ffi.new("uint32_t[]", batch)
+    ports = ffi.new("uint16_t[]", [4791] * batch)
+    srcs = {h: ffi.new("uint32_t[]", [native.ipv4_be(h.dev.ip)] * batch) for h in (a, b)}
+    for _ in range(max_rounds):
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            dp, ddev = src.dev.dp, dst.dev
+            for data, _addr in src.dev.tx:           # spilled: one by one, in order
+                ddev.receive(data, src.dev.ip, 4791, dst.now)
+                moved = True
+            src.dev.tx = []
+            for off in range(0, dp.ntx, batch):
+                k = min(batch, dp.ntx - off)
+                ddev.dp.now = dst.now
+                for j in range(lib.rnic_dp_rx_batch(ddev.dp, dp.tx_bufs + off * dp.tx_buf_size,
+                                                    dp.tx_buf_size, dp.tx_lens + off,
+                                                    srcs[src], ports, k, slow)):
+                    i = off + slow[j]
+                    data = ffi.buffer(dp.tx_bufs + i * dp.tx_buf_size, dp.tx_lens[i])[:]
+                    ddev.receive_slow(data, src.dev.ip, 4791, dst.now)
+                ddev.end_batch(dst.now)
+                moved = True
+            dp.ntx = 0
+            src.dev.produce(src.now)
+        if not (moved or a.dev.reading or b.dev.reading):
+            return
     raise AssertionError("no quiescence")

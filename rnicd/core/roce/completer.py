@@ -91,8 +91,8 @@ class Completer:
     def on_response(self, pkt: roce.Packet, info: op.OpInfo, now: float):
         qp = self.qp
         req = qp.requester
-        d = psn_diff(pkt.psn, self.una)
-        if d < 0 or psn_diff(pkt.psn, req.next_psn) >= 0:
+        d = psn_diff(pkt.psn, self.una)        # requests in flight: [una, next_psn)
+        if d < 0 or d >= psn_diff(req.next_psn, self.una):
             qp.counters.inc("duplicate_response" if d < 0 else "bad_response_psn")
             return
         progress = self.una
@@ -183,7 +183,7 @@ class Completer:
         if w is None or w.opcode not in ATOMICS or w.status is not None or pkt.psn != self.una:
             qp.counters.inc("bad_response")
             return
-        w.sgl.scatter(0, pkt.atomic_orig.to_bytes(8, "little"))   # host order, x86
+        lib.rnic_dp_swqe_place(w.d, 0, pkt.atomic_orig.to_bytes(8, "little"), 8)  # host order
         w.status = WCStatus.IBV_WC_SUCCESS
         self.una = psn_add(pkt.psn, 1)
 

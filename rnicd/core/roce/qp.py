@@ -121,6 +121,7 @@ class RCQP:
         self.dp.send_ok = new == S.IBV_QPS_RTS
         log.debug("qp %d: %s -> %s (%s)", self.qp_num, old.name, new.name, reason)
         if new == S.IBV_QPS_ERR:
+            self.responder.stop_reads()
             self.flush_all()
         elif new == S.IBV_QPS_RESET:
             self.requester.reset()

@@ -11,11 +11,10 @@ the rest of its original request only (9.7.4.1.4).
 from __future__ import annotations
 
 from rnicd import native
-from rnicd.core.resources import SGList, resolve_regions
 from rnicd.core.roce.dpstate import dp_field
 from rnicd.wire import opcodes as op
 from rnicd.wire.abi import WC_OPCODE_OF_WR as WC_OPCODE
-from rnicd.wire.abi import Access, QPState, SendFlags, WCStatus, WROpcode
+from rnicd.wire.abi import QPState, SendFlags, WCStatus, WROpcode
 from rnicd.wire.roce import Packet, psn_add, psn_diff
 
 ffi, lib = native.ffi, native.lib
@@ -23,28 +22,20 @@ WINDOW, MIN_WINDOW = lib.RNIC_DP_WINDOW, lib.RNIC_DP_MIN_WINDOW
 READ_CHUNK = 64       # response packets per READ request
 
 W = WROpcode
-RC_OPCODES = {W.IBV_WR_SEND, W.IBV_WR_SEND_WITH_IMM, W.IBV_WR_RDMA_WRITE,
-              W.IBV_WR_RDMA_WRITE_WITH_IMM, W.IBV_WR_RDMA_READ, W.IBV_WR_ATOMIC_CMP_AND_SWP,
-              W.IBV_WR_ATOMIC_FETCH_AND_ADD}
-SENDS = {W.IBV_WR_SEND, W.IBV_WR_SEND_WITH_IMM}
-WRITES = {W.IBV_WR_RDMA_WRITE, W.IBV_WR_RDMA_WRITE_WITH_IMM}
 ATOMICS = {W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD}
-MAX_MSG = 1 << 31
 IN_FLIGHT = -1        # rnic_dp_swqe.status while the WQE is not finished
 
 
 class InFlight:
-    """core/'s handle on an in-flight send WQE: its descriptor `d`, plus what only core/
-    uses (the scatter list of a READ or atomic result, the atomic operands, inline bytes)."""
+    """core/'s handle on an in-flight send WQE: its descriptor `d` (the data plane's copy,
+    validated by rnic_dp_swqe_load), plus the atomic operands, which only core/ uses."""
 
-    __slots__ = ("d", "idx", "sgl", "compare_add", "swap", "keep")
+    __slots__ = ("d", "idx", "compare_add", "swap")
 
     def __init__(self, d, idx: int):
         self.d = d                  # struct rnic_dp_swqe * (its slot in the QP's array)
         self.idx = idx              # the SQ index it was made for (slots are reused)
-        self.sgl: SGList | None = None
         self.compare_add = self.swap = 0
-        self.keep = None
 
     wr_id = property(lambda self: self.d.wr_id)
     opcode = property(lambda self: self.d.opcode)
@@ -86,11 +77,13 @@ class Requester:
         self._pieces = ffi.new("struct rnic_dp_piece[]", n * self._sge)
         self._slots: list[InFlight | None] = [None] * n
         self._pruned = 0
+        self._hdr = ffi.new("struct rnic_send_wqe *")     # the header rnic_dp_swqe_load copied
         dp.swqes, dp.swqe_mask, dp.sq = self._swqes, self._mask, ring.hdr
         dp.scq, dp.sq_sig_all = qp.send_cq.dp, int(bool(qp.sq_sig_all))
         dp.sq_entries = ffi.cast("uint8_t *", ring.hdr) + ring.hdr_size
         dp.sq_entry_size, dp.sq_pieces = ring.entry_size, self._pieces
-        dp.max_send_sge, dp.max_inline = self._sge, qp.cap.max_inline_data
+        dp.max_send_sge, dp.sq_piece_stride = qp.cap.max_send_sge, self._sge
+        dp.max_inline = qp.cap.max_inline_data
         self.cwnd = WINDOW
         self.reset_psn(0)
 
@@ -138,8 +131,6 @@ class Requester:
         lo, hi = mr.pointer(mr.iova), mr.pointer(mr.iova + mr.length)
         for w in self.wqes:
             d = w.d
-            if w.sgl is not None and any(v.obj is mr.buf for v in w.sgl.pieces):
-                return True
             if any(lo <= d.pieces[i].ptr < hi for i in range(d.npieces)):
                 return True
         return False
@@ -149,85 +140,35 @@ class Requester:
         return sum(1 for w in self.wqes if w.is_read_or_atomic and w.status is None)
 
     def fetch(self) -> bool:
-        """Copy the next WQE out of the SQ ring, validate it and give it PSNs. False if none
-        can be fetched now (ring empty, rd_atomic limit or fence)."""
+        """Fetch the next WQE with the data plane's functions (copied out of the ring once,
+        validated, given PSNs). False if none can be fetched now (ring empty, rd_atomic
+        limit, fence, PSN span) or the QP failed."""
         qp, dp = self.qp, self.dp
-        ring = qp.sq_ring
-        prod = ring.load_prod()
-        if prod == dp.sq_next:
-            return False
-        if (prod - dp.sq_head) & 0xFFFFFFFF > ring.num_entries:
+        pending = lib.rnic_dp_sq_pending(dp)
+        if pending < 0:
             qp.device.counters.inc("sq_ring_corrupt")
             qp.fatal("send queue producer index out of range", 0.0)
             return False
-        raw = ring.send_wqe(dp.sq_next)
-        opcode, flags = int(raw.opcode), int(raw.send_flags)
-        if opcode == W.IBV_WR_RDMA_READ or opcode in ATOMICS:
+        if pending == 0:
+            return False
+        slot = dp.sq_next & self._mask
+        lib.rnic_dp_swqe_load(qp.device.dp, dp, self._hdr)
+        w = InFlight(self._swqes + slot, dp.sq_next)
+        if w.status is None and w.is_read_or_atomic:
             if self._outstanding_rd_atomic() >= max(1, qp.attr["max_rd_atomic"]):
                 return False
-        if flags & SendFlags.IBV_SEND_FENCE and self._outstanding_rd_atomic():
+        if w.status is None and w.flags & SendFlags.IBV_SEND_FENCE and \
+                self._outstanding_rd_atomic():
             return False       # IBTA 10.8.3.3: fence waits for prior READs/atomics
-        slot = dp.sq_next & self._mask
-        w = self._slots[slot] = self._copy(raw, dp.sq_next, self._swqes + slot)
-        dp.sq_next = (dp.sq_next + 1) & 0xFFFFFFFF
+        if lib.rnic_dp_swqe_commit(dp) < 0:
+            return False       # its PSNs would be 2^23 past una: wait for ACKs
+        self._slots[slot] = w
         if w.status is not None:
             qp.fatal(f"bad send WQE wr_id={w.wr_id}: {w.status.name}", 0.0)
             return False
-        d = w.d
-        d.first_psn = self.next_psn
-        d.npkts = max(1, -(-d.length // qp.mtu)) if opcode in SENDS | WRITES | {
-            W.IBV_WR_RDMA_READ} else 1
-        self.next_psn = psn_add(self.next_psn, d.npkts)
+        if w.opcode in ATOMICS:
+            w.compare_add, w.swap = int(self._hdr.compare_add), int(self._hdr.swap)
         return True
-
-    def _copy(self, raw, idx: int, d) -> InFlight:
-        """Fill descriptor d from the (untrusted) ring entry raw."""
-        qp = self.qp
-        opcode, flags = int(raw.opcode), int(raw.send_flags)
-        d.wr_id, d.remote_addr, d.idx, d.opcode, d.flags = (
-            raw.wr_id, raw.remote_addr, idx, opcode, flags)
-        d.imm, d.rkey, d.length, d.npieces = raw.imm_data, raw.rkey, 0, 0
-        d.wc_opcode, d.status = WC_OPCODE.get(opcode, 0), IN_FLIGHT
-        d.pieces = self._pieces + (idx & self._mask) * self._sge
-        w = InFlight(d, idx)
-        if opcode not in RC_OPCODES:
-            w.status = WCStatus.IBV_WC_LOC_QP_OP_ERR
-            return w
-        if flags & SendFlags.IBV_SEND_INLINE:
-            n = int(raw.inline_len)
-            if n > qp.cap.max_inline_data or opcode not in SENDS | WRITES:
-                w.status = WCStatus.IBV_WC_LOC_LEN_ERR
-                return w
-            w.keep = ffi.new("uint8_t[]", max(1, n))    # inline data is copied at post time
-            ffi.memmove(w.keep, raw.sg, n)
-            d.pieces[0].ptr, d.pieces[0].len = w.keep, n
-            d.npieces, d.length = 1, n
-            return w
-        nsge = int(raw.num_sge)
-        if nsge > qp.cap.max_send_sge:
-            w.status = WCStatus.IBV_WC_LOC_LEN_ERR
-            return w
-        sges = [(int(raw.sg[i].addr), int(raw.sg[i].length), int(raw.sg[i].lkey))
-                for i in range(nsge)]
-        # READ and atomic results are written locally: the SGEs need LOCAL_WRITE (10.6.3.1)
-        need = Access.IBV_ACCESS_LOCAL_WRITE if w.is_read_or_atomic else Access(0)
-        regions, status = resolve_regions(qp.device.keys, qp.pd, sges, need)
-        if regions is None:
-            w.status = status
-            return w
-        length = sum(n for _mr, _addr, n in regions)
-        if length > MAX_MSG or (opcode in ATOMICS and length != 8):
-            w.status = WCStatus.IBV_WC_LOC_LEN_ERR
-            return w
-        d.length = length
-        if opcode in ATOMICS:       # the 8-byte result is written by core/
-            w.sgl = SGList([mr.view[a - mr.iova:a - mr.iova + n] for mr, a, n in regions])
-            w.compare_add, w.swap = int(raw.compare_add), int(raw.swap)
-        else:                       # the data plane gathers (SEND/WRITE) or scatters (READ)
-            for i, (mr, addr, n) in enumerate(regions):
-                d.pieces[i].ptr, d.pieces[i].len = mr.pointer(addr), n
-            d.npieces = len(regions)
-        return w
 
     # ---- transmitting --------------------------------------------------------------------
     def rewind(self, psn: int):
@@ -312,10 +253,9 @@ class Requester:
             if w.status is None:
                 w.status = WCStatus.IBV_WC_WR_FLUSH_ERR
         self.retire()
-        prod = ring.load_prod()
-        if (prod - dp.sq_head) & 0xFFFFFFFF > ring.num_entries:
-            prod = dp.sq_head       # corrupt producer index: nothing trustworthy to flush
-        while dp.sq_next != prod:
+        # a corrupt producer index: nothing trustworthy to flush
+        pending = max(0, lib.rnic_dp_sq_pending(dp))
+        for _ in range(pending):
             raw = ring.send_wqe(dp.sq_next)
             qp.complete_send(int(raw.wr_id), WCStatus.IBV_WC_WR_FLUSH_ERR,
                              WC_OPCODE.get(int(raw.opcode), 0))

@@ -1,13 +1,19 @@
 """RC responder: serves the peer's requests (IBTA 9.7.3-9.7.5 responder side).
 
-Checks in the order IBTA 9.7.3/9.7.4 gives them: PSN (new, duplicate, or out of sequence),
-opcode sequence within a message, then resources (receive WQE: else RNR NAK), then remote
-access (rkey, PD, access flags, bounds: else NAK remote access error), then placement.
-A NAK other than RNR/sequence puts this QP in the error state after it is sent.
+Every request meets the responder's checks in IBTA's order, in on_request and the handlers it
+calls, and the first that fails decides (IBTA 9.9.3, responder errors): PSN (new, duplicate or
+out of sequence), opcode sequence within a message, then resources (receive WQE: else RNR
+NAK), length (payload against the path MTU and the RETH: else NAK invalid request), then
+remote access (rkey, PD, access flags, bounds: else NAK remote access error), then
+placement. A NAK other than RNR/sequence puts this QP in the error state after it is sent.
+
+READ responses are produced as the transmit side drains (produce()), never all at once;
+responses to later requests (ACKs, NAKs, atomic ACKs, further READs) wait behind them, so
+that the peer sees responses in PSN order (IBTA 9.7.5.1.2: an ACK covers every earlier PSN).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from rnicd import native
 from rnicd.core.resources import MR
@@ -23,6 +29,8 @@ MSG_NONE, MSG_SEND, MSG_WRITE = (native.lib.RNIC_DP_MSG_NONE, native.lib.RNIC_DP
                                  native.lib.RNIC_DP_MSG_WRITE)
 RENAK_AFTER = 16      # out-of-sequence packets after which a sequence NAK is repeated
 ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
+MAX_MSG = lib.RNIC_DP_MAX_MSG
+_MSG_KIND = {MSG_SEND: K.SEND, MSG_WRITE: K.WRITE}
 
 
 class Responder:
@@ -38,6 +46,7 @@ class Responder:
         self.reset_psn(0)
 
     def reset_psn(self, psn: int):
+        self.stop_reads()
         self.epsn = psn
         self.msn = 0
         self.abandon_write()
@@ -47,6 +56,39 @@ class Responder:
         self.oos_since_nak = 0
         self.ack_pending = False
         self.atomic_cache: OrderedDict[int, int] = OrderedDict()   # psn -> original value
+
+    # ---- READ responses, produced as the transmit buffer drains ---------------------------
+    @property
+    def busy(self) -> bool:
+        """A READ is being answered: other responses wait behind it."""
+        return bool(self.dp.rd_npkts or self._after)
+
+    def stop_reads(self):
+        """Drop the READ being answered and what waits behind it (error, reset, or a
+        requester that went back N: it asks again for what it still wants)."""
+        self.dp.rd_npkts = self.dp.rd_next = 0
+        self.dp.rd_src = NULL
+        self._after: deque = deque()    # callables that queue the responses behind the READ
+
+    def produce(self) -> bool:
+        """Queue READ responses while the transmit buffer has room, then what waited behind
+        them; True while some remain (call again once the buffer has drained)."""
+        dev = self.qp.device.dp
+        while True:
+            if self.dp.rd_npkts and lib.rnic_dp_read_continue(dev, self.dp):
+                return True
+            if not self._after:
+                break
+            self._after.popleft()()
+        self.flush_ack()
+        return False
+
+    def _respond(self, fn, *args):
+        """Queue a response now, or behind the READ being answered."""
+        if self.busy:
+            self._after.append(lambda: fn(*args))
+        else:
+            fn(*args)
 
     def reset(self):
         self.reset_psn(0)
@@ -64,7 +106,7 @@ class Responder:
         if qp.state not in ACCEPTING:
             qp.counters.inc("rcvd_in_bad_state")
             return
-        d = psn_diff(pkt.psn, self.epsn)
+        d = psn_diff(pkt.psn, self.epsn)                 # 1. PSN
         if d > 0:
             # One sequence NAK per gap (9.7.5.2.3) -- and again when the PSNs go backwards,
             # which means the requester started a new retransmission round that lost ePSN too.
@@ -80,13 +122,18 @@ class Responder:
             return
         if d < 0:
             qp.counters.inc("duplicate_request")
-            self._duplicate(pkt, info, now)
+            if pkt.bad_len is None:     # a malformed copy of nothing we executed: dropped
+                self._duplicate(pkt, info, now)
             return
         self.nak_sent = False
         if qp.state == QPState.IBV_QPS_RTR:
             qp.counters.inc("comm_est")
-        handler = _HANDLERS[info.kind]
-        handler(self, pkt, info, now)
+        msg = _MSG_KIND.get(self.dp.msg)                 # 2. opcode sequence (9.7.5.1.x)
+        if msg is None and not info.is_first:
+            return self._invalid(pkt, now, f"{info.name} without a FIRST")
+        if msg is not None and (info.kind != msg or info.is_first):
+            return self._invalid(pkt, now, f"{info.name} inside a {msg.value} message")
+        _HANDLERS[info.kind](self, pkt, info, now)       # 3.. resources, length, key
 
     # ---- per-kind handlers -----------------------------------------------------------------
     def _send(self, pkt, info, now):
@@ -94,20 +141,20 @@ class Responder:
         WQEs itself; this handles the rest (SRQ, RNR, errors) with the same C functions."""
         qp, dp = self.qp, self.dp
         if info.is_first:
-            if dp.msg != MSG_NONE:
-                return self._invalid(pkt, now, "SEND FIRST inside a message")
-            wqe = qp.take_recv()
+            wqe = qp.take_recv()                          # resources
             if wqe is None:
                 return self._rnr(pkt)
+            if not self._length_ok(pkt, info):
+                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_INV_REQ_ERR,
+                                 WCOpcode.IBV_WC_RECV)
+                return self._invalid(pkt, now, "bad payload length for the path MTU")
             sg = ffi.new("struct rnic_sge[]", [(a, n, k) for a, n, k in wqe.sges] or 1)
             if lib.rnic_dp_recv_begin(qp.device.dp, dp, wqe.wr_id, sg, len(wqe.sges)) < 0:
                 qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_LOC_PROT_ERR, WCOpcode.IBV_WC_RECV)
                 return self._fatal_nak(pkt, roce.NAK_REMOTE_OPERATIONAL, now,
                                        "receive WQE with a bad lkey")
             dp.msg = MSG_SEND
-        elif dp.msg != MSG_SEND:
-            return self._invalid(pkt, now, "SEND MIDDLE/LAST without FIRST")
-        if not self._length_ok(pkt, info):
+        elif not self._length_ok(pkt, info):
             return self._invalid(pkt, now, "bad payload length for the path MTU")
         payload = bytes(pkt.payload)
         if lib.rnic_dp_recv_place(dp, payload, len(payload)) < 0:
@@ -127,30 +174,34 @@ class Responder:
         """The slow path of an RDMA WRITE: the data plane places in-order WRITEs itself and
         hands over what it cannot decide; the message's state is the shared qp.dp."""
         qp, dp = self.qp, self.dp
-        if info.is_first:
-            if dp.msg != MSG_NONE:
-                return self._invalid(pkt, now, "WRITE FIRST inside a message")
+        wqe = None
+        if info.is_last and info.immdt:
+            wqe = qp.take_recv()          # resources: WRITE with immediate takes a WQE
+            if wqe is None:
+                return self._rnr(pkt)     # the requester resends from this PSN
+        n = len(pkt.payload)
+        left = pkt.reth_len if info.is_first else dp.write_left
+        why = None                                        # length
+        if not self._length_ok(pkt, info):
+            why = "bad payload length for the path MTU"
+        elif left > MAX_MSG or n > left or (info.is_last and n != left):
+            why = "WRITE payload does not match the RETH length"
+        if why:
+            if wqe is not None:
+                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_INV_REQ_ERR,
+                                 WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM)
+            return self._invalid(pkt, now, why)
+        if info.is_first:                                 # key
             mr = self._remote_mr(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
                                  Access.IBV_ACCESS_REMOTE_WRITE)
             if mr is None and pkt.reth_len:
+                if wqe is not None:
+                    qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_ACCESS_ERR,
+                                     WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM)
                 return self._access_error(pkt, now)
             dp.msg = MSG_WRITE
             dp.write_ptr = mr.pointer(pkt.reth_va) if mr is not None else NULL
             dp.write_left = dp.write_len = pkt.reth_len
-        elif dp.msg != MSG_WRITE:
-            return self._invalid(pkt, now, "WRITE MIDDLE/LAST without FIRST")
-        if not self._length_ok(pkt, info):
-            return self._invalid(pkt, now, "bad payload length for the path MTU")
-        n = len(pkt.payload)
-        if n > dp.write_left or (info.is_last and n != dp.write_left):
-            return self._invalid(pkt, now, "WRITE payload does not match the RETH length")
-        wqe = None
-        if info.is_last and info.immdt:
-            wqe = qp.take_recv()          # WRITE with immediate consumes a receive WQE
-            if wqe is None:
-                if info.is_first:
-                    self.abandon_write()
-                return self._rnr(pkt)
         if n:
             ffi.memmove(dp.write_ptr, pkt.payload, n)
             dp.write_ptr += n
@@ -166,18 +217,21 @@ class Responder:
         self._advance(pkt)
 
     def _read(self, pkt, info, now):
-        if self.dp.msg != MSG_NONE:
-            return self._invalid(pkt, now, "READ inside a message")
-        n = self._read_respond(pkt)
-        if n is None:
+        if pkt.bad_len is not None or pkt.reth_len > MAX_MSG:       # length (C9-xx: 2^31)
+            return self._invalid(pkt, now, "READ request of a bad length")
+        src = self._read_source(pkt)                                 # key
+        if src is None:
             return self._access_error(pkt, now)
+        psn, length, msn = pkt.psn, pkt.reth_len, self.msn
+        n = 1 if length == 0 else -(-length // self.qp.mtu)
         self.epsn = psn_add(self.epsn, n)
         self._message_done()
+        self._respond(self._start_read, psn, length, src, msn, (pkt.reth_rkey, pkt.reth_va))
 
     def _atomic(self, pkt, info, now):
         qp = self.qp
-        if self.dp.msg != MSG_NONE:
-            return self._invalid(pkt, now, "atomic inside a message")
+        if pkt.bad_len is not None:
+            return self._invalid(pkt, now, "atomic request of a bad length")
         if pkt.atomic_va % 8:
             return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, "misaligned atomic")
         mr = self._remote_mr(pkt.atomic_rkey, pkt.atomic_va, 8, Access.IBV_ACCESS_REMOTE_ATOMIC)
@@ -192,20 +246,25 @@ class Responder:
         self.atomic_cache[pkt.psn] = orig
         while len(self.atomic_cache) > max(1, qp.attr["max_dest_rd_atomic"]):
             self.atomic_cache.popitem(last=False)
-        self._atomic_ack(pkt.psn, orig)
+        self._respond(self._atomic_ack, pkt.psn, orig)
         self.epsn = psn_add(self.epsn, 1)
         self._message_done()
 
     # ---- duplicates (IBTA 9.7.5.1.4) ---------------------------------------------------------
     def _duplicate(self, pkt, info, now):
         if info.kind == K.READ_REQ:
-            self._read_respond(pkt)                     # READs are re-executed
+            # READs are re-executed: the requester went back to this PSN, and asks again
+            # for whatever it still wants after it
+            src = self._read_source(pkt) if pkt.reth_len <= MAX_MSG else None
+            if src is not None:
+                self.stop_reads()
+                self._start_read(pkt.psn, pkt.reth_len, src, self.msn)
         elif info.kind == K.ATOMIC:
             orig = self.atomic_cache.get(pkt.psn)
             if orig is None:
                 self.qp.counters.inc("duplicate_atomic_evicted")
             else:
-                self._atomic_ack(pkt.psn, orig)         # atomics are replayed, not redone
+                self._respond(self._atomic_ack, pkt.psn, orig)   # replayed, not redone
         else:
             self.ack_pending = True                     # re-acknowledge SEND/WRITE
 
@@ -214,7 +273,7 @@ class Responder:
         """IBTA 9.7.7.1: FIRST/MIDDLE carry exactly one MTU, LAST/ONLY at most one."""
         n = len(pkt.payload)
         mtu = self.qp.mtu
-        return n <= mtu and (info.is_last or n == mtu)
+        return pkt.bad_len is None and n <= mtu and (info.is_last or n == mtu)
 
     def _remote_mr(self, rkey, va, length, need) -> MR | None:
         qp = self.qp
@@ -225,24 +284,29 @@ class Responder:
             return None
         return mr
 
-    def _read_respond(self, pkt) -> int | None:
-        """Answer a READ request with the data plane's rnic_dp_read_respond; the number of
-        response packets, or None on a remote access error."""
-        length = pkt.reth_len
-        if length:
-            mr = self._remote_mr(pkt.reth_rkey, pkt.reth_va, length,
-                                 Access.IBV_ACCESS_REMOTE_READ)
-            if mr is None:
-                return None
-            src = mr.pointer(pkt.reth_va)
-        else:
-            src = NULL      # zero-length transfers need no valid rkey (9.7.4.1.5)
+    def _read_source(self, pkt):
+        """Where a READ's data comes from, or None on a remote access error."""
+        if not pkt.reth_len:
+            return NULL     # zero-length transfers need no valid rkey (9.7.4.1.5)
+        mr = self._remote_mr(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
+                             Access.IBV_ACCESS_REMOTE_READ)
+        return None if mr is None else mr.pointer(pkt.reth_va)
+
+    def _start_read(self, psn, length, src, msn, key=None):
+        """Start answering a READ with the data plane's rnic_dp_read_begin/_continue. A READ
+        that waited (key given) is looked up again: its MR may be gone by now."""
+        if key is not None and length:
+            mr = self._remote_mr(key[0], key[1], length, Access.IBV_ACCESS_REMOTE_READ)
+            if mr is None or mr.pointer(key[1]) != src:
+                self.qp.counters.inc("rcvd_access_err")
+                return self._fatal_nak(None, roce.NAK_REMOTE_ACCESS, 0.0,
+                                       "READ source deregistered", psn)
+        dp = self.dp
+        lib.rnic_dp_read_begin(dp, psn, src, length)
+        dp.rd_msn = msn
         dev = self.qp.device
-        n = lib.rnic_dp_read_respond(dev.dp, self.dp, pkt.psn, src, length)
-        if n < 0:
-            dev.spill_tx()
-            n = lib.rnic_dp_read_respond(dev.dp, self.dp, pkt.psn, src, length)
-        return n
+        if lib.rnic_dp_read_continue(dev.dp, dp):
+            dev.reading.add(self.qp)
 
     def _atomic_ack(self, psn, orig):
         p = roce.Packet(opcode=op.Opcode.RC_ATOMIC_ACKNOWLEDGE,
@@ -271,13 +335,17 @@ class Responder:
         self.msn = (self.msn + 1) & 0xFFFFFF
 
     def flush_ack(self):
-        """Send one coalesced ACK for everything received so far (9.7.5.1.2)."""
-        if self.ack_pending:
+        """Send one coalesced ACK for everything received so far (9.7.5.1.2), once the READ
+        responses before it are out."""
+        if self.ack_pending and not self.busy:
             self.ack_pending = False
             self._nak(roce.aeth_ack(), psn_add(self.epsn, -1))
 
     def _nak(self, syndrome, psn):
         """An ACKNOWLEDGE with this AETH syndrome, built by the data plane."""
+        self._respond(self._send_aeth, syndrome, psn)
+
+    def _send_aeth(self, syndrome, psn):
         dev = self.qp.device
         if native.lib.rnic_dp_send_aeth(dev.dp, self.dp, syndrome, psn) < 0:
             dev.spill_tx()
@@ -288,6 +356,7 @@ class Responder:
         self._nak(roce.aeth_rnr(self.qp.attr["min_rnr_timer"]), pkt.psn)
 
     def _invalid(self, pkt, now, why):
+        self.abandon_send(WCStatus.IBV_WC_REM_INV_REQ_ERR)   # its WQE is not lost
         self._end_message()
         self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, why)
 
@@ -295,10 +364,13 @@ class Responder:
         self.qp.counters.inc("rcvd_access_err")
         self._fatal_nak(pkt, roce.NAK_REMOTE_ACCESS, now, "remote access error")
 
-    def _fatal_nak(self, pkt, code, now, why):
+    def _fatal_nak(self, pkt, code, now, why, psn=None):
+        """NAK, then the error state: what waited behind a READ is dropped, the NAK goes
+        now."""
         qp = self.qp
         qp.counters.inc("nak_sent")
-        self._nak(roce.aeth_nak(code), pkt.psn)
+        self.stop_reads()
+        self._send_aeth(roce.aeth_nak(code), pkt.psn if psn is None else psn)
         qp.fatal(f"responder: {why}", now)
 
 
