@@ -10,6 +10,7 @@ import errno
 import ipaddress
 import logging
 
+from rnicd.api.device_attr import device_attr, device_attr_ex
 from rnicd.core.cm.conn import CMId
 from rnicd.core.cm.offload import NOTIFY_DELAY, NOTIFY_MAX, Offload
 from rnicd.core.device import Device
@@ -22,10 +23,7 @@ from rnicd.wire import ctl, mad
 from rnicd.wire.abi import (
     IBV_GID_TYPE_ROCE_V2,
     IBV_LINK_LAYER_ETHERNET,
-    IBV_NODE_CA,
-    IBV_TRANSPORT_IB,
     Access,
-    AtomicCap,
     PortState,
     QPType,
 )
@@ -132,25 +130,10 @@ class Session:
         return {"version": ctl.PROTOCOL_VERSION, "device": self.device.name}, [self.doorbell_fd]
 
     def m_query_device(self, args, fds, now):
-        d, lim = self.device, self.device.limits
-        return {
-            "name": d.name, "fw_ver": "rnicd-0.1", "node_guid": d.node_guid,
-            "sys_image_guid": d.node_guid, "max_mr_size": lim.max_mr_size,
-            "page_size_cap": 4096, "vendor_id": 0, "vendor_part_id": 0, "hw_ver": 0,
-            "max_qp": lim.max_qp, "max_qp_wr": lim.max_qp_wr, "device_cap_flags": 0,
-            "max_sge": lim.max_sge, "max_sge_rd": lim.max_sge, "max_cq": lim.max_cq,
-            "max_cqe": lim.max_cqe, "max_mr": lim.max_mr, "max_pd": lim.max_pd,
-            "max_qp_rd_atom": lim.max_qp_rd_atom, "max_ee_rd_atom": 0,
-            "max_res_rd_atom": lim.max_qp_rd_atom * lim.max_qp,
-            "max_qp_init_rd_atom": lim.max_qp_init_rd_atom, "max_ee_init_rd_atom": 0,
-            "atomic_cap": int(AtomicCap.IBV_ATOMIC_HCA), "max_ee": 0, "max_rdd": 0,
-            "max_mw": 0, "max_raw_ipv6_qp": 0, "max_raw_ethy_qp": 0, "max_mcast_grp": 0,
-            "max_mcast_qp_attach": 0, "max_total_mcast_qp_attach": 0, "max_ah": 0,
-            "max_fmr": 0, "max_map_per_fmr": 0, "max_srq": lim.max_srq,
-            "max_srq_wr": lim.max_srq_wr, "max_srq_sge": lim.max_srq_sge,
-            "max_pkeys": 1, "local_ca_ack_delay": 15, "phys_port_cnt": 1,
-            "transport_type": IBV_TRANSPORT_IB, "node_type": IBV_NODE_CA,
-        }, []
+        return device_attr(self.device), []
+
+    def m_query_device_ex(self, args, fds, now):
+        return device_attr_ex(self.device), []
 
     def m_query_port(self, args, fds, now):
         arg_int(args, "port", 1, 1, 1)

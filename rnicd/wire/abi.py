@@ -185,10 +185,56 @@ class MigState(IntEnum):
     IBV_MIG_ARMED = 2
 
 
+class DeviceCapFlags(IntFlag):
+    """enum ibv_device_cap_flags (device_cap_flags of ibv_device_attr)."""
+    IBV_DEVICE_RESIZE_MAX_WR = 1
+    IBV_DEVICE_BAD_PKEY_CNTR = 1 << 1
+    IBV_DEVICE_BAD_QKEY_CNTR = 1 << 2
+    IBV_DEVICE_RAW_MULTI = 1 << 3
+    IBV_DEVICE_AUTO_PATH_MIG = 1 << 4
+    IBV_DEVICE_CHANGE_PHY_PORT = 1 << 5
+    IBV_DEVICE_UD_AV_PORT_ENFORCE = 1 << 6
+    IBV_DEVICE_CURR_QP_STATE_MOD = 1 << 7
+    IBV_DEVICE_SHUTDOWN_PORT = 1 << 8
+    IBV_DEVICE_INIT_TYPE = 1 << 9
+    IBV_DEVICE_PORT_ACTIVE_EVENT = 1 << 10
+    IBV_DEVICE_SYS_IMAGE_GUID = 1 << 11
+    IBV_DEVICE_RC_RNR_NAK_GEN = 1 << 12
+    IBV_DEVICE_SRQ_RESIZE = 1 << 13
+    IBV_DEVICE_N_NOTIFY_CQ = 1 << 14
+    IBV_DEVICE_MEM_WINDOW = 1 << 17
+    IBV_DEVICE_UD_IP_CSUM = 1 << 18
+    IBV_DEVICE_XRC = 1 << 20
+    IBV_DEVICE_MEM_MGT_EXTENSIONS = 1 << 21
+    IBV_DEVICE_MEM_WINDOW_TYPE_2A = 1 << 23
+    IBV_DEVICE_MEM_WINDOW_TYPE_2B = 1 << 24
+    IBV_DEVICE_RC_IP_CSUM = 1 << 25
+    IBV_DEVICE_RAW_IP_CSUM = 1 << 26
+    IBV_DEVICE_MANAGED_FLOW_STEERING = 1 << 29
+
+
+class GIDType(IntEnum):
+    """enum ibv_gid_type (ibv_gid_entry.gid_type)."""
+    IBV_GID_TYPE_IB = 0
+    IBV_GID_TYPE_ROCE_V1 = 1
+    IBV_GID_TYPE_ROCE_V2 = 2
+
+
+class GIDTypeSysfs(IntEnum):
+    """enum ibv_gid_type_sysfs (what ibv_query_gid_type returns)."""
+    IBV_GID_TYPE_SYSFS_IB_ROCE_V1 = 0
+    IBV_GID_TYPE_SYSFS_ROCE_V2 = 1
+
+
+class ForkStatus(IntEnum):
+    IBV_FORK_DISABLED = 0
+    IBV_FORK_ENABLED = 1
+    IBV_FORK_UNNEEDED = 2
+
+
 IBV_NODE_CA = 1
 IBV_TRANSPORT_IB = 0
 IBV_LINK_LAYER_ETHERNET = 2
-IBV_GID_TYPE_ROCE_V2 = 2
 
 # The completion opcode a successful send-queue WR reports (IBTA 11.4.2.1).
 WC_OPCODE_OF_WR = {
@@ -203,7 +249,8 @@ WC_OPCODE_OF_WR = {
 
 # Flat module-level names (IBV_QPT_RC, IBV_WR_SEND, ...) as pyverbs.libibverbs_enums has them.
 _ENUMS = (QPType, QPState, MTU, Access, WROpcode, SendFlags, WCStatus, WCOpcode, WCFlags,
-          QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState)
+          QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState, DeviceCapFlags,
+          GIDType, GIDTypeSysfs, ForkStatus)
 for _enum in _ENUMS:
     for _member in _enum:
         globals()[_member.name] = _member.value
