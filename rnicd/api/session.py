@@ -32,7 +32,10 @@ log = logging.getLogger("rnicd.api")
 
 SEND_WQE_HDR, RECV_WQE_HDR, SGE_SIZE, CQE_SIZE = 64, 16, 16, 64
 RING_SQ, RING_RQ, RING_SRQ, RING_CQ = 1, 2, 3, 4
+NUM_COMP_VECTORS = 64     # a CQ's comp_vector is 0..63 (ibv_context.num_comp_vectors)
+# IBV_ACCESS_MW_BIND only permits binding memory windows to the MR; rnicd has none yet.
 MR_ACCESS = (Access.IBV_ACCESS_LOCAL_WRITE | Access.IBV_ACCESS_REMOTE_WRITE
+             | Access.IBV_ACCESS_MW_BIND
              | Access.IBV_ACCESS_REMOTE_READ | Access.IBV_ACCESS_REMOTE_ATOMIC
              | Access.IBV_ACCESS_ZERO_BASED | Access.IBV_ACCESS_RELAXED_ORDERING)
 
@@ -127,7 +130,8 @@ class Session:
 
     # ---- device --------------------------------------------------------------------------
     def m_hello(self, args, fds, now):
-        return {"version": ctl.PROTOCOL_VERSION, "device": self.device.name}, [self.doorbell_fd]
+        return {"version": ctl.PROTOCOL_VERSION, "device": self.device.name,
+                "num_comp_vectors": NUM_COMP_VECTORS}, [self.doorbell_fd]
 
     def m_query_device(self, args, fds, now):
         return device_attr(self.device), []
@@ -284,7 +288,7 @@ class Session:
     def m_create_cq(self, args, fds, now):
         lim = self.device.limits
         cqe = arg_int(args, "cqe", 1, lim.max_cqe)
-        comp_vector = arg_int(args, "comp_vector", 0, 63, 0)
+        comp_vector = arg_int(args, "comp_vector", 0, NUM_COMP_VECTORS - 1, 0)
         channel = None
         if args.get("channel") is not None:
             channel = self._get(self.channels, args, "channel", "completion channel")

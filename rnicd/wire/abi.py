@@ -226,6 +226,54 @@ class GIDTypeSysfs(IntEnum):
     IBV_GID_TYPE_SYSFS_ROCE_V2 = 1
 
 
+class CreateCQWCFlags(IntFlag):
+    """enum ibv_create_cq_wc_flags (CqInitAttrEx.wc_flags)."""
+    IBV_WC_EX_WITH_BYTE_LEN = 1 << 0
+    IBV_WC_EX_WITH_IMM = 1 << 1
+    IBV_WC_EX_WITH_QP_NUM = 1 << 2
+    IBV_WC_EX_WITH_SRC_QP = 1 << 3
+    IBV_WC_EX_WITH_SLID = 1 << 4
+    IBV_WC_EX_WITH_SL = 1 << 5
+    IBV_WC_EX_WITH_DLID_PATH_BITS = 1 << 6
+    IBV_WC_EX_WITH_COMPLETION_TIMESTAMP = 1 << 7
+    IBV_WC_EX_WITH_CVLAN = 1 << 8
+    IBV_WC_EX_WITH_FLOW_TAG = 1 << 9
+    IBV_WC_EX_WITH_TM_INFO = 1 << 10
+    IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK = 1 << 11
+
+
+class QPCreateSendOpsFlags(IntFlag):
+    """enum ibv_qp_create_send_ops_flags (QPInitAttrEx.send_ops_flags)."""
+    IBV_QP_EX_WITH_RDMA_WRITE = 1 << 0
+    IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM = 1 << 1
+    IBV_QP_EX_WITH_SEND = 1 << 2
+    IBV_QP_EX_WITH_SEND_WITH_IMM = 1 << 3
+    IBV_QP_EX_WITH_RDMA_READ = 1 << 4
+    IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP = 1 << 5
+    IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD = 1 << 6
+    IBV_QP_EX_WITH_LOCAL_INV = 1 << 7
+    IBV_QP_EX_WITH_BIND_MW = 1 << 8
+    IBV_QP_EX_WITH_SEND_WITH_INV = 1 << 9
+    IBV_QP_EX_WITH_TSO = 1 << 10
+    IBV_QP_EX_WITH_ATOMIC_WRITE = 1 << 12
+
+
+class QPInitAttrMask(IntFlag):
+    """enum ibv_qp_init_attr_mask (QPInitAttrEx.comp_mask)."""
+    IBV_QP_INIT_ATTR_PD = 1 << 0
+    IBV_QP_INIT_ATTR_XRCD = 1 << 1
+    IBV_QP_INIT_ATTR_CREATE_FLAGS = 1 << 2
+    IBV_QP_INIT_ATTR_MAX_TSO_HEADER = 1 << 3
+    IBV_QP_INIT_ATTR_IND_TABLE = 1 << 4
+    IBV_QP_INIT_ATTR_RX_HASH = 1 << 5
+    IBV_QP_INIT_ATTR_SEND_OPS_FLAGS = 1 << 6
+
+
+class MWType(IntEnum):
+    IBV_MW_TYPE_1 = 1
+    IBV_MW_TYPE_2 = 2
+
+
 class ForkStatus(IntEnum):
     IBV_FORK_DISABLED = 0
     IBV_FORK_ENABLED = 1
@@ -250,7 +298,8 @@ WC_OPCODE_OF_WR = {
 # Flat module-level names (IBV_QPT_RC, IBV_WR_SEND, ...) as pyverbs.libibverbs_enums has them.
 _ENUMS = (QPType, QPState, MTU, Access, WROpcode, SendFlags, WCStatus, WCOpcode, WCFlags,
           QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState, DeviceCapFlags,
-          GIDType, GIDTypeSysfs, ForkStatus)
+          GIDType, GIDTypeSysfs, ForkStatus, CreateCQWCFlags, QPCreateSendOpsFlags,
+          QPInitAttrMask, MWType)
 for _enum in _ENUMS:
     for _member in _enum:
         globals()[_member.name] = _member.value

@@ -195,6 +195,8 @@ class CQ(RnicCM):
 
     def __init__(self, ctx, cqe, cq_context=None, channel=None, comp_vector=0):
         ctx._check_open()
+        if isinstance(cqe, float) and cqe.is_integer():
+            cqe = int(cqe)   # pyverbs (Cython) accepts an integral float such as max_cqe/2
         if channel is not None:
             channel._check_open()
         r, fds = ctx._call("create_cq", {"cqe": cqe, "comp_vector": comp_vector,

@@ -157,6 +157,8 @@ class Context(RnicCM):
             raise
         self.name = r.get("device", name)
         self.version = r.get("version")
+        n = r.get("num_comp_vectors", 1)
+        self._num_comp_vectors = n if isinstance(n, int) and not isinstance(n, bool) else 1
         self._tables = {k: weakref.WeakValueDictionary() for k in ("qp", "qpn", "cq", "srq")}
         self._mrs = weakref.WeakValueDictionary()   # lkey -> MR
         self._closing = False
@@ -236,7 +238,8 @@ class Context(RnicCM):
 
     @property
     def num_comp_vectors(self) -> int:
-        return 1
+        """How many completion vectors a CQ may choose from (0..num_comp_vectors-1)."""
+        return self._num_comp_vectors
 
     def query_port(self, port_num: int = 1) -> PortAttr:
         r, _ = self._call("query_port", {"port": port_num})

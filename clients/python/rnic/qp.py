@@ -18,6 +18,9 @@ from .wr import SGE, SendWR, wr_chain
 __all__ = ["QP", "QPAttr", "QPCap", "QPEx", "QPInitAttr", "QPInitAttrEx"]
 
 M, S, T = QPAttrMask, QPState, QPType
+# enum ibv_qp_type values of QP types rnicd does not offer (EOPNOTSUPP, not EINVAL).
+QPT_NOT_OFFERED = {8: "raw packet (IBV_QPT_RAW_PACKET)", 9: "XRC (IBV_QPT_XRC_SEND)",
+                   10: "XRC (IBV_QPT_XRC_RECV)", 0xFF: "driver (IBV_QPT_DRIVER)"}
 
 # The masks pyverbs' QP.to_init / to_rtr / to_rts pass for each QP type (IBV_QP_STATE added).
 TRANSITION_MASKS = {
@@ -79,6 +82,8 @@ class QP(RnicCM):
             raise einval("QP: a PD is needed (as the creator or in QPInitAttrEx.pd)")
         pd._check_open()
         ctx = pd.ctx
+        if int(init_attr.qp_type) in QPT_NOT_OFFERED:
+            raise not_offered(f"{QPT_NOT_OFFERED[int(init_attr.qp_type)]} QPs")
         try:
             qp_type = T(init_attr.qp_type)
         except ValueError:
@@ -279,7 +284,7 @@ class QPEx(QP):
     post_send); wr_abort() drops them. ``wr_id`` and ``wr_flags`` apply to the next WR.
     Errors surface at wr_complete, as in libibverbs."""
 
-    def __init__(self, creator, init_attr: QPInitAttrEx):
+    def __init__(self, creator, init_attr: QPInitAttrEx, qp_attr: QPAttr = None):
         if not isinstance(init_attr, QPInitAttrEx):
             raise einval("QPEx needs a QPInitAttrEx")
         ops = init_attr.send_ops_flags
@@ -289,7 +294,7 @@ class QPEx(QP):
         unknown = ops & ~sum(QP_EX_WITH) & ~sum(QP_EX_NOT_OFFERED)
         if unknown:
             raise einval(f"QPEx: unknown send_ops_flags bits {unknown:#x}")
-        super().__init__(creator, init_attr)
+        super().__init__(creator, init_attr, qp_attr)
         self.send_ops_flags = ops
         self.comp_mask = init_attr.comp_mask
         self.wr_id = 0
