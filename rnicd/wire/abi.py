@@ -295,12 +295,13 @@ WC_OPCODE_OF_WR = {
     WROpcode.IBV_WR_ATOMIC_FETCH_AND_ADD: WCOpcode.IBV_WC_FETCH_ADD,
 }
 
-# Flat module-level names (IBV_QPT_RC, IBV_WR_SEND, ...) as pyverbs.libibverbs_enums has them.
+# Flat module-level names (IBV_QPT_RC, IBV_WR_SEND, ...) as pyverbs.enums has them: enum
+# members, so `e.IBV_QPT_RC.value` works as with pyverbs.
 _ENUMS = (QPType, QPState, MTU, Access, WROpcode, SendFlags, WCStatus, WCOpcode, WCFlags,
           QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState, DeviceCapFlags,
           GIDType, GIDTypeSysfs, ForkStatus, CreateCQWCFlags, QPCreateSendOpsFlags,
           QPInitAttrMask, MWType)
 for _enum in _ENUMS:
     for _member in _enum:
-        globals()[_member.name] = _member.value
+        globals()[_member.name] = _member   # the member (an int), with .name/.value
 del _enum, _member

@@ -106,10 +106,10 @@ def test_qpex_wr_api_and_cqex_poll(two_daemons):
         a.qp.wr_start()
         a.qp.wr_id, a.qp.wr_flags = 1, e.IBV_SEND_SIGNALED
         a.qp.wr_send()
-        a.qp.wr_set_sge(a.mr.lkey, a.mr.buf, 100)
+        a.qp.wr_set_sge(SGE(a.mr.buf, 100, a.mr.lkey))
         a.qp.wr_id = 2
         a.qp.wr_rdma_write(b.mr.rkey, b.mr.buf + 8192)
-        a.qp.wr_set_sge(a.mr.lkey, a.mr.buf, 1000)
+        a.qp.wr_set_sge(SGE(a.mr.buf, 1000, a.mr.lkey))
         a.qp.wr_complete()
         got = poll_ex(a.cq, 2)
         assert [(w[0], w[1]) for w in got] == [(1, e.IBV_WC_SUCCESS), (2, e.IBV_WC_SUCCESS)]
@@ -122,7 +122,7 @@ def test_qpex_wr_api_and_cqex_poll(two_daemons):
         a.qp.wr_start()          # RDMA READ back, then abort a second list
         a.qp.wr_id = 3
         a.qp.wr_rdma_read(b.mr.rkey, b.mr.buf + 8192)
-        a.qp.wr_set_sge(a.mr.lkey, a.mr.buf + 4096, 1000)
+        a.qp.wr_set_sge(SGE(a.mr.buf + 4096, 1000, a.mr.lkey))
         a.qp.wr_complete()
         assert poll_ex(a.cq, 1)[0][:2] == (3, e.IBV_WC_SUCCESS)
         assert a.mr.read(1000, 4096) == data
@@ -133,7 +133,7 @@ def test_qpex_wr_api_and_cqex_poll(two_daemons):
 
         a.qp.wr_start()          # an op outside send_ops_flags fails at wr_complete
         a.qp.wr_atomic_cmp_swp(b.mr.rkey, b.mr.buf, 0, 1)
-        a.qp.wr_set_sge(a.mr.lkey, a.mr.buf, 8)
+        a.qp.wr_set_sge(SGE(a.mr.buf, 8, a.mr.lkey))
         with pytest.raises(PyverbsRDMAError) as ex:
             a.qp.wr_complete()
         assert ex.value.error_code == errno.EINVAL

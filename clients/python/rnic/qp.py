@@ -297,6 +297,7 @@ class QPEx(QP):
         super().__init__(creator, init_attr, qp_attr)
         self.send_ops_flags = ops
         self.comp_mask = init_attr.comp_mask
+        self.ind_table = None   # RSS indirection tables are not offered
         self.wr_id = 0
         self.wr_flags = 0
         self._wrs = None
@@ -364,8 +365,8 @@ class QPEx(QP):
     def wr_atomic_write(self, rkey, remote_addr, atomic_wr) -> None:
         self._not_offered("wr_atomic_write")
 
-    def wr_set_sge(self, lkey, addr, length) -> None:
-        self._cur().sg = [SGE(addr, length, lkey)]
+    def wr_set_sge(self, sge: SGE) -> None:
+        self._cur().sg = [sge]
 
     def wr_set_sge_list(self, sg_list) -> None:
         self._cur().sg = list(sg_list)
