@@ -16,7 +16,7 @@ LIBDIR ?= $(PREFIX)/lib/rnicd
 DEPS_STAMP := $(VENV)/.rnicd-deps
 NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
 
-.PHONY: run test native lint install clean distclean deps sysdeps bench venv
+.PHONY: run test native lint install clean distclean deps sysdeps bench venv pyverbs-suite
 
 venv: $(VPY)
 $(VPY):
@@ -42,6 +42,11 @@ run: deps
 
 test: deps sysdeps
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# rdma-core 44's own pyverbs tests against rnic (python3-pyverbs installed when root; a private
+# net+mount namespace per file): per-file pass/fail/error/skip. `make test` runs it too.
+pyverbs-suite: deps
+	$(VPY) tests/pyverbs_suite/run_suite.py --files all $(ARGS)
 
 lint: deps
 	$(VPY) -m ruff check rnicd clients tests bench native/build_ffi.py

@@ -10,6 +10,7 @@ import errno
 import ipaddress
 import logging
 
+from rnicd.api.device_attr import device_attr, device_attr_ex
 from rnicd.core.cm.conn import CMId
 from rnicd.core.cm.offload import NOTIFY_DELAY, NOTIFY_MAX, Offload
 from rnicd.core.device import Device
@@ -22,11 +23,8 @@ from rnicd.wire import ctl, mad, roce
 from rnicd.wire.abi import (
     IBV_GID_TYPE_ROCE_V2,
     IBV_LINK_LAYER_ETHERNET,
-    IBV_NODE_CA,
-    IBV_TRANSPORT_IB,
     RC_ACCESS,
     Access,
-    AtomicCap,
     PortState,
     QPType,
 )
@@ -34,7 +32,10 @@ from rnicd.wire.rings import CQE_SIZE, RECV_WQE_HDR, SEND_WQE_HDR, SGE_SIZE, Rin
 
 log = logging.getLogger("rnicd.api")
 
-MR_ACCESS = RC_ACCESS | Access.IBV_ACCESS_ZERO_BASED | Access.IBV_ACCESS_RELAXED_ORDERING
+NUM_COMP_VECTORS = 64     # a CQ's comp_vector is 0..63 (ibv_context.num_comp_vectors)
+# IBV_ACCESS_MW_BIND only permits binding memory windows to the MR; rnicd has none yet.
+MR_ACCESS = (RC_ACCESS | Access.IBV_ACCESS_MW_BIND | Access.IBV_ACCESS_ZERO_BASED
+             | Access.IBV_ACCESS_RELAXED_ORDERING)
 
 
 def arg_int(args: dict, name: str, lo: int, hi: int, default=None) -> int:
@@ -127,28 +128,14 @@ class Session:
 
     # ---- device --------------------------------------------------------------------------
     def m_hello(self, args, fds, now):
-        return {"version": ctl.PROTOCOL_VERSION, "device": self.device.name}, [self.doorbell_fd]
+        return {"version": ctl.PROTOCOL_VERSION, "device": self.device.name,
+                "num_comp_vectors": NUM_COMP_VECTORS}, [self.doorbell_fd]
 
     def m_query_device(self, args, fds, now):
-        d, lim = self.device, self.device.limits
-        return {
-            "name": d.name, "fw_ver": "rnicd-0.1", "node_guid": d.node_guid,
-            "sys_image_guid": d.node_guid, "max_mr_size": lim.max_mr_size,
-            "page_size_cap": 4096, "vendor_id": 0, "vendor_part_id": 0, "hw_ver": 0,
-            "max_qp": lim.max_qp, "max_qp_wr": lim.max_qp_wr, "device_cap_flags": 0,
-            "max_sge": lim.max_sge, "max_sge_rd": lim.max_sge, "max_cq": lim.max_cq,
-            "max_cqe": lim.max_cqe, "max_mr": lim.max_mr, "max_pd": lim.max_pd,
-            "max_qp_rd_atom": lim.max_qp_rd_atom, "max_ee_rd_atom": 0,
-            "max_res_rd_atom": lim.max_qp_rd_atom * lim.max_qp,
-            "max_qp_init_rd_atom": lim.max_qp_init_rd_atom, "max_ee_init_rd_atom": 0,
-            "atomic_cap": int(AtomicCap.IBV_ATOMIC_HCA), "max_ee": 0, "max_rdd": 0,
-            "max_mw": 0, "max_raw_ipv6_qp": 0, "max_raw_ethy_qp": 0, "max_mcast_grp": 0,
-            "max_mcast_qp_attach": 0, "max_total_mcast_qp_attach": 0, "max_ah": 0,
-            "max_fmr": 0, "max_map_per_fmr": 0, "max_srq": lim.max_srq,
-            "max_srq_wr": lim.max_srq_wr, "max_srq_sge": lim.max_srq_sge,
-            "max_pkeys": 1, "local_ca_ack_delay": 15, "phys_port_cnt": 1,
-            "transport_type": IBV_TRANSPORT_IB, "node_type": IBV_NODE_CA,
-        }, []
+        return device_attr(self.device), []
+
+    def m_query_device_ex(self, args, fds, now):
+        return device_attr_ex(self.device), []
 
     def m_query_port(self, args, fds, now):
         arg_int(args, "port", 1, 1, 1)
@@ -299,7 +286,7 @@ class Session:
     def m_create_cq(self, args, fds, now):
         lim = self.device.limits
         cqe = arg_int(args, "cqe", 1, lim.max_cqe)
-        comp_vector = arg_int(args, "comp_vector", 0, 63, 0)
+        comp_vector = arg_int(args, "comp_vector", 0, NUM_COMP_VECTORS - 1, 0)
         channel = None
         if args.get("channel") is not None:
             channel = self._get(self.channels, args, "channel", "completion channel")

@@ -190,10 +190,104 @@ class MigState(IntEnum):
     IBV_MIG_ARMED = 2
 
 
+class DeviceCapFlags(IntFlag):
+    """enum ibv_device_cap_flags (device_cap_flags of ibv_device_attr)."""
+    IBV_DEVICE_RESIZE_MAX_WR = 1
+    IBV_DEVICE_BAD_PKEY_CNTR = 1 << 1
+    IBV_DEVICE_BAD_QKEY_CNTR = 1 << 2
+    IBV_DEVICE_RAW_MULTI = 1 << 3
+    IBV_DEVICE_AUTO_PATH_MIG = 1 << 4
+    IBV_DEVICE_CHANGE_PHY_PORT = 1 << 5
+    IBV_DEVICE_UD_AV_PORT_ENFORCE = 1 << 6
+    IBV_DEVICE_CURR_QP_STATE_MOD = 1 << 7
+    IBV_DEVICE_SHUTDOWN_PORT = 1 << 8
+    IBV_DEVICE_INIT_TYPE = 1 << 9
+    IBV_DEVICE_PORT_ACTIVE_EVENT = 1 << 10
+    IBV_DEVICE_SYS_IMAGE_GUID = 1 << 11
+    IBV_DEVICE_RC_RNR_NAK_GEN = 1 << 12
+    IBV_DEVICE_SRQ_RESIZE = 1 << 13
+    IBV_DEVICE_N_NOTIFY_CQ = 1 << 14
+    IBV_DEVICE_MEM_WINDOW = 1 << 17
+    IBV_DEVICE_UD_IP_CSUM = 1 << 18
+    IBV_DEVICE_XRC = 1 << 20
+    IBV_DEVICE_MEM_MGT_EXTENSIONS = 1 << 21
+    IBV_DEVICE_MEM_WINDOW_TYPE_2A = 1 << 23
+    IBV_DEVICE_MEM_WINDOW_TYPE_2B = 1 << 24
+    IBV_DEVICE_RC_IP_CSUM = 1 << 25
+    IBV_DEVICE_RAW_IP_CSUM = 1 << 26
+    IBV_DEVICE_MANAGED_FLOW_STEERING = 1 << 29
+
+
+class GIDType(IntEnum):
+    """enum ibv_gid_type (ibv_gid_entry.gid_type)."""
+    IBV_GID_TYPE_IB = 0
+    IBV_GID_TYPE_ROCE_V1 = 1
+    IBV_GID_TYPE_ROCE_V2 = 2
+
+
+class GIDTypeSysfs(IntEnum):
+    """enum ibv_gid_type_sysfs (what ibv_query_gid_type returns)."""
+    IBV_GID_TYPE_SYSFS_IB_ROCE_V1 = 0
+    IBV_GID_TYPE_SYSFS_ROCE_V2 = 1
+
+
+class CreateCQWCFlags(IntFlag):
+    """enum ibv_create_cq_wc_flags (CqInitAttrEx.wc_flags)."""
+    IBV_WC_EX_WITH_BYTE_LEN = 1 << 0
+    IBV_WC_EX_WITH_IMM = 1 << 1
+    IBV_WC_EX_WITH_QP_NUM = 1 << 2
+    IBV_WC_EX_WITH_SRC_QP = 1 << 3
+    IBV_WC_EX_WITH_SLID = 1 << 4
+    IBV_WC_EX_WITH_SL = 1 << 5
+    IBV_WC_EX_WITH_DLID_PATH_BITS = 1 << 6
+    IBV_WC_EX_WITH_COMPLETION_TIMESTAMP = 1 << 7
+    IBV_WC_EX_WITH_CVLAN = 1 << 8
+    IBV_WC_EX_WITH_FLOW_TAG = 1 << 9
+    IBV_WC_EX_WITH_TM_INFO = 1 << 10
+    IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK = 1 << 11
+
+
+class QPCreateSendOpsFlags(IntFlag):
+    """enum ibv_qp_create_send_ops_flags (QPInitAttrEx.send_ops_flags)."""
+    IBV_QP_EX_WITH_RDMA_WRITE = 1 << 0
+    IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM = 1 << 1
+    IBV_QP_EX_WITH_SEND = 1 << 2
+    IBV_QP_EX_WITH_SEND_WITH_IMM = 1 << 3
+    IBV_QP_EX_WITH_RDMA_READ = 1 << 4
+    IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP = 1 << 5
+    IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD = 1 << 6
+    IBV_QP_EX_WITH_LOCAL_INV = 1 << 7
+    IBV_QP_EX_WITH_BIND_MW = 1 << 8
+    IBV_QP_EX_WITH_SEND_WITH_INV = 1 << 9
+    IBV_QP_EX_WITH_TSO = 1 << 10
+    IBV_QP_EX_WITH_ATOMIC_WRITE = 1 << 12
+
+
+class QPInitAttrMask(IntFlag):
+    """enum ibv_qp_init_attr_mask (QPInitAttrEx.comp_mask)."""
+    IBV_QP_INIT_ATTR_PD = 1 << 0
+    IBV_QP_INIT_ATTR_XRCD = 1 << 1
+    IBV_QP_INIT_ATTR_CREATE_FLAGS = 1 << 2
+    IBV_QP_INIT_ATTR_MAX_TSO_HEADER = 1 << 3
+    IBV_QP_INIT_ATTR_IND_TABLE = 1 << 4
+    IBV_QP_INIT_ATTR_RX_HASH = 1 << 5
+    IBV_QP_INIT_ATTR_SEND_OPS_FLAGS = 1 << 6
+
+
+class MWType(IntEnum):
+    IBV_MW_TYPE_1 = 1
+    IBV_MW_TYPE_2 = 2
+
+
+class ForkStatus(IntEnum):
+    IBV_FORK_DISABLED = 0
+    IBV_FORK_ENABLED = 1
+    IBV_FORK_UNNEEDED = 2
+
+
 IBV_NODE_CA = 1
 IBV_TRANSPORT_IB = 0
 IBV_LINK_LAYER_ETHERNET = 2
-IBV_GID_TYPE_ROCE_V2 = 2
 
 # The completion opcode a successful send-queue WR reports (IBTA 11.4.2.1).
 WC_OPCODE_OF_WR = {
@@ -206,10 +300,13 @@ WC_OPCODE_OF_WR = {
     WROpcode.IBV_WR_ATOMIC_FETCH_AND_ADD: WCOpcode.IBV_WC_FETCH_ADD,
 }
 
-# Flat module-level names (IBV_QPT_RC, IBV_WR_SEND, ...) as pyverbs.libibverbs_enums has them.
+# Flat module-level names (IBV_QPT_RC, IBV_WR_SEND, ...) as pyverbs.enums has them: enum
+# members, so `e.IBV_QPT_RC.value` works as with pyverbs.
 _ENUMS = (QPType, QPState, MTU, Access, WROpcode, SendFlags, WCStatus, WCOpcode, WCFlags,
-          QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState)
+          QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState, DeviceCapFlags,
+          GIDType, GIDTypeSysfs, ForkStatus, CreateCQWCFlags, QPCreateSendOpsFlags,
+          QPInitAttrMask, MWType)
 for _enum in _ENUMS:
     for _member in _enum:
-        globals()[_member.name] = _member.value
+        globals()[_member.name] = _member   # the member (an int), with .name/.value
 del _enum, _member

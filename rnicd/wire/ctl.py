@@ -24,7 +24,7 @@ MAX_FDS = 4             # fds in one message
 
 # Methods; args and results are documented in docs/control-protocol.md.
 METHODS = (
-    "hello", "query_device", "query_port", "query_gid",
+    "hello", "query_device", "query_device_ex", "query_port", "query_gid",
     "alloc_pd", "dealloc_pd", "reg_mr", "dereg_mr", "create_ah", "destroy_ah",
     "create_comp_channel", "destroy_comp_channel",
     "create_cq", "resize_cq", "destroy_cq",

@@ -16,7 +16,11 @@ from rnic._conn import DEFAULT_SOCKET, Connection, socket_path  # noqa: E402
 from rnic.addr import GID, AHAttr, GlobalRoute  # noqa: E402
 from rnic.cq import WC  # noqa: E402
 from rnic.errors import RnicError  # noqa: E402
-from rnic.pyverbs_error import PyverbsError, PyverbsRDMAError  # noqa: E402
+from rnic.pyverbs_error import (  # noqa: E402
+    PyverbsError,
+    PyverbsRDMAError,
+    PyverbsUserError,
+)
 from rnic.qp import QPAttr, QPCap, QPInitAttr  # noqa: E402
 from rnic.srq import SrqAttr, SrqInitAttr  # noqa: E402
 from rnic.wr import SGE, RecvWR, SendWR, wr_chain  # noqa: E402
@@ -66,8 +70,18 @@ def test_enoent_stays_rnic_error():
     assert type(err) is RnicError and err.name == "ENOENT"
 
 
-def test_pyverbs_aliases():
-    assert PyverbsError is RnicError and PyverbsRDMAError is RnicError
+def test_pyverbs_error_shapes():
+    """pyverbs' classes and constructors (rdma-core 44 pyverbs_error.py); RnicError is one."""
+    err = PyverbsRDMAError("Failed to register a MR", errno.EINVAL)
+    assert err.error_code == errno.EINVAL
+    assert str(err) == "Failed to register a MR. Errno: 22, Invalid argument"
+    assert PyverbsRDMAError("no errno").error_code == -1
+    user = PyverbsUserError("Invalid GID")
+    assert isinstance(user, PyverbsError) and not isinstance(user, PyverbsRDMAError)
+    assert str(user) == "Invalid GID"
+    rnic_err = RnicError(errno.EOPNOTSUPP, "XRC is not offered")
+    assert isinstance(rnic_err, PyverbsRDMAError) and isinstance(rnic_err, OSError)
+    assert rnic_err.error_code == rnic_err.code == errno.EOPNOTSUPP
 
 
 # ---- socket path --------------------------------------------------------------------------

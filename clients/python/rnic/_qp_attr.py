@@ -62,6 +62,41 @@ class QPInitAttr:
         return f"QPInitAttr(qp_type={t}, sq_sig_all={self.sq_sig_all}, cap={self.cap!r})"
 
 
+class QPInitAttrEx(QPInitAttr):
+    """struct ibv_qp_init_attr_ex (pyverbs' argument order). rnicd offers none of xrcd,
+    create_flags, max_tso_header, source_qpn, hash_conf and ind_table: creating a QP with
+    them answers EOPNOTSUPP. ``send_ops_flags`` (IBV_QP_EX_WITH_*) is for QPEx."""
+
+    def __init__(self, qp_type=QPType.IBV_QPT_UD, qp_context=None, scq=None, rcq=None,
+                 srq=None, cap=None, sq_sig_all=0, comp_mask=0, pd=None, xrcd=None,
+                 create_flags=0, max_tso_header=0, source_qpn=0, hash_conf=None,
+                 ind_table=None, send_ops_flags=0):
+        super().__init__(qp_type, qp_context, scq, rcq, srq, cap, sq_sig_all)
+        self.comp_mask = comp_mask
+        self.pd = pd
+        self.xrcd = xrcd
+        self.create_flags = create_flags
+        self.max_tso_header = max_tso_header
+        self.source_qpn = source_qpn
+        self.hash_conf = hash_conf
+        self.ind_table = ind_table
+        self.send_ops_flags = send_ops_flags
+
+    def unoffered(self) -> str | None:
+        """The first requested feature rnicd does not offer, or None."""
+        for name in ("xrcd", "hash_conf", "ind_table"):
+            if getattr(self, name) is not None:
+                return name
+        for name in ("create_flags", "max_tso_header", "source_qpn"):
+            if getattr(self, name):
+                return name
+        return None
+
+    def __repr__(self) -> str:
+        return (f"QPInitAttrEx(qp_type={self.qp_type}, comp_mask={self.comp_mask:#x}, "
+                f"send_ops_flags={self.send_ops_flags:#x}, cap={self.cap!r})")
+
+
 # ibv_qp_attr field of each attr_mask bit (as rnicd.core.qp_state.ATTR_FIELD).
 MASK_FIELDS = {
     QPAttrMask.IBV_QP_STATE: ("qp_state",), QPAttrMask.IBV_QP_CUR_STATE: ("cur_qp_state",),

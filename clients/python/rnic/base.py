@@ -81,3 +81,22 @@ class RnicCM:
             self._release_local()
         except Exception:   # interpreter shutdown, half-built object: nothing left to do
             pass
+
+
+# ---- pyverbs.base's names ---------------------------------------------------------------
+PyverbsCM = RnicCM
+PyverbsObject = object
+
+
+def PyverbsRDMAErrno(msg: str):   # noqa: N802  (pyverbs' name)
+    """pyverbs.base.PyverbsRDMAErrno: a PyverbsRDMAError carrying the calling thread's C errno
+    (``ctypes.get_errno()``; rnic verbs raise RnicError with the errno themselves)."""
+    import ctypes
+
+    from .pyverbs_error import PyverbsRDMAError
+    return PyverbsRDMAError(msg, ctypes.get_errno())
+
+
+def inc_rkey(rkey: int) -> int:
+    """ibv_inc_rkey: the next rkey of a memory window, its low 8 bits (the key) incremented."""
+    return (rkey & 0xFFFFFF00) | ((rkey + 1) & 0xFF)

@@ -39,7 +39,8 @@ from .pd import PD
 from .qp import QP, QPAttr, QPInitAttr
 from .wr import SGE, RecvWR, SendWR
 
-__all__ = ["AddrInfo", "ConnParam", "CMEventChannel", "CMEvent", "CMID", "OffloadTemplate",
+__all__ = ["AddrInfo", "ConnParam", "CMEventChannel", "CMEvent", "CMID", "JoinMCAttrEx",
+           "OffloadTemplate", "UDParam",
            "CMEventType", "RDMA_PS_TCP", "RAI_PASSIVE"]
 
 E = CMEventType
@@ -150,6 +151,27 @@ def resolve_source(ctx: Context, dst: str, src: str | None = None) -> str:
 
 
 # ---- parameters ---------------------------------------------------------------------------
+class UDParam:
+    """struct rdma_ud_param (UD/SIDR connection data): ah_attr, qp_num, qkey.
+    ``UDParam(cm_event)`` reads them from an ESTABLISHED event of a UD id."""
+
+    def __init__(self, cm_event=None):
+        src = getattr(cm_event, "ud_param", None) or {}
+        self.ah_attr = src.get("ah_attr") if isinstance(src, dict) else None
+        self.qp_num = src.get("qp_num", 0) if isinstance(src, dict) else 0
+        self.qkey = src.get("qkey", 0) if isinstance(src, dict) else 0
+
+
+class JoinMCAttrEx:
+    """struct rdma_cm_join_mc_attr_ex (multicast is not offered: joining answers
+    EOPNOTSUPP)."""
+
+    def __init__(self, addr=None, comp_mask=0, join_flags=0):
+        self.addr = addr
+        self.comp_mask = comp_mask
+        self.join_flags = join_flags
+
+
 class ConnParam:
     """struct rdma_conn_param. ``private_data`` (an rnic addition to pyverbs' signature)
     travels in the REQ (at most 56 bytes), REP (196) or REJ (148)."""

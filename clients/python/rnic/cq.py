@@ -196,6 +196,8 @@ class CQ(RnicCM):
 
     def __init__(self, ctx, cqe, cq_context=None, channel=None, comp_vector=0):
         ctx._check_open()
+        if isinstance(cqe, float) and cqe.is_integer():
+            cqe = int(cqe)   # pyverbs (Cython) accepts an integral float such as max_cqe/2
         if channel is not None:
             channel._check_open()
         r, fds = ctx._call("create_cq", {"cqe": cqe, "comp_vector": comp_vector,
@@ -214,7 +216,7 @@ class CQ(RnicCM):
             raise
         self.context = ctx
         self.cq_context = cq_context
-        self.channel = channel
+        self.channel = channel   # pyverbs: comp_channel (a property below)
         self.comp_vector = comp_vector
         n = native()
         self._ffi, self._lib = n.ffi, n.lib
@@ -232,6 +234,11 @@ class CQ(RnicCM):
     def _has_cqe(self) -> bool:
         rv = self._ring.rv
         return rv.load_prod() != rv.load_cons()
+
+    @property
+    def comp_channel(self):
+        """The CompChannel given at creation (pyverbs' name; ``channel`` is rnic's)."""
+        return self.channel
 
     def poll(self, num_entries: int = 1):
         """Up to ``num_entries`` completions: ``(npolled, [WC, ...])``."""
@@ -342,3 +349,142 @@ class CQ(RnicCM):
 
     def __repr__(self) -> str:
         return f"CQ(handle={getattr(self, 'handle', None)}, cqe={getattr(self, 'cqe', None)})"
+
+
+# ---- the extended CQ (ibv_cq_ex: start_poll / next_poll / end_poll, ibv_wc_read_*) -------
+WC_EX_FROM_WC = {   # enum ibv_create_cq_wc_flags bits rnicd's CQEs carry
+    1 << 0: "BYTE_LEN", 1 << 1: "IMM", 1 << 2: "QP_NUM", 1 << 3: "SRC_QP", 1 << 4: "SLID",
+    1 << 5: "SL", 1 << 6: "DLID_PATH_BITS",
+}
+WC_EX_NOT_OFFERED = {1 << 7: "COMPLETION_TIMESTAMP", 1 << 8: "CVLAN", 1 << 9: "FLOW_TAG",
+                     1 << 10: "TM_INFO", 1 << 11: "COMPLETION_TIMESTAMP_WALLCLOCK"}
+_ENOENT = errno.ENOENT
+
+
+class CqInitAttrEx:
+    """struct ibv_cq_init_attr_ex (pyverbs' argument order)."""
+
+    def __init__(self, cqe=100, channel=None, comp_vector=0, wc_flags=0, comp_mask=0,
+                 flags=0, parent_domain=None):
+        self.cqe = cqe
+        self.comp_channel = channel
+        self.comp_vector = comp_vector
+        self.wc_flags = wc_flags
+        self.comp_mask = comp_mask
+        self.flags = flags
+        self.parent_domain = parent_domain
+        self.cq_context = None
+
+    def __repr__(self) -> str:
+        return (f"CqInitAttrEx(cqe={self.cqe}, wc_flags={self.wc_flags:#x}, "
+                f"comp_mask={self.comp_mask:#x}, flags={self.flags:#x})")
+
+
+class PollCqAttr:
+    """struct ibv_poll_cq_attr: comp_mask must be 0."""
+
+    def __init__(self, comp_mask=0):
+        self.comp_mask = comp_mask
+
+
+class CQEX(CQ):
+    """An extended CQ: ``CQEX(ctx, CqInitAttrEx)``. ``start_poll()`` returns 0 with the first
+    completion current (``wr_id``, ``status`` and the ``read_*`` calls describe it) or
+    ENOENT (2) when the CQ is empty; ``poll_next()`` likewise; ``end_poll()`` finishes.
+    It is also a CQ: QPs take it as a send/receive CQ, and poll() works."""
+
+    def __init__(self, ctx, init_attr: CqInitAttrEx):
+        if not isinstance(init_attr, CqInitAttrEx):
+            raise RnicError(errno.EINVAL, "CQEX needs a CqInitAttrEx")
+        for bit, name in WC_EX_NOT_OFFERED.items():
+            if init_attr.wc_flags & bit:
+                raise RnicError(errno.EOPNOTSUPP, f"CQEX: IBV_WC_EX_WITH_{name} is not "
+                                "offered by rnicd (no hardware clock, VLAN, flow tags or "
+                                "tag matching)")
+        if init_attr.wc_flags & ~(sum(WC_EX_FROM_WC) | sum(WC_EX_NOT_OFFERED)):
+            raise RnicError(errno.EINVAL, f"CQEX: unknown wc_flags {init_attr.wc_flags:#x}")
+        if init_attr.flags or init_attr.parent_domain is not None:
+            raise RnicError(errno.EOPNOTSUPP, "CQEX: creation flags and parent domains are "
+                            "not offered by rnicd")
+        super().__init__(ctx, init_attr.cqe, init_attr.cq_context, init_attr.comp_channel,
+                         init_attr.comp_vector)
+        self.wc_flags_ex = init_attr.wc_flags
+        self._wc = None
+        self._polling = False
+
+    def _step(self) -> int:
+        n, wcs = self.poll(1)
+        self._wc = wcs[0] if n else None
+        return 0 if n else _ENOENT
+
+    def start_poll(self, attr: PollCqAttr = None) -> int:
+        if self._polling:
+            raise RnicError(errno.EINVAL, "CQEX.start_poll: end_poll() first")
+        rc = self._step()
+        self._polling = rc == 0
+        return rc
+
+    def poll_next(self) -> int:
+        if not self._polling:
+            raise RnicError(errno.EINVAL, "CQEX.poll_next: start_poll() first")
+        return self._step()
+
+    def end_poll(self) -> None:
+        self._polling = False
+        self._wc = None
+
+    def _cur(self) -> WC:
+        if self._wc is None:
+            raise RnicError(errno.EINVAL, "CQEX: no current completion (start_poll first)")
+        return self._wc
+
+    wr_id = property(lambda self: self._cur().wr_id)
+    status = property(lambda self: self._cur().status)
+
+    def read_opcode(self) -> int:
+        return self._cur().opcode
+
+    def read_vendor_err(self) -> int:
+        return self._cur().vendor_err
+
+    def read_byte_len(self) -> int:
+        return self._cur().byte_len
+
+    def read_imm_data(self) -> int:
+        return self._cur().imm_data
+
+    def read_qp_num(self) -> int:
+        return self._cur().qp_num
+
+    def read_src_qp(self) -> int:
+        return self._cur().src_qp
+
+    def read_wc_flags(self) -> int:
+        return self._cur().wc_flags
+
+    def read_slid(self) -> int:
+        return self._cur().slid
+
+    def read_sl(self) -> int:
+        return self._cur().sl
+
+    def read_dlid_path_bits(self) -> int:
+        return self._cur().dlid_path_bits
+
+    def _no(self, what: str):
+        raise RnicError(errno.EOPNOTSUPP, f"CQEX.{what}: not offered by rnicd")
+
+    def read_timestamp(self):
+        self._no("read_timestamp")
+
+    def read_completion_wallclock_ns(self):
+        self._no("read_completion_wallclock_ns")
+
+    def read_cvlan(self):
+        self._no("read_cvlan")
+
+    def read_flow_tag(self):
+        self._no("read_flow_tag")
+
+    def read_tm_info(self):
+        self._no("read_tm_info")

@@ -13,6 +13,20 @@ from rnicd.wire import ctl
 from rnicd.wire.abi import EventType
 
 from ._conn import Connection, _close_fds
+from ._device_ex import (  # noqa: F401  (pyverbs.device's names)
+    CQModerationCaps,
+    Device,
+    DeviceAttrEx,
+    GIDEntry,
+    ODPCaps,
+    PacketPacingCaps,
+    PCIAtomicCaps,
+    RSSCaps,
+    TMCaps,
+    TSOCaps,
+    sysfs_gid_type,
+)
+from ._unsupported import AttrHolder, not_offered, verb_classes
 from .addr import GID
 from .base import RnicCM, close_children
 from .errors import RnicError
@@ -42,10 +56,35 @@ class _Attrs:
 
 
 class DeviceAttr(_Attrs):
-    """struct ibv_device_attr (pyverbs also names fw_ver ``fw_version`` and atomic_cap
-    ``atomic_caps``; both spellings work)."""
+    """struct ibv_device_attr (pyverbs also names fw_ver ``fw_version``, atomic_cap
+    ``atomic_caps`` and max_raw_ipv6_qp ``max_raw_ipv6_qps``; both spellings work)."""
 
-    _aliases = {"fw_version": "fw_ver", "atomic_caps": "atomic_cap"}
+    _aliases = {"fw_version": "fw_ver", "atomic_caps": "atomic_cap",
+                "max_raw_ipv6_qps": "max_raw_ipv6_qp"}
+
+
+class AllocDmAttr(AttrHolder):
+    """struct ibv_alloc_dm_attr: ``AllocDmAttr(length, log_align_req=0, comp_mask=0)``."""
+
+    _fields = ("length", "log_align_req", "comp_mask")
+
+    def __init__(self, length=0, log_align_req=0, comp_mask=0):
+        super().__init__(length, log_align_req, comp_mask)
+
+
+verb_classes(globals(), "device memory (max_dm_size is 0)", "DM")
+
+
+def get_device_list(socket=None) -> list:
+    """ibv_get_device_list: the device of the rnicd that $RNIC_SOCKET (or the default
+    socket) reaches, as a one-entry list; empty when no rnicd answers."""
+    try:
+        ctx = Context(socket=socket)
+    except RnicError:
+        return []
+    with ctx:
+        a = ctx.query_device()
+        return [Device(ctx.name, a.node_guid, a.node_type, a.transport_type, 0)]
 
 
 class PortAttr(_Attrs):
@@ -118,6 +157,8 @@ class Context(RnicCM):
             raise
         self.name = r.get("device", name)
         self.version = r.get("version")
+        n = r.get("num_comp_vectors", 1)
+        self._num_comp_vectors = n if isinstance(n, int) and not isinstance(n, bool) else 1
         self._tables = {k: weakref.WeakValueDictionary() for k in ("qp", "qpn", "cq", "srq")}
         self._mrs = weakref.WeakValueDictionary()   # lkey -> MR
         self._closing = False
@@ -190,6 +231,16 @@ class Context(RnicCM):
         r, _ = self._call("query_device")
         return DeviceAttr(r)
 
+    def query_device_ex(self, comp_mask: int = 0) -> DeviceAttrEx:
+        """ibv_query_device_ex: ``orig_attr`` plus the extended capabilities."""
+        r, _ = self._call("query_device_ex")
+        return DeviceAttrEx(r, DeviceAttr)
+
+    @property
+    def num_comp_vectors(self) -> int:
+        """How many completion vectors a CQ may choose from (0..num_comp_vectors-1)."""
+        return self._num_comp_vectors
+
     def query_port(self, port_num: int = 1) -> PortAttr:
         r, _ = self._call("query_port", {"port": port_num})
         return PortAttr(r)
@@ -202,6 +253,44 @@ class Context(RnicCM):
         gid = GID(bytes(raw))
         gid.gid_type = r.get("gid_type")
         return gid
+
+    def query_gid_type(self, port_num: int, index: int) -> int:
+        """ibv_query_gid_type: IBV_GID_TYPE_SYSFS_ROCE_V2 (every rnicd GID is RoCEv2)."""
+        return sysfs_gid_type(self.query_gid(port_num, index).gid_type)
+
+    def query_gid_ex(self, port_num: int, gid_index: int, flags: int = 0) -> GIDEntry:
+        """ibv_query_gid_ex: one GID table entry with its type and netdev."""
+        if flags:
+            raise RnicError(errno.EINVAL, "query_gid_ex: flags must be 0")
+        r, _ = self._call("query_gid", {"port": port_num, "index": gid_index})
+        raw = r.get("gid")
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != 16:
+            raise RnicError(errno.EPROTO, "query_gid: rnicd's reply lacks a 16-byte gid")
+        return GIDEntry(bytes(raw), gid_index, port_num, r.get("gid_type", 0),
+                        r.get("ndev_ifindex", 0) or 0)
+
+    def query_gid_table(self, max_entries: int, flags: int = 0) -> list:
+        """ibv_query_gid_table: the valid entries of every port, at most max_entries
+        (ENOMEM, as libibverbs, when the table has more)."""
+        if flags:
+            raise RnicError(errno.EINVAL, "query_gid_table: flags must be 0")
+        n = self.query_port(1).gid_tbl_len
+        entries = [self.query_gid_ex(1, i) for i in range(n)]
+        if len(entries) > max_entries:
+            raise RnicError(errno.ENOMEM, f"query_gid_table: {len(entries)} entries exceed "
+                            f"max_entries={max_entries}")
+        return entries
+
+    def query_pkey(self, port_num: int, index: int) -> int:
+        """ibv_query_pkey: RoCE has the one default P_Key 0xffff."""
+        if port_num != 1 or index != 0:
+            raise RnicError(errno.EINVAL, f"query_pkey: port {port_num} index {index} is "
+                            "not in the table (one port, one P_Key)")
+        return 0xFFFF
+
+    def query_rt_values_ex(self, comp_mask: int = 0):
+        """ibv_query_rt_values_ex: no hardware clock (hca_core_clock is 0)."""
+        raise not_offered("query_rt_values_ex (a hardware clock)")
 
     def get_async_event(self, timeout: float | None = None) -> AsyncEvent | None:
         """Block until the next asynchronous event (None if ``timeout`` seconds pass)."""

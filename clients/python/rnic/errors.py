@@ -1,19 +1,24 @@
-"""The one exception type of the rnic client: an errno code plus a message a person can act on.
+"""The exception type of the rnic client: an errno code plus a message a person can act on.
 
 Errors the daemon reports (error replies on the control socket) and errors the client library
 finds itself (bad arguments, a full send queue, an unreachable daemon) are all `RnicError`.
-It is an `OSError`, so ``except OSError`` code keeps working, and ``.code == .errno``.
+It is an `OSError` (``.code == .errno``) and pyverbs' `PyverbsRDMAError` (``.error_code``),
+so both ``except OSError`` and pyverbs' ``except PyverbsRDMAError`` code keep working.
 """
 import errno as _errno
 
+from .pyverbs_error import PyverbsRDMAError
 
-class RnicError(OSError):
-    """An rnic verb failed. ``code``/``errno`` is the errno value, ``name`` its symbol."""
+
+class RnicError(OSError, PyverbsRDMAError):
+    """An rnic verb failed. ``code``/``errno``/``error_code`` is the errno value, ``name`` its
+    symbol. Constructed as ``RnicError(code, msg)`` (pyverbs' own classes take msg first)."""
 
     def __init__(self, code: int, msg: str = ""):
         code = int(code)
-        super().__init__(code, msg)
+        OSError.__init__(self, code, msg)
         self.code = code
+        self._error_code = code
         self.name = _errno.errorcode.get(code, str(code))
         self.msg = msg
 
@@ -30,3 +35,7 @@ def einval(msg: str) -> RnicError:
 
 def enomem(msg: str) -> RnicError:
     return RnicError(_errno.ENOMEM, msg)
+
+
+def eopnotsupp(msg: str) -> RnicError:
+    return RnicError(_errno.EOPNOTSUPP, msg)

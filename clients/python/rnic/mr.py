@@ -11,6 +11,7 @@ import fcntl
 import mmap
 import os
 
+from ._unsupported import AttrHolder, verb_classes
 from .base import RnicCM
 from .device import need_int
 from .errors import RnicError, einval
@@ -45,8 +46,12 @@ class MR(RnicCM):
             anchor = ctypes.c_char.from_buffer(self.mmap)
             self.buf = ctypes.addressof(anchor)
             del anchor   # the export would keep mmap.close() from working
-            r, _ = ctx._call("reg_mr", {"pd": pd.handle, "addr": self.buf, "length": length,
-                                        "access": int(access), "offset": 0}, fds=[self.fd])
+            try:
+                r, _ = ctx._call("reg_mr", {"pd": pd.handle, "addr": self.buf,
+                                            "length": length, "access": int(access),
+                                            "offset": 0}, fds=[self.fd])
+            except RnicError as exc:   # pyverbs' wording, which programs match on
+                raise RnicError(exc.code, f"Failed to register a MR: {exc.msg}") from None
             self.handle = need_int(r, "mr", "reg_mr")
             self.lkey = need_int(r, "lkey", "reg_mr")
             self.rkey = need_int(r, "rkey", "reg_mr")
@@ -105,3 +110,15 @@ class MR(RnicCM):
             return "MR(closed)"
         return (f"MR(buf={self.buf:#x}, length={self.length}, lkey={self.lkey:#x}, "
                 f"rkey={self.rkey:#x})")
+
+
+# Not offered yet (max_mw is 0; IBV_DEVICE_MEM_WINDOW clear), device memory and dma-buf MRs.
+verb_classes(globals(), "memory windows", "MW", "MWBind")
+verb_classes(globals(), "device memory", "DMMR")
+verb_classes(globals(), "dma-buf memory", "DmaBufMR")
+
+
+class MWBindInfo(AttrHolder):
+    """struct ibv_mw_bind_info: ``MWBindInfo(mr, addr, length, mw_access_flags)``."""
+
+    _fields = ("mr", "addr", "length", "mw_access_flags")

@@ -1,4 +1,5 @@
 """Protection domains: ``PD(ctx)``, as pyverbs.pd."""
+from ._unsupported import AttrHolder, verb_classes
 from .base import RnicCM
 from .device import need_int
 
@@ -19,3 +20,19 @@ class PD(RnicCM):
 
     def __repr__(self) -> str:
         return f"PD(handle={self.handle}{', closed' if self._closed else ''})"
+
+
+# Parent domains with custom allocators: not offered yet.
+verb_classes(globals(), "parent domains", "ParentDomain")
+
+
+class ParentDomainInitAttr(AttrHolder):
+    """struct ibv_parent_domain_init_attr: ``ParentDomainInitAttr(pd, pd_context=None)``."""
+
+    _fields = ("pd", "pd_context")
+
+
+class ParentDomainContext(AttrHolder):
+    """pyverbs' holder of a parent domain's allocators: ``(pd, alloc_func, free_func)``."""
+
+    _fields = ("pd", "p_alloc", "p_free")

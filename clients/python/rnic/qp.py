@@ -3,21 +3,25 @@
 post_send and post_recv write WQEs into the QP's shared-memory rings (see rnic._post);
 state changes, queries and creation are control verbs on the socket.
 """
-from rnicd.wire.abi import QPAttrMask, QPState, QPType
+from rnicd.wire.abi import QPAttrMask, QPState, QPType, SendFlags, WROpcode
 from rnicd.wire.rings import RingKind
 
 from . import _post
 from ._conn import _close_fds
-from ._qp_attr import QPAttr, QPCap, QPInitAttr
+from ._qp_attr import QPAttr, QPCap, QPInitAttr, QPInitAttrEx
 from ._rings import Ring, native
+from ._unsupported import not_offered
 from .base import RnicCM
 from .device import need_int
 from .errors import RnicError, einval
-from .wr import wr_chain
+from .wr import SGE, SendWR, wr_chain
 
-__all__ = ["QP", "QPAttr", "QPCap", "QPInitAttr"]
+__all__ = ["QP", "QPAttr", "QPCap", "QPEx", "QPInitAttr", "QPInitAttrEx"]
 
 M, S, T = QPAttrMask, QPState, QPType
+# enum ibv_qp_type values of QP types rnicd does not offer (EOPNOTSUPP, not EINVAL).
+QPT_NOT_OFFERED = {8: "raw packet (IBV_QPT_RAW_PACKET)", 9: "XRC (IBV_QPT_XRC_SEND)",
+                   10: "XRC (IBV_QPT_XRC_RECV)", 0xFF: "driver (IBV_QPT_DRIVER)"}
 
 # The masks pyverbs' QP.to_init / to_rtr / to_rts pass for each QP type (IBV_QP_STATE added).
 TRANSITION_MASKS = {
@@ -65,10 +69,22 @@ class QP(RnicCM):
     _handle_key = "qp"
 
     def __init__(self, pd, init_attr: QPInitAttr, qp_attr: QPAttr = None):
-        pd._check_open()
+        """``QP(pd, QPInitAttr)``, or as pyverbs also allows ``QP(ctx, QPInitAttrEx)`` with
+        the PD in the extended attributes."""
         if not isinstance(init_attr, QPInitAttr):
-            raise einval("QP(pd, init_attr): init_attr must be a QPInitAttr")
+            raise einval("QP(pd, init_attr): init_attr must be a QPInitAttr(Ex)")
+        if isinstance(init_attr, QPInitAttrEx):
+            if init_attr.pd is not None:
+                pd = init_attr.pd
+            what = init_attr.unoffered()
+            if what is not None:
+                raise not_offered(f"QPInitAttrEx.{what}")
+        if not hasattr(pd, "ctx") or pd.ctx is pd:
+            raise einval("QP: a PD is needed (as the creator or in QPInitAttrEx.pd)")
+        pd._check_open()
         ctx = pd.ctx
+        if int(init_attr.qp_type) in QPT_NOT_OFFERED:
+            raise not_offered(f"{QPT_NOT_OFFERED[int(init_attr.qp_type)]} QPs")
         try:
             qp_type = T(init_attr.qp_type)
         except ValueError:
@@ -250,3 +266,139 @@ class QP(RnicCM):
             return "QP(closed)"
         return (f"QP(qp_num={self.qp_num}, type={self.qp_type.name}, "
                 f"state={_state_name(self._state)})")
+
+
+# ---- the extended QP (ibv_qp_ex, the ibv_wr_* send API) --------------------------------------
+QP_EX_WITH = {   # enum ibv_qp_create_send_ops_flags -> the WR opcode it enables
+    1 << 0: WROpcode.IBV_WR_RDMA_WRITE, 1 << 1: WROpcode.IBV_WR_RDMA_WRITE_WITH_IMM,
+    1 << 2: WROpcode.IBV_WR_SEND, 1 << 3: WROpcode.IBV_WR_SEND_WITH_IMM,
+    1 << 4: WROpcode.IBV_WR_RDMA_READ, 1 << 5: WROpcode.IBV_WR_ATOMIC_CMP_AND_SWP,
+    1 << 6: WROpcode.IBV_WR_ATOMIC_FETCH_AND_ADD,
+}
+QP_EX_NOT_OFFERED = {1 << 7: "LOCAL_INV", 1 << 8: "BIND_MW", 1 << 9: "SEND_WITH_INV",
+                     1 << 10: "TSO", 1 << 12: "ATOMIC_WRITE"}
+
+
+class QPEx(QP):
+    """An extended QP: ``QPEx(ctx_or_pd, QPInitAttrEx)``. WRs are built with the ibv_wr_*
+    calls between wr_start() and wr_complete(), which posts them all (to the same ring as
+    post_send); wr_abort() drops them. ``wr_id`` and ``wr_flags`` apply to the next WR.
+    Errors surface at wr_complete, as in libibverbs."""
+
+    def __init__(self, creator, init_attr: QPInitAttrEx, qp_attr: QPAttr = None):
+        if not isinstance(init_attr, QPInitAttrEx):
+            raise einval("QPEx needs a QPInitAttrEx")
+        ops = init_attr.send_ops_flags
+        for bit, name in QP_EX_NOT_OFFERED.items():
+            if ops & bit:
+                raise not_offered(f"QPEx send op IBV_QP_EX_WITH_{name}")
+        unknown = ops & ~sum(QP_EX_WITH) & ~sum(QP_EX_NOT_OFFERED)
+        if unknown:
+            raise einval(f"QPEx: unknown send_ops_flags bits {unknown:#x}")
+        super().__init__(creator, init_attr, qp_attr)
+        self.send_ops_flags = ops
+        self.comp_mask = init_attr.comp_mask
+        self.ind_table = None   # RSS indirection tables are not offered
+        self.wr_id = 0
+        self.wr_flags = 0
+        self._wrs = None
+        self._err = None
+
+    def wr_start(self) -> None:
+        self._wrs, self._err = [], None
+
+    def _new(self, opcode, **kw) -> None:
+        if self._wrs is None:
+            raise einval("QPEx: call wr_start() before building work requests")
+        if not any(op == opcode for op in QP_EX_WITH.values()) or \
+                not any(self.send_ops_flags & b for b, op in QP_EX_WITH.items() if op == opcode):
+            self._err = self._err or einval(f"QPEx: {WROpcode(opcode).name} is not in the "
+                                            "QP's send_ops_flags")
+        wr = SendWR(wr_id=self.wr_id, opcode=opcode, send_flags=self.wr_flags)
+        for k, v in kw.items():
+            setattr(wr, k, v)
+        self._wrs.append(wr)
+
+    def _cur(self) -> SendWR:
+        if not self._wrs:
+            raise einval("QPEx: no work request to complete (call wr_send & co first)")
+        return self._wrs[-1]
+
+    def wr_send(self) -> None:
+        self._new(WROpcode.IBV_WR_SEND)
+
+    def wr_send_imm(self, imm_data) -> None:
+        self._new(WROpcode.IBV_WR_SEND_WITH_IMM, imm_data=imm_data)
+
+    def wr_rdma_write(self, rkey, remote_addr) -> None:
+        self._new(WROpcode.IBV_WR_RDMA_WRITE, rkey=rkey, remote_addr=remote_addr)
+
+    def wr_rdma_write_imm(self, rkey, remote_addr, imm_data) -> None:
+        self._new(WROpcode.IBV_WR_RDMA_WRITE_WITH_IMM, rkey=rkey, remote_addr=remote_addr,
+                  imm_data=imm_data)
+
+    def wr_rdma_read(self, rkey, remote_addr) -> None:
+        self._new(WROpcode.IBV_WR_RDMA_READ, rkey=rkey, remote_addr=remote_addr)
+
+    def wr_atomic_cmp_swp(self, rkey, remote_addr, compare, swap) -> None:
+        self._new(WROpcode.IBV_WR_ATOMIC_CMP_AND_SWP, rkey=rkey, remote_addr=remote_addr,
+                  compare_add=compare, swap=swap)
+
+    def wr_atomic_fetch_add(self, rkey, remote_addr, add) -> None:
+        self._new(WROpcode.IBV_WR_ATOMIC_FETCH_AND_ADD, rkey=rkey, remote_addr=remote_addr,
+                  compare_add=add)
+
+    def _not_offered(self, what: str) -> None:
+        self._err = self._err or not_offered(f"QPEx {what}")
+
+    def wr_local_inv(self, invalidate_rkey) -> None:
+        self._not_offered("wr_local_inv")
+
+    def wr_bind_mw(self, mw, rkey, bind_info) -> None:
+        self._not_offered("wr_bind_mw (memory windows)")
+
+    def wr_send_inv(self, invalidate_rkey) -> None:
+        self._not_offered("wr_send_inv")
+
+    def wr_send_tso(self, hdr, hdr_sz, mss) -> None:
+        self._not_offered("wr_send_tso")
+
+    def wr_atomic_write(self, rkey, remote_addr, atomic_wr) -> None:
+        self._not_offered("wr_atomic_write")
+
+    def wr_set_sge(self, sge: SGE) -> None:
+        self._cur().sg = [sge]
+
+    def wr_set_sge_list(self, sg_list) -> None:
+        self._cur().sg = list(sg_list)
+
+    def wr_set_inline_data(self, addr, length) -> None:
+        wr = self._cur()
+        wr.sg = [SGE(addr, length, 0)]
+        wr.send_flags |= SendFlags.IBV_SEND_INLINE
+
+    def wr_set_inline_data_list(self, num_buf, buf_list) -> None:
+        wr = self._cur()
+        wr.sg = [SGE(b.addr, b.length, 0) for b in buf_list[:num_buf]]
+        wr.send_flags |= SendFlags.IBV_SEND_INLINE
+
+    def wr_set_ud_addr(self, ah, remote_qpn, remote_qkey) -> None:
+        self._cur().set_wr_ud(ah, remote_qpn, remote_qkey)
+
+    def wr_set_xrc_srqn(self, remote_srqn) -> None:
+        self._not_offered("wr_set_xrc_srqn (XRC)")
+
+    def wr_abort(self) -> None:
+        self._wrs, self._err = None, None
+
+    def wr_complete(self) -> None:
+        wrs, err = self._wrs, self._err
+        self._wrs, self._err = None, None
+        if wrs is None:
+            raise einval("QPEx: wr_complete without wr_start")
+        if err is not None:
+            raise err
+        if wrs:
+            for a, b in zip(wrs, wrs[1:], strict=False):
+                a.next_wr = b
+            self.post_send(wrs[0])

@@ -7,6 +7,7 @@ from rnicd.wire.rings import RingKind
 
 from . import _post
 from ._rings import Ring
+from ._unsupported import not_offered, verb_classes
 from .base import RnicCM
 from .device import need_int
 from .errors import RnicError, einval
@@ -38,6 +39,25 @@ class SrqInitAttr:
     srq_limit = property(lambda self: self.attr.srq_limit)
 
 
+class SrqInitAttrEx(SrqInitAttr):
+    """struct ibv_srq_init_attr_ex: ``SrqInitAttrEx(max_wr, max_sge, srq_limit)`` plus
+    comp_mask, srq_type, pd, xrcd, cq, max_num_tags, max_ops. Only the basic SRQ type is
+    offered (XRC and tag-matching SRQs answer EOPNOTSUPP)."""
+
+    def __init__(self, max_wr=100, max_sge=1, srq_limit=0):
+        super().__init__(SrqAttr(max_wr, max_sge, srq_limit))
+        self.comp_mask = 0
+        self.srq_type = 0   # IBV_SRQT_BASIC
+        self.pd = None
+        self.xrcd = None
+        self.cq = None
+        self.max_num_tags = 0
+        self.max_ops = 0
+
+
+verb_classes(globals(), "tag matching (OpsWr)", "OpsWr")
+
+
 class SRQ(RnicCM):
     """A shared receive queue. ``srq_limit`` arms IBV_EVENT_SRQ_LIMIT_REACHED."""
 
@@ -45,6 +65,11 @@ class SRQ(RnicCM):
     _handle_key = "srq"
 
     def __init__(self, pd, srq_init_attr: SrqInitAttr = None):
+        if isinstance(srq_init_attr, SrqInitAttrEx):
+            if srq_init_attr.srq_type != 0 or srq_init_attr.xrcd is not None:
+                raise not_offered("XRC and tag-matching SRQs")
+            if srq_init_attr.pd is not None:
+                pd = srq_init_attr.pd
         pd._check_open()
         if srq_init_attr is None:
             srq_init_attr = SrqInitAttr()
