@@ -134,7 +134,7 @@ struct rnic_dp_qp {
     uint64_t recv_wr_id;
     uint64_t recv_off;      /* bytes received so far */
     uint32_t recv_npieces;
-    uint32_t recv_max_sge;  /* capacity of recv_pieces */
+    uint32_t recv_max_sge;  /* the receive SGE cap (may be 0); recv_pieces holds max(1, it) */
     /* RDMA READ being answered (IBTA 9.7.4.1.5): rnic_dp_read_begin sets it up, and
      * rnic_dp_read_continue queues its responses as the transmit buffer has room */
     const uint8_t *rd_src;

@@ -224,7 +224,12 @@ class CQ:
 @dataclass(slots=True)
 class RecvWQE:
     wr_id: int
-    sges: list = field(default_factory=list)     # (addr, length, lkey)
+    sges: list = field(default_factory=list)     # (addr, length, lkey), at most the cap
+    num_sge: int = 0            # as the client wrote it: more than the cap is a bad WQE
+
+    @property
+    def too_many_sges(self) -> bool:
+        return self.num_sge > len(self.sges)
 
 
 class RecvQueue:
@@ -258,9 +263,9 @@ class RecvQueue:
             return None
         cons = ring.hdr.cons
         w = ring.recv_wqe(cons)
-        n = min(int(w.num_sge), self.max_sge)
+        raw = int(w.num_sge)           # read once; the SGEs beyond the cap are never read
         wqe = RecvWQE(int(w.wr_id), [(int(w.sg[i].addr), int(w.sg[i].length), int(w.sg[i].lkey))
-                                     for i in range(n)])
+                                     for i in range(min(raw, self.max_sge))], raw)
         ring.store_cons((cons + 1) & 0xFFFFFFFF)
         return wqe
 

@@ -205,8 +205,11 @@ class UDQP:
             wqe = self.rq.take()
         if wqe is None:
             return self.counters.inc("ud_no_recv_wqe")          # no RNR for UD: dropped
-        sgl, status = resolve_sges(self.device.keys, self.pd, wqe.sges,
-                                   Access.IBV_ACCESS_LOCAL_WRITE)
+        if wqe.too_many_sges:          # more SGEs than the cap: a malformed WQE
+            sgl, status = None, WCStatus.IBV_WC_LOC_LEN_ERR
+        else:
+            sgl, status = resolve_sges(self.device.keys, self.pd, wqe.sges,
+                                       Access.IBV_ACCESS_LOCAL_WRITE)
         payload = bytes(pkt.payload)
         e = CQEntry(wr_id=wqe.wr_id, status=status, opcode=WCOpcode.IBV_WC_RECV,
                     byte_len=GRH_LEN + len(payload), qp_num=self.qp_num,

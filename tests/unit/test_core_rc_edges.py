@@ -278,3 +278,34 @@ def test_recv_entry_with_more_sges_than_its_slot_is_not_read_past_it(pair):
     a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 100)])
     run(a, b)
     assert qb.dp.fast_pkts == 0                      # the data plane left it to core/
+    # core/ asks the same C check, which refuses the count: the WQE completes in error
+    assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [(7, S.IBV_WC_LOC_LEN_ERR)]
+    assert qb.state == abi.IBV_QPS_ERR
+
+
+@pytest.mark.parametrize("cap,num_sge", [(0, 1), (1, 2), (2, 3)])
+def test_recv_wqe_with_more_sges_than_the_cap_fails_on_both_planes(pair, cap, num_sge):
+    """Regression: the data plane checked max(1, cap) and core/ cut the list down to the cap
+    without a word; now one C check with the real cap decides, on both paths."""
+    a, b, ca, cb = pair
+    qa, qb = a.qp(ca), b.qp(cb, sge=cap)
+    connect(a, qa, b, qb)
+    ma, mb = a.mr(4096), b.mr(4096)
+    b.post_recv(qb, 7, [mb.sge(i * 100, 100) for i in range(min(num_sge, max(cap, 1)))])
+    qb.rq.ring.recv_wqe(0).num_sge = num_sge
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 10)])
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [(7, S.IBV_WC_LOC_LEN_ERR)]
+    assert mb.buf[:300] == bytes(300) and qb.state == abi.IBV_QPS_ERR
+
+
+def test_recv_wqe_without_sges_takes_a_zero_length_send_with_a_zero_cap(pair):
+    a, b, ca, cb = pair
+    qa, qb = a.qp(ca), b.qp(cb, sge=0)
+    connect(a, qa, b, qb)
+    ma = a.mr(4096)
+    b.post_recv(qb, 7, [])
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 0)])
+    run(a, b)
+    assert [(w["wr_id"], w["status"], w["byte_len"]) for w in b.poll(cb)] == [
+        (7, S.IBV_WC_SUCCESS, 0)]

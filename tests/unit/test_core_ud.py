@@ -81,3 +81,21 @@ def test_ud_send_larger_than_the_mtu_fails_locally():
     run(a, b)
     assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, abi.IBV_WC_LOC_LEN_ERR)]
     assert qa.state == abi.IBV_QPS_ERR
+
+
+def test_ud_recv_wqe_with_more_sges_than_the_cap_completes_in_error():
+    a, b = Host("127.0.0.1"), Host("127.0.0.2")
+    ca, cb = a.cq(), b.cq()
+    qa, qb = ud_ready(a, ca), ud_ready(b, cb)
+    ma, mb = a.mr(4096), b.mr(8192)
+    b.post_recv(qb, 11, [mb.sge(0, 2048)])
+    qb.rq.ring.recv_wqe(0).num_sge = 9                 # cap 4: the client broke the entry
+    b.post_recv(qb, 12, [mb.sge(2048, 2048)])
+    ah = ah_to(a, b)
+    for wr_id in (1, 2):
+        a.post_send(qa, wr_id, abi.IBV_WR_SEND, [ma.sge(0, 100)], ah=ah,
+                    remote_qpn=qb.qp_num, remote_qkey=0x1234)
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [
+        (11, abi.IBV_WC_LOC_LEN_ERR), (12, abi.IBV_WC_SUCCESS)]
+    assert mb.buf[:2048] == bytes(2048)

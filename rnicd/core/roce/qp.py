@@ -62,8 +62,8 @@ class RCQP:
         # hard state shared with the data plane (struct rnic_dp_qp): the responder's PSN,
         # MSN and message in progress live there, and nowhere else
         ffi = device.native.ffi
-        recv_sge = max(1, srq.max_sge if srq is not None else cap.max_recv_sge)
-        self._recv_pieces = ffi.new("struct rnic_dp_piece[]", recv_sge)
+        recv_sge = srq.max_sge if srq is not None else cap.max_recv_sge   # may be 0
+        self._recv_pieces = ffi.new("struct rnic_dp_piece[]", max(1, recv_sge))
         self.dp = ffi.new("struct rnic_dp_qp *", {
             "qpn": qp_num, "pd": pd.uid, "mtu": mtu_bytes(self.attr["path_mtu"]),
             "recv_pieces": self._recv_pieces, "recv_max_sge": recv_sge, "rcq": recv_cq.dp})

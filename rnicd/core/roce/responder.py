@@ -13,6 +13,7 @@ that the peer sees responses in PSN order (IBTA 9.7.5.1.2: an ACK covers every e
 """
 from __future__ import annotations
 
+import errno
 from collections import OrderedDict, deque
 
 from rnicd import native
@@ -148,11 +149,17 @@ class Responder:
                 qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_INV_REQ_ERR,
                                  WCOpcode.IBV_WC_RECV)
                 return self._invalid(pkt, now, "bad payload length for the path MTU")
+            # the C check decides (the SGE count against the cap first, so the SGEs beyond
+            # what take() copied are never read; then each lkey)
             sg = ffi.new("struct rnic_sge[]", [(a, n, k) for a, n, k in wqe.sges] or 1)
-            if lib.rnic_dp_recv_begin(qp.device.dp, dp, wqe.wr_id, sg, len(wqe.sges)) < 0:
-                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_LOC_PROT_ERR, WCOpcode.IBV_WC_RECV)
+            rc = lib.rnic_dp_recv_begin(qp.device.dp, dp, wqe.wr_id, sg, wqe.num_sge)
+            if rc < 0:
+                bad_count = rc == -errno.EINVAL
+                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_LOC_LEN_ERR if bad_count
+                                 else WCStatus.IBV_WC_LOC_PROT_ERR, WCOpcode.IBV_WC_RECV)
                 return self._fatal_nak(pkt, roce.NAK_REMOTE_OPERATIONAL, now,
-                                       "receive WQE with a bad lkey")
+                                       "receive WQE with more SGEs than the QP's cap"
+                                       if bad_count else "receive WQE with a bad lkey")
             dp.msg = MSG_SEND
         elif not self._length_ok(pkt, info):
             return self._invalid(pkt, now, "bad payload length for the path MTU")
