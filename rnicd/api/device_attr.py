@@ -14,6 +14,9 @@ from rnicd.wire.abi import (
     DeviceCapFlags,
 )
 
+# A software device has no IEEE OUI: 0xffffff says so, as rxe reports it (programs and
+# rdma-core's tests take vendor_id 0 for a device that failed to answer).
+VENDOR_ID = 0xFFFFFF
 DEVICE_CAP_FLAGS = (DeviceCapFlags.IBV_DEVICE_PORT_ACTIVE_EVENT
                     | DeviceCapFlags.IBV_DEVICE_SYS_IMAGE_GUID
                     | DeviceCapFlags.IBV_DEVICE_RC_RNR_NAK_GEN)
@@ -25,7 +28,7 @@ def device_attr(d) -> dict:
     return {
         "name": d.name, "fw_ver": "rnicd-0.1", "node_guid": d.node_guid,
         "sys_image_guid": d.node_guid, "max_mr_size": lim.max_mr_size,
-        "page_size_cap": 4096, "vendor_id": 0, "vendor_part_id": 0, "hw_ver": 0,
+        "page_size_cap": 4096, "vendor_id": VENDOR_ID, "vendor_part_id": 0, "hw_ver": 0,
         "max_qp": lim.max_qp, "max_qp_wr": lim.max_qp_wr,
         "device_cap_flags": int(DEVICE_CAP_FLAGS),
         "max_sge": lim.max_sge, "max_sge_rd": lim.max_sge, "max_cq": lim.max_cq,

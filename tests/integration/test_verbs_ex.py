@@ -3,6 +3,7 @@ query, GID entries, the device list, QPEx (ibv_wr_* API) and CQEX (start/next/en
 the capabilities rnicd does not offer answering EOPNOTSUPP."""
 import errno
 import os
+import socket
 
 import pytest
 import rnic.enums as e
@@ -40,11 +41,18 @@ def test_gid_entries_and_device_list(rnicd, monkeypatch):
         entry = ctx.query_gid_ex(1, 0)
         assert entry.gid_str() == gid.gid and entry.gid_type == e.IBV_GID_TYPE_ROCE_V2
         assert ctx.query_gid_type(1, 0) == e.IBV_GID_TYPE_SYSFS_ROCE_V2
-        table = ctx.query_gid_table(16)
-        assert [t.gid_str() for t in table][0] == gid.gid
+        table = ctx.query_gid_table(16)       # the valid entries only
+        assert [t.gid_str() for t in table][0] == gid.gid and len(table) < 16
         with pytest.raises(PyverbsRDMAError) as ex:
             ctx.query_gid_table(0)
-        assert ex.value.error_code == errno.ENOMEM
+        assert ex.value.error_code == -errno.EINVAL     # libibverbs' return value, as pyverbs
+        with pytest.raises(PyverbsRDMAError) as ex:
+            ctx.query_gid_ex(1, 15)                    # an empty entry
+        assert ex.value.error_code == errno.ENODATA
+        with pytest.raises(PyverbsRDMAError) as ex:
+            ctx.query_port(9)
+        assert "Failed to query port" in ex.value.args[0] and "Invalid argument" in \
+            ex.value.args[0]
         assert ctx.query_pkey(1, 0) == 0xFFFF
     monkeypatch.setenv("RNIC_SOCKET", d.socket)
     devs = get_device_list()
@@ -130,6 +138,19 @@ def test_qpex_wr_api_and_cqex_poll(two_daemons):
         a.qp.wr_send()
         a.qp.wr_abort()
         assert a.cq.start_poll(PollCqAttr()) == errno.ENOENT
+
+        # the immediate: QPEx takes it in host order; the CQE holds it as it travelled, in
+        # network order, for the reader's ntohl (as libibverbs' __be32 fields)
+        b.qp.post_recv(RecvWR(wr_id=71, num_sge=1, sg=[SGE(b.mr.buf, 4096, b.mr.lkey)]))
+        a.qp.wr_start()
+        a.qp.wr_id = 4
+        a.qp.wr_send_imm(0x12345678)
+        a.qp.wr_set_sge(SGE(a.mr.buf, 10, a.mr.lkey))
+        a.qp.wr_complete()
+        assert poll_ex(a.cq, 1)[0][:2] == (4, e.IBV_WC_SUCCESS)
+        assert b.cq.start_poll(PollCqAttr()) == 0
+        assert (b.cq.wr_id, socket.ntohl(b.cq.read_imm_data())) == (71, 0x12345678)
+        b.cq.end_poll()
 
         a.qp.wr_start()          # an op outside send_ops_flags fails at wr_complete
         a.qp.wr_atomic_cmp_swp(b.mr.rkey, b.mr.buf, 0, 1)

@@ -54,6 +54,12 @@ class QPInitAttr:
             return getattr(self.cap, name)
         raise AttributeError(name)
 
+    def __setattr__(self, name, value):
+        if name in _CAP_FIELDS:   # ... for writing too: init_attr.max_send_wr = n
+            setattr(self.cap, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
         try:
             t = QPType(self.qp_type).name

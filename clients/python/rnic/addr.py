@@ -7,7 +7,7 @@ any IPv6 notation ("::ffff:127.0.0.1") is accepted as input.
 import ipaddress
 
 from .base import RnicCM
-from .errors import einval
+from .errors import RnicError, einval
 
 
 def gid_bytes(val) -> bytes:
@@ -215,7 +215,10 @@ class AH(RnicCM):
             raise einval("AH(pd, attr=AHAttr(...)): an AHAttr is needed")
         pd._check_open()
         ctx = pd.ctx
-        r, _ = ctx._call("create_ah", {"pd": pd.handle, "ah_attr": attr.to_dict()})
+        try:
+            r, _ = ctx._call("create_ah", {"pd": pd.handle, "ah_attr": attr.to_dict()})
+        except RnicError as exc:         # pyverbs' words, which programs match
+            raise RnicError(exc.code, f"Failed to create AH: {exc.msg}") from None
         self.handle = r["ah"]
         self.attr = attr
         self.pd = pd

@@ -26,6 +26,22 @@ from ._device_ex import (  # noqa: F401  (pyverbs.device's names)
     TSOCaps,
     sysfs_gid_type,
 )
+from ._strings import (  # noqa: F401  (pyverbs.device's translators)
+    guid_format,
+    guid_to_hex,
+    phys_state_to_str,
+    port_state_to_str,
+    speed_to_str,
+    str_from_flags,
+    translate_device_caps,
+    translate_event_type,
+    translate_link_layer,
+    translate_mtu,
+    translate_node_type,
+    translate_port_cap_flags,
+    translate_transport_type,
+    width_to_str,
+)
 from ._unsupported import AttrHolder, not_offered, verb_classes
 from .addr import GID
 from .base import RnicCM, close_children
@@ -242,7 +258,10 @@ class Context(RnicCM):
         return self._num_comp_vectors
 
     def query_port(self, port_num: int = 1) -> PortAttr:
-        r, _ = self._call("query_port", {"port": port_num})
+        try:
+            r, _ = self._call("query_port", {"port": port_num})
+        except RnicError as exc:         # pyverbs' words, which programs match
+            raise RnicError(exc.code, f"Failed to query port {port_num}: {exc.msg}") from None
         return PortAttr(r)
 
     def query_gid(self, port_num: int = 1, index: int = 0) -> GID:
@@ -258,27 +277,36 @@ class Context(RnicCM):
         """ibv_query_gid_type: IBV_GID_TYPE_SYSFS_ROCE_V2 (every rnicd GID is RoCEv2)."""
         return sysfs_gid_type(self.query_gid(port_num, index).gid_type)
 
-    def query_gid_ex(self, port_num: int, gid_index: int, flags: int = 0) -> GIDEntry:
-        """ibv_query_gid_ex: one GID table entry with its type and netdev."""
+    def query_gid_ex(self, port_num: int, gid_index: int, flags: int = 0,
+                     skip_invalid: bool = False) -> GIDEntry:
+        """ibv_query_gid_ex: one GID table entry with its type and netdev; an empty entry
+        is ENODATA, as libibverbs has it (None with skip_invalid, for query_gid_table)."""
         if flags:
             raise RnicError(errno.EINVAL, "query_gid_ex: flags must be 0")
         r, _ = self._call("query_gid", {"port": port_num, "index": gid_index})
         raw = r.get("gid")
         if not isinstance(raw, (bytes, bytearray)) or len(raw) != 16:
             raise RnicError(errno.EPROTO, "query_gid: rnicd's reply lacks a 16-byte gid")
+        if not any(raw):
+            if skip_invalid:
+                return None
+            raise RnicError(errno.ENODATA, f"Failed to query gid entry {gid_index} of port "
+                            f"{port_num}: the entry is empty")
         return GIDEntry(bytes(raw), gid_index, port_num, r.get("gid_type", 0),
                         r.get("ndev_ifindex", 0) or 0)
 
     def query_gid_table(self, max_entries: int, flags: int = 0) -> list:
-        """ibv_query_gid_table: the valid entries of every port, at most max_entries
-        (ENOMEM, as libibverbs, when the table has more)."""
+        """ibv_query_gid_table: the valid entries of every port, at most max_entries; as
+        libibverbs, a table with more valid entries is -EINVAL (error_code -22)."""
         if flags:
-            raise RnicError(errno.EINVAL, "query_gid_table: flags must be 0")
+            raise RnicError(errno.EINVAL, "query_gid_table: flags must be 0", -errno.EINVAL)
         n = self.query_port(1).gid_tbl_len
-        entries = [self.query_gid_ex(1, i) for i in range(n)]
+        entries = [g for g in (self.query_gid_ex(1, i, skip_invalid=True) for i in range(n))
+                   if g is not None]
         if len(entries) > max_entries:
-            raise RnicError(errno.ENOMEM, f"query_gid_table: {len(entries)} entries exceed "
-                            f"max_entries={max_entries}")
+            raise RnicError(errno.EINVAL, f"Failed to query gid tables of the device: "
+                            f"{len(entries)} valid entries, max_entries={max_entries}",
+                            -errno.EINVAL)
         return entries
 
     def query_pkey(self, port_num: int, index: int) -> int:

@@ -6,6 +6,7 @@ It is an `OSError` (``.code == .errno``) and pyverbs' `PyverbsRDMAError` (``.err
 so both ``except OSError`` and pyverbs' ``except PyverbsRDMAError`` code keep working.
 """
 import errno as _errno
+import os as _os
 
 from .pyverbs_error import PyverbsRDMAError
 
@@ -14,19 +15,23 @@ class RnicError(OSError, PyverbsRDMAError):
     """An rnic verb failed. ``code``/``errno``/``error_code`` is the errno value, ``name`` its
     symbol. Constructed as ``RnicError(code, msg)`` (pyverbs' own classes take msg first)."""
 
-    def __init__(self, code: int, msg: str = ""):
+    def __init__(self, code: int, msg: str = "", error_code: int | None = None):
         code = int(code)
         OSError.__init__(self, code, msg)
         self.code = code
-        self._error_code = code
+        # pyverbs' error_code is what the C verb returned: the errno, or -errno for the
+        # verbs that return one (ibv_query_gid_table)
+        self._error_code = code if error_code is None else error_code
         self.name = _errno.errorcode.get(code, str(code))
         self.msg = msg
+        # args[0] as pyverbs words it: "<msg>. Errno: <n>, <strerror>"
+        self.args = (f"{msg}. Errno: {code}, {_os.strerror(code)}",)
 
     def __str__(self) -> str:
         return f"[{self.name}] {self.msg}" if self.msg else self.name
 
     def __reduce__(self):
-        return (type(self), (self.code, self.msg))
+        return (type(self), (self.code, self.msg, self._error_code))
 
 
 def einval(msg: str) -> RnicError:

@@ -3,6 +3,8 @@
 post_send and post_recv write WQEs into the QP's shared-memory rings (see rnic._post);
 state changes, queries and creation are control verbs on the socket.
 """
+import socket
+
 from rnicd.wire.abi import QPAttrMask, QPState, QPType, SendFlags, WROpcode
 from rnicd.wire.rings import RingKind
 
@@ -176,6 +178,15 @@ class QP(RnicCM):
             except ValueError:
                 pass
 
+    def query_data_in_order(self, op: int, flags: int = 0) -> int:
+        """ibv_query_qp_data_in_order: 1, the data of every operation is placed in order
+        (rnicd places an RC/UC message's packets in PSN order, each once, and a UD message
+        is one packet)."""
+        if flags:
+            raise einval("query_data_in_order: flags must be 0")
+        self._check_open()
+        return 1
+
     def query(self, attr_mask: int = 0):
         """ibv_query_qp: ``(QPAttr, QPInitAttr)``."""
         self._check_open()
@@ -327,15 +338,17 @@ class QPEx(QP):
     def wr_send(self) -> None:
         self._new(WROpcode.IBV_WR_SEND)
 
+    # ibv_wr_*_imm take the immediate as __be32; pyverbs' QPEx takes a host-order number
+    # and converts it (the old API's SendWR.imm_data is the __be32 value itself)
     def wr_send_imm(self, imm_data) -> None:
-        self._new(WROpcode.IBV_WR_SEND_WITH_IMM, imm_data=imm_data)
+        self._new(WROpcode.IBV_WR_SEND_WITH_IMM, imm_data=socket.htonl(imm_data))
 
     def wr_rdma_write(self, rkey, remote_addr) -> None:
         self._new(WROpcode.IBV_WR_RDMA_WRITE, rkey=rkey, remote_addr=remote_addr)
 
     def wr_rdma_write_imm(self, rkey, remote_addr, imm_data) -> None:
         self._new(WROpcode.IBV_WR_RDMA_WRITE_WITH_IMM, rkey=rkey, remote_addr=remote_addr,
-                  imm_data=imm_data)
+                  imm_data=socket.htonl(imm_data))
 
     def wr_rdma_read(self, rkey, remote_addr) -> None:
         self._new(WROpcode.IBV_WR_RDMA_READ, rkey=rkey, remote_addr=remote_addr)
