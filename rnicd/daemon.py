@@ -7,10 +7,12 @@ asynchronous events, and re-arms the one timer for the earliest deadline.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
 import signal
+import stat
 
 from rnicd.api.session import Session
 from rnicd.config import Config
@@ -120,9 +122,12 @@ class Daemon:
         now = self.loop.time()
         method, args = msg.get("m"), msg.get("a") or {}
         session = self.sessions.get(conn)
+        if session is None and method == "import_context":
+            return self._import_context(conn, msg, fds)
         if session is None:
             if method != "hello":
-                raise VerbsError(71, "the first request on a connection must be 'hello'")
+                raise VerbsError(71, "the first request on a connection must be 'hello' "
+                                 "(or 'import_context')")
             if msg.get("v") != ctl.PROTOCOL_VERSION:
                 raise VerbsError(71, f"protocol version {msg.get('v')!r} not supported; "
                                  f"this rnicd speaks {ctl.PROTOCOL_VERSION}")
@@ -132,6 +137,7 @@ class Daemon:
                                  f"'{self.device.name}'")
             pid = args.get("pid") if isinstance(args.get("pid"), int) else None
             session = Session(self.device, self.shm, pid)
+            session.sockets.update(_socket_inodes(fds[:1]))
             self.sessions[conn] = session
             conn.session = session
             self.loop.add_reader(session.doorbell_fd, self._doorbell, session)
@@ -141,6 +147,24 @@ class Daemon:
             self._drain()
         self._ring_fds.update(fd for fd in out_fds if fd not in self._eventfds(session))
         return result, out_fds
+
+    def _import_context(self, conn, msg, fds):
+        """ibv_import_device: a second connection joins the context whose client socket it
+        passes (the cmd_fd, by SCM_RIGHTS: holding it is the proof), and shares its objects
+        (handles) until the last connection of the context closes."""
+        if msg.get("v") != ctl.PROTOCOL_VERSION:
+            raise VerbsError(71, f"protocol version {msg.get('v')!r} not supported")
+        if not fds:
+            raise VerbsError(errno.EBADF, "import_context needs the cmd_fd of a context")
+        ino = _socket_inodes(fds[:1])
+        session = next((s for s in self.sessions.values() if ino & s.sockets), None)
+        if session is None:
+            raise VerbsError(errno.ENOENT, "import_context: that fd is not the command "
+                             "socket of a context of this rnicd")
+        session.sockets.update(_socket_inodes(fds[1:2]))
+        self.sessions[conn] = session
+        conn.session = session
+        return session.call("hello", {}, [], self.loop.time())
 
     @staticmethod
     def _eventfds(session) -> set[int]:
@@ -155,8 +179,8 @@ class Daemon:
 
     def _connection_closed(self, conn):
         session = self.sessions.pop(conn, None)
-        if session is None:
-            return
+        if session is None or session in self.sessions.values():
+            return              # none, or an imported context still holds it open
         self.loop.remove_reader(session.doorbell_fd)
         log.info("client %s gone: releasing %d QPs, %d MRs", session.pid or "?",
                  len(session.qps), len(session.mrs))
@@ -224,3 +248,16 @@ class Daemon:
                 self._timer.cancel()
             self._timer_at = deadline
             self._timer = self.loop.call_at(deadline, self._on_timer)
+
+
+def _socket_inodes(fds) -> set[int]:
+    """The inodes of the Unix sockets among fds (a client's own command socket)."""
+    out = set()
+    for fd in fds:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISSOCK(st.st_mode):
+            out.add(st.st_ino)
+    return out

@@ -31,6 +31,8 @@ from rnicd.wire.abi import (
 from rnicd.wire.rings import CQE_SIZE, RECV_WQE_HDR, SEND_WQE_HDR, SGE_SIZE, RingKind
 
 log = logging.getLogger("rnicd.api")
+# ibv_port_cap_flags: a connection manager (QP1, rdma_cm) and GIDs from IP addresses (RoCE)
+PORT_CAP_FLAGS = 1 << 16 | 1 << 26           # IBV_PORT_CM_SUP | IBV_PORT_IP_BASED_GIDS
 
 NUM_COMP_VECTORS = 64     # a CQ's comp_vector is 0..63 (ibv_context.num_comp_vectors)
 # IBV_ACCESS_MW_BIND only permits binding memory windows to the MR; rnicd has none yet.
@@ -100,6 +102,9 @@ class Session:
         self.parked_rings: dict[int, tuple[dict, list[int]]] = {}   # offloaded QPs' rings
         self._next_handle = 1
         self.doorbell_fd = shm.new_eventfd()
+        # inodes of its clients' command sockets (each passed its own end by SCM_RIGHTS at
+        # hello): import_context recognises a context by one of them
+        self.sockets: set[int] = set()
         self.closed = False
 
     def _handle(self) -> int:
@@ -143,7 +148,7 @@ class Session:
         return {
             "state": int(PortState.IBV_PORT_ACTIVE if up else PortState.IBV_PORT_DOWN),
             "max_mtu": 5, "active_mtu": int(self.device.active_mtu),
-            "gid_tbl_len": len(self.device.gid_table), "port_cap_flags": 0,
+            "gid_tbl_len": len(self.device.gid_table), "port_cap_flags": PORT_CAP_FLAGS,
             "max_msg_sz": self.device.limits.max_msg_sz,
             "bad_pkey_cntr": 0, "qkey_viol_cntr": 0, "pkey_tbl_len": 1, "lid": 0, "sm_lid": 0,
             "lmc": 0, "max_vl_num": 1, "sm_sl": 0, "subnet_timeout": 0, "init_type_reply": 0,
@@ -204,6 +209,17 @@ class Session:
         pd = PD(self._handle(), self)
         self.pds[pd.handle] = pd
         return {"pd": pd.handle}, []
+
+    def m_import_pd(self, args, fds, now):
+        """ibv_import_pd: the PD exists in this (shared) context."""
+        self._get(self.pds, args, "pd", "PD")
+        return {}, []
+
+    def m_import_mr(self, args, fds, now):
+        """ibv_import_mr: the MR's attributes, for a context that shares it."""
+        mr = self._get(self.mrs, args, "mr", "MR")
+        return {"pd": mr.pd.handle, "addr": mr.iova, "length": mr.length,
+                "access": int(mr.access), "lkey": mr.lkey, "rkey": mr.rkey}, []
 
     def m_dealloc_pd(self, args, fds, now):
         pd = self._get(self.pds, args, "pd", "PD")

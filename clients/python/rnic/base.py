@@ -68,6 +68,14 @@ class RnicCM:
         self._closed = True
         self._release_local()
 
+    def unimport(self) -> None:
+        """ibv_unimport_pd / _mr: forget an imported object here; it stays in the context
+        that shares it (no destroy verb). Closing it afterwards does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release_local()
+
     def _release_local(self) -> None:
         """Unmap and close what this process holds (no socket traffic). Idempotent."""
 

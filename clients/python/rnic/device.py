@@ -91,6 +91,20 @@ class AllocDmAttr(AttrHolder):
 verb_classes(globals(), "device memory (max_dm_size is 0)", "DM")
 
 
+def _peer_path(cmd_fd: int) -> str:
+    """The daemon socket a context's command fd is connected to."""
+    import socket as _socket
+    try:
+        with _socket.socket(fileno=os.dup(cmd_fd)) as s:
+            path = s.getpeername()
+    except OSError as exc:
+        raise RnicError(errno.EBADF, f"Context(cmd_fd={cmd_fd}): not an rnic command socket: "
+                        f"{exc}") from None
+    if not isinstance(path, str) or not path:
+        raise RnicError(errno.EBADF, f"Context(cmd_fd={cmd_fd}): not connected to an rnicd")
+    return path
+
+
 def get_device_list(socket=None) -> list:
     """ibv_get_device_list: the device of the rnicd that $RNIC_SOCKET (or the default
     socket) reaches, as a one-entry list; empty when no rnicd answers."""
@@ -155,13 +169,23 @@ class Context(RnicCM):
     (default: $RNIC_SOCKET, else $XDG_RUNTIME_DIR/rnicd/rnicd.sock, else
     /run/rnicd/rnicd.sock)."""
 
-    def __init__(self, name=None, socket=None, **kwargs):
+    def __init__(self, name=None, socket=None, cmd_fd=None, **kwargs):
         if isinstance(name, bytes):
             name = name.decode()
+        self._cmd_fd_imported = None
+        if cmd_fd is not None:         # ibv_import_device: join the context behind cmd_fd
+            socket = _peer_path(cmd_fd)
         self._conn = Connection(socket, sock=kwargs.get("_sock"))
         try:
-            r, fds = self._conn.call("hello", {"version": ctl.PROTOCOL_VERSION, "device": name,
-                                               "pid": os.getpid()})
+            own = self._conn._sock.fileno()   # proof of this context, for a later import
+            if cmd_fd is not None:
+                r, fds = self._conn.call("import_context", {"version": ctl.PROTOCOL_VERSION},
+                                         fds=[cmd_fd, own])
+                self._cmd_fd_imported = cmd_fd   # the context owns it now, as libibverbs'
+            else:
+                r, fds = self._conn.call("hello", {"version": ctl.PROTOCOL_VERSION,
+                                                   "device": name, "pid": os.getpid()},
+                                         fds=[own])
             idx = r.get("doorbell_fd", 0)
             if not isinstance(idx, int) or not 0 <= idx < len(fds):
                 _close_fds(fds)
@@ -184,6 +208,13 @@ class Context(RnicCM):
     @property
     def ctx(self):
         return self
+
+    @property
+    def cmd_fd(self) -> int:
+        """The command socket: dup it and pass it to Context(cmd_fd=...), here or in another
+        process, to share this context (ibv_import_device)."""
+        self._check_open()
+        return self._conn._sock.fileno()
 
     # ---- plumbing used by the other modules --------------------------------------------
     def _call(self, method: str, args: dict | None = None, fds=(), nfds: int = 0):
@@ -372,13 +403,14 @@ class Context(RnicCM):
         conn = getattr(self, "_conn", None)
         if conn is not None:
             conn.close()
-        fd = getattr(self, "_doorbell_fd", -1)
-        if fd >= 0:
-            self._doorbell_fd = -1
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for name in ("_doorbell_fd", "_cmd_fd_imported"):
+            fd = getattr(self, name, None)
+            if fd is not None and fd >= 0:
+                setattr(self, name, None)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def __del__(self):
         if not self._closed:

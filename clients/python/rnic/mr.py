@@ -26,8 +26,11 @@ class MR(RnicCM):
     _destroy_verb = "dereg_mr"
     _handle_key = "mr"
 
-    def __init__(self, pd, length, access=0, address=None, implicit=False, iova=0):
+    def __init__(self, pd, length=0, access=0, address=None, implicit=False, iova=0,
+                 handle=None):
         pd._check_open()
+        if handle is not None:
+            return self._import(pd, handle, address)
         if address is not None or implicit or iova:
             raise RnicError(errno.EOPNOTSUPP, "MR: registering caller memory (address=), "
                             "implicit ODP MRs and a chosen iova are not supported by rnicd; "
@@ -65,6 +68,26 @@ class MR(RnicCM):
         pd.add_ref(self)
         ctx._mrs[self.lkey] = self
 
+    def _import(self, pd, handle, address) -> None:
+        """ibv_import_mr: an MR of a shared context (see Context(cmd_fd=)). Its memory is
+        the exporter's: read/write reach it at ``address`` (this process's view of it),
+        and are refused when it was imported without one."""
+        ctx = pd.ctx
+        r, _ = ctx._call("import_mr", {"mr": handle})
+        self.fd, self.mmap = -1, None
+        self.handle = handle
+        self.lkey = need_int(r, "lkey", "import_mr")
+        self.rkey = need_int(r, "rkey", "import_mr")
+        self.length = need_int(r, "length", "import_mr")
+        self.access = need_int(r, "access", "import_mr")
+        self.buf = address if address is not None else need_int(r, "addr", "import_mr")
+        if address is not None:
+            self.mmap = memoryview((ctypes.c_char * self.length).from_address(address)).cast("B")
+        self.pd = pd
+        self._init_cm(ctx)
+        pd.add_ref(self)
+        ctx._mrs[self.lkey] = self
+
     def _range(self, length, offset, what: str) -> None:
         self._check_open()
         for name, v in (("length", length), ("offset", offset)):
@@ -73,6 +96,8 @@ class MR(RnicCM):
         if offset + length > self.length:
             raise einval(f"MR.{what}: [{offset}, {offset + length}) is outside the region "
                          f"of {self.length} bytes")
+        if self.mmap is None:
+            raise einval(f"MR.{what}: an MR imported without an address has no memory here")
 
     def write(self, data, length=None, offset=0) -> None:
         """Copy ``length`` bytes of ``data`` (bytes-like or str) to ``offset``."""
@@ -89,7 +114,7 @@ class MR(RnicCM):
     def read(self, length, offset=0) -> bytes:
         """``length`` bytes from ``offset``."""
         self._range(length, offset, "read")
-        return self.mmap[offset:offset + length]
+        return bytes(self.mmap[offset:offset + length])
 
     def _release_local(self) -> None:
         ctx = getattr(self, "_ctx", None)
@@ -97,7 +122,10 @@ class MR(RnicCM):
             del ctx._mrs[self.lkey]
         if self.mmap is not None:
             try:
-                self.mmap.close()
+                if isinstance(self.mmap, memoryview):
+                    self.mmap.release()          # an imported MR's view (not a mapping)
+                else:
+                    self.mmap.close()
             except BufferError:
                 pass   # a memoryview of it is alive; the mapping goes with it
             self.mmap = None

@@ -10,10 +10,15 @@ class PD(RnicCM):
     _destroy_verb = "dealloc_pd"
     _handle_key = "pd"
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, handle=None):
+        """``handle``: import that PD of a shared context (ibv_import_pd) instead."""
         ctx._check_open()
-        r, _ = ctx._call("alloc_pd")
-        self.handle = need_int(r, "pd", "alloc_pd")
+        if handle is not None:
+            ctx._call("import_pd", {"pd": handle})
+            self.handle = handle
+        else:
+            r, _ = ctx._call("alloc_pd")
+            self.handle = need_int(r, "pd", "alloc_pd")
         self.ctx = ctx
         self._init_cm(ctx)
         ctx.add_ref(self)
