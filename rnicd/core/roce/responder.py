@@ -26,8 +26,9 @@ from rnicd.wire.roce import psn_add, psn_diff
 
 K = op.Kind
 ffi, lib, NULL = native.ffi, native.lib, native.ffi.NULL
-MSG_NONE, MSG_SEND, MSG_WRITE = (native.lib.RNIC_DP_MSG_NONE, native.lib.RNIC_DP_MSG_SEND,
-                                 native.lib.RNIC_DP_MSG_WRITE)
+MSG_NONE, MSG_SEND, MSG_WRITE, MSG_DROP = (
+    native.lib.RNIC_DP_MSG_NONE, native.lib.RNIC_DP_MSG_SEND, native.lib.RNIC_DP_MSG_WRITE,
+    native.lib.RNIC_DP_MSG_DROP)
 RENAK_AFTER = 16      # out-of-sequence packets after which a sequence NAK is repeated
 ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
 MAX_MSG = lib.RNIC_DP_MAX_MSG
@@ -52,6 +53,7 @@ class Responder:
         self.msn = 0
         self.abandon_write()
         self.dp.msg = MSG_NONE
+        self.dp.recv_held = 0
         self.nak_sent = False
         self.nak_high = psn            # highest PSN seen since the NAK was sent
         self.oos_since_nak = 0
@@ -142,17 +144,21 @@ class Responder:
         WQEs itself; this handles the rest (SRQ, RNR, errors) with the same C functions."""
         qp, dp = self.qp, self.dp
         if info.is_first:
-            wqe = qp.take_recv()                          # resources
+            wqe = self._take_recv()                       # resources
             if wqe is None:
                 return self._rnr(pkt)
             if not self._length_ok(pkt, info):
                 qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_INV_REQ_ERR,
                                  WCOpcode.IBV_WC_RECV)
                 return self._invalid(pkt, now, "bad payload length for the path MTU")
-            # the C check decides (the SGE count against the cap first, so the SGEs beyond
-            # what take() copied are never read; then each lkey)
-            sg = ffi.new("struct rnic_sge[]", [(a, n, k) for a, n, k in wqe.sges] or 1)
-            rc = lib.rnic_dp_recv_begin(qp.device.dp, dp, wqe.wr_id, sg, wqe.num_sge)
+            if isinstance(wqe, HeldWQE):    # its buffers are resolved: start them over
+                dp.recv_off = 0
+                rc = 0
+            else:
+                # the C check decides (the SGE count against the cap first, so the SGEs
+                # beyond what take() copied are never read; then each lkey)
+                sg = ffi.new("struct rnic_sge[]", [(a, n, k) for a, n, k in wqe.sges] or 1)
+                rc = lib.rnic_dp_recv_begin(qp.device.dp, dp, wqe.wr_id, sg, wqe.num_sge)
             if rc < 0:
                 bad_count = rc == -errno.EINVAL
                 qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_LOC_LEN_ERR if bad_count
@@ -183,7 +189,7 @@ class Responder:
         qp, dp = self.qp, self.dp
         wqe = None
         if info.is_last and info.immdt:
-            wqe = qp.take_recv()          # resources: WRITE with immediate takes a WQE
+            wqe = self._take_recv()       # resources: WRITE with immediate takes a WQE
             if wqe is None:
                 return self._rnr(pkt)     # the requester resends from this PSN
         n = len(pkt.payload)
@@ -326,12 +332,23 @@ class Responder:
         if pkt.ackreq:
             self.ack_pending = True
 
+    def _take_recv(self):
+        """The next receive WQE: the one a UC SEND left (taken before any other, so
+        receive WQEs still complete in order), else the RQ's or SRQ's next; None: RNR."""
+        if self.dp.recv_held:
+            self.dp.recv_held = 0
+            return HeldWQE(self.dp.recv_wr_id)
+        return self.qp.take_recv()
+
     def abandon_send(self, status: WCStatus):
-        """Give up the SEND being received: its receive WQE completes with status."""
+        """Give up the SEND being received (or the WQE a UC SEND left): its receive WQE
+        completes with status."""
         dp = self.dp
-        if dp.msg == MSG_SEND:
+        if dp.msg == MSG_SEND or dp.recv_held:
             wr_id = dp.recv_wr_id
-            dp.msg, dp.recv_npieces = MSG_NONE, 0
+            if dp.msg == MSG_SEND:
+                dp.msg = MSG_NONE
+            dp.recv_npieces = dp.recv_held = 0
             self.qp.complete_recv(wr_id, status, WCOpcode.IBV_WC_RECV)
 
     def _end_message(self):
@@ -380,6 +397,15 @@ class Responder:
         self._send_aeth(roce.aeth_nak(code), pkt.psn if psn is None else psn)
         qp.fatal(f"responder: {why}", now)
 
+
+
+class HeldWQE:
+    """The receive WQE a UC SEND left in rnic_dp_qp (recv_wr_id, its recv_pieces)."""
+
+    __slots__ = ("wr_id",)
+
+    def __init__(self, wr_id: int):
+        self.wr_id = wr_id
 
 
 _HANDLERS = {K.SEND: Responder._send, K.WRITE: Responder._write,
