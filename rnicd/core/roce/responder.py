@@ -32,7 +32,7 @@ MSG_NONE, MSG_SEND, MSG_WRITE, MSG_DROP = (
 RENAK_AFTER = 16      # out-of-sequence packets after which a sequence NAK is repeated
 ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
 MAX_MSG = lib.RNIC_DP_MAX_MSG
-_MSG_KIND = {MSG_SEND: K.SEND, MSG_WRITE: K.WRITE}
+MSG_KIND = {MSG_SEND: K.SEND, MSG_WRITE: K.WRITE}
 
 
 class Responder:
@@ -131,12 +131,12 @@ class Responder:
         self.nak_sent = False
         if qp.state == QPState.IBV_QPS_RTR:
             qp.counters.inc("comm_est")
-        msg = _MSG_KIND.get(self.dp.msg)                 # 2. opcode sequence (9.7.5.1.x)
+        msg = MSG_KIND.get(self.dp.msg)                 # 2. opcode sequence (9.7.5.1.x)
         if msg is None and not info.is_first:
             return self._invalid(pkt, now, f"{info.name} without a FIRST")
         if msg is not None and (info.kind != msg or info.is_first):
             return self._invalid(pkt, now, f"{info.name} inside a {msg.value} message")
-        _HANDLERS[info.kind](self, pkt, info, now)       # 3.. resources, length, key
+        HANDLERS[info.kind](self, pkt, info, now)       # 3.. resources, length, key
 
     # ---- per-kind handlers -----------------------------------------------------------------
     def _send(self, pkt, info, now):
@@ -408,5 +408,5 @@ class HeldWQE:
         self.wr_id = wr_id
 
 
-_HANDLERS = {K.SEND: Responder._send, K.WRITE: Responder._write,
+HANDLERS = {K.SEND: Responder._send, K.WRITE: Responder._write,
              K.READ_REQ: Responder._read, K.ATOMIC: Responder._atomic}

@@ -22,12 +22,12 @@ import logging
 
 from rnicd.core.roce.responder import (
     ACCEPTING,
+    HANDLERS,
     MSG_DROP,
+    MSG_KIND,
     MSG_NONE,
     MSG_SEND,
     MSG_WRITE,
-    _HANDLERS,
-    _MSG_KIND,
     Responder,
 )
 from rnicd.wire import opcodes as op
@@ -56,14 +56,14 @@ class UCResponder(Responder):
             self._abandon()                        # dropped until the next FIRST/ONLY;
             qp.counters.inc("uc_dropped_pkts")     # the expected PSN stays as it was
             return
-        elif dp.msg == MSG_DROP or _MSG_KIND.get(dp.msg) != info.kind:
+        elif dp.msg == MSG_DROP or MSG_KIND.get(dp.msg) != info.kind:
             # the rest of an abandoned message, or a MIDDLE/LAST that is not its message's
             if dp.msg != MSG_DROP:
                 qp.counters.inc("uc_bad_opcode_seq")
             return self._drop(pkt)
         if qp.state == QPState.IBV_QPS_RTR:
             qp.counters.inc("comm_est")
-        _HANDLERS[info.kind](self, pkt, info, now)     # resources, length, key, placement
+        HANDLERS[info.kind](self, pkt, info, now)     # resources, length, key, placement
 
     # ---- what RC answers with a NAK, UC drops -----------------------------------------------
     def _abandon(self):
