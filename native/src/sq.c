@@ -358,7 +358,7 @@ static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
             qp->high_psn = qp->send_psn;
         if (qp->unreliable) {
             /* UC: nothing is acknowledged or resent; the WQE is done once its last
-             * packet is sent (IBTA 9.8.2, 10.8.3) */
+             * packet is sent (IBTA 9.8) */
             qp->una = qp->send_psn;
             if (qp->send_psn == dp_psn_add(w->first_psn, (int32_t)w->npkts))
                 w->status = 0;                      /* IBV_WC_SUCCESS */

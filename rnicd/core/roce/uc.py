@@ -1,5 +1,5 @@
 """UC responder: the RC responder's checks and placement, with UC's rules for what goes
-wrong (IBTA 9.8.3, UC responder; 9.9.3 error classes).
+wrong (IBTA 9.8, unreliable service; 9.9 error classes).
 
 UC has no ACKs, NAKs, retransmission, READ or atomics. The data plane receives in-order UC
 SENDs and WRITEs with the same C functions as RC (rnic_dp_qp.unreliable: no ACK owed);
