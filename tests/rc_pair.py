@@ -1,5 +1,6 @@
-"""Two contexts on two daemons with a connected RC QP pair, the way an app sets it up
-(pyverbs shape: Context, PD, MR, CQ, QP, modify through to_init/to_rtr/to_rts)."""
+"""Two contexts on two daemons with a connected RC (or UC) QP pair, the way an app sets it
+up (pyverbs shape: Context, PD, MR, CQ, QP, modify through to_init/to_rtr/to_rts, which pass
+the QP type's masks)."""
 from __future__ import annotations
 
 import time
@@ -19,14 +20,14 @@ ACCESS = RC_ACCESS
 
 class Side:
     def __init__(self, daemon, mr_size=1 << 20, cqe=1024, wr=256, srq=None, mr_access=ACCESS,
-                 sge=4, inline=64):
+                 sge=4, inline=64, qp_type=e.IBV_QPT_RC):
         self.ctx = Context(name="rnic0", socket=daemon.socket)
         self.pd = PD(self.ctx)
         self.mr = MR(self.pd, mr_size, mr_access)
         self.cq = CQ(self.ctx, cqe, None, None, 0)
         cap = QPCap(max_send_wr=wr, max_recv_wr=wr, max_send_sge=sge, max_recv_sge=sge,
                     max_inline_data=inline)
-        self.qp = QP(self.pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq, rcq=self.cq,
+        self.qp = QP(self.pd, QPInitAttr(qp_type=qp_type, scq=self.cq, rcq=self.cq,
                                          srq=srq, cap=cap, sq_sig_all=0))
         self.gid = self.ctx.query_gid(1, 0)
 

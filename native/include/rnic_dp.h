@@ -110,12 +110,17 @@ struct rnic_dp_mr {
 #define RNIC_DP_MSG_NONE 0
 #define RNIC_DP_MSG_SEND 1  /* a SEND, received by core/ */
 #define RNIC_DP_MSG_WRITE 2 /* an RDMA WRITE, placed at write_ptr */
+#define RNIC_DP_MSG_DROP 3  /* UC: the rest of an abandoned message is dropped (IBTA 9.8)   */
 
-/* Responder hard state of an RC QP: the one copy, shared by the data plane and
- * core/roce/responder.py, which handles every packet the data plane hands back. */
+/* Hard state of an RC or UC QP: the one copy, shared by the data plane and core/roce/,
+ * which handles every packet the data plane hands back. */
 struct rnic_dp_qp {
     uint32_t qpn;
     uint32_t fast;          /* non-zero: the data plane may handle in-order WRITEs */
+    uint32_t unreliable;    /* UC (IBTA 9.8): UC opcodes, no ACKs/NAKs, a send WQE completes
+                             * once its last packet is sent, no READ or atomic WQEs */
+    uint32_t recv_held;     /* UC: the receive WQE of an abandoned SEND (recv_wr_id,
+                             * recv_pieces), kept for the next SEND (IBTA 9.8) */
     uint32_t peer_ip_be;    /* packets from elsewhere are not this connection's */
     uint32_t mtu;           /* path MTU in bytes */
     uint32_t access;        /* qp_access_flags */

@@ -24,6 +24,7 @@ enum {
     RX_OP_SEND_LAST_IMM = 0x03, RX_OP_SEND_ONLY = 0x04, RX_OP_SEND_ONLY_IMM = 0x05,
     RX_OP_READ_REQUEST = 0x0c, RX_OP_READ_RESP_FIRST = 0x0d, RX_OP_READ_RESP_MIDDLE = 0x0e,
     RX_OP_READ_RESP_ONLY = 0x10, RX_ACCESS_REMOTE_READ = 4, RX_WR_RDMA_READ = 4,
+    RX_OP_WRITE_ONLY_IMM = 0x0b, RX_TRANSPORT_RC = 0, RX_TRANSPORT_UC = 1,
 };
 
 
@@ -247,7 +248,14 @@ static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t
         return 0;
     if (first ? qp->msg != RNIC_DP_MSG_NONE : qp->msg != RNIC_DP_MSG_SEND)
         return 0;
-    if (first) {
+    if (first && qp->recv_held) {
+        /* UC: the WQE of the SEND abandoned last is used again, from its start */
+        if (plen > recv_capacity(qp))
+            return 0;
+        qp->recv_held = 0;
+        qp->recv_off = 0;
+        qp->msg = RNIC_DP_MSG_SEND;
+    } else if (first) {
         /* take the WQE only once this packet fits: a SEND too long for it is core/'s to
          * complete with IBV_WC_LOC_LEN_ERR, from the WQE still in the ring */
         if (!peek_recv(dev, qp) || plen > recv_capacity(qp))
@@ -286,14 +294,21 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
 
     if (len < RX_BTH_LEN + RX_ICRC_LEN || (pkt[1] & 0x0f) != 0)       /* TVer 0 (9.2.4) */
         return 0;
-    op = pkt[0];
-    if (op != RX_OP_WRITE_FIRST && op != RX_OP_WRITE_MIDDLE && op != RX_OP_WRITE_LAST
-        && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK && op > RX_OP_SEND_ONLY_IMM
-        && (op < RX_OP_READ_REQUEST || op > RX_OP_READ_RESP_ONLY))
-        return 0;
     qpn = dp_be24(pkt + 5);
     if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
         || qp->peer_ip_be != src_ip_be)
+        return 0;
+    /* the transport bits (IBTA 9.2) must be the QP's: RC 000, UC 001; a UC opcode is
+     * handled as the RC opcode of its low 5 bits, SEND and RDMA WRITE only (9.8) */
+    op = pkt[0];
+    if (op >> 5 != (qp->unreliable ? RX_TRANSPORT_UC : RX_TRANSPORT_RC))
+        return 0;
+    op &= 0x1f;
+    if (qp->unreliable && op > RX_OP_WRITE_ONLY_IMM)
+        return 0;
+    if (op != RX_OP_WRITE_FIRST && op != RX_OP_WRITE_MIDDLE && op != RX_OP_WRITE_LAST
+        && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK && op > RX_OP_SEND_ONLY_IMM
+        && (op < RX_OP_READ_REQUEST || op > RX_OP_READ_RESP_ONLY))
         return 0;
     psn = dp_be24(pkt + 9);
     if (op == RX_OP_ACK)
@@ -363,7 +378,7 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
 accepted:
     qp->epsn = (psn + 1) & 0xffffff;
     qp->nak_sent = 0;
-    if ((pkt[8] & 0x80) && !qp->ack_pending) {                 /* AckReq (9.7.5.1.2) */
+    if ((pkt[8] & 0x80) && !qp->ack_pending && !qp->unreliable) {   /* AckReq (9.7.5.1.2) */
         qp->ack_pending = 1;
         if (dev->nacks < dev->acks_len)
             dev->acks[dev->nacks++] = qpn;

@@ -18,7 +18,7 @@ enum {
     WR_WRITE = 0, WR_WRITE_IMM = 1, WR_SEND = 2, WR_SEND_IMM = 3, WR_CAS = 5, WR_FAA = 6,
     SF_FENCE = 1, SF_SIGNALED = 2, SF_SOLICITED = 4, SF_INLINE = 8, ACC_LOCAL_WRITE = 1,
     WC_LOC_LEN_ERR = 1, WC_LOC_QP_OP_ERR = 2, WC_LOC_PROT_ERR = 4,   /* enum ibv_wc_status */
-    OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06,
+    OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06, OPC_UC = 0x20,
 };
 
 static inline int sends_data(uint32_t op) { return op <= WR_SEND_IMM; }
@@ -156,16 +156,18 @@ static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp
     uint32_t pad = (4 - n % 4) % 4, len = SQ_BTH;
     uint8_t op = write ? OPC_WRITE_FIRST : OPC_SEND_FIRST;
 
-    /* FIRST +0, MIDDLE +1, LAST +2, LAST_IMM +3, ONLY +4, ONLY_IMM +5 (Table 35?) */
+    /* FIRST +0, MIDDLE +1, LAST +2, LAST_IMM +3, ONLY +4, ONLY_IMM +5 (IBTA 9.2 Table 35);
+     * UC opcodes are the RC ones with transport bits 001 */
     op += first && last ? 4 + imm : first ? 0 : last ? 2 + imm : 1;
-    out[0] = op;
+    out[0] = qp->unreliable ? op | OPC_UC : op;
     out[1] = (uint8_t)((last && !write && (w->flags & SF_SOLICITED) ? 0x80 : 0) | pad << 4);
     out[2] = 0xff;                                  /* default P_Key */
     out[3] = 0xff;
     out[4] = 0;
     dp_put24(out + 5, qp->dest_qpn);
-    out[8] = (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
-              || in_flight >= qp->cwnd / 2) ? 0x80 : 0;
+    /* AckReq: UC has no acknowledgements (IBTA 9.8) */
+    out[8] = !qp->unreliable && (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
+                                 || in_flight >= qp->cwnd / 2) ? 0x80 : 0;
     dp_put24(out + 9, psn);
     if (write && first) {
         dp_put64(out + len, w->remote_addr);
@@ -241,7 +243,8 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
     d->wc_opcode = op <= WR_FAA ? wc_opcode_of[op] : 0;
     d->npieces = 0;
     d->pieces = pieces;
-    if (op > WR_FAA) {
+    /* an opcode the QP's transport does not carry: UC has no READ or atomics (IBTA 9.8) */
+    if (op > WR_FAA || (qp->unreliable && !sends_data(op))) {
         d->status = WC_LOC_QP_OP_ERR;
         return;
     }
@@ -328,10 +331,8 @@ int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
     return pending < 0 ? -1 : fetched;              /* a corrupt index: core/ fails the QP */
 }
 
-int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
-    if (!qp->send_ok || qp->rnr_wait)
-        return RNIC_DP_PUMP_IDLE;
     if (dp_psn_diff(qp->send_psn, qp->una) < 0)
         qp->send_psn = qp->una;                     /* an ACK of an old round overtook */
     while (dp_psn_diff(qp->send_psn, qp->una) < qp->cwnd) {
@@ -355,10 +356,29 @@ int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
         qp->send_psn = dp_psn_add(psn, 1);
         if (dp_psn_diff(qp->send_psn, qp->high_psn) > 0)
             qp->high_psn = qp->send_psn;
-        if (qp->retrans_at == 0 && qp->timeout_s > 0)
+        if (qp->unreliable) {
+            /* UC: nothing is acknowledged or resent; the WQE is done once its last
+             * packet is sent (IBTA 9.8) */
+            qp->una = qp->send_psn;
+            if (qp->send_psn == dp_psn_add(w->first_psn, (int32_t)w->npkts))
+                w->status = 0;                      /* IBV_WC_SUCCESS */
+        } else if (qp->retrans_at == 0 && qp->timeout_s > 0) {
             qp->retrans_at = dev->now + qp->timeout_s;
+        }
     }
     return RNIC_DP_PUMP_IDLE;
+}
+
+int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    int rc;
+
+    if (!qp->send_ok || qp->rnr_wait)
+        return RNIC_DP_PUMP_IDLE;
+    rc = pump(dev, qp);
+    if (qp->unreliable)
+        rnic_dp_retire(dev, qp);                    /* what was sent is complete */
+    return rc;
 }
 
 int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t syndrome,

@@ -192,7 +192,7 @@ class Session:
             row = {"qp_num": qpn, "qp_type": int(qp.qp_type), "state": int(qp.state),
                    "pid": qp.owner.pid, "sq_psn": None, "una": None, "rq_psn": None,
                    "peer": None}
-            if qp.qp_type == QPType.IBV_QPT_RC:
+            if qp.qp_type != QPType.IBV_QPT_UD:
                 row.update(sq_psn=qp.requester.next_psn, una=qp.completer.una,
                            rq_psn=qp.responder.epsn,
                            peer=f"{qp.peer_ip}/{qp.attr['dest_qp_num']}" if qp.peer_ip else None)
@@ -390,9 +390,9 @@ class Session:
         lim = self.device.limits
         pd = self._get(self.pds, args, "pd", "PD")
         qp_type = arg_int(args, "qp_type", 0, 255)
-        if qp_type not in (QPType.IBV_QPT_RC, QPType.IBV_QPT_UD):
+        if qp_type not in (QPType.IBV_QPT_RC, QPType.IBV_QPT_UC, QPType.IBV_QPT_UD):
             raise VerbsError(errno.EOPNOTSUPP, f"create_qp: qp_type {qp_type} not supported "
-                             "(IBV_QPT_RC and IBV_QPT_UD are)")
+                             "(IBV_QPT_RC, IBV_QPT_UC and IBV_QPT_UD are)")
         scq = self._get(self.cqs, args, "send_cq", "send CQ")
         rcq = self._get(self.cqs, args, "recv_cq", "receive CQ")
         srq = None
@@ -421,7 +421,7 @@ class Session:
                 c.max_recv_sge, 0)
             rq = RecvQueue(ring, c.max_recv_sge)
             out_fds.append(rq_fd)
-        kind = RCQP if qp_type == QPType.IBV_QPT_RC else UDQP
+        kind = UDQP if qp_type == QPType.IBV_QPT_UD else RCQP     # RCQP: RC and UC
         qp = kind(self.device, self, self._handle(), self.device.allocate_qpn(), pd, scq, rcq,
                   srq, sq, rq, c, bool(args.get("sq_sig_all")), qp_type)
         for ref in (pd, scq, rcq, srq):

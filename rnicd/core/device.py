@@ -38,6 +38,7 @@ ACKS_PER_BATCH = 256        # QPs that may come to owe an ACK in one received ba
 TX_CAP = 1024               # datagrams queued before they must be sent (or spilled)
 TX_BUF = 4608               # bytes per queued datagram: a 4096-byte payload and headers
 NOTIFY_CAP = 1 << 14        # CQ notifications between two drains (at most one per CQ)
+CONNECTED = (op.Transport.RC, op.Transport.UC)    # transports of QPs with one peer (RCQP)
 
 
 @dataclass
@@ -182,14 +183,14 @@ class Device:
         self.keys.remove(mr)
         lo, hi = mr.pointer(mr.iova), mr.pointer(mr.iova + mr.length)
         for qp in list(self.qps.values()):
-            if qp.qp_type != QPType.IBV_QPT_RC:
+            if qp.qp_type == QPType.IBV_QPT_UD:
                 continue                            # UD keeps no pointers between packets
             dp = qp.dp
             if dp.msg == native.lib.RNIC_DP_MSG_WRITE and lo <= dp.write_ptr <= hi:
                 qp.responder.abandon_write()
             if dp.rd_npkts and lo <= dp.rd_src < hi:
                 qp.responder.stop_reads()   # the requester's timer asks again: NAKed then
-            if dp.msg == native.lib.RNIC_DP_MSG_SEND and any(
+            if (dp.msg == native.lib.RNIC_DP_MSG_SEND or dp.recv_held) and any(
                     lo <= dp.recv_pieces[i].ptr < hi for i in range(dp.recv_npieces)):
                 # the receive WQE being filled points into it: it completes in error
                 self.counters.inc("mr_deregistered_in_use")
@@ -224,13 +225,13 @@ class Device:
             return
         info = op.OPCODES.get(pkt.opcode)
         qp = self.qps.get(pkt.dest_qp)
-        if info is None or info.transport not in (op.Transport.RC, op.Transport.UD):
+        if info is None or info.transport not in CONNECTED + (op.Transport.UD,):
             c.inc("rx_drop_unsupported_opcode")
             return
         if pkt.bad_len is not None and not (
                 info.is_request and qp is not None and qp.qp_type != QPType.IBV_QPT_UD
-                and info.transport == op.Transport.RC and qp.peer_ip == src_ip):
-            c.inc(f"rx_drop_{pkt.bad_len}")   # an RC responder checks length in its turn
+                and info.transport in CONNECTED and qp.peer_ip == src_ip):
+            c.inc(f"rx_drop_{pkt.bad_len}")   # an RC/UC responder checks length in its turn
             return
         if qp is None:
             if pkt.dest_qp == mad.GSI_QPN and info.transport == op.Transport.UD:
@@ -238,7 +239,7 @@ class Device:
                 return
             c.inc("rx_drop_unknown_qp")
             return
-        transport = op.Transport.UD if qp.qp_type == QPType.IBV_QPT_UD else op.Transport.RC
+        transport = op.QPTYPE_TRANSPORT[qp.qp_type]
         if info.transport != transport:
             c.inc("rx_drop_wrong_transport")
             return

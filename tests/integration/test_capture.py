@@ -76,3 +76,56 @@ def test_capture_dissects_as_roce_and_icrc_verifies(two_daemons, tmp_path):
         assert p[BTH].compute_icrc(None) == p[BTH].icrc.to_bytes(4, "big"), p.summary()
     a.close()
     b.close()
+
+
+def test_uc_capture_dissects_and_icrc_verifies(two_daemons, tmp_path):
+    """UC as captured: UC opcodes (0x20-0x2B) with AckReq clear, nothing coming back, ICRCs
+    that scapy verifies."""
+    _need_capture()
+    da, db = two_daemons
+    pcap = tmp_path / "uc.pcap"
+    cap = subprocess.Popen(["tshark", "-i", "lo", "-f", f"udp port 4791 and host {da.ip}",
+                            "-w", str(pcap), "-q"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.5)
+        a, b = Side(da, qp_type=e.IBV_QPT_UC), Side(db, qp_type=e.IBV_QPT_UC)
+        connect(a, b, psn=(1000, 2000), qp_access=e.IBV_ACCESS_LOCAL_WRITE
+                | e.IBV_ACCESS_REMOTE_WRITE)
+        for i in range(2):
+            b.qp.post_recv(RecvWR(wr_id=i, num_sge=1, sg=[SGE(b.mr.buf, 8192, b.mr.lkey)]))
+        a.qp.post_send(SendWR(wr_id=1, opcode=e.IBV_WR_SEND, num_sge=1,
+                              sg=[SGE(a.mr.buf, 3000, a.mr.lkey)]))    # FIRST, MIDDLE, LAST
+        w = SendWR(wr_id=2, opcode=e.IBV_WR_RDMA_WRITE_WITH_IMM, num_sge=1,
+                   sg=[SGE(a.mr.buf, 100, a.mr.lkey)])
+        w.set_wr_rdma(b.mr.rkey, b.mr.buf + 8192)
+        w.imm_data = 0x01020304
+        a.qp.post_send(w)
+        assert all(w.status == e.IBV_WC_SUCCESS for w in poll_n(a.cq, 2))
+        assert [w.wr_id for w in poll_n(b.cq, 2)] == [0, 1]
+        time.sleep(1.0)
+    finally:
+        cap.terminate()
+        cap.wait(10)
+    out = subprocess.run(["tshark", "-r", str(pcap), "-d", "udp.port==4791,infiniband",
+                          "-T", "fields", "-e", "ip.src", "-e", "infiniband.bth.opcode",
+                          "-e", "infiniband.bth.destqp", "-e", "infiniband.bth.psn",
+                          "-e", "infiniband.bth.a", "-e", "infiniband.immdt",
+                          "-E", "occurrence=f"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+    O = opcodes.Opcode
+    assert [(r[0], int(r[1]), int(r[2], 0), int(r[3]), int(r[4]), r[5]) for r in rows] == [
+        (da.ip, O.UC_SEND_FIRST, b.qp.qp_num, 1000, 0, ""),
+        (da.ip, O.UC_SEND_MIDDLE, b.qp.qp_num, 1001, 0, ""),
+        (da.ip, O.UC_SEND_LAST, b.qp.qp_num, 1002, 0, ""),
+        (da.ip, O.UC_RDMA_WRITE_ONLY_WITH_IMMEDIATE, b.qp.qp_num, 1003, 0, "01020304")]
+
+    from scapy.contrib.roce import BTH
+    from scapy.utils import rdpcap
+    packets = [p for p in rdpcap(str(pcap)) if BTH in p]
+    assert len(packets) == 4
+    for p in packets:
+        assert p[BTH].compute_icrc(None) == p[BTH].icrc.to_bytes(4, "big"), p.summary()
+    a.close()
+    b.close()

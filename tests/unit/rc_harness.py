@@ -146,6 +146,27 @@ def connect(a: Host, qa, b: Host, qb, mtu=abi.IBV_MTU_1024, timeout=14, retry_cn
                       rnr_retry=rnr_retry, sq_psn=my_psn, max_rd_atomic=4), h.now)
 
 
+def connect_uc(a: Host, qa, b: Host, qb, mtu=abi.IBV_MTU_1024, psn_a=100, psn_b=200,
+               access=abi.IBV_ACCESS_LOCAL_WRITE | abi.IBV_ACCESS_REMOTE_WRITE):
+    """As connect() for UC QPs, with the masks the kernel's table has for UC (no RC-only
+    attribute: no timeout, retries, RNR timer or RDMA READ/atomic depths)."""
+    M = abi.QPAttrMask
+    for h, q, peer, qpeer, my_psn, peer_psn in ((a, qa, b, qb, psn_a, psn_b),
+                                                (b, qb, a, qa, psn_b, psn_a)):
+        q.modify(M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS,
+                 dict(qp_state=abi.IBV_QPS_INIT, pkey_index=0, port_num=1,
+                      qp_access_flags=access), h.now)
+        ah = dict(port_num=1, is_global=1, grh=dict(dgid=peer.dev.gid, sgid_index=0,
+                                                    hop_limit=64, flow_label=0,
+                                                    traffic_class=0))
+        q.modify(M.IBV_QP_STATE | M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_DEST_QPN
+                 | M.IBV_QP_RQ_PSN,
+                 dict(qp_state=abi.IBV_QPS_RTR, ah_attr=ah, path_mtu=mtu,
+                      dest_qp_num=qpeer.qp_num, rq_psn=peer_psn), h.now)
+        q.modify(M.IBV_QP_STATE | M.IBV_QP_SQ_PSN,
+                 dict(qp_state=abi.IBV_QPS_RTS, sq_psn=my_psn), h.now)
+
+
 def connect_to(h: Host, q, peer_ip: str, peer_qpn: int, mtu=abi.IBV_MTU_1024, my_psn=100,
                peer_psn=200, access=ALL_ACCESS):
     """Take q to RTS towards a peer that is not a Host (a test peer sending raw packets)."""

@@ -12,6 +12,7 @@ from rc_harness import Host, connect, connect_to, run, run_batched
 
 from rnicd import native
 from rnicd.wire import abi, roce
+from rnicd.wire import opcodes as op
 
 S = abi.WCStatus
 PEER, PEER_QPN = "127.0.0.9", 0x99
@@ -309,3 +310,22 @@ def test_recv_wqe_without_sges_takes_a_zero_length_send_with_a_zero_cap(pair):
     run(a, b)
     assert [(w["wr_id"], w["status"], w["byte_len"]) for w in b.poll(cb)] == [
         (7, S.IBV_WC_SUCCESS, 0)]
+
+
+def test_send_being_received_flushes_its_wqe_on_error():
+    """A QP that fails while a SEND is half received: that receive WQE (taken from the
+    ring) completes with IBV_WC_WR_FLUSH_ERR before the ones behind it (IBTA 10.8.3)."""
+    a, b = Host("127.0.0.1"), Host("127.0.0.2")
+    ca, cb = a.cq(), b.cq()
+    qa, qb = a.qp(ca), b.qp(cb)
+    connect(a, qa, b, qb, mtu=abi.IBV_MTU_256)
+    mb = b.mr(1 << 16)
+    for i in range(2):
+        b.post_recv(qb, 100 + i, [mb.sge(i * 4096, 4096)])
+    p = roce.Packet(opcode=op.Opcode.RC_SEND_FIRST, dest_qp=qb.qp_num, psn=100)
+    b.dev.receive(roce.build(p, b"x" * 256, src_ip=a.dev.ip, dst_ip=b.dev.ip, sport=4791,
+                             dport=4791), a.dev.ip, 4791, b.now)
+    assert b.poll(cb) == []
+    qb.modify(abi.QPAttrMask.IBV_QP_STATE, dict(qp_state=abi.IBV_QPS_ERR), b.now)
+    assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [
+        (100, abi.IBV_WC_WR_FLUSH_ERR), (101, abi.IBV_WC_WR_FLUSH_ERR)]

@@ -15,7 +15,7 @@ from ._rings import Ring, native
 from ._unsupported import not_offered
 from .base import RnicCM
 from .device import need_int
-from .errors import RnicError, einval
+from .errors import RnicError, einval, eopnotsupp
 from .wr import SGE, SendWR, wr_chain
 
 __all__ = ["QP", "QPAttr", "QPCap", "QPEx", "QPInitAttr", "QPInitAttrEx"]
@@ -306,6 +306,14 @@ class QPEx(QP):
         unknown = ops & ~sum(QP_EX_WITH) & ~sum(QP_EX_NOT_OFFERED)
         if unknown:
             raise einval(f"QPEx: unknown send_ops_flags bits {unknown:#x}")
+        # as rxe: a send op the QP type's transport does not carry is EOPNOTSUPP (UC: no
+        # READ or atomics, IBTA 9.8; UD: SENDs only)
+        carried = _post.OPS_BY_QP_TYPE.get(init_attr.qp_type, ())
+        for bit, opcode in QP_EX_WITH.items():
+            if ops & bit and carried and opcode not in carried:
+                raise eopnotsupp(f"QPEx: send op IBV_QP_EX_WITH_"
+                                f"{opcode.name.removeprefix('IBV_WR_')} is not supported on "
+                                f"a {T(init_attr.qp_type).name} QP")
         super().__init__(creator, init_attr, qp_attr)
         self.send_ops_flags = ops
         self.comp_mask = init_attr.comp_mask

@@ -1,5 +1,8 @@
-"""An RC queue pair: attributes, state, and the three engines of the rxe split
-(requester sends requests, responder serves the peer's requests, completer retires ours).
+"""A connected (RC or UC) queue pair: attributes, state, and the three engines of the rxe
+split (requester sends requests, responder serves the peer's requests, completer retires
+ours). UC (IBTA 9.8) shares all of it: the data plane's rnic_dp_qp.unreliable makes the
+requester complete a WQE once its last packet is sent and never owe an ACK, and UC's
+responder (core/roce/uc.py) drops what RC would NAK.
 """
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from rnicd.core.resources import CQ, PD, SRQ, CQEntry, RecvQueue
 from rnicd.core.roce.completer import Completer
 from rnicd.core.roce.requester import Requester
 from rnicd.core.roce.responder import Responder
+from rnicd.core.roce.uc import UCResponder
 from rnicd.errors import einval
-from rnicd.wire.abi import EventType, QPAttrMask, QPState, WCOpcode, WCStatus, mtu_bytes
+from rnicd.wire.abi import EventType, QPAttrMask, QPState, QPType, WCOpcode, WCStatus, mtu_bytes
 from rnicd.wire.roce import ipv4_of_gid, timeout_seconds
 
 log = logging.getLogger("rnicd.qp")
@@ -30,7 +34,8 @@ class QPCap:
 
 
 class RCQP:
-    """The device's state for one RC QP. Sans-I/O: packets go out through device.emit()."""
+    """The device's state for one RC or UC QP. Sans-I/O: packets go out through
+    device.emit()."""
 
     def __init__(self, device, owner, handle: int, qp_num: int, pd: PD, send_cq: CQ,
                  recv_cq: CQ, srq: SRQ | None, sq_ring, rq: RecvQueue | None, cap: QPCap,
@@ -64,8 +69,10 @@ class RCQP:
         ffi = device.native.ffi
         recv_sge = srq.max_sge if srq is not None else cap.max_recv_sge   # may be 0
         self._recv_pieces = ffi.new("struct rnic_dp_piece[]", max(1, recv_sge))
+        self.reliable = qp_type == QPType.IBV_QPT_RC
         self.dp = ffi.new("struct rnic_dp_qp *", {
             "qpn": qp_num, "pd": pd.uid, "mtu": mtu_bytes(self.attr["path_mtu"]),
+            "unreliable": int(not self.reliable),
             "recv_pieces": self._recv_pieces, "recv_max_sge": recv_sge, "rcq": recv_cq.dp})
         if rq is not None:         # the data plane takes receive WQEs from our own RQ only
             ring = rq.ring
@@ -74,7 +81,7 @@ class RCQP:
             self.dp.rq_mask, self.dp.rq_entry_size = ring.num_entries - 1, ring.entry_size
         self.requester = Requester(self)
         self.completer = Completer(self)
-        self.responder = Responder(self)
+        self.responder = Responder(self) if self.reliable else UCResponder(self)
         self.counters = device.counters.child()
 
     # ---- attributes -------------------------------------------------------------------
@@ -98,7 +105,8 @@ class RCQP:
         dp.access = self.attr["qp_access_flags"]
         dp.dest_qpn = self.attr["dest_qp_num"]
         dp.retry_cnt, dp.rnr_retry = self.attr["retry_cnt"], self.attr["rnr_retry"]
-        dp.timeout_s = timeout_seconds(self.attr["timeout"]) or 0.0
+        # UC has no ACK timeout: nothing is ever resent (IBTA 9.8)
+        dp.timeout_s = (timeout_seconds(self.attr["timeout"]) or 0.0) if self.reliable else 0.0
         if self.peer_ip is not None:
             dp.peer_ip_be = self.device.native.ipv4_be(self.peer_ip)
         if attr_mask & QPAttrMask.IBV_QP_SQ_PSN:
@@ -138,8 +146,10 @@ class RCQP:
         self.transition(S.IBV_QPS_ERR, reason, now)
 
     def flush_all(self):
-        """IBTA 10.8.3: in Error, every outstanding WR completes with IBV_WC_WR_FLUSH_ERR."""
+        """IBTA 10.8.3: in Error, every outstanding WR completes with IBV_WC_WR_FLUSH_ERR:
+        the receive WQE of a SEND being received (or kept by UC) first, it was taken first."""
         self.requester.flush()
+        self.responder.abandon_send(WCStatus.IBV_WC_WR_FLUSH_ERR)
         self.flush_rq()
 
     def flush_rq(self):

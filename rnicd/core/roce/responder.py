@@ -26,12 +26,13 @@ from rnicd.wire.roce import psn_add, psn_diff
 
 K = op.Kind
 ffi, lib, NULL = native.ffi, native.lib, native.ffi.NULL
-MSG_NONE, MSG_SEND, MSG_WRITE = (native.lib.RNIC_DP_MSG_NONE, native.lib.RNIC_DP_MSG_SEND,
-                                 native.lib.RNIC_DP_MSG_WRITE)
+MSG_NONE, MSG_SEND, MSG_WRITE, MSG_DROP = (
+    native.lib.RNIC_DP_MSG_NONE, native.lib.RNIC_DP_MSG_SEND, native.lib.RNIC_DP_MSG_WRITE,
+    native.lib.RNIC_DP_MSG_DROP)
 RENAK_AFTER = 16      # out-of-sequence packets after which a sequence NAK is repeated
 ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
 MAX_MSG = lib.RNIC_DP_MAX_MSG
-_MSG_KIND = {MSG_SEND: K.SEND, MSG_WRITE: K.WRITE}
+MSG_KIND = {MSG_SEND: K.SEND, MSG_WRITE: K.WRITE}
 
 
 class Responder:
@@ -52,6 +53,7 @@ class Responder:
         self.msn = 0
         self.abandon_write()
         self.dp.msg = MSG_NONE
+        self.dp.recv_held = 0
         self.nak_sent = False
         self.nak_high = psn            # highest PSN seen since the NAK was sent
         self.oos_since_nak = 0
@@ -129,12 +131,12 @@ class Responder:
         self.nak_sent = False
         if qp.state == QPState.IBV_QPS_RTR:
             qp.counters.inc("comm_est")
-        msg = _MSG_KIND.get(self.dp.msg)                 # 2. opcode sequence (9.7.5.1.x)
+        msg = MSG_KIND.get(self.dp.msg)                 # 2. opcode sequence (9.7.5.1.x)
         if msg is None and not info.is_first:
             return self._invalid(pkt, now, f"{info.name} without a FIRST")
         if msg is not None and (info.kind != msg or info.is_first):
             return self._invalid(pkt, now, f"{info.name} inside a {msg.value} message")
-        _HANDLERS[info.kind](self, pkt, info, now)       # 3.. resources, length, key
+        HANDLERS[info.kind](self, pkt, info, now)       # 3.. resources, length, key
 
     # ---- per-kind handlers -----------------------------------------------------------------
     def _send(self, pkt, info, now):
@@ -142,17 +144,21 @@ class Responder:
         WQEs itself; this handles the rest (SRQ, RNR, errors) with the same C functions."""
         qp, dp = self.qp, self.dp
         if info.is_first:
-            wqe = qp.take_recv()                          # resources
+            wqe = self._take_recv()                       # resources
             if wqe is None:
                 return self._rnr(pkt)
             if not self._length_ok(pkt, info):
                 qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_INV_REQ_ERR,
                                  WCOpcode.IBV_WC_RECV)
                 return self._invalid(pkt, now, "bad payload length for the path MTU")
-            # the C check decides (the SGE count against the cap first, so the SGEs beyond
-            # what take() copied are never read; then each lkey)
-            sg = ffi.new("struct rnic_sge[]", [(a, n, k) for a, n, k in wqe.sges] or 1)
-            rc = lib.rnic_dp_recv_begin(qp.device.dp, dp, wqe.wr_id, sg, wqe.num_sge)
+            if isinstance(wqe, HeldWQE):    # its buffers are resolved: start them over
+                dp.recv_off = 0
+                rc = 0
+            else:
+                # the C check decides (the SGE count against the cap first, so the SGEs
+                # beyond what take() copied are never read; then each lkey)
+                sg = ffi.new("struct rnic_sge[]", [(a, n, k) for a, n, k in wqe.sges] or 1)
+                rc = lib.rnic_dp_recv_begin(qp.device.dp, dp, wqe.wr_id, sg, wqe.num_sge)
             if rc < 0:
                 bad_count = rc == -errno.EINVAL
                 qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_LOC_LEN_ERR if bad_count
@@ -183,7 +189,7 @@ class Responder:
         qp, dp = self.qp, self.dp
         wqe = None
         if info.is_last and info.immdt:
-            wqe = qp.take_recv()          # resources: WRITE with immediate takes a WQE
+            wqe = self._take_recv()       # resources: WRITE with immediate takes a WQE
             if wqe is None:
                 return self._rnr(pkt)     # the requester resends from this PSN
         n = len(pkt.payload)
@@ -326,12 +332,23 @@ class Responder:
         if pkt.ackreq:
             self.ack_pending = True
 
+    def _take_recv(self):
+        """The next receive WQE: the one a UC SEND left (taken before any other, so
+        receive WQEs still complete in order), else the RQ's or SRQ's next; None: RNR."""
+        if self.dp.recv_held:
+            self.dp.recv_held = 0
+            return HeldWQE(self.dp.recv_wr_id)
+        return self.qp.take_recv()
+
     def abandon_send(self, status: WCStatus):
-        """Give up the SEND being received: its receive WQE completes with status."""
+        """Give up the SEND being received (or the WQE a UC SEND left): its receive WQE
+        completes with status."""
         dp = self.dp
-        if dp.msg == MSG_SEND:
+        if dp.msg == MSG_SEND or dp.recv_held:
             wr_id = dp.recv_wr_id
-            dp.msg, dp.recv_npieces = MSG_NONE, 0
+            if dp.msg == MSG_SEND:
+                dp.msg = MSG_NONE
+            dp.recv_npieces = dp.recv_held = 0
             self.qp.complete_recv(wr_id, status, WCOpcode.IBV_WC_RECV)
 
     def _end_message(self):
@@ -382,5 +399,14 @@ class Responder:
 
 
 
-_HANDLERS = {K.SEND: Responder._send, K.WRITE: Responder._write,
+class HeldWQE:
+    """The receive WQE a UC SEND left in rnic_dp_qp (recv_wr_id, its recv_pieces)."""
+
+    __slots__ = ("wr_id",)
+
+    def __init__(self, wr_id: int):
+        self.wr_id = wr_id
+
+
+HANDLERS = {K.SEND: Responder._send, K.WRITE: Responder._write,
              K.READ_REQ: Responder._read, K.ATOMIC: Responder._atomic}
