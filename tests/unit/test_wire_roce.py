@@ -497,7 +497,8 @@ def test_xrceth_layout():
     """Annex A14.4.2.1: XRCETH = Resv8 | XRCSRQ(24), right after the BTH, before the RETH."""
     pkt = sample(Opcode.XRC_RDMA_WRITE_FIRST, xrc_srqn=0x00ABCD)
     data = bytearray(roce.build(pkt, **FLOW))
-    assert data[12:16] == bytes.fromhex("0000abcd") and data[16:24] == pkt.reth_va.to_bytes(8, "big")
+    assert data[12:16] == bytes.fromhex("0000abcd")
+    assert data[16:24] == pkt.reth_va.to_bytes(8, "big")
     data[12] = 0xFF                          # reserved bits: ignored on receive
     got = roce.parse(bytes(data), check_icrc=False)
     assert got.xrc_srqn == 0x00ABCD and got.reth_rkey == pkt.reth_rkey
