@@ -100,7 +100,11 @@ struct rnic_send_wqe {
     uint32_t rkey;         /* RDMA and atomic */
     uint32_t inline_len;
     uint32_t ah;           /* UD: address handle */
-    uint32_t remote_qpn;   /* UD */
+    union {
+        uint32_t remote_qpn;   /* UD */
+        uint32_t remote_srqn;  /* XRC INI QP: the responder's XRC SRQ, sent in the XRCETH
+                                * (qp_type.xrc.remote_srqn, IBTA Annex A14) */
+    };
     uint32_t remote_qkey;  /* UD */
     struct rnic_sge sg[];
 };

@@ -188,6 +188,11 @@ struct rnic_dp_qp {
     struct rnic_dp_piece *sq_pieces;
     uint64_t sent_pkts;
     uint64_t retransmitted_pkts;
+    /* XRC (IBTA Annex A14): non-zero for an XRC INI or TGT QP, whose packets take opcodes
+     * 0xa0 | RC's and whose requests carry an XRCETH (swqe xrc_srqn). The receive fast path
+     * leaves them to core/ (fast stays 0). */
+    uint32_t xrc;
+    uint32_t _rsvd_xrc;
 };
 
 /* A completion queue as the data plane writes it (the ring of rnic_abi.h). */
@@ -220,7 +225,7 @@ struct rnic_dp_swqe {
     int32_t status;         /* -1 while in flight, else enum ibv_wc_status */
     uint32_t wc_opcode;     /* enum ibv_wc_opcode of its completion */
     uint32_t npieces;       /* gather list of a SEND/WRITE payload ... */
-    uint32_t _rsvd0;
+    uint32_t xrc_srqn;      /* XRC: the XRCETH's SRQ number (rnic_send_wqe.remote_srqn) */
     struct rnic_dp_piece *pieces;   /* ... in the QP's piece array (sq_piece_stride a slot) */
 };
 

@@ -19,7 +19,15 @@ enum {
     SF_FENCE = 1, SF_SIGNALED = 2, SF_SOLICITED = 4, SF_INLINE = 8, ACC_LOCAL_WRITE = 1,
     WC_LOC_LEN_ERR = 1, WC_LOC_QP_OP_ERR = 2, WC_LOC_PROT_ERR = 4,   /* enum ibv_wc_status */
     OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06, OPC_UC = 0x20,
+    OPC_XRC = 0xa0, SQ_XRCETH = 4,      /* Annex A14.4: XRC opcodes are 0xa0 | RC's */
 };
+
+/* Transport bits of the QP's opcodes: RC 000, XRC 101 (IBTA 9.2, Annex A14.4.1). */
+/* the transport bits of the QP's opcodes (IBTA 9.2: RC 000, UC 001; A14.4: XRC 101) */
+static inline uint8_t opbase(const struct rnic_dp_qp *qp)
+{
+    return qp->xrc ? OPC_XRC : qp->unreliable ? OPC_UC : 0;
+}
 
 static inline int sends_data(uint32_t op) { return op <= WR_SEND_IMM; }
 
@@ -159,7 +167,7 @@ static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp
     /* FIRST +0, MIDDLE +1, LAST +2, LAST_IMM +3, ONLY +4, ONLY_IMM +5 (IBTA 9.2 Table 35);
      * UC opcodes are the RC ones with transport bits 001 */
     op += first && last ? 4 + imm : first ? 0 : last ? 2 + imm : 1;
-    out[0] = qp->unreliable ? op | OPC_UC : op;
+    out[0] = (uint8_t)(opbase(qp) | op);
     out[1] = (uint8_t)((last && !write && (w->flags & SF_SOLICITED) ? 0x80 : 0) | pad << 4);
     out[2] = 0xff;                                  /* default P_Key */
     out[3] = 0xff;
@@ -169,6 +177,10 @@ static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp
     out[8] = !qp->unreliable && (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
                                  || in_flight >= qp->cwnd / 2) ? 0x80 : 0;
     dp_put24(out + 9, psn);
+    if (qp->xrc) {                                  /* A14.4.2.1: XRCETH = Resv8 | XRCSRQ */
+        dp_put32(out + len, w->xrc_srqn & 0xffffff);
+        len += SQ_XRCETH;
+    }
     if (write && first) {
         dp_put64(out + len, w->remote_addr);
         dp_put32(out + len + 8, w->rkey);
@@ -243,6 +255,7 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
     d->wc_opcode = op <= WR_FAA ? wc_opcode_of[op] : 0;
     d->npieces = 0;
     d->pieces = pieces;
+    d->xrc_srqn = qp->xrc ? w.remote_srqn & 0xffffff : 0;
     /* an opcode the QP's transport does not carry: UC has no READ or atomics (IBTA 9.8) */
     if (op > WR_FAA || (qp->unreliable && !sends_data(op))) {
         d->status = WC_LOC_QP_OP_ERR;
@@ -391,7 +404,7 @@ int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t s
         return -ENOSPC;
     slot = dev->ntx++;
     out = dev->tx_bufs + (size_t)slot * dev->tx_buf_size;
-    out[0] = 0x11;                                  /* RC ACKNOWLEDGE */
+    out[0] = (uint8_t)(opbase(qp) | 0x11);          /* (RC or XRC) ACKNOWLEDGE */
     out[1] = 0;
     out[2] = 0xff;
     out[3] = 0xff;
@@ -459,7 +472,7 @@ uint32_t rnic_dp_read_continue(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
         /* READ_RESPONSE FIRST 0x0d, MIDDLE 0x0e, LAST 0x0f, ONLY 0x10 (RC opcodes) */
         uint8_t op = n == 1 ? 0x10 : k == 0 ? 0x0d : k == n - 1 ? 0x0f : 0x0e;
 
-        out[0] = op;
+        out[0] = (uint8_t)(opbase(qp) | op);
         out[1] = (uint8_t)(pad << 4);
         out[2] = 0xff;
         out[3] = 0xff;

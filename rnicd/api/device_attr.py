@@ -2,8 +2,9 @@
 (verbs.h), truthful about what this device offers.
 
 Capability bits set (each one implemented): PORT_ACTIVE_EVENT (IBV_EVENT_PORT_ACTIVE/ERR
-follow the netdev), SYS_IMAGE_GUID, RC_RNR_NAK_GEN (the RC responder sends RNR NAKs).
-Everything rnicd does not offer reads zero: memory windows, XRC, on-demand paging, device
+follow the netdev), SYS_IMAGE_GUID, RC_RNR_NAK_GEN (the RC responder sends RNR NAKs), XRC
+(XRC domains, XRC SRQs, INI/TGT QPs: IBTA Annex A14).
+Everything rnicd does not offer reads zero: memory windows, on-demand paging, device
 memory, raw packet QPs and TSO, RSS / work queues, flow steering, tag matching, packet pacing,
 CQ moderation, completion timestamps, PCIe atomics, multicast.
 """
@@ -19,7 +20,8 @@ from rnicd.wire.abi import (
 VENDOR_ID = 0xFFFFFF
 DEVICE_CAP_FLAGS = (DeviceCapFlags.IBV_DEVICE_PORT_ACTIVE_EVENT
                     | DeviceCapFlags.IBV_DEVICE_SYS_IMAGE_GUID
-                    | DeviceCapFlags.IBV_DEVICE_RC_RNR_NAK_GEN)
+                    | DeviceCapFlags.IBV_DEVICE_RC_RNR_NAK_GEN
+                    | DeviceCapFlags.IBV_DEVICE_XRC)
 
 
 def device_attr(d) -> dict:

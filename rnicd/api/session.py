@@ -9,14 +9,16 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 
 from rnicd.api.device_attr import device_attr, device_attr_ex
 from rnicd.core.cm.conn import CMId
 from rnicd.core.cm.offload import NOTIFY_DELAY, NOTIFY_MAX, Offload
-from rnicd.core.device import Device
+from rnicd.core.device import RC_LIKE, Device
 from rnicd.core.fault import FaultSpec
-from rnicd.core.resources import CQ, MR, PD, SRQ, CompChannel, RecvQueue
+from rnicd.core.resources import CQ, MR, PD, SRQ, XRCD, CompChannel, RecvQueue
 from rnicd.core.roce.qp import RCQP, QPCap
+from rnicd.core.roce.xrc import XRCQP
 from rnicd.core.ud import UDQP, AddressHandle
 from rnicd.errors import VerbsError, einval, enoent
 from rnicd.wire import ctl, mad, roce
@@ -27,6 +29,7 @@ from rnicd.wire.abi import (
     Access,
     PortState,
     QPType,
+    SRQType,
 )
 from rnicd.wire.rings import CQE_SIZE, RECV_WQE_HDR, SEND_WQE_HDR, SGE_SIZE, RingKind
 
@@ -96,6 +99,7 @@ class Session:
         self.cqs: dict[int, CQ] = {}
         self.qps: dict[int, RCQP] = {}
         self.srqs: dict[int, SRQ] = {}
+        self.xrcds: dict[int, XRCD] = {}
         self.channels: dict[int, CompChannel] = {}
         self.ahs: dict[int, AddressHandle] = {}
         self.cm_ids: dict[int, CMId] = {}
@@ -192,7 +196,7 @@ class Session:
             row = {"qp_num": qpn, "qp_type": int(qp.qp_type), "state": int(qp.state),
                    "pid": qp.owner.pid, "sq_psn": None, "una": None, "rq_psn": None,
                    "peer": None}
-            if qp.qp_type != QPType.IBV_QPT_UD:
+            if qp.qp_type in RC_LIKE:
                 row.update(sq_psn=qp.requester.next_psn, una=qp.completer.una,
                            rq_psn=qp.responder.epsn,
                            peer=f"{qp.peer_ip}/{qp.attr['dest_qp_num']}" if qp.peer_ip else None)
@@ -343,6 +347,14 @@ class Session:
     # ---- SRQ -----------------------------------------------------------------------------
     def m_create_srq(self, args, fds, now):
         pd = self._get(self.pds, args, "pd", "PD")
+        srq_type = arg_int(args, "srq_type", 0, 255, 0)
+        xrcd = cq = None
+        if srq_type == SRQType.IBV_SRQT_XRC:      # Annex A14.2.2: a domain and a CQ
+            xrcd = self._get(self.xrcds, args, "xrcd", "XRCD")
+            cq = self._get(self.cqs, args, "cq", "CQ (an XRC SRQ's receives complete there)")
+        elif srq_type != SRQType.IBV_SRQT_BASIC:
+            raise VerbsError(errno.EOPNOTSUPP, f"create_srq: srq_type {srq_type} is not "
+                             "supported (IBV_SRQT_BASIC and IBV_SRQT_XRC are; no tag matching)")
         lim = self.device.limits
         max_wr = arg_int(args, "max_wr", 1, lim.max_srq_wr)
         max_sge = arg_int(args, "max_sge", 1, lim.max_srq_sge)
@@ -350,10 +362,15 @@ class Session:
         n = pow2_at_least(max_wr)
         ring, fd, size = self.shm.new_ring(RingKind.SRQ, RECV_WQE_HDR + SGE_SIZE * max_sge, n,
                                            max_sge, 0)
-        srq = SRQ(self._handle(), self, pd, ring, n, max_sge, limit)
-        pd.refs += 1
+        srq = SRQ(self._handle(), self, pd, ring, n, max_sge, limit, xrcd, cq)
+        for ref in (pd, xrcd, cq):
+            if ref is not None:
+                ref.refs += 1
+        if xrcd is not None:
+            self.device.add_xrc_srq(srq)
         self.srqs[srq.handle] = srq
-        return {"srq": srq.handle, "max_wr": n, "max_sge": max_sge, "size": size}, [fd]
+        return {"srq": srq.handle, "max_wr": n, "max_sge": max_sge, "size": size,
+                "srq_num": srq.srq_num if xrcd is not None else None}, [fd]
 
     def m_modify_srq(self, args, fds, now):
         srq = self._get(self.srqs, args, "srq", "SRQ")
@@ -376,10 +393,40 @@ class Session:
         self._destroy_srq(srq)
         return {}, []
 
-    def _destroy_srq(self, srq):
+    def _destroy_srq(self, srq, now: float = 0.0):
         del self.srqs[srq.handle]
-        srq.pd.refs -= 1
+        if srq.xrcd is not None:            # no TGT QP serves from it any more
+            self.device.remove_xrc_srq(srq, now)
+        for ref in (srq.pd, srq.xrcd, srq.cq):
+            if ref is not None:
+                ref.refs -= 1
         self.shm.release_ring(srq.rq.ring)
+
+    # ---- XRC domains (Annex A14.2.1, ibv_open_xrcd) ----------------------------------------
+    def m_open_xrcd(self, args, fds, now):
+        """Open the XRC domain of the file passed (shared by every context that opens the
+        same file), or a new private one without an fd (as fd -1)."""
+        oflags = arg_int(args, "oflags", 0, (1 << 32) - 1, 0)
+        if len(fds) > 1:
+            raise einval("open_xrcd takes at most one fd (the file naming the domain)")
+        key = self.shm.file_identity(fds[0]) if fds else None
+        dom = self.device.open_xrc_domain(key, bool(oflags & os.O_CREAT),
+                                          bool(oflags & os.O_EXCL))
+        x = XRCD(self._handle(), self, dom)
+        self.xrcds[x.handle] = x
+        return {"xrcd": x.handle}, []
+
+    def m_close_xrcd(self, args, fds, now):
+        x = self._get(self.xrcds, args, "xrcd", "XRCD")
+        if x.refs:
+            raise VerbsError(errno.EBUSY, f"close_xrcd: XRCD {x.handle} is still used by "
+                             f"{x.refs} XRC SRQs/TGT QPs: destroy them first")
+        self._close_xrcd(x)
+        return {}, []
+
+    def _close_xrcd(self, x: XRCD):
+        del self.xrcds[x.handle]
+        self.device.close_xrc_domain(x.domain)
 
     # ---- QP ------------------------------------------------------------------------------
     def m_create_qp(self, args, fds, now):
@@ -388,11 +435,13 @@ class Session:
 
     def _create_qp(self, args):
         lim = self.device.limits
-        pd = self._get(self.pds, args, "pd", "PD")
         qp_type = arg_int(args, "qp_type", 0, 255)
+        if qp_type in (QPType.IBV_QPT_XRC_SEND, QPType.IBV_QPT_XRC_RECV):
+            return self._create_xrc_qp(args, qp_type)
+        pd = self._get(self.pds, args, "pd", "PD")
         if qp_type not in (QPType.IBV_QPT_RC, QPType.IBV_QPT_UC, QPType.IBV_QPT_UD):
             raise VerbsError(errno.EOPNOTSUPP, f"create_qp: qp_type {qp_type} not supported "
-                             "(IBV_QPT_RC, IBV_QPT_UC and IBV_QPT_UD are)")
+                             "(IBV_QPT_RC, _UC, _UD, _XRC_SEND and _XRC_RECV are)")
         scq = self._get(self.cqs, args, "send_cq", "send CQ")
         rcq = self._get(self.cqs, args, "recv_cq", "receive CQ")
         srq = None
@@ -432,6 +481,47 @@ class Session:
         return qp, {"qp": qp.handle, "qp_num": qp.qp_num, "cap": vars(c).copy(),
                     "sq_size": sq_size, "rq_size": rq_size}, out_fds
 
+    def _create_xrc_qp(self, args, qp_type):
+        """An XRC INI QP (pd, send_cq, an SQ; no receive side) or TGT QP (xrcd only: no SQ,
+        no RQ, no CQ: its requests are served by the XRC SRQs their XRCETH names)."""
+        lim = self.device.limits
+        if len(self.device.qps) >= lim.max_qp:
+            raise VerbsError(errno.ENOMEM, f"create_qp: device limit of {lim.max_qp} QPs reached")
+        if args.get("srq") is not None:
+            raise einval("create_qp: an XRC QP takes no SRQ (a TGT QP's requests name their "
+                         "XRC SRQ in the XRCETH)")
+        pd = scq = xrcd = None
+        if qp_type == QPType.IBV_QPT_XRC_SEND:
+            pd = self._get(self.pds, args, "pd", "PD")
+            scq = self._get(self.cqs, args, "send_cq", "send CQ")
+            cap = args.get("cap")
+            if not isinstance(cap, dict):
+                raise einval("create_qp needs 'cap': {max_send_wr, max_send_sge, ...}")
+            c = QPCap(pow2_at_least(arg_int(cap, "max_send_wr", 1, lim.max_qp_wr)), 0,
+                      arg_int(cap, "max_send_sge", 0, lim.max_sge, 1), 0,
+                      arg_int(cap, "max_inline_data", 0, lim.max_inline_data, 0))
+            slots = max(c.max_send_sge, -(-c.max_inline_data // SGE_SIZE), 1)
+            sq, sq_fd, sq_size = self.shm.new_ring(RingKind.SQ, SEND_WQE_HDR + SGE_SIZE * slots,
+                                                   c.max_send_wr, c.max_send_sge,
+                                                   c.max_inline_data)
+            out_fds = [sq_fd]
+        else:
+            xrcd = self._get(self.xrcds, args, "xrcd", "XRCD")
+            c = QPCap(0, 0, 0, 0, 0)
+            # the engines want an SQ: an empty one the client never sees
+            sq, fd, _size = self.shm.new_ring(RingKind.SQ, SEND_WQE_HDR + SGE_SIZE, 1, 0, 0)
+            self.shm.close_fd(fd)
+            out_fds, sq_size = [], 0
+        qp = XRCQP(self.device, self, self._handle(), self.device.allocate_qpn(), pd, scq,
+                   xrcd, sq, c, bool(args.get("sq_sig_all")), qp_type)
+        qp.held = tuple(r for r in (pd, scq, xrcd) if r is not None)
+        for ref in qp.held:
+            ref.refs += 1
+        self.qps[qp.handle] = qp
+        self.device.add_qp(qp)
+        return qp, {"qp": qp.handle, "qp_num": qp.qp_num, "cap": vars(c).copy(),
+                    "sq_size": sq_size, "rq_size": 0}, out_fds
+
     def m_modify_qp(self, args, fds, now):
         qp = self._get(self.qps, args, "qp", "QP")
         mask = arg_int(args, "attr_mask", 0, (1 << 32) - 1)
@@ -443,9 +533,13 @@ class Session:
 
     def m_query_qp(self, args, fds, now):
         qp = self._get(self.qps, args, "qp", "QP")
+        xrcd = getattr(qp, "xrcd", None)
         init = {"qp_type": qp.qp_type, "sq_sig_all": int(qp.sq_sig_all),
-                "cap": vars(qp.cap).copy(), "send_cq": qp.send_cq.handle,
-                "recv_cq": qp.recv_cq.handle, "srq": qp.srq.handle if qp.srq else None}
+                "cap": vars(qp.cap).copy(),
+                "send_cq": qp.send_cq.handle if qp.send_cq else None,
+                "recv_cq": qp.recv_cq.handle if qp.recv_cq and not xrcd else None,
+                "srq": qp.srq.handle if qp.srq and not xrcd else None,
+                "xrcd": xrcd.handle if xrcd else None}
         return {"attr": qp.query(), "init_attr": init}, []
 
     def m_destroy_qp(self, args, fds, now):
@@ -458,7 +552,7 @@ class Session:
             self.shm.close_fd(fd)
         self.device.remove_qp(qp)
         del self.qps[qp.handle]
-        for ref in (qp.pd, qp.send_cq, qp.recv_cq, qp.srq):
+        for ref in getattr(qp, "held", (qp.pd, qp.send_cq, qp.recv_cq, qp.srq)):
             if ref is not None:
                 ref.refs -= 1
         qp.destroy()
@@ -589,11 +683,13 @@ class Session:
         for qp in list(self.qps.values()):         # also closes parked (offloaded) rings
             self._destroy_qp(qp, now)
         for srq in list(self.srqs.values()):
-            self._destroy_srq(srq)
+            self._destroy_srq(srq, now)
         for cq in list(self.cqs.values()):
             self._destroy_cq(cq)
         for mr in list(self.mrs.values()):
             self._destroy_mr(mr, now)
+        for x in list(self.xrcds.values()):
+            self._close_xrcd(x)
         self.ahs.clear()
         self.pds.clear()
         for ch in self.channels.values():

@@ -20,7 +20,8 @@ from rnicd.core.cm.agent import CMAgent
 from rnicd.core.counters import Counters
 from rnicd.core.fault import FaultInjector, FaultSpec
 from rnicd.core.qp_state import QPLimits
-from rnicd.core.resources import CQ, CQEntry, KeyTable
+from rnicd.core.resources import CQ, SRQ, CQEntry, KeyTable, XRCDomain
+from rnicd.errors import VerbsError
 from rnicd.wire import mad, roce
 from rnicd.wire import opcodes as op
 from rnicd.wire.abi import MTU, EventType, QPState, QPType, WCStatus, mtu_bytes
@@ -32,13 +33,18 @@ GID_TABLE = 16
 ROCE_OVERHEAD = 20 + 8 + 12 + 28 + 4 + 4    # IPv4, UDP, BTH, AtomicETH/RETH+ImmDt, ICRC, pad
 
 
+XRC_TYPES = (QPType.IBV_QPT_XRC_SEND, QPType.IBV_QPT_XRC_RECV)
+# QPs with the RC engines (core/roce): RC, UC (unreliable) and XRC
+RC_LIKE = (QPType.IBV_QPT_RC, QPType.IBV_QPT_UC) + XRC_TYPES
+
 QP_TABLE = 1 << 15          # QPNs are indices into the data plane's QP table
 MR_TABLE = 1 << 16          # key indices are indices into its MR table
 ACKS_PER_BATCH = 256        # QPs that may come to owe an ACK in one received batch
 TX_CAP = 1024               # datagrams queued before they must be sent (or spilled)
 TX_BUF = 4608               # bytes per queued datagram: a 4096-byte payload and headers
 NOTIFY_CAP = 1 << 14        # CQ notifications between two drains (at most one per CQ)
-CONNECTED = (op.Transport.RC, op.Transport.UC)    # transports of QPs with one peer (RCQP)
+# transports of QPs with one peer (RCQP)
+CONNECTED = (op.Transport.RC, op.Transport.UC, op.Transport.XRC)
 
 
 @dataclass
@@ -77,6 +83,10 @@ class Device:
         self.keys = KeyTable(self.rng, MR_TABLE)
         self.qps: dict[int, object] = {}
         self._next_qpn = 0x11            # QPN 0 and 1 are reserved (SMI/GSI), as in IBTA
+        # XRC (Annex A14): domains shared by file (inode), XRC SRQs by their number
+        self.xrc_domains: dict[object, XRCDomain] = {}
+        self.xrc_srqs: dict[int, SRQ] = {}
+        self._next_srqn = 1
         self.counters = Counters()
         # the data plane's view of this device: our address, QP and MR tables, ACKs owed
         ffi = native.ffi
@@ -169,6 +179,51 @@ class Device:
         self._gone.inc("sent_pkts", qp.dp.sent_pkts)
         self._gone.inc("retransmitted_pkts", qp.dp.retransmitted_pkts)
 
+    # ---- XRC domains and SRQs (Annex A14.2) ----------------------------------------------
+    def open_xrc_domain(self, key, create: bool, exclusive: bool) -> XRCDomain:
+        """The domain of file `key` (None: a new private one), as ibv_open_xrcd: without
+        O_CREAT a file with no domain yet is EAGAIN, with O_EXCL one that has one EINVAL."""
+        dom = self.xrc_domains.get(key) if key is not None else None
+        if dom is None:
+            if key is not None and not create:
+                raise VerbsError(errno.EAGAIN, "open_xrcd: no XRC domain is open for that "
+                                 "file yet; pass O_CREAT in oflags to create it")
+            dom = XRCDomain(key)
+            if key is not None:
+                self.xrc_domains[key] = dom
+        elif exclusive:
+            raise VerbsError(errno.EINVAL, "open_xrcd: that file already has an XRC domain "
+                             "and oflags has O_EXCL")
+        dom.opens += 1
+        return dom
+
+    def close_xrc_domain(self, dom: XRCDomain):
+        dom.opens -= 1
+        if dom.opens <= 0 and dom.key is not None:
+            self.xrc_domains.pop(dom.key, None)
+
+    def add_xrc_srq(self, srq: SRQ) -> int:
+        """Give an XRC SRQ its device-wide number (what an XRCETH names, 24 bits)."""
+        for _ in range(1 << 24):
+            n = self._next_srqn
+            self._next_srqn = n % ((1 << 24) - 1) + 1
+            if n not in self.xrc_srqs:
+                self.xrc_srqs[n] = srq
+                srq.srq_num = n
+                return n
+        raise OverflowError("no free SRQ number")
+
+    def remove_xrc_srq(self, srq: SRQ, now: float = 0.0):
+        self.xrc_srqs.pop(srq.srq_num, None)
+        for qp in self.qps.values():
+            if getattr(qp, "srq", None) is srq and hasattr(qp, "unbind"):
+                qp.unbind(srq, now)
+
+    def xrc_srq(self, srqn, domain: XRCDomain) -> SRQ | None:
+        """The XRC SRQ an XRCETH names, if it belongs to this domain (A14.2.2)."""
+        srq = self.xrc_srqs.get(srqn)
+        return srq if srq is not None and srq.xrcd.domain is domain else None
+
     def add_cq(self, cq: CQ):
         self.cqs[cq.uid] = cq
 
@@ -183,7 +238,7 @@ class Device:
         self.keys.remove(mr)
         lo, hi = mr.pointer(mr.iova), mr.pointer(mr.iova + mr.length)
         for qp in list(self.qps.values()):
-            if qp.qp_type == QPType.IBV_QPT_UD:
+            if qp.qp_type not in RC_LIKE:
                 continue                            # UD keeps no pointers between packets
             dp = qp.dp
             if dp.msg == native.lib.RNIC_DP_MSG_WRITE and lo <= dp.write_ptr <= hi:
@@ -231,7 +286,7 @@ class Device:
         if pkt.bad_len is not None and not (
                 info.is_request and qp is not None and qp.qp_type != QPType.IBV_QPT_UD
                 and info.transport in CONNECTED and qp.peer_ip == src_ip):
-            c.inc(f"rx_drop_{pkt.bad_len}")   # an RC/UC responder checks length in its turn
+            c.inc(f"rx_drop_{pkt.bad_len}")   # a connected responder checks length in turn
             return
         if qp is None:
             if pkt.dest_qp == mad.GSI_QPN and info.transport == op.Transport.UD:
@@ -240,6 +295,9 @@ class Device:
             c.inc("rx_drop_unknown_qp")
             return
         transport = op.QPTYPE_TRANSPORT[qp.qp_type]
+        # A14.2.3: an XRC INI QP takes responses, a TGT QP requests
+        if qp.qp_type in XRC_TYPES and info.is_request != (qp.qp_type == QPType.IBV_QPT_XRC_RECV):
+            transport = None
         if info.transport != transport:
             c.inc("rx_drop_wrong_transport")
             return

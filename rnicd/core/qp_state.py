@@ -91,6 +91,32 @@ for _s in (INIT, RTR, RTS, SQD, SQE, ERR):
     TRANSITIONS[(_s, ERR)] = _ALL_NONE     # any -> ERR (not from RESET, as in the kernel)
 del _s
 
+# XRC INI/TGT QPs (IBTA Annex A14), as the kernel's table has them: RC's requester
+# attributes for the INI QP, RC's responder attributes for the TGT QP.
+XINI, XTGT = T.IBV_QPT_XRC_SEND, T.IBV_QPT_XRC_RECV
+_XINI_TO_RTS = (M.IBV_QP_CUR_STATE, M.IBV_QP_ALT_PATH, M.IBV_QP_ACCESS_FLAGS,
+                M.IBV_QP_PATH_MIG_STATE)
+_XTGT_TO_RTS = _RC_TO_RTS
+_XRC = {
+    (RESET, INIT): {XINI: (_RCUC_INIT, ()), XTGT: (_RCUC_INIT, ())},
+    (INIT, INIT): {XINI: ((), _RCUC_INIT), XTGT: ((), _RCUC_INIT)},
+    (INIT, RTR): {XINI: (_UC_RTR, _RCUC_RTR_OPT), XTGT: (_RC_RTR, _RCUC_RTR_OPT)},
+    (RTR, RTS): {XINI: (_RC_RTS, _XINI_TO_RTS),
+                 XTGT: ((M.IBV_QP_TIMEOUT, M.IBV_QP_SQ_PSN), _XTGT_TO_RTS)},
+    (RTS, RTS): {XINI: ((), _XINI_TO_RTS), XTGT: ((), _XTGT_TO_RTS)},
+    (RTS, SQD): {XINI: ((), (M.IBV_QP_EN_SQD_ASYNC_NOTIFY,)),
+                 XTGT: ((), (M.IBV_QP_EN_SQD_ASYNC_NOTIFY,))},
+    (SQD, RTS): {XINI: ((), _XINI_TO_RTS), XTGT: ((), _XTGT_TO_RTS)},
+    (SQD, SQD): {XINI: ((), tuple(b for b in _RC_SQD if b not in (
+                     M.IBV_QP_MAX_DEST_RD_ATOMIC, M.IBV_QP_MIN_RNR_TIMER))),
+                 XTGT: ((), tuple(b for b in _RC_SQD if b not in (
+                     M.IBV_QP_RETRY_CNT, M.IBV_QP_RNR_RETRY, M.IBV_QP_MAX_QP_RD_ATOMIC)))},
+}
+for _key, _per in list(TRANSITIONS.items()):     # any -> RESET/ERR: every type, none needed
+    TRANSITIONS[_key] = {**_per, **_XRC.get(_key, {XINI: _NONE, XTGT: _NONE}
+                                            if _per is _ALL_NONE else {})}
+del _key, _per
+
 # ibv_qp_attr field carried by each mask bit.
 ATTR_FIELD: dict[M, str] = {
     M.IBV_QP_STATE: "qp_state", M.IBV_QP_CUR_STATE: "cur_qp_state",
@@ -215,9 +241,9 @@ def check_modify(qp_type: int, cur_state: int, attr_mask: int, attr: dict[str, A
 
     Raises VerbsError(EINVAL) with a message naming the libibverbs attributes involved.
     """
-    if qp_type not in (RC, UC, UD):
-        raise einval(f"modify_qp: QP type {qp_type} is not supported; "
-                     "rnicd has IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD")
+    if qp_type not in (RC, UC, UD, XINI, XTGT):
+        raise einval(f"modify_qp: QP type {qp_type} is not supported; rnicd has "
+                     "IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD, IBV_QPT_XRC_SEND, IBV_QPT_XRC_RECV")
     tname = T(qp_type).name.removeprefix("IBV_QPT_")
     cur = S(cur_state)
     if not _is_int(attr_mask) or attr_mask < 0:

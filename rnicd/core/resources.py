@@ -270,9 +270,32 @@ class RecvQueue:
         return wqe
 
 
+class XRCDomain:
+    """An XRC domain (IBTA Annex A14.2.1): the XRC SRQs and TGT QPs that may serve one
+    another. Device-wide: every context that opens the same file (inode `key`) shares it;
+    a private domain (fd -1) has key None. `opens` counts the contexts' handles on it."""
+
+    __slots__ = ("uid", "key", "opens")
+    _uids = itertools.count(1)
+
+    def __init__(self, key):
+        self.uid = next(XRCDomain._uids)
+        self.key = key
+        self.opens = 0
+
+
+@dataclass(eq=False)
+class XRCD:
+    """One context's handle on an XRC domain (ibv_open_xrcd)."""
+    handle: int
+    owner: object
+    domain: XRCDomain
+    refs: int = 0               # XRC SRQs and TGT QPs created through it
+
+
 class SRQ:
     def __init__(self, handle, owner, pd: PD, ring: native.RingView, max_wr: int, max_sge: int,
-                 limit: int):
+                 limit: int, xrcd: XRCD | None = None, cq: CQ | None = None, srq_num: int = 0):
         self.handle = handle
         self.owner = owner
         self.pd = pd
@@ -281,6 +304,11 @@ class SRQ:
         self.max_sge = max_sge
         self.limit = limit          # 0 = disarmed (IBTA 10.2.9.4: one-shot limit event)
         self.refs = 0
+        # XRC SRQ (Annex A14.2.2): its domain, the CQ its receives complete into, and the
+        # device-wide number a requester names in the XRCETH
+        self.xrcd = xrcd
+        self.cq = cq
+        self.srq_num = srq_num
 
     def take(self):
         wqe = self.rq.take()

@@ -94,6 +94,15 @@ class SharedMemory:
             except BufferError:
                 log.warning("a region is still referenced; it stays mapped until released")
 
+    def file_identity(self, fd: int):
+        """(st_dev, st_ino) of a file a client passed: what names an XRC domain (as the
+        kernel keys ibv_open_xrcd by inode)."""
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise VerbsError(errno.EBADF, f"open_xrcd: fstat of the fd failed: {exc}") from None
+        return st.st_dev, st.st_ino
+
     def object_counts(self) -> dict:
         c = {"contexts": len(self.sessions), "pds": 0, "mrs": 0, "cqs": 0, "qps": 0,
              "srqs": 0, "channels": 0}

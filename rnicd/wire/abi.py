@@ -10,6 +10,31 @@ class QPType(IntEnum):
     IBV_QPT_RC = 2
     IBV_QPT_UC = 3
     IBV_QPT_UD = 4
+    IBV_QPT_XRC_SEND = 9     # XRC INI (send) QP, IBTA Annex A14
+    IBV_QPT_XRC_RECV = 10    # XRC TGT (receive) QP
+
+
+class SRQType(IntEnum):
+    """enum ibv_srq_type (SrqInitAttrEx.srq_type)."""
+    IBV_SRQT_BASIC = 0
+    IBV_SRQT_XRC = 1
+    IBV_SRQT_TM = 2
+
+
+class SRQInitAttrMask(IntFlag):
+    """enum ibv_srq_init_attr_mask (SrqInitAttrEx.comp_mask)."""
+    IBV_SRQ_INIT_ATTR_TYPE = 1 << 0
+    IBV_SRQ_INIT_ATTR_PD = 1 << 1
+    IBV_SRQ_INIT_ATTR_XRCD = 1 << 2
+    IBV_SRQ_INIT_ATTR_CQ = 1 << 3
+    IBV_SRQ_INIT_ATTR_TM = 1 << 4
+
+
+class XRCDInitAttrMask(IntFlag):
+    """enum ibv_xrcd_init_attr_mask (XRCDInitAttr.comp_mask)."""
+    IBV_XRCD_INIT_ATTR_FD = 1 << 0
+    IBV_XRCD_INIT_ATTR_OFLAGS = 1 << 1
+    IBV_XRCD_INIT_ATTR_RESERVED = 1 << 2
 
 
 class QPState(IntEnum):
@@ -305,7 +330,7 @@ WC_OPCODE_OF_WR = {
 _ENUMS = (QPType, QPState, MTU, Access, WROpcode, SendFlags, WCStatus, WCOpcode, WCFlags,
           QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState, DeviceCapFlags,
           GIDType, GIDTypeSysfs, ForkStatus, CreateCQWCFlags, QPCreateSendOpsFlags,
-          QPInitAttrMask, MWType)
+          QPInitAttrMask, MWType, SRQType, SRQInitAttrMask, XRCDInitAttrMask)
 for _enum in _ENUMS:
     for _member in _enum:
         globals()[_member.name] = _member   # the member (an int), with .name/.value

@@ -1,8 +1,9 @@
 """BTH opcodes as a table: opcode -> headers present, position, kind (IBTA vol 1 9.2).
 
 The opcode byte is transport prefix (bits 7..5: RC 000, UC 001, RD 010, UD 011) plus a 5-bit
-operation (bits 4..0). RD and XRC are not implemented; CNP (0x81, Annex A17) is not in the
-table either, so parse() reports it as "unknown_opcode".
+operation (bits 4..0). XRC (prefix 101, IBTA Annex A14) has RC's operations, and every XRC
+request carries an XRCETH right after the BTH. RD is not implemented; CNP (0x81, Annex A17) is
+not in the table either, so parse() reports them as "unknown_opcode".
 """
 from dataclasses import dataclass
 from enum import Enum, IntEnum
@@ -16,12 +17,16 @@ class Transport(IntEnum):
     UC = 1
     RD = 2
     UD = 3
+    XRC = 5     # Annex A14.4.1: transport bits 101
+
 
 
 QPTYPE_TRANSPORT = {
     QPType.IBV_QPT_RC: Transport.RC,
     QPType.IBV_QPT_UC: Transport.UC,
     QPType.IBV_QPT_UD: Transport.UD,
+    QPType.IBV_QPT_XRC_SEND: Transport.XRC,
+    QPType.IBV_QPT_XRC_RECV: Transport.XRC,
 }
 
 
@@ -45,6 +50,7 @@ class Position(Enum):
 
 class Hdr(Enum):
     """Extended transport headers, in the order they follow the BTH (IBTA 9.2)."""
+    XRCETH = "xrceth"   # Annex A14.4.2: first after the BTH (never with a DETH)
     DETH = "deth"
     RETH = "reth"
     ATOMICETH = "atomiceth"
@@ -58,7 +64,7 @@ BTH_LEN = 12  # IBTA 9.3.1
 ICRC_LEN = 4  # IBTA 7.8.1, Annex A17
 # Extended header lengths in bytes (IBTA 9.3.3-9.3.9); roce.py checks its structs against these.
 HEADER_LEN = {
-    Hdr.DETH: 8, Hdr.RETH: 16, Hdr.ATOMICETH: 28, Hdr.AETH: 4,
+    Hdr.XRCETH: 4, Hdr.DETH: 8, Hdr.RETH: 16, Hdr.ATOMICETH: 28, Hdr.AETH: 4,
     Hdr.ATOMICACKETH: 8, Hdr.IMMDT: 4, Hdr.IETH: 4,
 }
 _WIRE_ORDER = tuple(Hdr)
@@ -102,6 +108,30 @@ class Opcode(IntEnum):
     UC_RDMA_WRITE_ONLY_WITH_IMMEDIATE = 0x2B
     UD_SEND_ONLY = 0x64
     UD_SEND_ONLY_WITH_IMMEDIATE = 0x65
+    # Annex A14.4.1: XRC has RC's operations under transport bits 101 (0xA0 | RC opcode)
+    XRC_SEND_FIRST = 0xA0
+    XRC_SEND_MIDDLE = 0xA1
+    XRC_SEND_LAST = 0xA2
+    XRC_SEND_LAST_WITH_IMMEDIATE = 0xA3
+    XRC_SEND_ONLY = 0xA4
+    XRC_SEND_ONLY_WITH_IMMEDIATE = 0xA5
+    XRC_RDMA_WRITE_FIRST = 0xA6
+    XRC_RDMA_WRITE_MIDDLE = 0xA7
+    XRC_RDMA_WRITE_LAST = 0xA8
+    XRC_RDMA_WRITE_LAST_WITH_IMMEDIATE = 0xA9
+    XRC_RDMA_WRITE_ONLY = 0xAA
+    XRC_RDMA_WRITE_ONLY_WITH_IMMEDIATE = 0xAB
+    XRC_RDMA_READ_REQUEST = 0xAC
+    XRC_RDMA_READ_RESPONSE_FIRST = 0xAD
+    XRC_RDMA_READ_RESPONSE_MIDDLE = 0xAE
+    XRC_RDMA_READ_RESPONSE_LAST = 0xAF
+    XRC_RDMA_READ_RESPONSE_ONLY = 0xB0
+    XRC_ACKNOWLEDGE = 0xB1
+    XRC_ATOMIC_ACKNOWLEDGE = 0xB2
+    XRC_COMPARE_SWAP = 0xB3
+    XRC_FETCH_ADD = 0xB4
+    XRC_SEND_LAST_WITH_INVALIDATE = 0xB6
+    XRC_SEND_ONLY_WITH_INVALIDATE = 0xB7
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +149,7 @@ class OpInfo:
     immdt: bool
     ieth: bool
     deth: bool
+    xrceth: bool
     is_first: bool      # FIRST or ONLY
     is_last: bool       # LAST or ONLY
     is_request: bool    # requester -> responder (SEND, WRITE, READ_REQ, ATOMIC)
@@ -161,12 +192,14 @@ def _info(op: Opcode) -> OpInfo:
     kind, pos, ext = _OPS[op & 0x1F]
     if transport is Transport.UD:
         ext = (Hdr.DETH,) + ext  # IBTA 9.3.3: every UD packet carries a DETH
+    if transport is Transport.XRC and kind in _REQUEST_KINDS:
+        ext = (Hdr.XRCETH,) + ext   # A14.4.2: every XRC request names the XRC SRQ
     ext = tuple(h for h in _WIRE_ORDER if h in ext)
     return OpInfo(
         opcode=op, name=op.name, transport=transport, kind=kind, position=pos, ext=ext,
         reth=Hdr.RETH in ext, aeth=Hdr.AETH in ext, atomiceth=Hdr.ATOMICETH in ext,
         atomicacketh=Hdr.ATOMICACKETH in ext, immdt=Hdr.IMMDT in ext, ieth=Hdr.IETH in ext,
-        deth=Hdr.DETH in ext,
+        deth=Hdr.DETH in ext, xrceth=Hdr.XRCETH in ext,
         is_first=pos in (Position.FIRST, Position.ONLY),
         is_last=pos in (Position.LAST, Position.ONLY),
         is_request=kind in _REQUEST_KINDS, has_payload=kind in _PAYLOAD_KINDS,
@@ -204,9 +237,9 @@ def write_opcode(position: Position, with_imm: bool = False,
     return _pick(f"{Transport(transport).name}_RDMA_WRITE_{position.name}{suffix}")
 
 
-def read_resp_opcode(position: Position) -> Opcode:
-    """Opcode for one packet of an RDMA READ response (IBTA 9.4.3, RC only)."""
-    return _pick(f"RC_RDMA_READ_RESPONSE_{position.name}")
+def read_resp_opcode(position: Position, transport: Transport = Transport.RC) -> Opcode:
+    """Opcode for one packet of an RDMA READ response (IBTA 9.4.3; RC and XRC)."""
+    return _pick(f"{Transport(transport).name}_RDMA_READ_RESPONSE_{position.name}")
 
 
 def position(k: int, count: int) -> Position:

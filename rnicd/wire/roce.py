@@ -29,6 +29,7 @@ ATOMICACKETH = struct.Struct("!Q")  # 9.3.7: Original Remote Data
 IMMDT = struct.Struct("!I")         # 9.3.8: Immediate Data (opaque 4 bytes)
 IETH = struct.Struct("!I")          # 9.3.9: R_Key to invalidate
 DETH = struct.Struct("!II")         # 9.3.3: Q_Key | Resv8 SrcQP(24)
+XRCETH = struct.Struct("!I")        # Annex A14.4.2.1: Resv8 | XRCSRQ(24)
 ICRC = struct.Struct("<I")          # IBTA 7.8.1, Annex A17 (see module docstring)
 
 _BTH_SE, _BTH_M, _BTH_PAD_SHIFT, _BTH_TVER = 0x80, 0x40, 4, 0x0F
@@ -168,6 +169,7 @@ class Packet:
     ieth_rkey: int | None = None
     deth_qkey: int | None = None
     deth_src_qp: int | None = None
+    xrc_srqn: int | None = None     # XRCETH: the responder's XRC SRQ (Annex A14)
     payload: bytes | memoryview = b""   # parse(): a view into the datagram, without pad
     bad_len: str | None = None      # parse(lenient=True): the length check that failed
 
@@ -252,7 +254,17 @@ def _put_deth(b, o, p):
     DETH.pack_into(b, o, _req(p, "deth_qkey", 32), _req(p, "deth_src_qp", 24))
 
 
+def _get_xrceth(b, o, p):
+    (w,) = XRCETH.unpack_from(b, o)
+    p.xrc_srqn = w & MASK24     # Resv8 ignored on receive
+
+
+def _put_xrceth(b, o, p):
+    XRCETH.pack_into(b, o, _req(p, "xrc_srqn", 24))
+
+
 _EXT = {
+    Hdr.XRCETH: (XRCETH, _get_xrceth, _put_xrceth),
     Hdr.RETH: (RETH, _get_reth, _put_reth),
     Hdr.AETH: (AETH, _get_aeth, _put_aeth),
     Hdr.ATOMICETH: (ATOMICETH, _get_atomic, _put_atomic),

@@ -14,6 +14,7 @@ from rnic.mr import MR, MW
 from rnic.pd import PD
 from rnic.pyverbs_error import PyverbsRDMAError
 from rnic.qp import QP, QPCap, QPEx, QPInitAttrEx
+from rnic.srq import SRQ, SrqInitAttrEx
 from rnic.wr import SGE, RecvWR
 from rnic.xrcd import XRCD, XRCDInitAttr
 
@@ -25,8 +26,8 @@ def test_query_device_ex_is_truthful(rnicd):
         assert ex.orig_attr.max_qp == attr.max_qp and ex.orig_attr.fw_version == attr.fw_ver
         flags = attr.device_cap_flags
         assert flags & e.IBV_DEVICE_RC_RNR_NAK_GEN and flags & e.IBV_DEVICE_PORT_ACTIVE_EVENT
-        assert not flags & (e.IBV_DEVICE_XRC | e.IBV_DEVICE_MEM_WINDOW
-                            | e.IBV_DEVICE_MANAGED_FLOW_STEERING)
+        assert flags & e.IBV_DEVICE_XRC                 # XRC domains, SRQs, INI/TGT QPs
+        assert not flags & (e.IBV_DEVICE_MEM_WINDOW | e.IBV_DEVICE_MANAGED_FLOW_STEERING)
         assert ex.device_cap_flags_ex == flags
         assert ex.odp_caps.general_caps == 0 and ex.max_dm_size == 0
         assert ex.tm_caps.max_num_tags == 0 and ex.rss_caps.supported_qpts == 0
@@ -163,11 +164,18 @@ def test_qpex_wr_api_and_cqex_poll(two_daemons):
         b.close()
 
 
+def _tm_srq(pd):
+    a = SrqInitAttrEx()
+    a.srq_type, a.pd = e.IBV_SRQT_TM, pd
+    return a
+
+
 def test_not_offered_answers_eopnotsupp(rnicd):
     d = rnicd("nx")
     with Context(socket=d.socket) as ctx, PD(ctx) as pd:
         cq = CQ(ctx, 8)
-        for make in (lambda: XRCD(ctx, XRCDInitAttr()), lambda: MW(pd, e.IBV_MW_TYPE_1),
+        for make in (lambda: XRCD(ctx, XRCDInitAttr(e.IBV_XRCD_INIT_ATTR_RESERVED, 0, -1)),
+                     lambda: SRQ(ctx, _tm_srq(pd)), lambda: MW(pd, e.IBV_MW_TYPE_1),
                      lambda: QP(pd, QPInitAttrEx(qp_type=8, scq=cq, rcq=cq)),
                      lambda: CQEX(ctx, CqInitAttrEx(
                          wc_flags=e.IBV_WC_EX_WITH_COMPLETION_TIMESTAMP)),

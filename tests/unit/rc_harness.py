@@ -44,6 +44,9 @@ class FakeShm:
     def unmap(self, mm):
         pass
 
+    def file_identity(self, fd):
+        return ("fake-file", fd)
+
 
 class Host:
     def __init__(self, ip, seed=1):
@@ -81,13 +84,15 @@ class Host:
 
     def post_send(self, qp, wr_id, opcode, sges=(), *, flags=abi.IBV_SEND_SIGNALED, imm=0,
                   rkey=0, raddr=0, compare_add=0, swap=0, inline=None, ring=True, ah=0,
-                  remote_qpn=0, remote_qkey=0):
+                  remote_qpn=0, remote_qkey=0, remote_srqn=None):
         ring_v = qp.sq_ring
         prod = ring_v.load_prod()
         w = ring_v.send_wqe(prod)
         w.wr_id, w.opcode, w.send_flags, w.imm_data = wr_id, opcode, flags, imm
         w.rkey, w.remote_addr, w.compare_add, w.swap = rkey, raddr, compare_add, swap
         w.ah, w.remote_qpn, w.remote_qkey = ah, remote_qpn, remote_qkey
+        if remote_srqn is not None:         # XRC: shares remote_qpn's place (rnic_abi.h)
+            w.remote_srqn = remote_srqn
         if inline is not None:
             w.send_flags |= abi.IBV_SEND_INLINE
             w.inline_len = len(inline)

@@ -34,6 +34,7 @@ EXT_VALUES = {
     Hdr.IMMDT: dict(imm=0x80A0B0C0),
     Hdr.IETH: dict(ieth_rkey=0xA5A5A5A5),
     Hdr.DETH: dict(deth_qkey=0x80010002, deth_src_qp=0xABCDEF),
+    Hdr.XRCETH: dict(xrc_srqn=0xFEDCBA),
 }
 ALL_OPS = sorted(OPCODES)
 
@@ -72,8 +73,9 @@ def test_opcode_numbers_match_ibta():
         assert Opcode["RC_" + name] == value
         if value <= 0x0B:
             assert Opcode["UC_" + name] == 0x20 | value
+        assert Opcode["XRC_" + name] == 0xA0 | value   # Annex A14.4.1: RC's, prefix 101
     assert Opcode.UD_SEND_ONLY == 0x64 and Opcode.UD_SEND_ONLY_WITH_IMMEDIATE == 0x65
-    assert len(OPCODES) == len(expect) + 12 + 2
+    assert len(OPCODES) == len(expect) + 12 + 2 + len(expect)
     for op, info in OPCODES.items():
         assert info.opcode == op and info.name == Opcode(op).name
         assert info.transport == Transport(op >> 5)
@@ -87,6 +89,17 @@ def test_opcode_numbers_match_ibta():
     (Opcode.RC_RDMA_WRITE_FIRST, (Hdr.RETH,), 16),
     (Opcode.RC_RDMA_WRITE_MIDDLE, (), 0),
     (Opcode.RC_RDMA_WRITE_ONLY_WITH_IMMEDIATE, (Hdr.RETH, Hdr.IMMDT), 20),
+    # Annex A14.4.2: the XRCETH follows the BTH on every XRC request, on no response
+    (Opcode.XRC_SEND_MIDDLE, (Hdr.XRCETH,), 4),
+    (Opcode.XRC_SEND_ONLY_WITH_IMMEDIATE, (Hdr.XRCETH, Hdr.IMMDT), 8),
+    (Opcode.XRC_RDMA_WRITE_ONLY_WITH_IMMEDIATE, (Hdr.XRCETH, Hdr.RETH, Hdr.IMMDT), 24),
+    (Opcode.XRC_RDMA_WRITE_MIDDLE, (Hdr.XRCETH,), 4),
+    (Opcode.XRC_RDMA_READ_REQUEST, (Hdr.XRCETH, Hdr.RETH), 20),
+    (Opcode.XRC_COMPARE_SWAP, (Hdr.XRCETH, Hdr.ATOMICETH), 32),
+    (Opcode.XRC_SEND_ONLY_WITH_INVALIDATE, (Hdr.XRCETH, Hdr.IETH), 8),
+    (Opcode.XRC_RDMA_READ_RESPONSE_FIRST, (Hdr.AETH,), 4),
+    (Opcode.XRC_ACKNOWLEDGE, (Hdr.AETH,), 4),
+    (Opcode.XRC_ATOMIC_ACKNOWLEDGE, (Hdr.AETH, Hdr.ATOMICACKETH), 12),
     (Opcode.RC_RDMA_READ_REQUEST, (Hdr.RETH,), 16),
     (Opcode.RC_RDMA_READ_RESPONSE_FIRST, (Hdr.AETH,), 4),
     (Opcode.RC_RDMA_READ_RESPONSE_MIDDLE, (), 0),
@@ -127,6 +140,9 @@ def test_opcode_pickers():
     assert write_opcode(P.LAST, with_imm=True) == 0x09
     assert write_opcode(P.ONLY, with_imm=True, transport=Transport.UC) == 0x2B
     assert [read_resp_opcode(p) for p in P] == [0x0D, 0x0E, 0x0F, 0x10]
+    assert [read_resp_opcode(p, Transport.XRC) for p in P] == [0xAD, 0xAE, 0xAF, 0xB0]
+    assert send_opcode(P.LAST, with_imm=True, transport=Transport.XRC) == 0xA3
+    assert write_opcode(P.FIRST, transport=Transport.XRC) == 0xA6
     for bad in (lambda: send_opcode(P.FIRST, with_imm=True),
                 lambda: send_opcode(P.ONLY, with_imm=True, with_inv=True),
                 lambda: send_opcode(P.ONLY, with_inv=True, transport=Transport.UC),
@@ -372,7 +388,9 @@ def independent_ext(info, data: bytes) -> dict:
         return v
 
     for h in info.ext:
-        if h is Hdr.DETH:
+        if h is Hdr.XRCETH:                 # Annex A14.4.2.1: Resv8 | XRCSRQ(24)
+            out["xrc_srqn"] = take(4) & 0xFFFFFF
+        elif h is Hdr.DETH:
             out["deth_qkey"] = take(4)
             out["deth_src_qp"] = take(4) & 0xFFFFFF
         elif h is Hdr.RETH:
@@ -473,3 +491,20 @@ def test_ipv4_mapped_gid_means_ipv4():
         roce.icrc(data[:-4], SRC, b"\x20\x01" + bytes(14), SPORT)
     with pytest.raises(ValueError):
         roce.icrc(data[:-4], "1.2.3", DST, SPORT)
+
+
+def test_xrceth_layout():
+    """Annex A14.4.2.1: XRCETH = Resv8 | XRCSRQ(24), right after the BTH, before the RETH."""
+    pkt = sample(Opcode.XRC_RDMA_WRITE_FIRST, xrc_srqn=0x00ABCD)
+    data = bytearray(roce.build(pkt, **FLOW))
+    assert data[12:16] == bytes.fromhex("0000abcd")
+    assert data[16:24] == pkt.reth_va.to_bytes(8, "big")
+    data[12] = 0xFF                          # reserved bits: ignored on receive
+    got = roce.parse(bytes(data), check_icrc=False)
+    assert got.xrc_srqn == 0x00ABCD and got.reth_rkey == pkt.reth_rkey
+    with pytest.raises(ValueError, match="xrc_srqn"):
+        roce.build(sample(Opcode.XRC_SEND_ONLY, xrc_srqn=1 << 24), **FLOW)
+    with pytest.raises(ValueError, match="xrc_srqn"):
+        roce.build(sample(Opcode.XRC_SEND_ONLY, xrc_srqn=None), **FLOW)
+    # responses carry none (A14.4.2): an XRC ACK is BTH + AETH, as RC's
+    assert roce.wire_len(Opcode.XRC_ACKNOWLEDGE, 0) == roce.wire_len(Opcode.RC_ACKNOWLEDGE, 0)

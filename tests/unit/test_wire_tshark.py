@@ -3,7 +3,7 @@ import struct
 import subprocess
 
 from rnicd.wire import roce
-from rnicd.wire.opcodes import OPCODES, Hdr
+from rnicd.wire.opcodes import OPCODES, Hdr, Transport
 
 SRC, DST, SPORT = bytes([192, 0, 2, 1]), bytes([198, 51, 100, 7]), 49152
 FLOW = dict(src_ip=SRC, dst_ip=DST, sport=SPORT)
@@ -18,6 +18,7 @@ EXT = {
     Hdr.IMMDT: dict(imm=0x80A0B0C0),
     Hdr.IETH: dict(ieth_rkey=0xA5A5A5A5),
     Hdr.DETH: dict(deth_qkey=0x80010002, deth_src_qp=0xABCDEF),
+    Hdr.XRCETH: dict(xrc_srqn=0xC0FFEE),
 }
 FIELDS = (
     "infiniband.bth.opcode", "infiniband.bth.destqp", "infiniband.bth.psn",
@@ -28,6 +29,7 @@ FIELDS = (
     "infiniband.atomicacketh.origremdt",
     "infiniband.deth.q_key", "infiniband.deth.srcqp",
     "infiniband.immdt", "infiniband.ieth", "infiniband.invariant.crc", "data.data",
+    "infiniband.vendor",
 )
 
 
@@ -90,6 +92,15 @@ def test_tshark_dissects_our_packets(tshark, tmp_path):
         assert num(row, "infiniband.bth.se") == int(pkt.se)
         assert num(row, "infiniband.bth.padcnt") == -len(pkt.payload) % 4
         assert num(row, "infiniband.bth.p_key") == pkt.pkey
+        if info.transport == Transport.XRC:
+            # Wireshark 4.0 names the XRC opcodes (Annex A14: 0xA0 | RC's) but shows what
+            # follows the BTH as undissected bytes (some of it): they are the packet's, and
+            # start with the XRCETH (Resv8 | XRCSRQ) on every request.
+            rest = bytes.fromhex(row[FIELDS.index("infiniband.vendor")])
+            assert data[roce.BTH.size:].startswith(rest), info.name
+            if info.xrceth:
+                assert rest[:4] == pkt.xrc_srqn.to_bytes(4, "big"), info.name
+            continue
         if info.reth:
             assert num(row, "infiniband.reth.va") == pkt.reth_va
             assert num(row, "infiniband.reth.r_key") == pkt.reth_rkey

@@ -26,6 +26,7 @@ OPS_BY_QP_TYPE = {
     QPType.IBV_QPT_RC: _SENDS | _RDMA | _ATOMICS,
     QPType.IBV_QPT_UC: _SENDS | _WRITES,
     QPType.IBV_QPT_UD: _SENDS,
+    QPType.IBV_QPT_XRC_SEND: _SENDS | _RDMA | _ATOMICS,    # RC's (IBTA Annex A14)
 }
 _FLAGS_OK = int(SendFlags.IBV_SEND_FENCE | SendFlags.IBV_SEND_SIGNALED
                 | SendFlags.IBV_SEND_SOLICITED | SendFlags.IBV_SEND_INLINE)
@@ -133,6 +134,9 @@ def _prepare_send(qp, wr) -> tuple:
         ah = uint(getattr(wr.ah, "handle", wr.ah), 32, f"{what}: ah")
         rqpn = uint(wr.remote_qpn, 24, f"{what}: remote_qpn")
         rqkey = uint(wr.remote_qkey, 32, f"{what}: remote_qkey")
+    if qp.qp_type == QPType.IBV_QPT_XRC_SEND:    # the XRCETH's SRQ (rnic_abi.h remote_srqn)
+        rqpn = uint(getattr(wr, "remote_srqn", 0), 24, f"{what}: remote_srqn (XRC SRQ number, "
+                    "set_qp_type_xrc)")
     sges = list(getattr(wr, "sg", ()))
     if flags & SendFlags.IBV_SEND_INLINE:
         if op not in _INLINE_OK:

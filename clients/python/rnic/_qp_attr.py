@@ -69,9 +69,10 @@ class QPInitAttr:
 
 
 class QPInitAttrEx(QPInitAttr):
-    """struct ibv_qp_init_attr_ex (pyverbs' argument order). rnicd offers none of xrcd,
-    create_flags, max_tso_header, source_qpn, hash_conf and ind_table: creating a QP with
-    them answers EOPNOTSUPP. ``send_ops_flags`` (IBV_QP_EX_WITH_*) is for QPEx."""
+    """struct ibv_qp_init_attr_ex (pyverbs' argument order); xrcd for an XRC TGT QP. rnicd
+    offers none of create_flags, max_tso_header, source_qpn, hash_conf and ind_table:
+    creating a QP with them answers EOPNOTSUPP. ``send_ops_flags`` (IBV_QP_EX_WITH_*) is
+    for QPEx."""
 
     def __init__(self, qp_type=QPType.IBV_QPT_UD, qp_context=None, scq=None, rcq=None,
                  srq=None, cap=None, sq_sig_all=0, comp_mask=0, pd=None, xrcd=None,
@@ -90,7 +91,7 @@ class QPInitAttrEx(QPInitAttr):
 
     def unoffered(self) -> str | None:
         """The first requested feature rnicd does not offer, or None."""
-        for name in ("xrcd", "hash_conf", "ind_table"):
+        for name in ("hash_conf", "ind_table"):
             if getattr(self, name) is not None:
                 return name
         for name in ("create_flags", "max_tso_header", "source_qpn"):

@@ -22,8 +22,8 @@ __all__ = ["QP", "QPAttr", "QPCap", "QPEx", "QPInitAttr", "QPInitAttrEx"]
 
 M, S, T = QPAttrMask, QPState, QPType
 # enum ibv_qp_type values of QP types rnicd does not offer (EOPNOTSUPP, not EINVAL).
-QPT_NOT_OFFERED = {8: "raw packet (IBV_QPT_RAW_PACKET)", 9: "XRC (IBV_QPT_XRC_SEND)",
-                   10: "XRC (IBV_QPT_XRC_RECV)", 0xFF: "driver (IBV_QPT_DRIVER)"}
+QPT_NOT_OFFERED = {8: "raw packet (IBV_QPT_RAW_PACKET)", 0xFF: "driver (IBV_QPT_DRIVER)"}
+XRC_INI, XRC_TGT = T.IBV_QPT_XRC_SEND, T.IBV_QPT_XRC_RECV
 
 # The masks pyverbs' QP.to_init / to_rtr / to_rts pass for each QP type (IBV_QP_STATE added).
 TRANSITION_MASKS = {
@@ -43,6 +43,18 @@ TRANSITION_MASKS = {
         "INIT": M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_QKEY,
         "RTR": M(0),
         "RTS": M.IBV_QP_SQ_PSN,
+    },
+    XRC_TGT: {
+        "INIT": M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS,
+        "RTR": M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_DEST_QPN | M.IBV_QP_RQ_PSN
+        | M.IBV_QP_MAX_DEST_RD_ATOMIC | M.IBV_QP_MIN_RNR_TIMER,
+        "RTS": M.IBV_QP_TIMEOUT | M.IBV_QP_SQ_PSN,
+    },
+    XRC_INI: {
+        "INIT": M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS,
+        "RTR": M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_DEST_QPN | M.IBV_QP_RQ_PSN,
+        "RTS": M.IBV_QP_TIMEOUT | M.IBV_QP_RETRY_CNT | M.IBV_QP_RNR_RETRY | M.IBV_QP_SQ_PSN
+        | M.IBV_QP_MAX_QP_RD_ATOMIC,
     },
 }
 
@@ -72,15 +84,28 @@ class QP(RnicCM):
 
     def __init__(self, pd, init_attr: QPInitAttr, qp_attr: QPAttr = None):
         """``QP(pd, QPInitAttr)``, or as pyverbs also allows ``QP(ctx, QPInitAttrEx)`` with
-        the PD in the extended attributes."""
+        the PD in the extended attributes. XRC (Annex A14): an IBV_QPT_XRC_SEND (INI) QP
+        needs pd and scq and has no receive side; an IBV_QPT_XRC_RECV (TGT) QP needs only
+        QPInitAttrEx.xrcd and has no queue at all (its requests name an XRC SRQ)."""
         if not isinstance(init_attr, QPInitAttr):
             raise einval("QP(pd, init_attr): init_attr must be a QPInitAttr(Ex)")
+        xrcd = None
         if isinstance(init_attr, QPInitAttrEx):
             if init_attr.pd is not None:
                 pd = init_attr.pd
             what = init_attr.unoffered()
             if what is not None:
                 raise not_offered(f"QPInitAttrEx.{what}")
+            if init_attr.qp_type == XRC_TGT:
+                xrcd = init_attr.xrcd
+                if xrcd is None:
+                    raise einval("Failed to create QP: an XRC TGT QP (IBV_QPT_XRC_RECV) needs "
+                                 "QPInitAttrEx.xrcd")
+                xrcd._check_open()
+                return self._create_tgt(xrcd, init_attr, qp_attr)
+        if init_attr.qp_type == XRC_TGT:
+            raise einval("Failed to create QP: an XRC TGT QP is created on a context with "
+                         "QPInitAttrEx(xrcd=...)")
         if not hasattr(pd, "ctx") or pd.ctx is pd:
             raise einval("QP: a PD is needed (as the creator or in QPInitAttrEx.pd)")
         pd._check_open()
@@ -93,6 +118,11 @@ class QP(RnicCM):
             raise einval(f"QP type {init_attr.qp_type!r} is not supported; rnicd has "
                          "IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD") from None
         scq, rcq, srq = init_attr.send_cq, init_attr.recv_cq, init_attr.srq
+        if qp_type == XRC_INI:          # no receive side (A14.2.3): rcq and srq are unused
+            if srq is not None:
+                raise einval("Failed to create QP: an XRC INI QP (IBV_QPT_XRC_SEND) has no "
+                             "receive queue; it takes no SRQ")
+            rcq = None
         for obj in (scq, rcq, srq):
             if obj is not None:
                 obj._check_open()
@@ -101,11 +131,20 @@ class QP(RnicCM):
                 "send_cq": None if scq is None else scq.handle,
                 "recv_cq": None if rcq is None else rcq.handle,
                 "srq": None if srq is None else srq.handle}
-        r, fds = ctx._call("create_qp", args, nfds=1 if srq is not None else 2)
+        r, fds = ctx._call("create_qp", args,
+                           nfds=1 if srq is not None or qp_type == XRC_INI else 2)
         self._attach(pd, r, fds, qp_type, init_attr.qp_context, init_attr.sq_sig_all,
                      (scq, rcq, srq), init_attr.cap, "create_qp")
         if qp_attr is not None:
             (self.to_rts if qp_type == T.IBV_QPT_UD else self.to_init)(qp_attr)
+
+    def _create_tgt(self, xrcd, init_attr, qp_attr):
+        ctx = xrcd.ctx
+        r, fds = ctx._call("create_qp", {"qp_type": int(XRC_TGT), "xrcd": xrcd.handle})
+        self._attach(ctx, r, fds, XRC_TGT, init_attr.qp_context, 0, (None, None, None),
+                     init_attr.cap, "create_qp", xrcd=xrcd)
+        if qp_attr is not None:
+            self.to_init(qp_attr)
 
     @classmethod
     def _open(cls, pd, handle: int, scq, rcq):
@@ -118,8 +157,12 @@ class QP(RnicCM):
         self._state = S.IBV_QPS_RTS
         return self
 
-    def _attach(self, pd, r, fds, qp_type, qp_context, sq_sig_all, cqs, cap, verb):
+    def _attach(self, pd, r, fds, qp_type, qp_context, sq_sig_all, cqs, cap, verb,
+                xrcd=None):
+        """pd: the QP's PD, or (XRC TGT QP) its context."""
         ctx = pd.ctx
+        if xrcd is not None:
+            pd = None
         scq, rcq, srq = cqs
         self._sq = self._rq = None
         try:
@@ -131,10 +174,11 @@ class QP(RnicCM):
         try:
             self.qp_num = need_int(r, "qp_num", verb)
             self.cap = QPCap.from_dict(r.get("cap"), default=cap)
-            sq_fd = fds.pop(0)
-            self._sq = Ring(sq_fd, r.get("sq_size"), RingKind.SQ, f"{verb} (SQ)")
-            self._sq.limit = self.cap.max_send_wr or self._sq.num_entries
-            if srq is None:
+            if qp_type != XRC_TGT:          # a TGT QP has no queue (A14.2.3)
+                sq_fd = fds.pop(0)
+                self._sq = Ring(sq_fd, r.get("sq_size"), RingKind.SQ, f"{verb} (SQ)")
+                self._sq.limit = self.cap.max_send_wr or self._sq.num_entries
+            if srq is None and qp_type not in (XRC_INI, XRC_TGT):
                 self._rq = Ring(fds.pop(0), r.get("rq_size"), RingKind.RQ, f"{verb} (RQ)")
                 self._rq.limit = self.cap.max_recv_wr or self._rq.num_entries
         except BaseException:
@@ -150,8 +194,9 @@ class QP(RnicCM):
         self.sq_sig_all = sq_sig_all
         self._state = S.IBV_QPS_RESET
         self.context, self.pd, self.scq, self.rcq, self.srq = ctx, pd, scq, rcq, srq
+        self.xrcd = xrcd
         self._init_cm(ctx)
-        for parent in (ctx, pd, scq, rcq, srq):
+        for parent in (ctx, pd, scq, rcq, srq, xrcd):
             if parent is not None:
                 parent.add_ref(self)
         ctx._register("qp", self.handle, self)
@@ -231,6 +276,12 @@ class QP(RnicCM):
         """Post a SendWR (and its ``next_wr`` chain), or a list of them. One doorbell."""
         self._check_open()
         wrs = wr_chain(wr)
+        if self._sq is None:
+            exc = einval(f"post_send: QP {self.qp_num} is an XRC TGT QP: it has no send "
+                         "queue (send on an XRC INI QP, IBV_QPT_XRC_SEND)")
+            exc.bad_wr = wrs[0] if wrs else None
+            _copy_wr(bad_wr, exc.bad_wr)
+            raise exc
         if self._state not in POST_SEND_STATES and not self._sq.error():
             exc = einval(f"post_send: QP {self.qp_num} is in {_state_name(self._state)}; "
                          "move it to RTS first (e.g. qp.to_rts(attr))")
@@ -248,6 +299,9 @@ class QP(RnicCM):
         self._check_open()
         wrs = wr_chain(wr)
         try:
+            if self._rq is None and self.qp_type in (XRC_INI, XRC_TGT):
+                raise einval(f"post_recv: QP {self.qp_num} is an XRC QP: it has no receive "
+                             "queue; post to the XRC SRQ the sender names (srq.post_recv)")
             if self._rq is None:
                 raise einval(f"post_recv: QP {self.qp_num} receives through an SRQ; post "
                              "to the SRQ (srq.post_recv)")
@@ -407,7 +461,8 @@ class QPEx(QP):
         self._cur().set_wr_ud(ah, remote_qpn, remote_qkey)
 
     def wr_set_xrc_srqn(self, remote_srqn) -> None:
-        self._not_offered("wr_set_xrc_srqn (XRC)")
+        """The XRC SRQ of the responder that serves this WR (ibv_wr_set_xrc_srqn)."""
+        self._cur().set_qp_type_xrc(remote_srqn)
 
     def wr_abort(self) -> None:
         self._wrs, self._err = None, None

@@ -1,8 +1,9 @@
-"""Shared receive queues: ``SRQ(pd, SrqInitAttr(SrqAttr(...)))``, as pyverbs.srq."""
+"""Shared receive queues: ``SRQ(pd, SrqInitAttr(SrqAttr(...)))``, as pyverbs.srq, and XRC
+SRQs: ``SRQ(ctx, SrqInitAttrEx)`` with srq_type IBV_SRQT_XRC, pd, xrcd and cq (Annex A14)."""
 import errno
 import os
 
-from rnicd.wire.abi import SRQAttrMask
+from rnicd.wire.abi import SRQAttrMask, SRQType
 from rnicd.wire.rings import RingKind
 
 from . import _post
@@ -41,8 +42,8 @@ class SrqInitAttr:
 
 class SrqInitAttrEx(SrqInitAttr):
     """struct ibv_srq_init_attr_ex: ``SrqInitAttrEx(max_wr, max_sge, srq_limit)`` plus
-    comp_mask, srq_type, pd, xrcd, cq, max_num_tags, max_ops. Only the basic SRQ type is
-    offered (XRC and tag-matching SRQs answer EOPNOTSUPP)."""
+    comp_mask, srq_type, pd, xrcd, cq, max_num_tags, max_ops. Basic and XRC SRQs are offered
+    (an XRC SRQ needs pd, xrcd and cq); tag-matching SRQs answer EOPNOTSUPP."""
 
     def __init__(self, max_wr=100, max_sge=1, srq_limit=0):
         super().__init__(SrqAttr(max_wr, max_sge, srq_limit))
@@ -65,11 +66,24 @@ class SRQ(RnicCM):
     _handle_key = "srq"
 
     def __init__(self, pd, srq_init_attr: SrqInitAttr = None):
+        xrcd = cq = None
         if isinstance(srq_init_attr, SrqInitAttrEx):
-            if srq_init_attr.srq_type != 0 or srq_init_attr.xrcd is not None:
-                raise not_offered("XRC and tag-matching SRQs")
+            if srq_init_attr.srq_type == SRQType.IBV_SRQT_TM:
+                raise not_offered("tag-matching SRQs (IBV_SRQT_TM)")
+            if srq_init_attr.srq_type == SRQType.IBV_SRQT_XRC:
+                xrcd, cq = srq_init_attr.xrcd, srq_init_attr.cq
+                if xrcd is None or cq is None or srq_init_attr.pd is None:
+                    raise einval("Failed to create SRQ: an XRC SRQ (IBV_SRQT_XRC) needs pd, "
+                                 "xrcd and cq in SrqInitAttrEx")
+                xrcd._check_open()
+                cq._check_open()
+            elif srq_init_attr.srq_type != SRQType.IBV_SRQT_BASIC:
+                raise einval(f"Failed to create SRQ: srq_type {srq_init_attr.srq_type!r} is "
+                             "no enum ibv_srq_type")
             if srq_init_attr.pd is not None:
                 pd = srq_init_attr.pd
+        if not hasattr(pd, "ctx") or pd.ctx is pd:
+            raise einval("SRQ: a PD is needed (as the creator or in SrqInitAttrEx.pd)")
         pd._check_open()
         if srq_init_attr is None:
             srq_init_attr = SrqInitAttr()
@@ -77,9 +91,11 @@ class SRQ(RnicCM):
             srq_init_attr = SrqInitAttr(srq_init_attr)
         a = srq_init_attr.attr
         ctx = pd.ctx
-        r, fds = ctx._call("create_srq", {"pd": pd.handle, "max_wr": a.max_wr,
-                                          "max_sge": a.max_sge, "srq_limit": a.srq_limit},
-                           nfds=1)
+        args = {"pd": pd.handle, "max_wr": a.max_wr, "max_sge": a.max_sge,
+                "srq_limit": a.srq_limit}
+        if xrcd is not None:
+            args.update(srq_type=int(SRQType.IBV_SRQT_XRC), xrcd=xrcd.handle, cq=cq.handle)
+        r, fds = ctx._call("create_srq", args, nfds=1)
         self._ring = None
         try:
             self.handle = need_int(r, "srq", "create_srq")
@@ -95,9 +111,12 @@ class SRQ(RnicCM):
             ctx._destroy("destroy_srq", {"srq": self.handle})
             raise
         self.srq_limit = a.srq_limit
-        self.context, self.pd = ctx, pd
+        self.srq_num = r.get("srq_num") if xrcd is not None else None
+        self.context, self.pd, self.xrcd, self.cq = ctx, pd, xrcd, cq
         self._init_cm(ctx)
-        pd.add_ref(self)
+        for parent in (pd, xrcd, cq):
+            if parent is not None:
+                parent.add_ref(self)
         ctx._register("srq", self.handle, self)
 
     def post_recv(self, wr, bad_wr=None) -> None:
@@ -109,6 +128,15 @@ class SRQ(RnicCM):
         except RnicError as exc:
             _copy_wr(bad_wr, getattr(exc, "bad_wr", None))
             raise
+
+    def get_srq_num(self) -> int:
+        """ibv_get_srq_num: the number an XRC requester names in its WRs (remote_srqn);
+        only XRC SRQs have one (a basic SRQ: EOPNOTSUPP, as libibverbs answers)."""
+        self._check_open()
+        if self.srq_num is None:
+            raise RnicError(errno.EOPNOTSUPP, "Failed to retrieve SRQ number: only an XRC SRQ "
+                            "(IBV_SRQT_XRC) has one")
+        return self.srq_num
 
     def modify(self, attr: SrqAttr, attr_mask: int) -> None:
         """ibv_modify_srq: IBV_SRQ_LIMIT re-arms the limit event. IBV_SRQ_MAX_WR (resize)

@@ -88,6 +88,7 @@ class SendWR(_SGListMixin):
         self.ah = None
         self.remote_qpn = 0
         self.remote_qkey = 0
+        self.remote_srqn = 0
 
 
     def set_wr_rdma(self, rkey, addr) -> None:
@@ -107,6 +108,11 @@ class SendWR(_SGListMixin):
         self.ah = ah
         self.remote_qpn = rqpn
         self.remote_qkey = rqkey
+
+    def set_qp_type_xrc(self, remote_srqn) -> None:
+        """XRC: the responder's XRC SRQ that serves this WR (qp_type.xrc.remote_srqn, sent
+        in the XRCETH, IBTA Annex A14); see SRQ.get_srq_num()."""
+        self.remote_srqn = remote_srqn
 
     def __repr__(self) -> str:
         try:

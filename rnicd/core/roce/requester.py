@@ -20,6 +20,7 @@ from rnicd.wire.roce import Packet, psn_add, psn_diff
 ffi, lib = native.ffi, native.lib
 WINDOW, MIN_WINDOW = lib.RNIC_DP_WINDOW, lib.RNIC_DP_MIN_WINDOW
 READ_CHUNK = 64       # response packets per READ request
+XRC_OPBASE = op.Transport.XRC << 5    # Annex A14.4.1: XRC opcodes are 0xA0 | RC's
 
 W = WROpcode
 ATOMICS = {W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD}
@@ -79,7 +80,8 @@ class Requester:
         self._pruned = 0
         self._hdr = ffi.new("struct rnic_send_wqe *")     # the header rnic_dp_swqe_load copied
         dp.swqes, dp.swqe_mask, dp.sq = self._swqes, self._mask, ring.hdr
-        dp.scq, dp.sq_sig_all = qp.send_cq.dp, int(bool(qp.sq_sig_all))
+        dp.scq = qp.send_cq.dp if qp.send_cq is not None else ffi.NULL   # XRC TGT: none
+        dp.sq_sig_all = int(bool(qp.sq_sig_all))
         dp.sq_entries = ffi.cast("uint8_t *", ring.hdr) + ring.hdr_size
         dp.sq_entry_size, dp.sq_pieces = ring.entry_size, self._pieces
         dp.max_send_sge, dp.sq_piece_stride = qp.cap.max_send_sge, self._sge
@@ -232,6 +234,8 @@ class Requester:
             p.atomic_swap_add = w.swap if cas else w.compare_add
             p.atomic_compare = w.compare_add
             nxt = psn_add(psn, 1)
+        if self.dp.xrc:     # Annex A14.4: the same request under XRC's opcode, with XRCETH
+            p.opcode, p.xrc_srqn = p.opcode | XRC_OPBASE, w.d.xrc_srqn
         qp.emit(p)
         if psn_diff(psn, self.high_psn) < 0:
             self.dp.retransmitted_pkts += 1

@@ -136,7 +136,13 @@ class Responder:
             return self._invalid(pkt, now, f"{info.name} without a FIRST")
         if msg is not None and (info.kind != msg or info.is_first):
             return self._invalid(pkt, now, f"{info.name} inside a {msg.value} message")
+        if not self._target(pkt, info, now):             # XRC: the XRCETH's SRQ (A14)
+            return
         HANDLERS[info.kind](self, pkt, info, now)       # 3.. resources, length, key
+
+    def _target(self, pkt, info, now) -> bool:
+        """Where the request is served: an RC QP serves it itself (XRC overrides this)."""
+        return True
 
     # ---- per-kind handlers -----------------------------------------------------------------
     def _send(self, pkt, info, now):
@@ -252,7 +258,7 @@ class Responder:
             return self._access_error(pkt, now)
         off = pkt.atomic_va - mr.iova
         nat = qp.device.native
-        if pkt.opcode == op.Opcode.RC_COMPARE_SWAP:
+        if pkt.opcode & 0x1F == op.Opcode.RC_COMPARE_SWAP:     # RC's or XRC's
             orig = nat.atomic_cas64(mr.buf, off, pkt.atomic_compare, pkt.atomic_swap_add)
         else:
             orig = nat.atomic_faa64(mr.buf, off, pkt.atomic_swap_add)
@@ -322,7 +328,8 @@ class Responder:
             dev.reading.add(self.qp)
 
     def _atomic_ack(self, psn, orig):
-        p = roce.Packet(opcode=op.Opcode.RC_ATOMIC_ACKNOWLEDGE,
+        p = roce.Packet(opcode=op.Opcode.RC_ATOMIC_ACKNOWLEDGE | (op.Transport.XRC << 5
+                                                                  if self.dp.xrc else 0),
                         dest_qp=self.qp.attr["dest_qp_num"], psn=psn,
                         aeth_syndrome=roce.aeth_ack(), aeth_msn=self.msn, atomic_orig=orig)
         self.qp.emit(p)
