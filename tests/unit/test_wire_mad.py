@@ -169,7 +169,7 @@ def test_other_messages_offsets_by_hand():
 
 def test_private_data_sizes_and_padding():
     sizes = {CmReq: 92, CmRep: 196, CmRtu: 224, CmRej: 148, CmMra: 222, CmDreq: 220,
-             CmDrep: 224}
+             CmDrep: 224, CmSidrReq: 216, CmSidrRep: 136}
     assert {cls: mad.private_data_len(cls) for cls in MSG_CLASSES} == sizes
     msg = dataclasses.replace(distinctive(CmRep), private_data=b"\x01\x02\x03")
     back = mad.unpack(mad.pack(msg, 1))[1]
