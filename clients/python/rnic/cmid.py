@@ -705,7 +705,8 @@ class CMID:
                              E.RDMA_CM_EVENT_CONNECT_RESPONSE, E.RDMA_CM_EVENT_ADDR_ERROR)
         if ev.event_type in (E.RDMA_CM_EVENT_ESTABLISHED, E.RDMA_CM_EVENT_CONNECT_RESPONSE):
             self.private_data = ev.private_data
-            self.ud_param = ev.ud_param
+            if ev.ud_param is not None:
+                self.ud_param = UDParam(ev)     # a UD id: what SIDR resolved
             return ev
         code = {E.RDMA_CM_EVENT_REJECTED: errno.ECONNREFUSED,
                 E.RDMA_CM_EVENT_UNREACHABLE: errno.ETIMEDOUT}.get(ev.event_type,
