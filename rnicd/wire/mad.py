@@ -9,11 +9,11 @@ for bad bytes is MalformedMAD, whose `reason` is a short token usable as a count
 (see MALFORMED_REASONS).
 
 Every message field is one table entry `Field(name, byte, bit, width)`: `byte` is the offset in
-the CM message data (IBTA tables 106-113, 119-120 number bytes from the end of the MAD header), `bit` the
-first bit counted from the most significant bit of that byte (IBTA bit numbering), `width` in
-bits. Fields are big-endian and may span bytes. Byte-string fields (GIDs, ARI, private data) are
-byte-aligned; private data and ARI shorter than their field are zero-padded on pack, and unpack
-returns the whole field.
+the CM message data (IBTA tables 106-113 and 119-120 number bytes from the end of the MAD
+header), `bit` the first bit counted from the most significant bit of that byte (IBTA bit
+numbering), `width` in bits. Fields are big-endian and may span bytes. Byte-string fields
+(GIDs, ARI, private data) are byte-aligned; private data and ARI shorter than their field are
+zero-padded on pack, and unpack returns the whole field.
 """
 import struct
 from dataclasses import dataclass, fields

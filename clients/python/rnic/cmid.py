@@ -278,7 +278,8 @@ class OffloadTemplate:
 # ---- events -------------------------------------------------------------------------------
 class CMEventChannel:
     """rdma_event_channel: where a context's CM events arrive. ``CMEventChannel(context=None,
-    socket=None)`` opens a Context on the daemon unless one is given."""
+    socket=None)`` opens a Context on the daemon unless one is given. Its ids share one PD
+    unless given another (librdmacm's per-device PD), closed with the channel."""
 
     def __init__(self, context: Context | None = None, socket=None):
         self._own_ctx = context is None
@@ -286,6 +287,12 @@ class CMEventChannel:
         self._ids: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._stash = collections.deque()   # events read while waiting for another id
         self._closed = False
+        self._pd: PD | None = None
+
+    def _default_pd(self) -> PD:
+        if self._pd is None or self._pd.closed:
+            self._pd = PD(self.context)
+        return self._pd
 
     def _post_local(self, raw: dict) -> None:
         """An event this library produces itself (address and route resolution)."""
@@ -328,6 +335,8 @@ class CMEventChannel:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._pd is not None and not self._own_ctx and not self.context.closed:
+                self._pd.close()                # with our own context it goes anyway
             if self._own_ctx:
                 self.context.close()
 
@@ -407,7 +416,7 @@ class CMID:
         self.handle = None
         self.qp: QP | None = None
         self._qp_handle = None           # offloaded: the daemon's QP, opened on first use
-        self._own = []                   # objects this id created (CQs, PD), closed with it
+        self._own = []                   # objects this id created (CQs), closed with it
         self.pd = pd
         self.local_ip = self.remote_ip = None
         self.local_port = self.remote_port = 0
@@ -441,11 +450,8 @@ class CMID:
             self._sync = listen_id._sync
             self.event_channel = listen_id.event_channel
             self.port_space = listen_id.port_space
-            # share a PD the caller gave the listener; one the listener made is closed with
-            # it, so the new id gets its own (its QP and MRs must outlive the listener)
-            self.pd = None if listen_id.pd in listen_id._own else listen_id.pd
+            self.pd = listen_id.pd                    # as pyverbs: the listener's PD
             self._adopt(creator.raw.get("id"))
-            self._ensure_pd()
             self.local_ip, self.local_port = listen_id.local_ip, listen_id.local_port
             self.remote_ip, self.remote_port = creator.remote_ip, creator.remote_port
             self.private_data = creator.private_data
@@ -531,8 +537,7 @@ class CMID:
     # ---- resources -----------------------------------------------------------------------
     def _ensure_pd(self) -> None:
         if self.pd is None:
-            self.pd = PD(self.context)
-            self._own.append(self.pd)
+            self.pd = self.event_channel._default_pd()
 
     def create_qp(self, qp_init_attr: QPInitAttr) -> QP:
         """rdma_create_qp: a QP on this id's PD, of the port space's type (RC for TCP and
@@ -708,9 +713,12 @@ class CMID:
             if ev.ud_param is not None:
                 self.ud_param = UDParam(ev)     # a UD id: what SIDR resolved
             return ev
-        code = {E.RDMA_CM_EVENT_REJECTED: errno.ECONNREFUSED,
-                E.RDMA_CM_EVENT_UNREACHABLE: errno.ETIMEDOUT}.get(ev.event_type,
-                                                                  errno.ECONNABORTED)
+        if ev.status < 0:                      # -errno (timeouts, a bad Q_Key)
+            code = -ev.status
+        else:                                  # a REJ reason or SIDR status: refused
+            code = {E.RDMA_CM_EVENT_REJECTED: errno.ECONNREFUSED,
+                    E.RDMA_CM_EVENT_UNREACHABLE: errno.ECONNREFUSED}.get(ev.event_type,
+                                                                         errno.ECONNABORTED)
         exc = RnicError(code, f"{verb}: {ev.event_type.name} (status {ev.status})")
         exc.event = ev
         raise exc

@@ -260,6 +260,8 @@ class CMAgent(SidrMixin):
             self._send_rej(cid, mad.RejReason.CONSUMER_DEFINED, now)
             self._close(cid)
         cid.owner = None                            # no events any more
+        if cid.qp is not None and cid.qp.cm_id is cid:
+            cid.qp.cm_id = None                     # the QP may serve another id
         cid.qp = None                               # the owner's QPs go with it
         if cid.state in (St.IDLE, St.LISTEN, St.CLOSED):
             self._close(cid)
