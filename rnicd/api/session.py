@@ -21,13 +21,14 @@ from rnicd.core.roce.qp import RCQP, QPCap
 from rnicd.core.roce.xrc import XRCQP
 from rnicd.core.ud import UDQP, AddressHandle
 from rnicd.errors import VerbsError, einval, enoent
-from rnicd.wire import ctl, mad, roce
+from rnicd.wire import cma, ctl, mad, roce
 from rnicd.wire.abi import (
     IBV_GID_TYPE_ROCE_V2,
     IBV_LINK_LAYER_ETHERNET,
     RC_ACCESS,
     Access,
     PortState,
+    QPState,
     QPType,
     SRQType,
 )
@@ -80,7 +81,10 @@ def arg_conn_param(args: dict) -> dict:
             "initiator_depth": arg_int(p, "initiator_depth", 0, 255, 1),
             "flow_control": arg_int(p, "flow_control", 0, 1, 0),
             "retry_count": arg_int(p, "retry_count", 0, 7, 5),
-            "rnr_retry_count": arg_int(p, "rnr_retry_count", 0, 7, 5)}
+            "rnr_retry_count": arg_int(p, "rnr_retry_count", 0, 7, 5),
+            # an external QP (the id has none): its number, and whether it uses an SRQ
+            "qp_num": arg_int(p, "qp_num", 0, 0xFFFFFF, 0),
+            "srq": arg_int(p, "srq", 0, 1, 0)}
 
 
 def pow2_at_least(n: int) -> int:
@@ -562,7 +566,15 @@ class Session:
 
     # ---- connection management (rdma_cm; core/cm/agent.py) ---------------------------------
     def m_cm_create_id(self, args, fds, now):
-        cid = CMId(self, self._handle())
+        ps = arg_int(args, "ps", 0, 0xFFFF, cma.RDMA_PS_TCP)
+        if ps not in cma.PORT_SPACES:
+            raise einval(f"cm_create_id: port space {ps:#x} is none of rdma_cm's "
+                         f"({', '.join(cma.PORT_SPACES.values())})")
+        if ps == cma.RDMA_PS_IPOIB:
+            raise VerbsError(errno.EPROTONOSUPPORT, "cm_create_id: RDMA_PS_IPOIB takes its "
+                             "Q_Key from an IPoIB broadcast group (an IB SA); RoCE has none: "
+                             "use RDMA_PS_UDP")
+        cid = CMId(self, self._handle(), ps)
         self.cm_ids[cid.handle] = cid
         return {"id": cid.handle}, []
 
@@ -582,9 +594,13 @@ class Session:
         port = self.device.cm.listen(cid, port, backlog, offload)
         return {"port": port, "ip": self.device.ip}, []
 
+    def _cm_qp(self, args):
+        """The id's QP, or None for a connection of an external QP (conn_param.qp_num)."""
+        return None if args.get("qp") is None else self._get(self.qps, args, "qp", "QP")
+
     def m_cm_connect(self, args, fds, now):
         cid = self._get(self.cm_ids, args, "id", "CM id")
-        qp = self._get(self.qps, args, "qp", "QP")
+        qp = self._cm_qp(args)
         self.device.cm.connect(cid, qp, arg_ipv4(args, "dst_ip"), arg_int(args, "port", 1, 0xFFFF),
                                arg_conn_param(args), arg_bytes(args, "private_data", 1 << 10),
                                now)
@@ -592,7 +608,7 @@ class Session:
 
     def m_cm_accept(self, args, fds, now):
         cid = self._get(self.cm_ids, args, "id", "CM id")
-        qp = self._get(self.qps, args, "qp", "QP")
+        qp = self._cm_qp(args)
         self.device.cm.accept(cid, qp, arg_conn_param(args),
                               arg_bytes(args, "private_data", 1 << 10), now)
         return {}, []
@@ -607,6 +623,23 @@ class Session:
         self.device.cm.disconnect(cid, now, arg_bytes(args, "private_data",
                                                       mad.private_data_len(mad.CmDreq)))
         return {}, []
+
+    def m_cm_establish(self, args, fds, now):
+        self.device.cm.establish(self._get(self.cm_ids, args, "id", "CM id"), now)
+        return {}, []
+
+    def m_cm_set_option(self, args, fds, now):
+        cid = self._get(self.cm_ids, args, "id", "CM id")
+        self.device.cm.set_option(cid, arg_int(args, "level", 0, 0xFFFF),
+                                  arg_int(args, "name", 0, 0xFFFF),
+                                  arg_int(args, "value", -(1 << 31), (1 << 31) - 1))
+        return {}, []
+
+    def m_cm_init_qp_attr(self, args, fds, now):
+        cid = self._get(self.cm_ids, args, "id", "CM id")
+        state = arg_int(args, "qp_state", 0, 6)
+        mask, attr = self.device.cm.init_qp_attr(cid, QPState(state))
+        return {"attr_mask": int(mask), "attr": attr}, []
 
     def m_open_qp(self, args, fds, now):
         """The rings of a QP the daemon created for an offloaded connection."""

@@ -9,11 +9,11 @@ for bad bytes is MalformedMAD, whose `reason` is a short token usable as a count
 (see MALFORMED_REASONS).
 
 Every message field is one table entry `Field(name, byte, bit, width)`: `byte` is the offset in
-the CM message data (IBTA tables 106-113 number bytes from the end of the MAD header), `bit` the
-first bit counted from the most significant bit of that byte (IBTA bit numbering), `width` in
-bits. Fields are big-endian and may span bytes. Byte-string fields (GIDs, ARI, private data) are
-byte-aligned; private data and ARI shorter than their field are zero-padded on pack, and unpack
-returns the whole field.
+the CM message data (IBTA tables 106-113 and 119-120 number bytes from the end of the MAD
+header), `bit` the first bit counted from the most significant bit of that byte (IBTA bit
+numbering), `width` in bits. Fields are big-endian and may span bytes. Byte-string fields
+(GIDs, ARI, private data) are byte-aligned; private data and ARI shorter than their field are
+zero-padded on pack, and unpack returns the whole field.
 """
 import struct
 from dataclasses import dataclass, fields
@@ -60,6 +60,16 @@ class MsgRef(IntEnum):
     REQ = 0
     REP = 1
     OTHER = 2   # REJ: "other"; MRA: LAP
+
+
+class SidrStatus(IntEnum):
+    """SIDR_REP Status (IBTA 12.6 table 120, 12.11.2)."""
+    VALID_QPN = 0               # the QPN and Q_Key are valid
+    SID_NOT_SUPPORTED = 1       # no service listens on the ServiceID
+    REJECTED = 2                # the service provider rejected the request
+    NO_QP = 3                   # the service has no QP to offer
+    REDIRECT = 4                # ClassPortInfo in the additional information
+    UNSUPPORTED_VERSION = 5     # CM class version not supported
 
 
 class RejReason(IntEnum):
@@ -115,7 +125,7 @@ class MalformedMAD(Exception):
 
 MALFORMED_REASONS = ("short", "long", "bad_base_version", "bad_class", "bad_class_version",
                      "bad_method", "unknown_attribute", "unsupported_attribute",
-                     "bad_reject_info_length")
+                     "bad_reject_info_length", "bad_additional_info_length")
 
 
 # ---- bit fields ----------------------------------------------------------------------------
@@ -161,7 +171,7 @@ def _b(name: str, byte: int, nbytes: int, kind: str = PADDED) -> Field:
     return Field(name, byte, 0, nbytes * 8, kind)
 
 
-# ---- the messages (IBTA 12.6.5-12.6.11); defaults are what rnicd sends over RoCE -----------
+# ---- the messages (IBTA 12.6.5-12.6.11; SIDR: 12.6 tables 119-120); defaults as sent on RoCE ---
 _GID0 = bytes(16)
 
 
@@ -267,6 +277,28 @@ class CmDrep:
     private_data: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class CmSidrReq:
+    """SIDR_REQ, IBTA 12.6 table 119 (Service ID Resolution Request, 12.11)."""
+    request_id: int
+    service_id: int
+    partition_key: int = 0xFFFF
+    private_data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class CmSidrRep:
+    """SIDR_REP, IBTA 12.6 table 120 (Service ID Resolution Response, 12.11)."""
+    request_id: int
+    status: int
+    service_id: int
+    qpn: int = 0
+    qkey: int = 0
+    additional_info_length: int = 0
+    additional_info: bytes = b""      # ClassPortInfo for status REDIRECT
+    private_data: bytes = b""
+
+
 _COMM_IDS = (Field("local_comm_id", 0, 0, 32), Field("remote_comm_id", 4, 0, 32))
 
 # Field tables: offsets as in the IBTA message-content tables.
@@ -336,9 +368,26 @@ LAYOUTS: dict[type, tuple[AttrID, tuple[Field, ...]]] = {
         _b("private_data", 12, 220),
     )),
     CmDrep: (AttrID.DREP, _COMM_IDS + (_b("private_data", 8, 224),)),
+    CmSidrReq: (AttrID.SIDR_REQ, (
+        Field("request_id", 0, 0, 32),
+        Field("partition_key", 4, 0, 16),
+        Field("service_id", 8, 0, 64),
+        _b("private_data", 16, 216),
+    )),
+    CmSidrRep: (AttrID.SIDR_REP, (
+        Field("request_id", 0, 0, 32),
+        Field("status", 4, 0, 8),
+        Field("additional_info_length", 5, 0, 8),
+        Field("qpn", 8, 0, 24),
+        Field("service_id", 12, 0, 64),
+        Field("qkey", 20, 0, 32),
+        _b("additional_info", 24, 72),
+        _b("private_data", 96, 136),
+    )),
 }
 MESSAGES: dict[int, type] = {attr: cls for cls, (attr, _f) in LAYOUTS.items()}
 ARI_LEN = 72   # IBTA 12.6.7: Additional Rejection Information, bytes
+SIDR_INFO_LEN = 72   # IBTA 12.6 table 120: SIDR_REP Additional Information, bytes
 
 
 def _check_layouts() -> None:
@@ -393,6 +442,9 @@ def pack(msg, transaction_id: int, *, attribute_modifier: int = 0) -> bytes:
         buf[off:off + len(v)] = v
     if isinstance(msg, CmRej) and msg.reject_info_length > ARI_LEN:
         raise ValueError(f"reject_info_length {msg.reject_info_length} > {ARI_LEN}")
+    if isinstance(msg, CmSidrRep) and msg.additional_info_length > SIDR_INFO_LEN:
+        raise ValueError(f"additional_info_length {msg.additional_info_length} > "
+                         f"{SIDR_INFO_LEN}")
     return bytes(buf)
 
 
@@ -438,4 +490,6 @@ def unpack(data):
             values[f.name] = bytes(untrusted[off:off + f.nbytes])
     if cls is CmRej and values["reject_info_length"] > ARI_LEN:
         raise MalformedMAD("bad_reject_info_length")
+    if cls is CmSidrRep and values["additional_info_length"] > SIDR_INFO_LEN:
+        raise MalformedMAD("bad_additional_info_length")
     return hdr, cls(**values)

@@ -116,7 +116,7 @@ class Host:
             c = ring_v.cqe(ring_v.load_cons())
             out.append(dict(wr_id=c.wr_id, status=abi.WCStatus(c.status), opcode=c.opcode,
                             byte_len=c.byte_len, imm_data=c.imm_data, qp_num=c.qp_num,
-                            wc_flags=c.wc_flags))
+                            src_qp=c.src_qp, wc_flags=c.wc_flags))
             ring_v.store_cons(ring_v.load_cons() + 1)
         return out
 

@@ -6,7 +6,7 @@ from rc_harness import Host, run
 
 from rnicd.core.cm import agent
 from rnicd.errors import VerbsError
-from rnicd.wire import abi, mad
+from rnicd.wire import abi, cma, mad
 from rnicd.wire.cma import CMEventType as E
 
 
@@ -242,3 +242,212 @@ def test_verbs_check_their_state():
                dst_ip="10.0.0.2", port=5000, conn_param={}, private_data=bytes(57))
     with pytest.raises(VerbsError):
         b.call("cm_listen", id=b.call("cm_create_id")["id"], port=5000)   # port in use
+
+
+# ---- SIDR: UD service resolution (IBTA 12.11), rdma_cm's RDMA_PS_UDP --------------------
+def ud_qp(h: Host, cid: int):
+    """A UD QP moved as librdmacm's ucma_init_ud_qp does: rdma_init_qp_attr for each state."""
+    qp = h.qp(h.cq(), qp_type=abi.IBV_QPT_UD)
+    for state in (abi.IBV_QPS_INIT, abi.IBV_QPS_RTR, abi.IBV_QPS_RTS):
+        r = h.call("cm_init_qp_attr", id=cid, qp_state=int(state))
+        qp.modify(r["attr_mask"], r["attr"], h.now)
+    return qp
+
+
+def sidr_setup(port=7471):
+    a, b = Host("10.0.0.1", seed=1), Host("10.0.0.2", seed=2)
+    lid = b.call("cm_create_id", ps=cma.RDMA_PS_UDP)["id"]
+    b.call("cm_listen", id=lid, port=port)
+    cid = a.call("cm_create_id", ps=cma.RDMA_PS_UDP)["id"]
+    return a, b, lid, cid, ud_qp(a, cid)
+
+
+def test_sidr_resolves_qpn_and_qkey_and_ud_sends_flow_both_ways():
+    a, b, lid, cid, qa = sidr_setup()
+    assert qa.state == abi.IBV_QPS_RTS and qa.attr["qkey"] == cma.RDMA_UDP_QKEY
+    a.call("cm_connect", id=cid, qp=qa.handle, dst_ip="10.0.0.2", port=7471,
+           conn_param={}, private_data=b"udaddy")
+    net = Net()
+    run(a, b, net, until=0.1)
+    req, = cm_events(b)
+    assert E(req["cm_event"]) == E.RDMA_CM_EVENT_CONNECT_REQUEST and req["listen_id"] == lid
+    assert req["private_data"].startswith(b"udaddy") and len(req["private_data"]) == 180
+    qb = ud_qp(b, req["id"])
+    b.call("cm_accept", id=req["id"], qp=qb.handle, conn_param={}, private_data=b"hi")
+    run(a, b, net)
+    assert net.log == ["SIDRREQ", "SIDRREP"]
+    assert cm_events(b) == []                         # no ESTABLISHED on the passive side
+    est, = cm_events(a)
+    assert E(est["cm_event"]) == E.RDMA_CM_EVENT_ESTABLISHED
+    assert est["private_data"][:2] == b"hi" and len(est["private_data"]) == 136
+    ud = est["ud_param"]
+    assert ud["qp_num"] == qb.qp_num and ud["qkey"] == cma.RDMA_UDP_QKEY
+    assert ud["ah_attr"]["grh"]["dgid"] == b.dev.gid and ud["ah_attr"]["is_global"] == 1
+    # UD SENDs with what the event gave: the AH, the remote QPN and Q_Key; and back
+    ma, mb = a.mr(4096), b.mr(4096)
+    ma.buf[:64] = b"c" * 64
+    ah = a.call("create_ah", pd=a.pd, ah_attr=ud["ah_attr"])["ah"]
+    b.post_recv(qb, 1, [mb.sge(0, 2048)])
+    a.post_send(qa, 2, abi.IBV_WR_SEND, [ma.sge(0, 64)], ah=ah, remote_qpn=ud["qp_num"],
+                remote_qkey=ud["qkey"])
+    run(a, b, net)
+    wb, = b.poll(qb.recv_cq)
+    assert wb["status"] == abi.IBV_WC_SUCCESS and wb["src_qp"] == qa.qp_num
+    assert mb.buf[40:104] == b"c" * 64
+    ah_b = b.call("create_ah", pd=b.pd, ah_attr=dict(
+        port_num=1, is_global=1, grh=dict(dgid=a.dev.gid, sgid_index=0)))["ah"]
+    a.post_recv(qa, 3, [ma.sge(1024, 2048)])
+    mb.buf[:16] = b"s" * 16
+    b.post_send(qb, 4, abi.IBV_WR_SEND, [mb.sge(0, 16)], ah=ah_b, remote_qpn=wb["src_qp"],
+                remote_qkey=cma.RDMA_UDP_QKEY)
+    run(a, b, net)
+    assert [w["status"] for w in a.poll(qa.recv_cq)] == [abi.IBV_WC_SUCCESS, abi.IBV_WC_SUCCESS]
+    assert ma.buf[1024 + 40:1024 + 56] == b"s" * 16
+    assert a.dev.counters["cm_sidr_resolved"] == b.dev.counters["cm_sidr_accepted"] == 1
+
+
+def test_sidr_to_an_unknown_service_and_a_rejecting_one():
+    a, b, lid, cid, qa = sidr_setup()
+    a.call("cm_connect", id=cid, qp=qa.handle, dst_ip="10.0.0.2", port=9, conn_param={})
+    net = Net()
+    run(a, b, net)
+    ev, = cm_events(a)             # rdma_cm: UNREACHABLE, status = the SIDR_REP status
+    assert E(ev["cm_event"]) == E.RDMA_CM_EVENT_UNREACHABLE
+    assert ev["status"] == mad.SidrStatus.SID_NOT_SUPPORTED
+    assert b.dev.counters["cm_tx_sidr_sid_not_supported"] == 1
+    # the TCP port space is another service: a SIDR_REQ never finds an RC listener
+    tcp = b.call("cm_create_id")["id"]
+    b.call("cm_listen", id=tcp, port=9)
+    cid2 = a.call("cm_create_id", ps=cma.RDMA_PS_UDP)["id"]
+    a.call("cm_connect", id=cid2, qp=None, dst_ip="10.0.0.2", port=9, conn_param={})
+    run(a, b, net)
+    assert cm_events(a)[0]["status"] == mad.SidrStatus.SID_NOT_SUPPORTED
+    # a consumer reject: status 2 and its private data
+    cid3 = a.call("cm_create_id", ps=cma.RDMA_PS_UDP)["id"]
+    a.call("cm_connect", id=cid3, qp=None, dst_ip="10.0.0.2", port=7471, conn_param={})
+    run(a, b, net, until=a.now + 0.1)
+    req, = cm_events(b)
+    b.call("cm_reject", id=req["id"], private_data=b"go away")
+    run(a, b, net)
+    ev, = cm_events(a)
+    assert E(ev["cm_event"]) == E.RDMA_CM_EVENT_UNREACHABLE
+    assert ev["status"] == mad.SidrStatus.REJECTED and ev["private_data"][:7] == b"go away"
+    assert a.dev.counters["cm_rx_sidr_status_rejected"] == 1
+
+
+def test_sidr_lost_messages_and_duplicates():
+    a, b, lid, cid, qa = sidr_setup()
+    a.call("cm_connect", id=cid, qp=qa.handle, dst_ip="10.0.0.2", port=7471, conn_param={})
+    net = Net(drop={mad.CmSidrReq: {1}, mad.CmSidrRep: {1}})
+    resend = agent.cm_timeout(agent.CM_RESPONSE_TIMEOUT)
+    run(a, b, net, until=1.5 * resend)             # the first SIDR_REQ was lost: resent
+    req, = cm_events(b)
+    qb = ud_qp(b, req["id"])
+    b.call("cm_accept", id=req["id"], qp=qb.handle, conn_param={})
+    run(a, b, net)                                 # the SIDR_REP is lost: the next REQ
+    assert net.log == ["SIDRREQ", "SIDRREQ", "SIDRREP", "SIDRREQ", "SIDRREP"]
+    assert b.dev.counters["cm_rx_dup_sidr_req"] == 1   # answered from the kept SIDR_REP
+    est, = cm_events(a)
+    assert est["ud_param"]["qp_num"] == qb.qp_num
+    # a SIDR_REP that answers nothing (stale, or forged) is dropped and counted
+    stale = mad.pack(mad.CmSidrRep(request_id=0x1234, status=0, service_id=0, qpn=5), 1)
+    b.dev.cm._emit("10.0.0.1", stale)
+    run(a, b, net)
+    assert a.dev.counters["cm_rx_drop_stale"] == 1 and cm_events(a) == []
+    assert not b.dev.cm.by_remote                   # the duplicate window closed
+
+
+def test_sidr_unanswered_is_unreachable_and_a_wrong_qkey_is_an_addr_error():
+    a = Host("10.0.0.1")
+    cid = a.call("cm_create_id", ps=cma.RDMA_PS_UDP)["id"]
+    a.call("cm_connect", id=cid, dst_ip="10.0.0.9", port=1, conn_param={})
+    sent = 0
+    while (t := a.dev.next_deadline()) is not None:
+        sent += len(a.dev.take_tx())
+        a.now = t
+        a.dev.on_timer(t)
+    sent += len(a.dev.take_tx())
+    assert sent == 1 + agent.MAX_CM_RETRIES          # SIDR_REQ and resends; no REJ
+    ev, = cm_events(a)
+    assert E(ev["cm_event"]) == E.RDMA_CM_EVENT_UNREACHABLE and ev["status"] == -110
+    # a SIDR_REP with another Q_Key than RDMA_UDP_QKEY (rdma_cm's cma_set_qkey: EINVAL)
+    a2, b2, lid, cid2, qa2 = sidr_setup()
+    a2.call("cm_connect", id=cid2, qp=qa2.handle, dst_ip="10.0.0.2", port=7471,
+            conn_param={})
+    run(a2, b2, Net(), until=0.1)
+    req, = cm_events(b2)
+    b2.dev.cm.by_remote[("10.0.0.1", b2.s.cm_ids[req["id"]].remote_comm_id)].qkey = 0x5555
+    b2.call("cm_accept", id=req["id"], qp=ud_qp(b2, req["id"]).handle, conn_param={})
+    run(a2, b2, Net())
+    ev, = cm_events(a2)
+    assert E(ev["cm_event"]) == E.RDMA_CM_EVENT_ADDR_ERROR and ev["status"] == -22
+
+
+def test_sidr_verbs_check_their_arguments():
+    a, b, lid, cid, qa = sidr_setup()
+    rc = a.qp(a.cq())
+    with pytest.raises(VerbsError, match="UD QP"):
+        a.call("cm_connect", id=cid, qp=rc.handle, dst_ip="10.0.0.2", port=7471,
+               conn_param={})
+    with pytest.raises(VerbsError, match="180"):
+        a.call("cm_connect", id=cid, qp=qa.handle, dst_ip="10.0.0.2", port=7471,
+               conn_param={}, private_data=bytes(181))
+    with pytest.raises(VerbsError, match="EPROTONOSUPPORT|IPoIB"):
+        a.call("cm_create_id", ps=cma.RDMA_PS_IPOIB)
+    a.call("cm_connect", id=cid, qp=qa.handle, dst_ip="10.0.0.2", port=7471, conn_param={})
+    run(a, b, Net(), until=0.1)
+    req, = cm_events(b)
+    with pytest.raises(VerbsError, match="qp_num"):
+        b.call("cm_accept", id=req["id"], conn_param={})         # no QP, no qp_num
+    with pytest.raises(VerbsError, match="136"):
+        b.call("cm_accept", id=req["id"], qp=ud_qp(b, req["id"]).handle, conn_param={},
+               private_data=bytes(137))
+    b.call("cm_accept", id=req["id"], conn_param={"qp_num": 0x77})   # an external UD QP
+    run(a, b, Net())
+    assert cm_events(a)[0]["ud_param"]["qp_num"] == 0x77
+    with pytest.raises(VerbsError, match="no connection"):
+        a.call("cm_disconnect", id=cid)
+
+
+# ---- external QPs (conn_param.qp_num), init_qp_attr, establish, set_option -------------
+def test_external_qps_connect_through_init_qp_attr_and_establish():
+    a, b = Host("10.0.0.1", seed=1), Host("10.0.0.2", seed=2)
+    lid = b.call("cm_create_id")["id"]
+    b.call("cm_listen", id=lid, port=5000)
+    qa, qb = a.qp(a.cq()), b.qp(b.cq())
+    cid = a.call("cm_create_id")["id"]
+    a.call("cm_set_option", id=cid, level=cma.RDMA_OPTION_ID,
+           name=cma.RDMA_OPTION_ID_ACK_TIMEOUT, value=21)
+    a.call("cm_connect", id=cid, dst_ip="10.0.0.2", port=5000,
+           conn_param={"qp_num": qa.qp_num})
+    net = Net()
+    run(a, b, net, until=0.1)
+    req, = cm_events(b)
+    assert req["remote_qpn"] == qa.qp_num
+
+    def move(h, q, id_):
+        for state in (abi.IBV_QPS_INIT, abi.IBV_QPS_RTR, abi.IBV_QPS_RTS):
+            r = h.call("cm_init_qp_attr", id=id_, qp_state=int(state))
+            q.modify(r["attr_mask"], r["attr"], h.now)
+    move(b, qb, req["id"])
+    b.call("cm_accept", id=req["id"], conn_param={"qp_num": qb.qp_num})
+    run(a, b, net, until=a.now + 0.1)
+    resp, = cm_events(a)              # no QP on the id: the consumer completes it
+    assert E(resp["cm_event"]) == E.RDMA_CM_EVENT_CONNECT_RESPONSE
+    assert net.log == ["REQ", "REP"]
+    move(a, qa, cid)
+    a.call("cm_establish", id=cid)
+    run(a, b, net)
+    assert net.log == ["REQ", "REP", "RTU"]
+    assert kinds(cm_events(b)) == [E.RDMA_CM_EVENT_ESTABLISHED]
+    assert qa.state == qb.state == abi.IBV_QPS_RTS
+    assert qa.attr["dest_qp_num"] == qb.qp_num and qb.attr["dest_qp_num"] == qa.qp_num
+    assert qa.requester.next_psn == qb.responder.epsn
+    assert qb.requester.next_psn == qa.responder.epsn
+    assert qa.attr["timeout"] == 21 and qb.attr["timeout"] == agent.LOCAL_ACK_TIMEOUT
+    with pytest.raises(VerbsError, match="establish"):
+        a.call("cm_establish", id=cid)
+    with pytest.raises(VerbsError, match="ENOSYS"):
+        a.call("cm_set_option", id=cid, level=0, name=99, value=1)
+    with pytest.raises(VerbsError, match="RTR"):
+        a.call("cm_init_qp_attr", id=a.call("cm_create_id")["id"], qp_state=abi.IBV_QPS_RTR)

@@ -202,8 +202,53 @@ class AHAttr:
                 f"dlid={self.dlid}, gr={self.gr!r})")
 
 
+GRH_LEN = 40
+WC_GRH = 1      # IBV_WC_GRH
+
+
+def _grh_bytes(ctx, grh) -> bytes:
+    """The 40 GRH bytes a receive placed in front of a UD payload: given as bytes, or (as
+    pyverbs takes it) as an address, which must lie inside a memory region of this context
+    (rnic reads it through the MR's own mapping, never through a raw pointer)."""
+    if isinstance(grh, (bytes, bytearray, memoryview)):
+        raw = bytes(grh)
+        if len(raw) < GRH_LEN:
+            raise einval(f"AH: a GRH is {GRH_LEN} bytes, got {len(raw)}")
+        return raw[:GRH_LEN]
+    if isinstance(grh, bool) or not isinstance(grh, int):
+        raise einval(f"AH: grh must be an address or bytes, got {type(grh).__name__}")
+    for mr in list(ctx._mrs.values()):
+        if mr.mmap is not None and mr.buf <= grh and grh + GRH_LEN <= mr.buf + mr.length:
+            return bytes(mr.mmap[grh - mr.buf:grh - mr.buf + GRH_LEN])
+    raise einval(f"AH: grh address {grh:#x} is not inside a memory region of this context")
+
+
+def ah_attr_from_wc(ctx, wc, grh, port_num: int = 1) -> AHAttr:
+    """ibv_init_ah_from_wc for RoCEv2: the sender's address from the received GRH (for
+    IPv4, A17.4.5.2: the IPv4 header in its last 20 bytes; otherwise the IBA GRH), so the
+    reply goes back where the datagram came from."""
+    if not int(getattr(wc, "wc_flags", 0)) & WC_GRH:
+        raise einval("AH from a WC: the completion has no GRH (IBV_WC_GRH clear); RoCE "
+                     "addresses by GID")
+    raw = _grh_bytes(ctx, grh)
+    if raw[20] >> 4 == 4:                       # IPv4 header: source at bytes 12..16
+        dgid = "::ffff:" + str(ipaddress.IPv4Address(raw[20 + 12:20 + 16]))
+        tclass, flow = raw[20 + 1], 0
+    elif raw[0] >> 4 == 6:                      # IBA GRH / IPv6: SGID at bytes 8..24
+        dgid = raw[8:24]
+        vtf = int.from_bytes(raw[0:4], "big")
+        tclass, flow = (vtf >> 20) & 0xFF, vtf & 0xFFFFF
+    else:
+        raise einval("AH from a WC: the GRH is neither an IPv4 nor an IPv6/IBA header")
+    gr = GlobalRoute(dgid=dgid, flow_label=flow, sgid_index=0, hop_limit=0xFF,
+                     traffic_class=tclass)
+    return AHAttr(dlid=getattr(wc, "slid", 0), sl=getattr(wc, "sl", 0),
+                  src_path_bits=getattr(wc, "dlid_path_bits", 0), port_num=port_num, gr=gr)
+
+
 class AH(RnicCM):
-    """An address handle for UD sends: ``AH(pd, attr=AHAttr(...))``."""
+    """An address handle for UD sends: ``AH(pd, attr=AHAttr(...))``, or as
+    ibv_create_ah_from_wc ``AH(pd, wc=WC, grh=address_or_bytes, port_num=1)``."""
 
     _destroy_verb = "destroy_ah"
     _handle_key = "ah"
@@ -211,8 +256,12 @@ class AH(RnicCM):
     def __init__(self, pd, attr: AHAttr = None, **kwargs):
         if attr is None:
             attr = kwargs.get("ah_attr")
+        if attr is None and kwargs.get("wc") is not None:
+            attr = ah_attr_from_wc(pd.ctx, kwargs["wc"], kwargs.get("grh"),
+                                   kwargs.get("port_num", 1))
         if not isinstance(attr, AHAttr):
-            raise einval("AH(pd, attr=AHAttr(...)): an AHAttr is needed")
+            raise einval("AH(pd, attr=AHAttr(...)) or AH(pd, wc=, grh=, port_num=): an "
+                         "AHAttr or a received completion is needed")
         pd._check_open()
         ctx = pd.ctx
         try:

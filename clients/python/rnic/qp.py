@@ -18,7 +18,19 @@ from .device import need_int
 from .errors import RnicError, einval, eopnotsupp
 from .wr import SGE, SendWR, wr_chain
 
-__all__ = ["QP", "QPAttr", "QPCap", "QPEx", "QPInitAttr", "QPInitAttrEx"]
+__all__ = ["ECE", "QP", "QPAttr", "QPCap", "QPEx", "QPInitAttr", "QPInitAttrEx"]
+
+
+class ECE:
+    """struct ibv_ece (Enhanced Connection Establishment): ``vendor_id``, ``options``,
+    ``comp_mask``. rnicd has no ECE: QP.query_ece/set_ece answer EOPNOTSUPP."""
+
+    def __init__(self, vendor_id=0, options=0, comp_mask=0):
+        self.vendor_id, self.options, self.comp_mask = vendor_id, options, comp_mask
+
+    def __repr__(self) -> str:
+        return (f"ECE(vendor_id={self.vendor_id:#x}, options={self.options:#x}, "
+                f"comp_mask={self.comp_mask:#x})")
 
 M, S, T = QPAttrMask, QPState, QPType
 # enum ibv_qp_type values of QP types rnicd does not offer (EOPNOTSUPP, not EINVAL).
@@ -270,6 +282,16 @@ class QP(RnicCM):
             self.to_rtr(qp_attr)
         qp_attr.qp_state = S.IBV_QPS_RTS
         self.modify(qp_attr, self._mask("RTS"))
+
+    def query_ece(self) -> ECE:
+        """ibv_query_ece: EOPNOTSUPP, as on a device without ECE (man ibv_query_ece)."""
+        self._check_open()
+        raise not_offered("ECE (ibv_query_ece)")
+
+    def set_ece(self, ece: ECE) -> None:
+        """ibv_set_ece: EOPNOTSUPP, as on a device without ECE (man ibv_set_ece)."""
+        self._check_open()
+        raise not_offered("ECE (ibv_set_ece)")
 
     # ---- data path -----------------------------------------------------------------------
     def post_send(self, wr, bad_wr=None) -> None:
