@@ -20,7 +20,7 @@ import msgpack
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 20   # bytes of msgpack in one message
-MAX_FDS = 4             # fds in one message
+MAX_FDS = 16            # fds in one message (reg_mr: one per memfd segment)
 
 # Methods; args and results are documented in docs/control-protocol.md.
 METHODS = (
@@ -32,7 +32,7 @@ METHODS = (
     "create_qp", "modify_qp", "query_qp", "destroy_qp",
     "get_counters", "set_fault", "get_fault", "get_objects", "get_qps",
     "cm_create_id", "cm_destroy_id", "cm_listen", "cm_connect", "cm_accept", "cm_reject",
-    "cm_disconnect", "open_qp",
+    "cm_disconnect", "open_qp", "rereg_mr",
 )
 
 
