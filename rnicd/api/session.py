@@ -30,6 +30,7 @@ from rnicd.wire.abi import (
     PortState,
     QPState,
     QPType,
+    ReregFlags,
     SRQType,
 )
 from rnicd.wire.rings import CQE_SIZE, RECV_WQE_HDR, SEND_WQE_HDR, SGE_SIZE, RingKind
@@ -38,6 +39,9 @@ log = logging.getLogger("rnicd.api")
 # ibv_port_cap_flags: a connection manager (QP1, rdma_cm) and GIDs from IP addresses (RoCE)
 PORT_CAP_FLAGS = 1 << 16 | 1 << 26           # IBV_PORT_CM_SUP | IBV_PORT_IP_BASED_GIDS
 
+PAGE = 4096               # the page size of the client's memfd segments
+REREG_FLAGS = (ReregFlags.IBV_REREG_MR_CHANGE_TRANSLATION | ReregFlags.IBV_REREG_MR_CHANGE_PD
+               | ReregFlags.IBV_REREG_MR_CHANGE_ACCESS)
 NUM_COMP_VECTORS = 64     # a CQ's comp_vector is 0..63 (ibv_context.num_comp_vectors)
 # IBV_ACCESS_MW_BIND only permits binding memory windows to the MR; rnicd has none yet.
 MR_ACCESS = (RC_ACCESS | Access.IBV_ACCESS_MW_BIND | Access.IBV_ACCESS_ZERO_BASED
@@ -237,29 +241,102 @@ class Session:
         del self.pds[pd.handle]
         return {}, []
 
-    def m_reg_mr(self, args, fds, now):
-        pd = self._get(self.pds, args, "pd", "PD")
-        lim = self.device.limits
-        length = arg_int(args, "length", 1, lim.max_mr_size)
-        addr = arg_int(args, "addr", 0, (1 << 64) - 1)
-        offset = arg_int(args, "offset", 0, 1 << 62, 0)
+    def _mr_access(self, args, verb: str) -> int:
         access = arg_int(args, "access", 0, (1 << 32) - 1)
         if access & ~MR_ACCESS:
-            raise einval(f"reg_mr: unsupported access bits {access & ~MR_ACCESS:#x}")
+            raise einval(f"{verb}: unsupported access bits {access & ~MR_ACCESS:#x}")
         if (access & (Access.IBV_ACCESS_REMOTE_WRITE | Access.IBV_ACCESS_REMOTE_ATOMIC)
                 and not access & Access.IBV_ACCESS_LOCAL_WRITE):
-            raise einval("reg_mr: REMOTE_WRITE and REMOTE_ATOMIC need LOCAL_WRITE (IBTA 10.6.3.1)")
-        if len(fds) != 1:
-            raise einval("reg_mr needs exactly one memfd passed with SCM_RIGHTS")
-        if len(self.device.keys) >= lim.max_mr:
-            raise VerbsError(errno.ENOMEM, f"reg_mr: device limit of {lim.max_mr} MRs reached")
-        buf = self.shm.map_region(fds[0], offset, length)
+            raise einval(f"{verb}: REMOTE_WRITE and REMOTE_ATOMIC need LOCAL_WRITE "
+                         "(IBTA 10.6.3.1)")
+        return access
+
+    def _mr_memory(self, args, fds, verb: str):
+        """The memory of a reg_mr/rereg_mr: (mapping, start, iova, length), checked
+        (docs/memory-registration.md: ``segments`` of memfds, ``start`` the byte offset of
+        ``addr`` in them; without ``segments``, one memfd from ``offset``)."""
+        length = arg_int(args, "length", 1, self.device.limits.max_mr_size)
+        addr = arg_int(args, "addr", 0, (1 << 64) - 1)
+        if addr + length > 1 << 64:
+            raise einval(f"{verb}: [addr, addr+length) wraps around the address space")
+        if not fds:
+            raise einval(f"{verb} needs the region's memfds passed with SCM_RIGHTS")
+        untrusted = args.get("segments")
+        if untrusted is None:      # one memfd, from a page-aligned offset
+            off = arg_int(args, "offset", 0, 1 << 62, 0)
+            untrusted, start = [[0, off, -(-length // PAGE) * PAGE]], 0
+        else:
+            start = arg_int(args, "start", 0, PAGE - 1, 0)
+        if not isinstance(untrusted, list) or not 1 <= len(untrusted) <= ctl.MAX_FDS:
+            raise einval(f"{verb}: 'segments' must be a list of 1..{ctl.MAX_FDS} "
+                         "[fd index, offset, bytes]")
+        segments = []
+        for seg in untrusted:
+            if (not isinstance(seg, list | tuple) or len(seg) != 3
+                    or any(isinstance(v, bool) or not isinstance(v, int) for v in seg)):
+                raise einval(f"{verb}: a segment must be [fd index, offset, bytes], got {seg!r}")
+            i, off, n = seg
+            if not 0 <= i < len(fds):
+                raise einval(f"{verb}: segment fd index {i}, but {len(fds)} fds came")
+            if off < 0 or n <= 0 or off % PAGE or n % PAGE or off + n > 1 << 62:
+                raise einval(f"{verb}: segment [{off}, +{n}) must be page-aligned and "
+                             "non-empty")
+            segments.append((i, off, n))
+        if len({i for i, _, _ in segments}) != len(fds):
+            raise einval(f"{verb}: {len(fds)} fds came but the segments use "
+                         f"{len({i for i, _, _ in segments})}")
+        total = sum(n for _, _, n in segments)
+        if start + length > total or total - (start + length) >= PAGE:
+            raise einval(f"{verb}: segments of {total} bytes do not hold exactly the pages "
+                         f"of [{start}, {start + length})")
+        if (addr - start) % PAGE:
+            raise einval(f"{verb}: addr {addr:#x} is not at offset {start} of a page")
+        return self.shm.map_region(fds, segments), start, addr, length
+
+    def m_reg_mr(self, args, fds, now):
+        pd = self._get(self.pds, args, "pd", "PD")
+        access = self._mr_access(args, "reg_mr")
+        if len(self.device.keys) >= self.device.limits.max_mr:
+            raise VerbsError(errno.ENOMEM, f"reg_mr: device limit of "
+                             f"{self.device.limits.max_mr} MRs reached")
+        mapping, start, addr, length = self._mr_memory(args, fds, "reg_mr")
         lkey, rkey = self.device.keys.allocate()
-        mr = MR(self._handle(), pd, addr, length, access, lkey, rkey, buf)
+        mr = MR(self._handle(), pd, addr, length, access, lkey, rkey, mapping, start)
         self.device.keys.insert(mr)
         pd.refs += 1
         self.mrs[mr.handle] = mr
         return {"mr": mr.handle, "lkey": lkey, "rkey": rkey}, []
+
+    def m_rereg_mr(self, args, fds, now):
+        """ibv_rereg_mr: a new translation (the memory, as reg_mr's), PD and/or access; the
+        keys stay. Everything is checked before anything changes, so an error leaves the MR
+        as it was. A new translation is dereg + reg under the same keys: a WRITE being
+        placed into the old memory is abandoned and a QP with a send WR still using it
+        fails, as on dereg (device.forget_region)."""
+        mr = self._get(self.mrs, args, "mr", "MR")
+        flags = arg_int(args, "flags", 1, (1 << 31) - 1)
+        if flags & ~REREG_FLAGS:
+            raise einval(f"rereg_mr: flags {flags:#x}: only IBV_REREG_MR_CHANGE_TRANSLATION, "
+                         "_CHANGE_PD and _CHANGE_ACCESS exist (KEEP_VALID is not supported)")
+        pd = access = None
+        if flags & ReregFlags.IBV_REREG_MR_CHANGE_PD:
+            pd = self._get(self.pds, args, "pd", "PD")
+        if flags & ReregFlags.IBV_REREG_MR_CHANGE_ACCESS:
+            access = self._mr_access(args, "rereg_mr")
+        if flags & ReregFlags.IBV_REREG_MR_CHANGE_TRANSLATION:
+            mapping, start, addr, length = self._mr_memory(args, fds, "rereg_mr")
+            self.device.forget_region(mr, now)
+            self.shm.unmap(mr.retarget(mapping, start, addr, length))
+            self.device.keys.insert(mr)
+        elif fds:
+            raise einval("rereg_mr: memfds came without IBV_REREG_MR_CHANGE_TRANSLATION")
+        if pd is not None and pd is not mr.pd:
+            mr.pd.refs -= 1
+            pd.refs += 1
+            mr.set_pd(pd)
+        if access is not None:
+            mr.set_access(access)
+        return {"lkey": mr.lkey, "rkey": mr.rkey}, []
 
     def m_dereg_mr(self, args, fds, now):
         self._destroy_mr(self._get(self.mrs, args, "mr", "MR"), now)
@@ -270,7 +347,7 @@ class Session:
         del self.mrs[mr.handle]
         mr.pd.refs -= 1
         mr.release()
-        self.shm.unmap(mr.buf)
+        self.shm.unmap(mr.mapping)
 
     # ---- address handles (UD) ------------------------------------------------------------
     def m_create_ah(self, args, fds, now):

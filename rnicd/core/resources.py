@@ -28,26 +28,48 @@ class PD:
 
 
 class MR:
-    """A registered region: client VA [iova, iova+length) backed by `buf` (a writable buffer).
-    `dp` is the data plane's view of it (struct rnic_dp_mr), pointing into the same mapping."""
+    """A registered region: client VA [iova, iova+length) backed by bytes [start,
+    start+length) of `mapping` (the page-aligned mapping of the client's memfd pieces).
+    `buf` and `view` are that range (a writable memoryview); `dp` is the data plane's view
+    of it (struct rnic_dp_mr), pointing into the same mapping."""
 
-    __slots__ = ("handle", "pd", "iova", "length", "access", "lkey", "rkey", "buf", "view",
-                 "_region", "dp")
+    __slots__ = ("handle", "pd", "iova", "length", "access", "lkey", "rkey", "mapping", "buf",
+                 "view", "_region", "dp")
 
-    def __init__(self, handle, pd, iova, length, access, lkey, rkey, buf):
+    def __init__(self, handle, pd, iova, length, access, lkey, rkey, mapping, start=0):
         self.handle = handle
         self.pd = pd
-        self.iova = iova
-        self.length = length
         self.access = Access(access)
         self.lkey = lkey
         self.rkey = rkey
-        self.buf = buf                      # keeps the mapping alive
-        self.view = memoryview(buf)[:length]
-        self._region = native.region(buf)
         self.dp = native.ffi.new("struct rnic_dp_mr *", {
-            "base": self._region, "iova": iova, "length": length, "pd": pd.uid,
-            "rkey": rkey, "access": int(access)})
+            "pd": pd.uid, "rkey": rkey, "access": int(access)})
+        self._attach(mapping, start, iova, length)
+
+    def _attach(self, mapping, start, iova, length):
+        self.mapping = mapping              # keeps the mapping alive
+        self.iova = iova
+        self.length = length
+        self.buf = self.view = memoryview(mapping)[start:start + length]
+        self._region = native.region(self.buf)
+        dp = self.dp
+        dp.base, dp.iova, dp.length = self._region, iova, length
+
+    def retarget(self, mapping, start, iova, length):
+        """ibv_rereg_mr's new translation: the same MR (keys, dp slot) over other memory.
+        -> the old mapping, for the caller to unmap (forget_region has run before)."""
+        old = self.mapping
+        self.release()
+        self._attach(mapping, start, iova, length)
+        return old
+
+    def set_pd(self, pd):
+        self.pd = pd
+        self.dp.pd = pd.uid
+
+    def set_access(self, access):
+        self.access = Access(access)
+        self.dp.access = int(access)
 
     def pointer(self, addr: int):
         """uint8_t * to client address addr (checked by offset_of beforehand)."""
@@ -56,8 +78,8 @@ class MR:
     def release(self):
         """Drop every reference into the mapping so that it can be unmapped."""
         self.dp.base = native.ffi.NULL
+        native.ffi.release(self._region)    # an export of view: released first
         self.view.release()
-        native.ffi.release(self._region)
 
     def offset_of(self, addr: int, length: int) -> int | None:
         """Offset of [addr, addr+length) inside the region, or None if it is not all inside."""

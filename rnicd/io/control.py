@@ -4,6 +4,7 @@ are driven with loop.add_reader and socket.recv_fds directly."""
 from __future__ import annotations
 
 import array
+import errno
 import logging
 import os
 import socket
@@ -62,6 +63,11 @@ class Connection:
             reply = {"id": rid, "r": result, "nfds": len(out_fds)}
         except VerbsError as exc:
             reply, out_fds = {"id": rid, "e": ctl.error_body(exc.code, exc.msg)}, []
+        except Exception as exc:    # a daemon bug: answer it, never leave the client waiting
+            log.exception("internal error in control verb %r", msg.get("m"))
+            reply, out_fds = {"id": rid, "e": ctl.error_body(
+                errno.EIO, f"internal error in rnicd ({type(exc).__name__}: {exc}); "
+                "see the daemon's log")}, []
         finally:
             for fd in fds:          # the handler dup'ed or mapped what it keeps
                 os.close(fd)

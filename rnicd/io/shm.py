@@ -2,6 +2,7 @@
 hands to the client) and memory regions the client registers (memfds it hands to us)."""
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import gc
@@ -15,6 +16,34 @@ from rnicd.errors import VerbsError, einval
 log = logging.getLogger("rnicd.shm")
 
 SEALS_RING = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_MAP_FIXED = 0x10
+
+
+def _map_segments(fds, segments, total) -> mmap.mmap:
+    """One contiguous mapping of several memfd pieces: reserve the range as an anonymous
+    mmap object (which owns it and unmaps all of it on close), then map each piece over its
+    place with MAP_FIXED."""
+    mm = mmap.mmap(-1, total, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                   mmap.PROT_READ | mmap.PROT_WRITE)
+    anchor = ctypes.c_char.from_buffer(mm)
+    base = ctypes.addressof(anchor)
+    del anchor
+    pos = 0
+    for i, off, n in segments:
+        p = _libc.mmap(base + pos, n, mmap.PROT_READ | mmap.PROT_WRITE,
+                       mmap.MAP_SHARED | _MAP_FIXED, fds[i], off)
+        if p != base + pos:
+            err = ctypes.get_errno()
+            mm.close()
+            raise OSError(err, os.strerror(err))
+        pos += n
+    return mm
 
 
 class SharedMemory:
@@ -62,25 +91,35 @@ class SharedMemory:
             mm.close()
 
     # ---- memory regions ------------------------------------------------------------------
-    def map_region(self, fd: int, offset: int, length: int) -> mmap.mmap:
-        """Map a client's memfd. It must be sealed against shrinking, or the client could
-        truncate it under us and turn our next access into SIGBUS."""
+    def map_region(self, fds: list[int], segments: list[tuple[int, int, int]]) -> mmap.mmap:
+        """Map a client's memory: ``segments`` (fd index, offset, bytes), page-aligned,
+        placed one after the other in one mapping (docs/memory-registration.md). Each memfd
+        must be sealed against shrinking, or the client could truncate it under us and turn
+        our next access into SIGBUS. The api layer has checked the numbers' shapes."""
+        for i in sorted({s[0] for s in segments}):
+            fd = fds[i]
+            try:
+                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            except OSError:
+                raise einval(f"reg_mr: fd #{i} is not a memfd (F_GET_SEALS failed)") from None
+            if not seals & fcntl.F_SEAL_SHRINK:
+                raise einval(f"reg_mr: memfd #{i} must be sealed with F_SEAL_SHRINK")
+        for i, off, n in segments:
+            size = os.fstat(fds[i]).st_size
+            if off + n > size:
+                raise einval(f"reg_mr: segment [{off}, {off + n}) is not inside the "
+                             f"{size}-byte memfd #{i}")
+        total = sum(n for _, _, n in segments)
         try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-        except OSError:
-            raise einval("reg_mr: the fd is not a memfd (F_GET_SEALS failed)") from None
-        if not seals & fcntl.F_SEAL_SHRINK:
-            raise einval("reg_mr: the memfd must be sealed with F_SEAL_SHRINK")
-        size = os.fstat(fd).st_size
-        if offset % mmap.PAGESIZE or offset + length > size:
-            raise einval(f"reg_mr: [{offset}, {offset + length}) is not inside the "
-                         f"{size}-byte memfd, or offset is not page aligned")
-        try:
-            mm = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                           offset=offset)
+            if len(segments) == 1:
+                i, off, n = segments[0]
+                mm = mmap.mmap(fds[i], n, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                               offset=off)
+            else:
+                mm = _map_segments(fds, segments, total)
         except OSError as exc:
             raise VerbsError(exc.errno or errno.ENOMEM, f"reg_mr: mmap failed: {exc}") from None
-        self.mapped_bytes += length
+        self.mapped_bytes += total
         return mm
 
     def unmap(self, mm: mmap.mmap):

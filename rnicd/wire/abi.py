@@ -73,6 +73,24 @@ class Access(IntFlag):
     IBV_ACCESS_RELAXED_ORDERING = 1 << 20
 
 
+class ReregFlags(IntFlag):
+    """enum ibv_rereg_mr_flags (ibv_rereg_mr(3))."""
+    IBV_REREG_MR_CHANGE_TRANSLATION = 1
+    IBV_REREG_MR_CHANGE_PD = 2
+    IBV_REREG_MR_CHANGE_ACCESS = 4
+    IBV_REREG_MR_KEEP_VALID = 8
+    IBV_REREG_MR_FLAGS_SUPPORTED = 15
+
+
+class ReregErr(IntEnum):
+    """enum ibv_rereg_mr_err_code: what ibv_rereg_mr returns."""
+    IBV_REREG_MR_ERR_INPUT = -1
+    IBV_REREG_MR_ERR_DONT_FORK_NEW = -2
+    IBV_REREG_MR_ERR_DO_FORK_OLD = -3
+    IBV_REREG_MR_ERR_CMD = -4
+    IBV_REREG_MR_ERR_CMD_AND_DO_FORK_NEW = -5
+
+
 # What an RC QP's qp_access_flags may grant and what rdma_cm and perftest register with.
 RC_ACCESS = (Access.IBV_ACCESS_LOCAL_WRITE | Access.IBV_ACCESS_REMOTE_WRITE
              | Access.IBV_ACCESS_REMOTE_READ | Access.IBV_ACCESS_REMOTE_ATOMIC)
@@ -330,7 +348,8 @@ WC_OPCODE_OF_WR = {
 _ENUMS = (QPType, QPState, MTU, Access, WROpcode, SendFlags, WCStatus, WCOpcode, WCFlags,
           QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState, DeviceCapFlags,
           GIDType, GIDTypeSysfs, ForkStatus, CreateCQWCFlags, QPCreateSendOpsFlags,
-          QPInitAttrMask, MWType, SRQType, SRQInitAttrMask, XRCDInitAttrMask)
+          QPInitAttrMask, MWType, SRQType, SRQInitAttrMask, XRCDInitAttrMask, ReregFlags,
+          ReregErr)
 for _enum in _ENUMS:
     for _member in _enum:
         globals()[_member.name] = _member   # the member (an int), with .name/.value

@@ -20,7 +20,7 @@ import msgpack
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 20   # bytes of msgpack in one message
-MAX_FDS = 4             # fds in one message
+MAX_FDS = 16            # fds in one message (reg_mr: one per memfd segment)
 
 # Methods; args and results are documented in docs/control-protocol.md.
 METHODS = (
@@ -33,7 +33,7 @@ METHODS = (
     "get_counters", "set_fault", "get_fault", "get_objects", "get_qps",
     "cm_create_id", "cm_destroy_id", "cm_listen", "cm_connect", "cm_accept", "cm_reject",
     "cm_disconnect", "cm_establish", "cm_set_option", "cm_init_qp_attr", "open_qp",
-    "import_context", "import_pd", "import_mr", "open_xrcd", "close_xrcd",
+    "import_context", "import_pd", "import_mr", "open_xrcd", "close_xrcd", "rereg_mr",
 )
 
 

@@ -38,8 +38,8 @@ class FakeShm:
     def release_ring(self, ring):
         ring.release()
 
-    def map_region(self, fd, offset, length):
-        return self.regions[fd]
+    def map_region(self, fds, segments):
+        return self.regions[fds[0]]
 
     def unmap(self, mm):
         pass

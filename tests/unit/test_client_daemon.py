@@ -274,7 +274,8 @@ def test_fd_passing_both_ways(daemon, ctx):
     with PD(ctx) as pd, MR(pd, 100, e.IBV_ACCESS_LOCAL_WRITE) as mr:
         m, a, fds = daemon.log[-1]
         assert m == "reg_mr" and len(fds) == 1
-        assert a["addr"] == mr.buf and a["length"] == 100 and a["offset"] == 0
+        assert a["addr"] == mr.buf and a["length"] == 100 and a["start"] == 0
+        assert a["segments"] == [[0, 0, 4096]]
         daemon.mrs[mr.handle][0:5] = b"hello"          # the daemon's own mapping
         assert mr.read(5, 0) == b"hello"
         mr.write(b"world", 5, 95)

@@ -261,6 +261,29 @@ class CQ(RnicCM):
             rv.store_cons((cons + k) & U32)
         return k, wcs
 
+    def _clean(self, qp_num: int) -> int:
+        """Drop the unpolled completions of a QP that went to RESET, as libmlx4/libmlx5 do in
+        ibv_modify_qp: the old incarnation's completions (flushed WRs) must not reach the
+        poller of the QP brought back to RTS. Other QPs' entries move toward the producer
+        end, in order; the daemon may keep producing past ``prod`` meanwhile. -> dropped."""
+        rv = self._ring.rv
+        prod, cons = rv.load_prod(), rv.load_cons()
+        n = (prod - cons) & U32
+        if n > self._ring.num_entries:
+            return 0
+        ffi = native().ffi
+        size = ffi.sizeof("struct rnic_cqe")
+        freed = 0
+        for k in range(n - 1, -1, -1):
+            c = rv.cqe(cons + k)
+            if c.qp_num == qp_num:
+                freed += 1
+            elif freed:
+                ffi.memmove(rv.cqe(cons + k + freed), c, size)
+        if freed:
+            rv.store_cons((cons + freed) & U32)
+        return freed
+
     def req_notify(self, solicited_only: bool = False) -> None:
         """Ask for a completion event on the next completion (or the next solicited one).
         An exchange, a full barrier: poll again after arming to close the race."""

@@ -229,6 +229,10 @@ class QP(RnicCM):
                                                 "attr": qp_attr.to_dict(attr_mask)})
         if attr_mask & M.IBV_QP_STATE:
             self._state = S(qp_attr.qp_state)
+            if self._state == S.IBV_QPS_RESET:      # its old completions go (libmlx5 does so)
+                for cq in {id(c): c for c in (self.scq, self.rcq) if c is not None}.values():
+                    if hasattr(cq, "_clean") and not cq.closed:
+                        cq._clean(self.qp_num)
         if isinstance(r.get("qp_state"), int):   # rnicd reports the state it is in now
             try:
                 self._state = S(r["qp_state"])
