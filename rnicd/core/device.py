@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from rnicd import native
+from rnicd.core import mw
 from rnicd.core.cm.agent import CMAgent
 from rnicd.core.counters import Counters
 from rnicd.core.fault import FaultInjector, FaultSpec
@@ -33,7 +34,7 @@ ROCE_OVERHEAD = 20 + 8 + 12 + 28 + 4 + 4    # IPv4, UDP, BTH, AtomicETH/RETH+Imm
 
 
 QP_TABLE = 1 << 15          # QPNs are indices into the data plane's QP table
-MR_TABLE = 1 << 16          # key indices are indices into its MR table
+MR_TABLE = 1 << 17          # key indices are indices into its key table (MRs and MWs)
 ACKS_PER_BATCH = 256        # QPs that may come to owe an ACK in one received batch
 TX_CAP = 1024               # datagrams queued before they must be sent (or spilled)
 TX_BUF = 4608               # bytes per queued datagram: a 4096-byte payload and headers
@@ -49,6 +50,7 @@ class DeviceLimits:
     max_cq: int = 16384
     max_cqe: int = 1 << 20
     max_mr: int = 1 << 16
+    max_mw: int = 1 << 16
     max_mr_size: int = 1 << 40
     max_pd: int = 1 << 16
     max_qp_rd_atom: int = 16
@@ -74,6 +76,7 @@ class Device:
         self.gid_table = [self.gid] + [bytes(16)] * (GID_TABLE - 1)
         self.rng = random.Random(seed)
         self.keys = KeyTable(self.rng, MR_TABLE)
+        self.windows: set = set()          # memory windows (core/mw.py), also in keys
         self.qps: dict[int, object] = {}
         self._next_qpn = 0x11            # QPN 0 and 1 are reserved (SMI/GSI), as in IBTA
         self.counters = Counters()
@@ -161,6 +164,7 @@ class Device:
         self._dp_arrays["qps"][qp.qp_num] = qp.dp
 
     def remove_qp(self, qp):
+        mw.forget_qp(self, qp)
         self.qps.pop(qp.qp_num, None)
         self._dp_arrays["qps"][qp.qp_num] = native.ffi.NULL
         self._acks.discard(qp)

@@ -33,6 +33,7 @@ METHODS = (
     "get_counters", "set_fault", "get_fault", "get_objects", "get_qps",
     "cm_create_id", "cm_destroy_id", "cm_listen", "cm_connect", "cm_accept", "cm_reject",
     "cm_disconnect", "open_qp", "import_context", "import_pd", "import_mr",
+    "alloc_mw", "dealloc_mw",
 )
 
 
