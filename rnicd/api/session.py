@@ -11,9 +11,9 @@ import ipaddress
 import logging
 
 from rnicd.api.device_attr import device_attr, device_attr_ex
+from rnicd.core import mw
 from rnicd.core.cm.conn import CMId
 from rnicd.core.cm.offload import NOTIFY_DELAY, NOTIFY_MAX, Offload
-from rnicd.core import mw
 from rnicd.core.device import Device
 from rnicd.core.fault import FaultSpec
 from rnicd.core.resources import CQ, MR, PD, SRQ, CompChannel, RecvQueue
