@@ -279,3 +279,26 @@ def test_replayed_send_with_invalidate_packets():
     deliver(O.RC_SEND_LAST_WITH_INVALIDATE, 202, b"c" * 10, ieth=rkey)   # duplicate
     assert b.poll(cb) == [] and qb.state == abi.IBV_QPS_RTS
     assert qb.counters["duplicate_request"] == 1
+
+
+def test_zero_based_window_atomic_and_read(pair):
+    """A zero-based type 2 window: the peer addresses it from 0; atomics go through the
+    responder's path with the pointer rnic_dp_rkey gives."""
+    a, b, ca, cb, qa, qb = pair
+    ma, mb = a.mr(1 << 16), b.mr(1 << 16, access=BINDABLE)
+    mb.buf[4096 + 8:4096 + 16] = (41).to_bytes(8, "little")
+    access = A.IBV_ACCESS_REMOTE_ATOMIC | A.IBV_ACCESS_REMOTE_READ | A.IBV_ACCESS_ZERO_BASED
+    mw, rkey = bound_type2(b, qb, cb, mb, off=4096, length=64, access=access)
+    a.post_send(qa, 1, W.IBV_WR_ATOMIC_FETCH_AND_ADD, [ma.sge(0, 8)], rkey=rkey, raddr=8,
+                compare_add=1)
+    a.post_send(qa, 2, W.IBV_WR_RDMA_READ, [ma.sge(100, 16)], rkey=rkey, raddr=0)
+    run(a, b)
+    assert [(c["wr_id"], c["status"]) for c in a.poll(ca)] == [(1, S.IBV_WC_SUCCESS),
+                                                               (2, S.IBV_WC_SUCCESS)]
+    assert int.from_bytes(ma.buf[0:8], "little") == 41
+    assert int.from_bytes(mb.buf[4104:4112], "little") == 42
+    assert ma.buf[100:116] == mb.buf[4096:4112]
+    # the window has no remote write: a WRITE through it is refused
+    a.post_send(qa, 3, W.IBV_WR_RDMA_WRITE, [ma.sge(0, 8)], rkey=rkey, raddr=0)
+    run(a, b)
+    assert a.poll(ca)[0]["status"] == S.IBV_WC_REM_ACCESS_ERR
