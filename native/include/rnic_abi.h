@@ -28,7 +28,7 @@
 
 #include <stdint.h>
 
-#define RNIC_ABI_VERSION 1
+#define RNIC_ABI_VERSION 2   /* 2: memory windows (BIND_MW, LOCAL_INV, SEND_WITH_INV) */
 #define RNIC_RING_MAGIC 0x524e4943u /* "RNIC" */
 #define RNIC_RING_HDR_SIZE 256
 
@@ -86,20 +86,43 @@ struct rnic_sge {
 #define RNIC_SEND_INLINE 8u
 
 /* Send work request (struct ibv_send_wr, flattened). 64-byte header followed by
- * num_sge struct rnic_sge, or by inline_len bytes of data when RNIC_SEND_INLINE. */
+ * num_sge struct rnic_sge, or by inline_len bytes of data when RNIC_SEND_INLINE.
+ *
+ * IBV_WR_BIND_MW (IBTA 10.6.7.2: a local operation, completed in SQ order) carries
+ * ibv_send_wr.bind_mw in the fields named bind_*: remote_addr is bind_info.addr,
+ * bind_length its length, bind_mw the window's handle, bind_lkey the lkey of bind_info.mr
+ * (0: no MR, a type 1 unbind), bind_access its mw_access_flags, rkey the window's new rkey
+ * (ibv_inc_rkey of the old one: same index, new key byte), num_sge 0.
+ * IBV_WR_LOCAL_INV and IBV_WR_SEND_WITH_INV carry the rkey to invalidate in
+ * invalidate_rkey, which shares imm_data's place as in ibv_send_wr (ABI version 2). */
 struct rnic_send_wqe {
     uint64_t wr_id;
-    uint64_t remote_addr;  /* RDMA and atomic */
-    uint64_t compare_add;  /* atomic: compare (CMP_AND_SWP) or add (FETCH_AND_ADD) */
-    uint64_t swap;         /* atomic: swap (CMP_AND_SWP) */
+    uint64_t remote_addr;  /* RDMA and atomic; BIND_MW: bind_info.addr */
+    union {
+        uint64_t compare_add;  /* atomic: compare (CMP_AND_SWP) or add (FETCH_AND_ADD) */
+        uint64_t bind_length;  /* BIND_MW: bind_info.length (0: unbind a type 1 window) */
+    };
+    union {
+        uint64_t swap;         /* atomic: swap (CMP_AND_SWP) */
+        struct {
+            uint32_t bind_mw;      /* BIND_MW: the window's handle (alloc_mw) */
+            uint32_t bind_lkey;    /* BIND_MW: lkey of bind_info.mr, 0 for none */
+        };
+    };
     uint8_t opcode;        /* enum ibv_wr_opcode */
     uint8_t _rsvd0;
     uint16_t num_sge;
     uint32_t send_flags;   /* RNIC_SEND_* */
-    uint32_t imm_data;     /* value of wr.imm_data; sent big-endian on the wire */
-    uint32_t rkey;         /* RDMA and atomic */
+    union {
+        uint32_t imm_data;         /* value of wr.imm_data; sent big-endian on the wire */
+        uint32_t invalidate_rkey;  /* LOCAL_INV, SEND_WITH_INV (the IETH of 9.3.9) */
+    };
+    uint32_t rkey;         /* RDMA and atomic; BIND_MW: the window's new rkey */
     uint32_t inline_len;
-    uint32_t ah;           /* UD: address handle */
+    union {
+        uint32_t ah;           /* UD: address handle */
+        uint32_t bind_access;  /* BIND_MW: bind_info.mw_access_flags (IBV_ACCESS_*) */
+    };
     union {
         uint32_t remote_qpn;   /* UD */
         uint32_t remote_srqn;  /* XRC INI QP: the responder's XRC SRQ, sent in the XRCETH
@@ -124,7 +147,10 @@ struct rnic_cqe {
     uint32_t opcode;     /* enum ibv_wc_opcode */
     uint32_t vendor_err;
     uint32_t byte_len;
-    uint32_t imm_data;   /* value as the sender gave it */
+    union {
+        uint32_t imm_data;          /* IBV_WC_WITH_IMM: value as the sender gave it */
+        uint32_t invalidated_rkey;  /* IBV_WC_WITH_INV: the rkey a SEND_WITH_INV invalidated */
+    };
     uint32_t qp_num;
     uint32_t src_qp;
     uint32_t wc_flags;   /* IBV_WC_WITH_IMM, IBV_WC_GRH, ... */

@@ -95,15 +95,24 @@ int rnic_send_batch(int fd, const uint8_t *bufs, uint32_t buf_size, const uint32
 
 /* ---- rx.c: the responder's fast path (IBTA 9.7.3-9.7.5) --------------------------------- */
 
-/* A registered region as the data plane sees it (IBTA 10.6). core/ fills one per MR and
- * puts it in rnic_dp_dev.mrs[rkey >> 8]. */
+/* rnic_dp_mr.flags */
+#define RNIC_DP_KEY_MW 1        /* a memory window (IBTA 10.6.7): an rkey, never an lkey */
+#define RNIC_DP_KEY_INVALID 2   /* a window not bound, or invalidated: no access at all */
+
+/* A registered region, or a memory window bound to one, as the data plane sees it (IBTA
+ * 10.6, 10.6.7). core/ fills one per MR and per window and puts it in
+ * rnic_dp_dev.mrs[key >> 8]: windows are entries of the same key table, so that one check
+ * (rnic_dp_rkey) decides every remote access. A window's base/iova/length/access are its
+ * own (inside its MR's), its pd the window's. */
 struct rnic_dp_mr {
     uint8_t *base;          /* the daemon's mapping of byte 0 */
-    uint64_t iova;          /* the client's address of byte 0 */
+    uint64_t iova;          /* the client's address of byte 0 (0 for a zero-based window) */
     uint64_t length;
     uint64_t pd;            /* identity of the protection domain */
     uint32_t rkey;
     uint32_t access;        /* IBV_ACCESS_* */
+    uint32_t flags;         /* RNIC_DP_KEY_*; 0 for an MR */
+    uint32_t qpn;           /* a type 2B window: the one QP it serves (10.6.7.2.2); 0: any */
 };
 
 /* rnic_dp_qp.msg: the message the responder is in the middle of. */
@@ -339,6 +348,14 @@ int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t 
                        const struct rnic_sge *sg, uint32_t num_sge);
 /* Place n bytes of the SEND at its current offset; -EMSGSIZE if the buffers are too small. */
 int rnic_dp_recv_place(struct rnic_dp_qp *qp, const uint8_t *data, uint32_t n);
+
+/* The memory behind [va, va + n) of rkey for a request that arrived on qp and needs
+ * `need` (one IBV_ACCESS_REMOTE_* bit), or NULL: the QP must allow that access, and rkey
+ * name a valid MR or bound window of the QP's PD with it (a type 2B window only through the
+ * QP it is bound to), covering the range (IBTA 10.6.3.2, 10.6.7.2, 9.7.4.1.4-5). The one
+ * remote-access check: the fast path and core/roce/responder.py both call it. */
+uint8_t *rnic_dp_rkey(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
+                      uint32_t rkey, uint64_t va, uint64_t n, uint32_t need);
 
 /* Try the fast path on one datagram from src_ip_be:sport. Returns 1 if it was handled
  * (placed, state advanced, ACK owed noted), 0 if core/ must handle it. Never both. */

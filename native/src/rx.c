@@ -29,17 +29,18 @@ enum {
 
 
 
-/* The region behind (rkey, va, n) if this QP may write it (IBTA 10.6.3.2, 9.7.4.1.4). */
-static uint8_t *write_target(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
-                             uint32_t rkey, uint64_t va, uint64_t n)
+/* IBTA 10.6.3.2, 10.6.7.2: MRs and bound windows alike (rnic_dp.h) */
+uint8_t *rnic_dp_rkey(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
+                      uint32_t rkey, uint64_t va, uint64_t n, uint32_t need)
 {
     uint32_t idx = rkey >> 8;
     const struct rnic_dp_mr *mr;
 
-    if (!(qp->access & RX_ACCESS_REMOTE_WRITE) || idx >= dev->mrs_len)
+    if (!(qp->access & need) || idx >= dev->mrs_len)
         return NULL;
     mr = dev->mrs[idx];
-    if (!mr || mr->rkey != rkey || mr->pd != qp->pd || !(mr->access & RX_ACCESS_REMOTE_WRITE))
+    if (!mr || mr->rkey != rkey || mr->pd != qp->pd || !(mr->access & need)
+        || (mr->flags & RNIC_DP_KEY_INVALID) || (mr->qpn && mr->qpn != qp->qpn))
         return NULL;
     if (va < mr->iova || va - mr->iova > mr->length || n > mr->length - (va - mr->iova))
         return NULL;
@@ -51,23 +52,6 @@ static int icrc_ok(const struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t l
 {
     return dp_le32(pkt + len - RX_ICRC_LEN)
         == rnic_roce_icrc_v4(pkt, len - RX_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port);
-}
-
-/* The region behind (rkey, va, n) if this QP may read it (IBTA 10.6.3.2, 9.7.4.1.5). */
-static const uint8_t *read_source(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
-                                  uint32_t rkey, uint64_t va, uint64_t n)
-{
-    uint32_t idx = rkey >> 8;
-    const struct rnic_dp_mr *mr;
-
-    if (!(qp->access & RX_ACCESS_REMOTE_READ) || idx >= dev->mrs_len)
-        return NULL;
-    mr = dev->mrs[idx];
-    if (!mr || mr->rkey != rkey || mr->pd != qp->pd || !(mr->access & RX_ACCESS_REMOTE_READ))
-        return NULL;
-    if (va < mr->iova || va - mr->iova > mr->length || n > mr->length - (va - mr->iova))
-        return NULL;
-    return mr->base + (va - mr->iova);
 }
 
 /* An in-order RDMA READ request (9.7.4.1.5): start answering it from the region; what the
@@ -88,7 +72,8 @@ static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const
     va = dp_be64(pkt + RX_BTH_LEN);
     rkey = dp_be32(pkt + RX_BTH_LEN + 8);
     dlen = dp_be32(pkt + RX_BTH_LEN + 12);
-    if (dlen == 0 || dlen > RNIC_DP_MAX_MSG || !(src = read_source(dev, qp, rkey, va, dlen)))
+    if (dlen == 0 || dlen > RNIC_DP_MAX_MSG
+        || !(src = rnic_dp_rkey(dev, qp, rkey, va, dlen, RX_ACCESS_REMOTE_READ)))
         return 0;
     if ((n = rnic_dp_read_begin(qp, psn, src, dlen)) < 0)
         return 0;
@@ -176,12 +161,12 @@ int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t 
         uint64_t addr, len;
 
         dp_copy_shared(&e, &sg[i], sizeof(e));     /* sg may be the client's ring */
-        mr = (e.lkey >> 8) < dev->mrs_len ? dev->mrs[e.lkey >> 8] : NULL;
+        mr = dp_lkey_mr(dev, e.lkey);
         addr = e.addr;
         len = e.length;
         if (len == 0)
             continue;
-        if (!mr || mr->rkey != e.lkey || mr->pd != qp->pd
+        if (!mr || mr->pd != qp->pd
             || !(mr->access & RX_ACCESS_LOCAL_WRITE) || addr < mr->iova
             || addr - mr->iova > mr->length || len > mr->length - (addr - mr->iova))
             return -EACCES;
@@ -349,7 +334,7 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
         /* FIRST carries exactly one MTU of a longer message; ONLY all of it (9.7.7.1). */
         if (op == RX_OP_WRITE_FIRST ? (plen != mtu || dlen <= mtu) : plen != dlen)
             return 0;
-        if (!(dst = write_target(dev, qp, rkey, va, dlen)))
+        if (!(dst = rnic_dp_rkey(dev, qp, rkey, va, dlen, RX_ACCESS_REMOTE_WRITE)))
             return 0;
         memcpy(dst, payload, plen);
         if (op == RX_OP_WRITE_FIRST) {

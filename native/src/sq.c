@@ -15,21 +15,27 @@
 
 enum {
     SQ_BTH = 12, SQ_RETH = 16, SQ_IMMDT = 4, SQ_ICRC = 4, SQ_ROCE_PORT = 4791,
-    WR_WRITE = 0, WR_WRITE_IMM = 1, WR_SEND = 2, WR_SEND_IMM = 3, WR_CAS = 5, WR_FAA = 6,
+    WR_WRITE = 0, WR_WRITE_IMM = 1, WR_SEND = 2, WR_SEND_IMM = 3, WR_READ = 4, WR_CAS = 5,
+    WR_FAA = 6, WR_LOCAL_INV = 7, WR_BIND_MW = 8, WR_SEND_INV = 9,
     SF_FENCE = 1, SF_SIGNALED = 2, SF_SOLICITED = 4, SF_INLINE = 8, ACC_LOCAL_WRITE = 1,
     WC_LOC_LEN_ERR = 1, WC_LOC_QP_OP_ERR = 2, WC_LOC_PROT_ERR = 4,   /* enum ibv_wc_status */
-    OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06, OPC_UC = 0x20,
+    OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06, OPC_SEND_LAST_INV = 0x16,
+    OPC_SEND_ONLY_INV = 0x17, OPC_UC = 0x20,
     OPC_XRC = 0xa0, SQ_XRCETH = 4,      /* Annex A14.4: XRC opcodes are 0xa0 | RC's */
 };
 
-/* Transport bits of the QP's opcodes: RC 000, XRC 101 (IBTA 9.2, Annex A14.4.1). */
 /* the transport bits of the QP's opcodes (IBTA 9.2: RC 000, UC 001; A14.4: XRC 101) */
 static inline uint8_t opbase(const struct rnic_dp_qp *qp)
 {
     return qp->xrc ? OPC_XRC : qp->unreliable ? OPC_UC : 0;
 }
 
-static inline int sends_data(uint32_t op) { return op <= WR_SEND_IMM; }
+/* SEND and RDMA WRITE WQEs: segmented into packets here */
+static inline int sends_data(uint32_t op) { return op <= WR_SEND_IMM || op == WR_SEND_INV; }
+/* BIND_MW and LOCAL_INV (IBTA 10.6.7.2.x): no packets, core/ executes them when fetched */
+static inline int local_op(uint32_t op) { return op == WR_LOCAL_INV || op == WR_BIND_MW; }
+/* UC carries SEND and RDMA WRITE (with immediate) only: no READ, atomics, windows (9.8) */
+static inline int uc_op(uint32_t op) { return op <= WR_SEND_IMM; }
 
 
 int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
@@ -160,6 +166,7 @@ static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp
     int first = k == 0, last = k == w->npkts - 1;
     int write = w->opcode == WR_WRITE || w->opcode == WR_WRITE_IMM;
     int imm = last && (w->opcode == WR_WRITE_IMM || w->opcode == WR_SEND_IMM);
+    int inv = last && w->opcode == WR_SEND_INV;     /* IETH on the last packet (9.3.9) */
     int32_t in_flight = dp_psn_diff(psn, qp->una) + 1;
     uint32_t pad = (4 - n % 4) % 4, len = SQ_BTH;
     uint8_t op = write ? OPC_WRITE_FIRST : OPC_SEND_FIRST;
@@ -167,6 +174,8 @@ static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp
     /* FIRST +0, MIDDLE +1, LAST +2, LAST_IMM +3, ONLY +4, ONLY_IMM +5 (IBTA 9.2 Table 35);
      * UC opcodes are the RC ones with transport bits 001 */
     op += first && last ? 4 + imm : first ? 0 : last ? 2 + imm : 1;
+    if (inv)
+        op = first ? OPC_SEND_ONLY_INV : OPC_SEND_LAST_INV;
     out[0] = (uint8_t)(opbase(qp) | op);
     out[1] = (uint8_t)((last && !write && (w->flags & SF_SOLICITED) ? 0x80 : 0) | pad << 4);
     out[2] = 0xff;                                  /* default P_Key */
@@ -187,7 +196,7 @@ static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp
         dp_put32(out + len + 12, w->length);
         len += SQ_RETH;
     }
-    if (imm) {
+    if (imm || inv) {                               /* ImmDt, or the IETH's R_Key */
         dp_put32(out + len, w->imm);
         len += SQ_IMMDT;
     }
@@ -223,8 +232,8 @@ int rnic_dp_sq_pending(const struct rnic_dp_qp *qp)
     return (int)(posted - (qp->sq_next - qp->sq_head));
 }
 
-/* enum ibv_wc_opcode of each IBV_WR_* up to FETCH_AND_ADD */
-static const uint8_t wc_opcode_of[WR_FAA + 1] = { 1, 1, 0, 0, 2, 3, 4 };
+/* enum ibv_wc_opcode of each IBV_WR_* up to SEND_WITH_INV */
+static const uint8_t wc_opcode_of[WR_SEND_INV + 1] = { 1, 1, 0, 0, 2, 3, 4, 6, 5, 0 };
 
 void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
                        struct rnic_send_wqe *hdr)
@@ -252,13 +261,19 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
     d->length = 0;
     d->npkts = 1;
     d->status = -1;
-    d->wc_opcode = op <= WR_FAA ? wc_opcode_of[op] : 0;
+    d->wc_opcode = op <= WR_SEND_INV ? wc_opcode_of[op] : 0;
     d->npieces = 0;
     d->pieces = pieces;
     d->xrc_srqn = qp->xrc ? w.remote_srqn & 0xffffff : 0;
-    /* an opcode the QP's transport does not carry: UC has no READ or atomics (IBTA 9.8) */
-    if (op > WR_FAA || (qp->unreliable && !sends_data(op))) {
+    /* an opcode the QP's transport does not carry */
+    if (op > WR_SEND_INV || (qp->unreliable && !uc_op(op))) {
         d->status = WC_LOC_QP_OP_ERR;
+        return;
+    }
+    if (local_op(op)) {                             /* no data, no PSN */
+        d->npkts = 0;
+        if (w.num_sge || (w.send_flags & SF_INLINE))
+            d->status = WC_LOC_QP_OP_ERR;
         return;
     }
     if (w.send_flags & SF_INLINE) {                 /* data in the slot, stable until retired */
@@ -289,9 +304,9 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
             dp_copy_shared(&sg, &ring_sg[i], sizeof(sg));
             if (sg.length == 0)
                 continue;
-            mr = (sg.lkey >> 8) < dev->mrs_len ? dev->mrs[sg.lkey >> 8] : NULL;
+            mr = dp_lkey_mr(dev, sg.lkey);
             /* IBTA 10.6.3.2: an lkey of the QP's PD covering the range */
-            if (!mr || mr->rkey != sg.lkey || mr->pd != qp->pd || (mr->access & need) != need
+            if (!mr || mr->pd != qp->pd || (mr->access & need) != need
                 || sg.addr < mr->iova || sg.addr - mr->iova > mr->length
                 || sg.length > mr->length - (sg.addr - mr->iova)) {
                 d->status = WC_LOC_PROT_ERR;
@@ -302,14 +317,14 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
             n++;
             length += sg.length;
         }
-        if (length > RNIC_DP_MAX_MSG || (op >= WR_CAS && length != 8)) {
+        if (length > RNIC_DP_MAX_MSG || ((op == WR_CAS || op == WR_FAA) && length != 8)) {
             d->status = WC_LOC_LEN_ERR;
             return;
         }
     }
     d->length = (uint32_t)length;
     d->npieces = n;
-    if (op < WR_CAS && length)
+    if ((sends_data(op) || op == WR_READ) && length)
         d->npkts = (uint32_t)((length + qp->mtu - 1) / qp->mtu);
 }
 

@@ -3,8 +3,9 @@
 
 Capability bits set (each one implemented): PORT_ACTIVE_EVENT (IBV_EVENT_PORT_ACTIVE/ERR
 follow the netdev), SYS_IMAGE_GUID, RC_RNR_NAK_GEN (the RC responder sends RNR NAKs), XRC
-(XRC domains, XRC SRQs, INI/TGT QPs: IBTA Annex A14).
-Everything rnicd does not offer reads zero: memory windows, on-demand paging, device
+(XRC domains, XRC SRQs, INI/TGT QPs: IBTA Annex A14), MEM_WINDOW and MEM_WINDOW_TYPE_2B
+(type 1 and type 2B memory windows, max_mw of them).
+Everything rnicd does not offer reads zero: type 2A windows, on-demand paging, device
 memory, raw packet QPs and TSO, RSS / work queues, flow steering, tag matching, packet pacing,
 CQ moderation, completion timestamps, PCIe atomics, multicast.
 """
@@ -21,7 +22,9 @@ VENDOR_ID = 0xFFFFFF
 DEVICE_CAP_FLAGS = (DeviceCapFlags.IBV_DEVICE_PORT_ACTIVE_EVENT
                     | DeviceCapFlags.IBV_DEVICE_SYS_IMAGE_GUID
                     | DeviceCapFlags.IBV_DEVICE_RC_RNR_NAK_GEN
-                    | DeviceCapFlags.IBV_DEVICE_XRC)
+                    | DeviceCapFlags.IBV_DEVICE_XRC
+                    | DeviceCapFlags.IBV_DEVICE_MEM_WINDOW
+                    | DeviceCapFlags.IBV_DEVICE_MEM_WINDOW_TYPE_2B)
 
 
 def device_attr(d) -> dict:
@@ -39,7 +42,7 @@ def device_attr(d) -> dict:
         "max_res_rd_atom": lim.max_qp_rd_atom * lim.max_qp,
         "max_qp_init_rd_atom": lim.max_qp_init_rd_atom, "max_ee_init_rd_atom": 0,
         "atomic_cap": int(AtomicCap.IBV_ATOMIC_HCA), "max_ee": 0, "max_rdd": 0,
-        "max_mw": 0, "max_raw_ipv6_qp": 0, "max_raw_ethy_qp": 0, "max_mcast_grp": 0,
+        "max_mw": lim.max_mw, "max_raw_ipv6_qp": 0, "max_raw_ethy_qp": 0, "max_mcast_grp": 0,
         "max_mcast_qp_attach": 0, "max_total_mcast_qp_attach": 0, "max_ah": 0,
         "max_fmr": 0, "max_map_per_fmr": 0, "max_srq": lim.max_srq,
         "max_srq_wr": lim.max_srq_wr, "max_srq_sge": lim.max_srq_sge,

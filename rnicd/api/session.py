@@ -12,6 +12,7 @@ import logging
 import os
 
 from rnicd.api.device_attr import device_attr, device_attr_ex
+from rnicd.core import mw
 from rnicd.core.cm.conn import CMId
 from rnicd.core.cm.offload import NOTIFY_DELAY, NOTIFY_MAX, Offload
 from rnicd.core.device import RC_LIKE, Device
@@ -43,7 +44,7 @@ PAGE = 4096               # the page size of the client's memfd segments
 REREG_FLAGS = (ReregFlags.IBV_REREG_MR_CHANGE_TRANSLATION | ReregFlags.IBV_REREG_MR_CHANGE_PD
                | ReregFlags.IBV_REREG_MR_CHANGE_ACCESS)
 NUM_COMP_VECTORS = 64     # a CQ's comp_vector is 0..63 (ibv_context.num_comp_vectors)
-# IBV_ACCESS_MW_BIND only permits binding memory windows to the MR; rnicd has none yet.
+# IBV_ACCESS_MW_BIND permits binding memory windows to the MR (core/mw.py, C10-73).
 MR_ACCESS = (RC_ACCESS | Access.IBV_ACCESS_MW_BIND | Access.IBV_ACCESS_ZERO_BASED
              | Access.IBV_ACCESS_RELAXED_ORDERING)
 
@@ -104,6 +105,7 @@ class Session:
         self.pid = pid
         self.pds: dict[int, PD] = {}
         self.mrs: dict[int, MR] = {}
+        self.mws: dict[int, mw.MW] = {}          # memory windows (core/mw.py)
         self.cqs: dict[int, CQ] = {}
         self.qps: dict[int, RCQP] = {}
         self.srqs: dict[int, SRQ] = {}
@@ -339,8 +341,36 @@ class Session:
         return {"lkey": mr.lkey, "rkey": mr.rkey}, []
 
     def m_dereg_mr(self, args, fds, now):
-        self._destroy_mr(self._get(self.mrs, args, "mr", "MR"), now)
+        mr = self._get(self.mrs, args, "mr", "MR")
+        if n := mw.windows_on(self.device, mr):
+            raise VerbsError(errno.EBUSY, f"dereg_mr: {n} memory window(s) are bound to MR "
+                             f"{mr.handle}: invalidate or deallocate them first")
+        self._destroy_mr(mr, now)
         return {}, []
+
+    # ---- memory windows (IBTA 10.6.7; core/mw.py) -----------------------------------------
+    def m_alloc_mw(self, args, fds, now):
+        pd = self._get(self.pds, args, "pd", "PD")
+        mw_type = arg_int(args, "mw_type", 0, (1 << 32) - 1)
+        if mw_type not in (mw.TYPE_1, mw.TYPE_2):
+            raise einval(f"alloc_mw: mw_type {mw_type} is neither IBV_MW_TYPE_1 (1) nor "
+                         "IBV_MW_TYPE_2 (2)")
+        if self.device.keys.windows >= self.device.limits.max_mw:
+            raise VerbsError(errno.ENOMEM, f"alloc_mw: device limit of "
+                             f"{self.device.limits.max_mw} memory windows reached")
+        w = mw.alloc(self.device, self._handle(), self, pd, mw_type)
+        pd.refs += 1
+        self.mws[w.handle] = w
+        return {"mw": w.handle, "rkey": w.rkey}, []
+
+    def m_dealloc_mw(self, args, fds, now):
+        self._destroy_mw(self._get(self.mws, args, "mw", "memory window"))
+        return {}, []
+
+    def _destroy_mw(self, w):
+        mw.dealloc(self.device, w)
+        del self.mws[w.handle]
+        w.pd.refs -= 1
 
     def _destroy_mr(self, mr: MR, now: float):
         self.device.forget_region(mr, now)
@@ -796,6 +826,8 @@ class Session:
             self._destroy_srq(srq, now)
         for cq in list(self.cqs.values()):
             self._destroy_cq(cq)
+        for w in list(self.mws.values()):          # before the MRs they are bound to
+            self._destroy_mw(w)
         for mr in list(self.mrs.values()):
             self._destroy_mr(mr, now)
         for x in list(self.xrcds.values()):

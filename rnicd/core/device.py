@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from rnicd import native
+from rnicd.core import mw
 from rnicd.core.cm.agent import CMAgent
 from rnicd.core.counters import Counters
 from rnicd.core.fault import FaultInjector, FaultSpec
@@ -38,7 +39,7 @@ XRC_TYPES = (QPType.IBV_QPT_XRC_SEND, QPType.IBV_QPT_XRC_RECV)
 RC_LIKE = (QPType.IBV_QPT_RC, QPType.IBV_QPT_UC) + XRC_TYPES
 
 QP_TABLE = 1 << 15          # QPNs are indices into the data plane's QP table
-MR_TABLE = 1 << 16          # key indices are indices into its MR table
+MR_TABLE = 1 << 17          # key indices are indices into its key table (MRs and MWs)
 ACKS_PER_BATCH = 256        # QPs that may come to owe an ACK in one received batch
 TX_CAP = 1024               # datagrams queued before they must be sent (or spilled)
 TX_BUF = 4608               # bytes per queued datagram: a 4096-byte payload and headers
@@ -56,6 +57,7 @@ class DeviceLimits:
     max_cq: int = 16384
     max_cqe: int = 1 << 20
     max_mr: int = 1 << 16
+    max_mw: int = 1 << 16
     max_mr_size: int = 1 << 40
     max_pd: int = 1 << 16
     max_qp_rd_atom: int = 16
@@ -81,6 +83,7 @@ class Device:
         self.gid_table = [self.gid] + [bytes(16)] * (GID_TABLE - 1)
         self.rng = random.Random(seed)
         self.keys = KeyTable(self.rng, MR_TABLE)
+        self.windows: set = set()          # memory windows (core/mw.py), also in keys
         self.qps: dict[int, object] = {}
         self._next_qpn = 0x11            # QPN 0 and 1 are reserved (SMI/GSI), as in IBTA
         # XRC (Annex A14): domains shared by file (inode), XRC SRQs by their number
@@ -172,6 +175,7 @@ class Device:
         self._dp_arrays["qps"][qp.qp_num] = qp.dp
 
     def remove_qp(self, qp):
+        mw.forget_qp(self, qp)
         self.qps.pop(qp.qp_num, None)
         self._dp_arrays["qps"][qp.qp_num] = native.ffi.NULL
         self._acks.discard(qp)

@@ -152,12 +152,13 @@ class KeyTable:
         self._rng = rng
         self._slots: dict[int, MR] = {}
         self._next_index = 1
+        self.windows = 0            # memory windows among the entries
         self.size = size
         self.dp = native.ffi.new("struct rnic_dp_mr *[]", size)
 
     def allocate(self) -> tuple[int, int]:
         """A key whose index slot is free (index 0 is never used: key 0 is no key)."""
-        if len(self._slots) >= self.size - 1:
+        if len(self._slots) >= self.size - 1:     # MRs and windows share the table
             raise OverflowError("no free memory key")
         while self._next_index in self._slots:
             self._next_index = self._next_index % (self.size - 1) + 1
@@ -167,13 +168,16 @@ class KeyTable:
         return key, key          # lkey == rkey, as rxe and mlx5 do
 
     def insert(self, mr: MR):
-        index = mr.lkey >> KEY_INDEX_SHIFT
+        """An MR, or a memory window (core/mw.py: lkey None, an rkey only)."""
+        index = mr.rkey >> KEY_INDEX_SHIFT
         self._slots[index] = mr
         self.dp[index] = mr.dp
+        self.windows += mr.lkey is None
 
     def remove(self, mr: MR):
-        index = mr.lkey >> KEY_INDEX_SHIFT
-        self._slots.pop(index, None)
+        index = mr.rkey >> KEY_INDEX_SHIFT
+        if self._slots.pop(index, None) is not None:
+            self.windows -= mr.lkey is None
         self.dp[index] = native.ffi.NULL
 
     def by_lkey(self, key: int) -> MR | None:
@@ -185,7 +189,8 @@ class KeyTable:
         return mr if mr is not None and mr.rkey == key else None
 
     def __len__(self):
-        return len(self._slots)
+        """MRs in the table (windows are counted in `windows`)."""
+        return len(self._slots) - self.windows
 
 
 @dataclass(eq=False)

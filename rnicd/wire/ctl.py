@@ -34,6 +34,7 @@ METHODS = (
     "cm_create_id", "cm_destroy_id", "cm_listen", "cm_connect", "cm_accept", "cm_reject",
     "cm_disconnect", "cm_establish", "cm_set_option", "cm_init_qp_attr", "open_qp",
     "import_context", "import_pd", "import_mr", "open_xrcd", "close_xrcd", "rereg_mr",
+    "alloc_mw", "dealloc_mw",
 )
 
 

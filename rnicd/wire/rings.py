@@ -5,7 +5,7 @@ Python client (tests/unit/test_native.py checks each against the compiled header
 """
 from enum import IntEnum
 
-ABI_VERSION = 1                 # RNIC_ABI_VERSION
+ABI_VERSION = 2                 # RNIC_ABI_VERSION
 RING_MAGIC = 0x524E4943         # RNIC_RING_MAGIC, "RNIC"
 RING_HDR_SIZE = 256             # RNIC_RING_HDR_SIZE: four cache lines
 SEND_WQE_HDR = 64               # RNIC_SEND_WQE_HDR_SIZE: struct rnic_send_wqe before its SGEs

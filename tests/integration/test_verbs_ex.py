@@ -10,7 +10,7 @@ import rnic.enums as e
 from rc_pair import ACCESS, connect
 from rnic.cq import CQ, CQEX, CqInitAttrEx, PollCqAttr
 from rnic.device import Context, get_device_list
-from rnic.mr import MR, MW
+from rnic.mr import MR
 from rnic.pd import PD
 from rnic.pyverbs_error import PyverbsRDMAError
 from rnic.qp import QP, QPCap, QPEx, QPInitAttrEx
@@ -27,11 +27,13 @@ def test_query_device_ex_is_truthful(rnicd):
         flags = attr.device_cap_flags
         assert flags & e.IBV_DEVICE_RC_RNR_NAK_GEN and flags & e.IBV_DEVICE_PORT_ACTIVE_EVENT
         assert flags & e.IBV_DEVICE_XRC                 # XRC domains, SRQs, INI/TGT QPs
-        assert not flags & (e.IBV_DEVICE_MEM_WINDOW | e.IBV_DEVICE_MANAGED_FLOW_STEERING)
+        assert not flags & (e.IBV_DEVICE_MEM_WINDOW_TYPE_2A | e.IBV_DEVICE_MANAGED_FLOW_STEERING)
+        # memory windows, type 1 and 2B (IBTA 10.6.7)
+        assert flags & e.IBV_DEVICE_MEM_WINDOW and flags & e.IBV_DEVICE_MEM_WINDOW_TYPE_2B
         assert ex.device_cap_flags_ex == flags
         assert ex.odp_caps.general_caps == 0 and ex.max_dm_size == 0
         assert ex.tm_caps.max_num_tags == 0 and ex.rss_caps.supported_qpts == 0
-        assert ex.phys_port_cnt_ex == 1 and attr.max_mw == 0
+        assert ex.phys_port_cnt_ex == 1 and attr.max_mw == 1 << 16
         assert ctx.num_comp_vectors == 64
 
 
@@ -175,13 +177,13 @@ def test_not_offered_answers_eopnotsupp(rnicd):
     with Context(socket=d.socket) as ctx, PD(ctx) as pd:
         cq = CQ(ctx, 8)
         for make in (lambda: XRCD(ctx, XRCDInitAttr(e.IBV_XRCD_INIT_ATTR_RESERVED, 0, -1)),
-                     lambda: SRQ(ctx, _tm_srq(pd)), lambda: MW(pd, e.IBV_MW_TYPE_1),
+                     lambda: SRQ(ctx, _tm_srq(pd)),
                      lambda: QP(pd, QPInitAttrEx(qp_type=8, scq=cq, rcq=cq)),
                      lambda: CQEX(ctx, CqInitAttrEx(
                          wc_flags=e.IBV_WC_EX_WITH_COMPLETION_TIMESTAMP)),
                      lambda: QPEx(ctx, QPInitAttrEx(qp_type=e.IBV_QPT_RC, scq=cq, rcq=cq,
                                                     pd=pd,
-                                                    send_ops_flags=e.IBV_QP_EX_WITH_BIND_MW))):
+                                                    send_ops_flags=e.IBV_QP_EX_WITH_TSO))):
             with pytest.raises(PyverbsRDMAError) as ex:
                 make()
             assert ex.value.error_code == errno.EOPNOTSUPP

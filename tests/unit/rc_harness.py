@@ -262,3 +262,18 @@ def run_batched(a: Host, b: Host, max_rounds=10_000_000):
         if not (moved or a.dev.reading or b.dev.reading):
             return
     raise AssertionError("no quiescence")
+
+
+def send_with_inv_datagrams(rkey=0xA5A5A5A5, sizes=(13, 600)):
+    """The datagrams the data plane builds for SEND with Invalidate WQEs of these sizes
+    (path MTU 256: ONLY, or FIRST, MIDDLE..., LAST WITH INVALIDATE), on a QP of 127.0.0.1
+    towards 127.0.0.2 QPN 0x99 (both ports 4791): [(datagram, payload)]."""
+    a = Host("127.0.0.1")
+    qa = a.qp(a.cq())
+    connect_to(a, qa, "127.0.0.2", 0x99, mtu=abi.IBV_MTU_256)
+    m = a.mr(4096)
+    m.buf[:] = bytes(range(256)) * 16
+    for i, n in enumerate(sizes):
+        a.post_send(qa, i, abi.IBV_WR_SEND_WITH_INV, [m.sge(0, n)], imm=rkey,
+                    flags=abi.IBV_SEND_SIGNALED | abi.IBV_SEND_SOLICITED)
+    return [data for data, _addr in a.dev.take_tx()]

@@ -485,7 +485,8 @@ def test_post_send_validation(daemon, rc):
     assert "max_inline_data" in _post_err(qp, SendWR(
         sg=[SGE(mr.buf, 65, mr.lkey)], send_flags=e.IBV_SEND_INLINE)).msg
     _post_err(qp, SendWR(opcode=e.IBV_WR_RDMA_READ, sg=[sge], send_flags=e.IBV_SEND_INLINE))
-    _post_err(qp, SendWR(opcode=e.IBV_WR_BIND_MW, sg=[sge]))
+    assert "carries no data" in _post_err(qp, SendWR(opcode=e.IBV_WR_BIND_MW, sg=[sge])).msg
+    assert "set_bind_wr" in _post_err(qp, SendWR(opcode=e.IBV_WR_BIND_MW)).msg
     _post_err(qp, SendWR(sg=[sge], send_flags=0x100))
     _post_err(qp, SendWR(opcode=e.IBV_WR_SEND_WITH_IMM, imm_data=1 << 32, sg=[sge]))
     atomic = SendWR(opcode=e.IBV_WR_ATOMIC_FETCH_AND_ADD, sg=[SGE(mr.buf, 4, mr.lkey)])

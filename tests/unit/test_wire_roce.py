@@ -508,3 +508,27 @@ def test_xrceth_layout():
         roce.build(sample(Opcode.XRC_SEND_ONLY, xrc_srqn=None), **FLOW)
     # responses carry none (A14.4.2): an XRC ACK is BTH + AETH, as RC's
     assert roce.wire_len(Opcode.XRC_ACKNOWLEDGE, 0) == roce.wire_len(Opcode.RC_ACKNOWLEDGE, 0)
+
+
+def test_scapy_checks_the_data_planes_send_with_invalidate(scapy):
+    """SEND with Invalidate as the data plane (sq.c) builds it: the IETH (9.3.9) on the LAST
+    or ONLY packet only, SE there, and an ICRC scapy agrees with."""
+    from rc_harness import send_with_inv_datagrams
+
+    s = scapy
+    got = []
+    for data in send_with_inv_datagrams(rkey=0xA5A5A5A5, sizes=(13, 600)):
+        b = s["BTH"](data)
+        got.append((b.opcode, b.solicited, b.padcount, len(data)))
+        if b.opcode in (Opcode.RC_SEND_LAST_WITH_INVALIDATE, Opcode.RC_SEND_ONLY_WITH_INVALIDATE):
+            assert int.from_bytes(data[12:16], "big") == 0xA5A5A5A5
+            assert roce.parse(data, src_ip="127.0.0.1", dst_ip="127.0.0.2", sport=4791,
+                              dport=4791).ieth_rkey == 0xA5A5A5A5
+        wire = bytes(s["IP"](src="127.0.0.1", dst="127.0.0.2", flags="DF", id=0)
+                     / s["UDP"](sport=4791, dport=4791) / s["Raw"](data))
+        assert s["IP"](wire)[s["BTH"]].compute_icrc(None) == data[-4:]
+    O = Opcode
+    # 13 bytes: ONLY (IETH, 3 pad bytes); 600 bytes at MTU 256: FIRST, MIDDLE, LAST (IETH)
+    assert got == [(O.RC_SEND_ONLY_WITH_INVALIDATE, 1, 3, 12 + 4 + 16 + 4),
+                   (O.RC_SEND_FIRST, 0, 0, 12 + 256 + 4), (O.RC_SEND_MIDDLE, 0, 0, 12 + 256 + 4),
+                   (O.RC_SEND_LAST_WITH_INVALIDATE, 1, 0, 12 + 4 + 88 + 4)]

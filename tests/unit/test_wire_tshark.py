@@ -33,10 +33,10 @@ FIELDS = (
 )
 
 
-def ipv4_udp(payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", SPORT, roce.ROCEV2_PORT, 8 + len(payload), 0) + payload
+def ipv4_udp(payload: bytes, src=SRC, dst=DST, sport=SPORT) -> bytes:
+    udp = struct.pack("!HHHH", sport, roce.ROCEV2_PORT, 8 + len(payload), 0) + payload
     hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                                SRC, DST))
+                                src, dst))
     s = sum(struct.unpack("!10H", hdr))
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
@@ -128,3 +128,21 @@ def test_tshark_dissects_our_packets(tshark, tmp_path):
         if num(row, "infiniband.invariant.crc") is not None:
             # tshark shows (does not check) the ICRC: the 4 wire bytes read big-endian.
             assert num(row, "infiniband.invariant.crc") == int.from_bytes(data[-4:], "big")
+
+
+def test_tshark_dissects_the_data_planes_ieth(tshark, tmp_path):
+    """SEND with Invalidate as the data plane builds it: tshark finds the IETH's R_Key."""
+    from rc_harness import send_with_inv_datagrams
+
+    built = send_with_inv_datagrams(rkey=0x12345678, sizes=(13, 600))
+    frames = [ipv4_udp(b, bytes([127, 0, 0, 1]), bytes([127, 0, 0, 2]), roce.ROCEV2_PORT)
+              for b in built]
+    pcap = tmp_path / "ieth.pcap"
+    write_pcap(pcap, frames)
+    res = subprocess.run([tshark, "-n", "-r", str(pcap), "-T", "fields", "-E",
+                          "separator=/t", "-E", "occurrence=f", "-e", "infiniband.bth.opcode", "-e",
+                          "infiniband.ieth"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    rows = [line.split("\t") for line in res.stdout.splitlines()]
+    assert rows == [["23", "12345678"], ["0", ""], ["1", ""], ["22", "12345678"]]

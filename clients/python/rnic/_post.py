@@ -14,16 +14,18 @@ from .errors import RnicError, einval, enomem
 
 W = WROpcode
 _SENDS = frozenset({W.IBV_WR_SEND, W.IBV_WR_SEND_WITH_IMM})
+_INV = frozenset({W.IBV_WR_SEND_WITH_INV, W.IBV_WR_LOCAL_INV})   # imm_data: invalidate_rkey
+_MW_OPS = frozenset({W.IBV_WR_BIND_MW, W.IBV_WR_LOCAL_INV})      # local: no data
 _WRITES = frozenset({W.IBV_WR_RDMA_WRITE, W.IBV_WR_RDMA_WRITE_WITH_IMM})
 _ATOMICS = frozenset({W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD})
 _RDMA = _WRITES | {W.IBV_WR_RDMA_READ}
 _IMM = frozenset({W.IBV_WR_SEND_WITH_IMM, W.IBV_WR_RDMA_WRITE_WITH_IMM})
-_INLINE_OK = _SENDS | _WRITES
+_INLINE_OK = _SENDS | _WRITES | {W.IBV_WR_SEND_WITH_INV}
 # Operations each transport service supports (IBTA vol 1 ch. 9/10: UD carries sends only;
-# UC adds RDMA writes; RC adds RDMA reads and atomics). Memory-window and invalidate
-# operations are not implemented by rnicd.
+# UC adds RDMA writes; RC adds RDMA reads, atomics, memory-window binds and invalidation,
+# 10.6.7, which rnicd offers on RC QPs).
 OPS_BY_QP_TYPE = {
-    QPType.IBV_QPT_RC: _SENDS | _RDMA | _ATOMICS,
+    QPType.IBV_QPT_RC: _SENDS | _RDMA | _ATOMICS | _MW_OPS | {W.IBV_WR_SEND_WITH_INV},
     QPType.IBV_QPT_UC: _SENDS | _WRITES,
     QPType.IBV_QPT_UD: _SENDS,
     QPType.IBV_QPT_XRC_SEND: _SENDS | _RDMA | _ATOMICS,    # RC's (IBTA Annex A14)
@@ -110,7 +112,7 @@ def _prepare_send(qp, wr) -> tuple:
                      f"({flags & ~_FLAGS_OK:#x}); allowed: IBV_SEND_FENCE|SIGNALED|SOLICITED|"
                      "INLINE")
     wr_id = uint(getattr(wr, "wr_id", None), 64, f"{what}: wr_id")
-    imm = uint(wr.imm_data, 32, f"{what}: imm_data") if op in _IMM else 0
+    imm = uint(wr.imm_data, 32, f"{what}: imm_data") if op in _IMM | _INV else 0
     raddr = rkey = cmp_add = swap = ah = rqpn = rqkey = 0
     if op in _RDMA or op in _ATOMICS:
         raddr = uint(wr.remote_addr, 64, f"{what}: remote_addr")
@@ -138,6 +140,13 @@ def _prepare_send(qp, wr) -> tuple:
         rqpn = uint(getattr(wr, "remote_srqn", 0), 24, f"{what}: remote_srqn (XRC SRQ number, "
                     "set_qp_type_xrc)")
     sges = list(getattr(wr, "sg", ()))
+    if op in _MW_OPS:
+        if sges or flags & SendFlags.IBV_SEND_INLINE:
+            raise einval(f"{what}: {_opname(op)} carries no data (no SGEs, not inline)")
+        payload = ("bind", _bind_fields(qp, wr, what)) if op == W.IBV_WR_BIND_MW else ("sg", [])
+        if op == W.IBV_WR_BIND_MW:
+            rkey = uint(wr.rkey, 32, f"{what}: rkey (the window's new rkey)")
+        return (wr_id, op, flags, imm, raddr, rkey, cmp_add, swap, ah, rqpn, rqkey, payload)
     if flags & SendFlags.IBV_SEND_INLINE:
         if op not in _INLINE_OK:
             raise einval(f"{what}: IBV_SEND_INLINE is for sends and RDMA writes, not "
@@ -157,6 +166,24 @@ def _prepare_send(qp, wr) -> tuple:
                          "(max_send_sge)")
         payload = ("sg", check_sges(qp.context, sges, max_sge, what))
     return (wr_id, op, flags, imm, raddr, rkey, cmp_add, swap, ah, rqpn, rqkey, payload)
+
+
+def _bind_fields(qp, wr, what: str) -> tuple:
+    """A BIND_MW WR's window and bind_info, as the WQE's bind_* fields (rnic_abi.h):
+    (mw handle, lkey of the MR or 0, addr, length, mw_access_flags)."""
+    mw, info = getattr(wr, "bind_mw", None), getattr(wr, "bind_info", None)
+    if mw is None or info is None:
+        raise einval(f"{what}: IBV_WR_BIND_MW needs wr.set_bind_wr(mw, bind_info)")
+    if getattr(mw, "closed", True) or getattr(getattr(mw, "pd", None), "ctx", None) \
+            is not qp.context:
+        raise einval(f"{what}: the MW is closed or belongs to another context")
+    mr = getattr(info, "mr", None)
+    if mr is not None and (getattr(mr, "closed", True) or mr.pd is not mw.pd):
+        raise einval(f"{what}: bind_info.mr is closed or not in the MW's PD")
+    addr = uint(info.addr or 0, 64, f"{what}: bind_info.addr")
+    length = uint(info.length or 0, 64, f"{what}: bind_info.length")
+    access = uint(info.mw_access_flags or 0, 32, f"{what}: bind_info.mw_access_flags")
+    return (mw.handle, mr.lkey if mr is not None else 0, addr, length, access)
 
 
 def post_send(qp, wrs) -> None:
@@ -179,7 +206,10 @@ def post_send(qp, wrs) -> None:
         w.wr_id, w.remote_addr, w.compare_add, w.swap = wr_id, raddr, cmp_add, swap
         w.opcode, w._rsvd0, w.send_flags, w.imm_data, w.rkey = op, 0, flags, imm, rkey
         w.ah, w.remote_qpn, w.remote_qkey = ah, rqpn, rqkey
-        if kind == "inline":
+        if kind == "bind":          # after the fields they share a place with
+            w.bind_mw, w.bind_lkey, w.remote_addr, w.bind_length, w.bind_access = body
+            w.num_sge, w.inline_len = 0, 0
+        elif kind == "inline":
             w.num_sge, w.inline_len = 0, len(body)
             if body:
                 ffi.memmove(ffi.cast("uint8_t *", w) + SEND_WQE_HDR, body, len(body))

@@ -14,8 +14,8 @@ import weakref
 from .errors import RnicError
 
 # Order in which a parent closes its children: users of an object go before the object.
-_RANK = {"QP": 0, "QPEx": 0, "AH": 1, "SRQ": 2, "MR": 3, "PD": 4, "XRCD": 4, "CQ": 5,
-         "CompChannel": 6}
+_RANK = {"QP": 0, "QPEx": 0, "AH": 1, "SRQ": 2, "MW": 2.5, "MR": 3, "PD": 4, "XRCD": 4,
+         "CQ": 5, "CompChannel": 6}
 
 
 def close_children(children) -> None:

@@ -44,6 +44,12 @@ class WC:
         return cls(c.wr_id, c.status, c.opcode, c.vendor_err, c.byte_len, c.qp_num, c.src_qp,
                    c.imm_data, c.wc_flags, c.pkey_index, c.slid, c.sl, c.dlid_path_bits)
 
+    @property
+    def invalidated_rkey(self) -> int:
+        """IBV_WC_WITH_INV: the rkey a SEND with Invalidate invalidated (ibv_wc's
+        invalidated_rkey shares imm_data's place)."""
+        return self.imm_data
+
     def __repr__(self) -> str:
         def name(enum, v):
             try:

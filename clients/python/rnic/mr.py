@@ -18,7 +18,7 @@ import os
 from rnicd.wire.abi import Access, ReregFlags
 
 from . import _usermem
-from ._unsupported import AttrHolder, verb_classes
+from ._unsupported import verb_classes
 from .base import RnicCM
 from .device import need_int
 from .errors import RnicError, einval
@@ -244,13 +244,8 @@ class MR(RnicCM):
                 f"rkey={self.rkey:#x})")
 
 
-# Not offered yet (max_mw is 0; IBV_DEVICE_MEM_WINDOW clear), device memory and dma-buf MRs.
-verb_classes(globals(), "memory windows", "MW", "MWBind")
+# Not offered yet: device memory and dma-buf MRs.
 verb_classes(globals(), "device memory", "DMMR")
 verb_classes(globals(), "dma-buf memory", "DmaBufMR")
 
-
-class MWBindInfo(AttrHolder):
-    """struct ibv_mw_bind_info: ``MWBindInfo(mr, addr, length, mw_access_flags)``."""
-
-    _fields = ("mr", "addr", "length", "mw_access_flags")
+from .mw import MW, MWBind, MWBindInfo  # noqa: E402,F401  (memory windows: rnic/mw.py)

@@ -320,6 +320,13 @@ class QP(RnicCM):
             _copy_wr(bad_wr, getattr(exc, "bad_wr", None))
             raise
 
+    def bind_mw(self, mw, mw_bind) -> None:
+        """ibv_bind_mw: bind type 1 window mw as mw_bind (an MWBind) says, with a work
+        request on this QP; mw.rkey becomes the new rkey (rnic.mw)."""
+        self._check_open()
+        from .mw import bind_mw
+        bind_mw(self, mw, mw_bind)
+
     def post_recv(self, wr, bad_wr=None) -> None:
         """Post a RecvWR (and its ``next_wr`` chain), or a list of them."""
         self._check_open()
@@ -364,10 +371,10 @@ QP_EX_WITH = {   # enum ibv_qp_create_send_ops_flags -> the WR opcode it enables
     1 << 0: WROpcode.IBV_WR_RDMA_WRITE, 1 << 1: WROpcode.IBV_WR_RDMA_WRITE_WITH_IMM,
     1 << 2: WROpcode.IBV_WR_SEND, 1 << 3: WROpcode.IBV_WR_SEND_WITH_IMM,
     1 << 4: WROpcode.IBV_WR_RDMA_READ, 1 << 5: WROpcode.IBV_WR_ATOMIC_CMP_AND_SWP,
-    1 << 6: WROpcode.IBV_WR_ATOMIC_FETCH_AND_ADD,
+    1 << 6: WROpcode.IBV_WR_ATOMIC_FETCH_AND_ADD, 1 << 7: WROpcode.IBV_WR_LOCAL_INV,
+    1 << 8: WROpcode.IBV_WR_BIND_MW, 1 << 9: WROpcode.IBV_WR_SEND_WITH_INV,
 }
-QP_EX_NOT_OFFERED = {1 << 7: "LOCAL_INV", 1 << 8: "BIND_MW", 1 << 9: "SEND_WITH_INV",
-                     1 << 10: "TSO", 1 << 12: "ATOMIC_WRITE"}
+QP_EX_NOT_OFFERED = {1 << 10: "TSO", 1 << 12: "ATOMIC_WRITE"}
 
 
 class QPEx(QP):
@@ -453,13 +460,14 @@ class QPEx(QP):
         self._err = self._err or not_offered(f"QPEx {what}")
 
     def wr_local_inv(self, invalidate_rkey) -> None:
-        self._not_offered("wr_local_inv")
+        self._new(WROpcode.IBV_WR_LOCAL_INV, imm_data=invalidate_rkey)
 
     def wr_bind_mw(self, mw, rkey, bind_info) -> None:
-        self._not_offered("wr_bind_mw (memory windows)")
+        """ibv_wr_bind_mw: bind mw (rkey: its new rkey, ibv_inc_rkey of the current one)."""
+        self._new(WROpcode.IBV_WR_BIND_MW, bind_mw=mw, bind_info=bind_info, rkey=rkey)
 
     def wr_send_inv(self, invalidate_rkey) -> None:
-        self._not_offered("wr_send_inv")
+        self._new(WROpcode.IBV_WR_SEND_WITH_INV, imm_data=invalidate_rkey)
 
     def wr_send_tso(self, hdr, hdr_sz, mss) -> None:
         self._not_offered("wr_send_tso")

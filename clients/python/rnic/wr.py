@@ -2,10 +2,13 @@
 
 Plain Python objects: nothing is checked here; QP.post_send / post_recv validate a WR
 completely before writing it into the ring. ``imm_data`` is an int (0..2**32-1): rnicd
-sends it big-endian on the wire and the receiver's WC.imm_data is the same int.
+sends it big-endian on the wire and the receiver's WC.imm_data is the same int. For
+IBV_WR_LOCAL_INV and IBV_WR_SEND_WITH_INV it is the rkey to invalidate (ibv_send_wr's
+invalidate_rkey shares its place), as pyverbs uses it.
 """
 from rnicd.wire.abi import SendFlags, WROpcode
 
+from .base import inc_rkey
 from .errors import einval
 
 
@@ -89,6 +92,8 @@ class SendWR(_SGListMixin):
         self.remote_qpn = 0
         self.remote_qkey = 0
         self.remote_srqn = 0
+        self.bind_mw = None         # IBV_WR_BIND_MW: set_bind_wr
+        self.bind_info = None
 
 
     def set_wr_rdma(self, rkey, addr) -> None:
@@ -113,6 +118,13 @@ class SendWR(_SGListMixin):
         """XRC: the responder's XRC SRQ that serves this WR (qp_type.xrc.remote_srqn, sent
         in the XRCETH, IBTA Annex A14); see SRQ.get_srq_num()."""
         self.remote_srqn = remote_srqn
+
+    def set_bind_wr(self, mw, bind_info) -> None:
+        """IBV_WR_BIND_MW: bind window mw as bind_info (an MWBindInfo) says; the new rkey,
+        ``ibv_inc_rkey(mw.rkey)``, is ``self.rkey`` (ibv_send_wr.bind_mw.rkey)."""
+        self.bind_mw = mw
+        self.bind_info = bind_info
+        self.rkey = inc_rkey(mw.rkey)
 
     def __repr__(self) -> str:
         try:

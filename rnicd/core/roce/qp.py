@@ -181,12 +181,16 @@ class RCQP:
             return wqe
         return self.rq.take() if self.rq is not None else None
 
-    def complete_recv(self, wr_id, status, opcode, byte_len=0, imm=None, solicited=False):
+    def complete_recv(self, wr_id, status, opcode, byte_len=0, imm=None, solicited=False,
+                      inv=None):
         e = CQEntry(wr_id=wr_id, status=status, opcode=opcode, byte_len=byte_len,
                     qp_num=self.qp_num, src_qp=self.attr["dest_qp_num"], solicited=solicited)
         if imm is not None:
             e.imm_data = imm
             e.wc_flags = 2      # IBV_WC_WITH_IMM
+        if inv is not None:     # IBV_WC_WITH_INV: invalidated_rkey shares imm_data's place
+            e.imm_data = inv
+            e.wc_flags = 8
         self.device.complete(self.recv_cq, e)
 
     def complete_send(self, wr_id, status, opcode, byte_len=0):

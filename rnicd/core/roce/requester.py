@@ -11,6 +11,7 @@ the rest of its original request only (9.7.4.1.4).
 from __future__ import annotations
 
 from rnicd import native
+from rnicd.core import mw
 from rnicd.core.roce.dpstate import dp_field
 from rnicd.wire import opcodes as op
 from rnicd.wire.abi import WC_OPCODE_OF_WR as WC_OPCODE
@@ -24,6 +25,7 @@ XRC_OPBASE = op.Transport.XRC << 5    # Annex A14.4.1: XRC opcodes are 0xA0 | RC
 
 W = WROpcode
 ATOMICS = {W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD}
+LOCAL_OPS = {W.IBV_WR_BIND_MW, W.IBV_WR_LOCAL_INV}     # no packets: run at fetch (core/mw.py)
 IN_FLIGHT = -1        # rnic_dp_swqe.status while the WQE is not finished
 
 
@@ -165,6 +167,13 @@ class Requester:
         if lib.rnic_dp_swqe_commit(dp) < 0:
             return False       # its PSNs would be 2^23 past una: wait for ACKs
         self._slots[slot] = w
+        if w.status is None and w.opcode in LOCAL_OPS:
+            # IBTA 10.6.7.2: bind and invalidate take effect now, before any later WR is
+            # sent, and complete in SQ order (retire waits for the WRs before them)
+            w.status = mw.execute(qp, w.opcode, self._hdr)
+            if w.status == WCStatus.IBV_WC_SUCCESS:
+                self.retire()
+                return True
         if w.status is not None:
             qp.fatal(f"bad send WQE wr_id={w.wr_id}: {w.status.name}", 0.0)
             return False

@@ -17,7 +17,7 @@ import errno
 from collections import OrderedDict, deque
 
 from rnicd import native
-from rnicd.core.resources import MR
+from rnicd.core import mw
 from rnicd.core.roce.dpstate import dp_field
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
@@ -175,6 +175,12 @@ class Responder:
             dp.msg = MSG_SEND
         elif not self._length_ok(pkt, info):
             return self._invalid(pkt, now, "bad payload length for the path MTU")
+        target = None
+        if info.ieth:            # SEND with Invalidate (9.3.9, 10.6.7.2.3): its R_Key first
+            target, why = mw.check_invalidate(qp, pkt.ieth_rkey, remote=True)
+            if target is None:
+                qp.counters.inc("rcvd_inv_err")
+                return self._invalid(pkt, now, f"SEND with Invalidate: {why}")
         payload = bytes(pkt.payload)
         if lib.rnic_dp_recv_place(dp, payload, len(payload)) < 0:
             qp.complete_recv(dp.recv_wr_id, WCStatus.IBV_WC_LOC_LEN_ERR, WCOpcode.IBV_WC_RECV)
@@ -184,8 +190,11 @@ class Responder:
         if info.is_last:
             wr_id, length = dp.recv_wr_id, dp.recv_off
             self._end_message()
+            if target is not None:
+                mw.invalidate(target)       # before the completion that reports it
             qp.complete_recv(wr_id, WCStatus.IBV_WC_SUCCESS, WCOpcode.IBV_WC_RECV, length,
-                             pkt.imm if info.immdt else None, solicited=pkt.se)
+                             pkt.imm if info.immdt else None, solicited=pkt.se,
+                             inv=pkt.ieth_rkey if target is not None else None)
             self._message_done()
         self._advance(pkt)
 
@@ -211,15 +220,15 @@ class Responder:
                                  WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM)
             return self._invalid(pkt, now, why)
         if info.is_first:                                 # key
-            mr = self._remote_mr(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
-                                 Access.IBV_ACCESS_REMOTE_WRITE)
-            if mr is None and pkt.reth_len:
+            dst = self._remote(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
+                               Access.IBV_ACCESS_REMOTE_WRITE)
+            if dst is None and pkt.reth_len:
                 if wqe is not None:
                     qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_ACCESS_ERR,
                                      WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM)
                 return self._access_error(pkt, now)
             dp.msg = MSG_WRITE
-            dp.write_ptr = mr.pointer(pkt.reth_va) if mr is not None else NULL
+            dp.write_ptr = dst if dst is not None else NULL
             dp.write_left = dp.write_len = pkt.reth_len
         if n:
             ffi.memmove(dp.write_ptr, pkt.payload, n)
@@ -253,15 +262,18 @@ class Responder:
             return self._invalid(pkt, now, "atomic request of a bad length")
         if pkt.atomic_va % 8:
             return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, "misaligned atomic")
-        mr = self._remote_mr(pkt.atomic_rkey, pkt.atomic_va, 8, Access.IBV_ACCESS_REMOTE_ATOMIC)
-        if mr is None:
+        dst = self._remote(pkt.atomic_rkey, pkt.atomic_va, 8, Access.IBV_ACCESS_REMOTE_ATOMIC)
+        if dst is None:
             return self._access_error(pkt, now)
-        off = pkt.atomic_va - mr.iova
-        nat = qp.device.native
+        res, m = ffi.new("uint64_t *"), 0xFFFFFFFFFFFFFFFF
         if pkt.opcode & 0x1F == op.Opcode.RC_COMPARE_SWAP:     # RC's or XRC's
-            orig = nat.atomic_cas64(mr.buf, off, pkt.atomic_compare, pkt.atomic_swap_add)
+            rc = lib.rnic_atomic_cas64(dst, 8, 0, pkt.atomic_compare & m,
+                                       pkt.atomic_swap_add & m, res)
         else:
-            orig = nat.atomic_faa64(mr.buf, off, pkt.atomic_swap_add)
+            rc = lib.rnic_atomic_faa64(dst, 8, 0, pkt.atomic_swap_add & m, res)
+        if rc < 0:      # a zero-based window can make an aligned VA a misaligned address
+            return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, "misaligned atomic")
+        orig = res[0]
         self.atomic_cache[pkt.psn] = orig
         while len(self.atomic_cache) > max(1, qp.attr["max_dest_rd_atomic"]):
             self.atomic_cache.popitem(last=False)
@@ -294,29 +306,25 @@ class Responder:
         mtu = self.qp.mtu
         return pkt.bad_len is None and n <= mtu and (info.is_last or n == mtu)
 
-    def _remote_mr(self, rkey, va, length, need) -> MR | None:
-        qp = self.qp
-        mr = qp.device.keys.by_rkey(rkey)
-        if (mr is None or mr.pd is not qp.pd or not (mr.access & need)
-                or not (qp.attr["qp_access_flags"] & need)
-                or mr.offset_of(va, length) is None):
-            return None
-        return mr
+    def _remote(self, rkey, va, length, need):
+        """uint8_t * to [va, va+length) of rkey (an MR or a memory window) if this QP may
+        access it with `need`, else None: the data plane's check, rnic_dp_rkey."""
+        p = lib.rnic_dp_rkey(self.qp.device.dp, self.dp, rkey, va, length, int(need))
+        return None if p == NULL else p
 
     def _read_source(self, pkt):
         """Where a READ's data comes from, or None on a remote access error."""
         if not pkt.reth_len:
             return NULL     # zero-length transfers need no valid rkey (9.7.4.1.5)
-        mr = self._remote_mr(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
-                             Access.IBV_ACCESS_REMOTE_READ)
-        return None if mr is None else mr.pointer(pkt.reth_va)
+        return self._remote(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
+                            Access.IBV_ACCESS_REMOTE_READ)
 
     def _start_read(self, psn, length, src, msn, key=None):
         """Start answering a READ with the data plane's rnic_dp_read_begin/_continue. A READ
         that waited (key given) is looked up again: its MR may be gone by now."""
         if key is not None and length:
-            mr = self._remote_mr(key[0], key[1], length, Access.IBV_ACCESS_REMOTE_READ)
-            if mr is None or mr.pointer(key[1]) != src:
+            now_src = self._remote(key[0], key[1], length, Access.IBV_ACCESS_REMOTE_READ)
+            if now_src is None or now_src != src:
                 self.qp.counters.inc("rcvd_access_err")
                 return self._fatal_nak(None, roce.NAK_REMOTE_ACCESS, 0.0,
                                        "READ source deregistered", psn)
