@@ -118,10 +118,11 @@ class XRCQP(RCQP):
         self.srq, self.pd = None, None
         self.dp.pd = 0
 
-    def complete_recv(self, wr_id, status, opcode, byte_len=0, imm=None, solicited=False):
+    def complete_recv(self, wr_id, status, opcode, byte_len=0, imm=None, solicited=False,
+                      inv=None):
         if self.recv_cq is None:            # nothing bound: nothing was taken
             return
-        super().complete_recv(wr_id, status, opcode, byte_len, imm, solicited)
+        super().complete_recv(wr_id, status, opcode, byte_len, imm, solicited, inv)
 
     def query(self) -> dict:
         a = super().query()
