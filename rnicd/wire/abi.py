@@ -328,9 +328,128 @@ class ForkStatus(IntEnum):
     IBV_FORK_UNNEEDED = 2
 
 
-IBV_NODE_CA = 1
-IBV_TRANSPORT_IB = 0
-IBV_LINK_LAYER_ETHERNET = 2
+class NodeType(IntEnum):
+    IBV_NODE_UNKNOWN = -1
+    IBV_NODE_CA = 1
+    IBV_NODE_SWITCH = 2
+    IBV_NODE_ROUTER = 3
+    IBV_NODE_RNIC = 4
+    IBV_NODE_USNIC = 5
+    IBV_NODE_USNIC_UDP = 6
+    IBV_NODE_UNSPECIFIED = 7
+
+
+class TransportType(IntEnum):
+    IBV_TRANSPORT_UNKNOWN = -1
+    IBV_TRANSPORT_IB = 0
+    IBV_TRANSPORT_IWARP = 1
+    IBV_TRANSPORT_USNIC = 2
+    IBV_TRANSPORT_USNIC_UDP = 3
+    IBV_TRANSPORT_UNSPECIFIED = 4
+
+
+class LinkLayer(IntEnum):
+    IBV_LINK_LAYER_UNSPECIFIED = 0
+    IBV_LINK_LAYER_INFINIBAND = 1
+    IBV_LINK_LAYER_ETHERNET = 2
+
+
+class PortCapFlags(IntFlag):
+    """enum ibv_port_cap_flags (port_cap_flags of ibv_port_attr)."""
+    IBV_PORT_SM = 1 << 1
+    IBV_PORT_NOTICE_SUP = 1 << 2
+    IBV_PORT_TRAP_SUP = 1 << 3
+    IBV_PORT_OPT_IPD_SUP = 1 << 4
+    IBV_PORT_AUTO_MIGR_SUP = 1 << 5
+    IBV_PORT_SL_MAP_SUP = 1 << 6
+    IBV_PORT_MKEY_NVRAM = 1 << 7
+    IBV_PORT_PKEY_NVRAM = 1 << 8
+    IBV_PORT_LED_INFO_SUP = 1 << 9
+    IBV_PORT_SYS_IMAGE_GUID_SUP = 1 << 11
+    IBV_PORT_PKEY_SW_EXT_PORT_TRAP_SUP = 1 << 12
+    IBV_PORT_EXTENDED_SPEEDS_SUP = 1 << 14
+    IBV_PORT_CAP_MASK2_SUP = 1 << 15
+    IBV_PORT_CM_SUP = 1 << 16
+    IBV_PORT_SNMP_TUNNEL_SUP = 1 << 17
+    IBV_PORT_REINIT_SUP = 1 << 18
+    IBV_PORT_DEVICE_MGMT_SUP = 1 << 19
+    IBV_PORT_VENDOR_CLASS_SUP = 1 << 20
+    IBV_PORT_DR_NOTICE_SUP = 1 << 21
+    IBV_PORT_CAP_MASK_NOTICE_SUP = 1 << 22
+    IBV_PORT_BOOT_MGMT_SUP = 1 << 23
+    IBV_PORT_LINK_LATENCY_SUP = 1 << 24
+    IBV_PORT_CLIENT_REG_SUP = 1 << 25
+    IBV_PORT_IP_BASED_GIDS = 1 << 26
+
+
+class PortCapFlags2(IntFlag):
+    """enum ibv_port_cap_flags2 (port_cap_flags2)."""
+    IBV_PORT_SET_NODE_DESC_SUP = 1
+    IBV_PORT_INFO_EXT_SUP = 1 << 1
+    IBV_PORT_VIRT_SUP = 1 << 2
+    IBV_PORT_SWITCH_PORT_STATE_TABLE_SUP = 1 << 3
+    IBV_PORT_LINK_WIDTH_2X_SUP = 1 << 4
+    IBV_PORT_LINK_SPEED_HDR_SUP = 1 << 5
+    IBV_PORT_LINK_SPEED_NDR_SUP = 1 << 10
+
+
+class CQInitAttrMask(IntFlag):
+    IBV_CQ_INIT_ATTR_MASK_FLAGS = 1
+    IBV_CQ_INIT_ATTR_MASK_PD = 1 << 1
+
+
+class CreateCQAttrFlags(IntFlag):
+    IBV_CREATE_CQ_ATTR_SINGLE_THREADED = 1
+    IBV_CREATE_CQ_ATTR_IGNORE_OVERRUN = 1 << 1
+
+
+# verbs.h names of what rnicd does not offer (flow steering, WQs and RSS, tag matching,
+# ODP, raw packet QPs and their caps, TSO, RDMA atomic write, counters, MR advice), with
+# libibverbs' values, so that code written against pyverbs.enums finds every name.
+_NOT_OFFERED = {
+    "IBV_QPT_RAW_PACKET": 8, "IBV_QPT_DRIVER": 0xFF, "IBV_QPF_GRH_REQUIRED": 1,
+    "IBV_WR_TSO": 10, "IBV_WR_ATOMIC_WRITE": 15, "IBV_WC_TSO": 7, "IBV_WC_ATOMIC_WRITE": 9,
+    "IBV_WC_DRIVER2": 0x88, "IBV_WC_DRIVER3": 0x89, "IBV_SEND_IP_CSUM": 1 << 4,
+    "IBV_EVENT_WQ_FATAL": 19, "IBV_WC_STANDARD_FLAGS": 0x7F,
+    "IBV_COUNTER_PACKETS": 0, "IBV_COUNTER_BYTES": 1,
+    "IBV_READ_COUNTERS_ATTR_PREFER_CACHED": 1, "IBV_VALUES_MASK_RAW_CLOCK": 1,
+    "IBV_FLOW_ATTR_NORMAL": 0, "IBV_FLOW_ATTR_ALL_DEFAULT": 1, "IBV_FLOW_ATTR_MC_DEFAULT": 2,
+    "IBV_FLOW_ATTR_SNIFFER": 3, "IBV_FLOW_ATTR_FLAGS_DONT_TRAP": 1 << 1,
+    "IBV_FLOW_ATTR_FLAGS_EGRESS": 1 << 2,
+    "IBV_FLOW_SPEC_ETH": 0x20, "IBV_FLOW_SPEC_IPV4": 0x30, "IBV_FLOW_SPEC_IPV6": 0x31,
+    "IBV_FLOW_SPEC_IPV4_EXT": 0x32, "IBV_FLOW_SPEC_ESP": 0x34, "IBV_FLOW_SPEC_TCP": 0x40,
+    "IBV_FLOW_SPEC_UDP": 0x41, "IBV_FLOW_SPEC_VXLAN_TUNNEL": 0x50, "IBV_FLOW_SPEC_GRE": 0x51,
+    "IBV_FLOW_SPEC_MPLS": 0x60, "IBV_FLOW_SPEC_INNER": 0x100,
+    "IBV_FLOW_SPEC_ACTION_TAG": 0x1000, "IBV_FLOW_SPEC_ACTION_DROP": 0x1001,
+    "IBV_FLOW_SPEC_ACTION_HANDLE": 0x1002, "IBV_FLOW_SPEC_ACTION_COUNT": 0x1003,
+    "IBV_ODP_SUPPORT": 1, "IBV_ODP_SUPPORT_IMPLICIT": 1 << 1,
+    "IBV_ODP_SUPPORT_SEND": 1, "IBV_ODP_SUPPORT_RECV": 1 << 1, "IBV_ODP_SUPPORT_WRITE": 1 << 2,
+    "IBV_ODP_SUPPORT_READ": 1 << 3, "IBV_ODP_SUPPORT_ATOMIC": 1 << 4,
+    "IBV_ODP_SUPPORT_SRQ_RECV": 1 << 5,
+    "IBV_QP_CREATE_BLOCK_SELF_MCAST_LB": 1 << 1, "IBV_QP_CREATE_SCATTER_FCS": 1 << 8,
+    "IBV_QP_CREATE_CVLAN_STRIPPING": 1 << 9, "IBV_QP_CREATE_SOURCE_QPN": 1 << 10,
+    "IBV_QP_CREATE_PCI_WRITE_END_PADDING": 1 << 11,
+    "IBV_RAW_PACKET_CAP_CVLAN_STRIPPING": 1, "IBV_RAW_PACKET_CAP_SCATTER_FCS": 1 << 1,
+    "IBV_RAW_PACKET_CAP_IP_CSUM": 1 << 2, "IBV_RAW_PACKET_CAP_DELAY_DROP": 1 << 3,
+    "_IBV_DEVICE_RAW_SCATTER_FCS": 1 << 34, "_IBV_DEVICE_PCI_WRITE_END_PADDING": 1 << 36,
+    "IBV_RX_HASH_FUNC_TOEPLITZ": 1, "IBV_RX_HASH_SRC_IPV4": 1, "IBV_RX_HASH_DST_IPV4": 1 << 1,
+    "IBV_RX_HASH_SRC_IPV6": 1 << 2, "IBV_RX_HASH_DST_IPV6": 1 << 3,
+    "IBV_RX_HASH_SRC_PORT_TCP": 1 << 4, "IBV_RX_HASH_DST_PORT_TCP": 1 << 5,
+    "IBV_RX_HASH_SRC_PORT_UDP": 1 << 6, "IBV_RX_HASH_DST_PORT_UDP": 1 << 7,
+    "IBV_WQT_RQ": 0, "IBV_WQS_RESET": 0, "IBV_WQS_RDY": 1, "IBV_WQS_ERR": 2, "IBV_WQS_UNKNOWN": 3,
+    "IBV_WQ_ATTR_STATE": 1, "IBV_WQ_ATTR_CURR_STATE": 1 << 1, "IBV_WQ_ATTR_FLAGS": 1 << 2,
+    "IBV_WQ_INIT_ATTR_FLAGS": 1, "IBV_WQ_FLAGS_CVLAN_STRIPPING": 1,
+    "IBV_WQ_FLAGS_SCATTER_FCS": 1 << 1, "IBV_WQ_FLAGS_DELAY_DROP": 1 << 2,
+    "IBV_WQ_FLAGS_PCI_WRITE_END_PADDING": 1 << 3,
+    "IBV_TM_CAP_RC": 1, "IBV_TMH_NO_TAG": 0, "IBV_TMH_RNDV": 1, "IBV_TMH_FIN": 2,
+    "IBV_TMH_EAGER": 3, "IBV_OPS_SIGNALED": 1, "IBV_OPS_TM_SYNC": 1 << 1,
+    "IBV_WR_TAG_ADD": 0, "IBV_WR_TAG_DEL": 1, "IBV_WR_TAG_SYNC": 2,
+    "IBV_WC_TM_ADD": 0x82, "IBV_WC_TM_DEL": 0x83, "IBV_WC_TM_SYNC": 0x84, "IBV_WC_TM_RECV": 0x85,
+    "IBV_WC_TM_NO_TAG": 0x86, "IBV_WC_TM_ERR": 22, "IBV_WC_TM_RNDV_INCOMPLETE": 23,
+    "IBV_WC_TM_SYNC_REQ": 1 << 4, "IBV_WC_TM_MATCH": 1 << 5, "IBV_WC_TM_DATA_VALID": 1 << 6,
+    "_IBV_ADVISE_MR_ADVICE_PREFETCH": 0, "_IBV_ADVISE_MR_ADVICE_PREFETCH_WRITE": 1,
+    "_IBV_ADVISE_MR_ADVICE_PREFETCH_NO_FAULT": 2, "_IBV_ADVISE_MR_FLAG_FLUSH": 1,
+}
 
 # The completion opcode a successful send-queue WR reports (IBTA 11.4.2.1).
 WC_OPCODE_OF_WR = {
@@ -349,8 +468,10 @@ _ENUMS = (QPType, QPState, MTU, Access, WROpcode, SendFlags, WCStatus, WCOpcode,
           QPAttrMask, SRQAttrMask, PortState, EventType, AtomicCap, MigState, DeviceCapFlags,
           GIDType, GIDTypeSysfs, ForkStatus, CreateCQWCFlags, QPCreateSendOpsFlags,
           QPInitAttrMask, MWType, SRQType, SRQInitAttrMask, XRCDInitAttrMask, ReregFlags,
-          ReregErr)
+          ReregErr, NodeType, TransportType, LinkLayer, PortCapFlags, PortCapFlags2,
+          CQInitAttrMask, CreateCQAttrFlags)
 for _enum in _ENUMS:
     for _member in _enum:
         globals()[_member.name] = _member   # the member (an int), with .name/.value
 del _enum, _member
+globals().update(_NOT_OFFERED)

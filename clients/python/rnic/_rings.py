@@ -40,7 +40,10 @@ def uint(v, bits: int, what: str) -> int:
 class Ring:
     """A mapped ring: ``rv`` (RingView), ``hdr``, ``num_entries``, ``entry_size``."""
 
-    def __init__(self, fd: int, size, kind: int, what: str):
+    def __init__(self, fd: int, size, kind: int, what: str, place=None):
+        """``place``: a parent domain's allocator (ParentDomain._placement): the ring is
+        mapped over the memory it returns instead of where the kernel chooses."""
+        self.mm, self._placed = None, None
         try:
             if isinstance(size, bool) or not isinstance(size, int) \
                     or not RING_HDR_SIZE <= size <= _MAX_RING_BYTES:
@@ -48,7 +51,13 @@ class Ring:
             if os.fstat(fd).st_size < size:   # touching pages past EOF would SIGBUS
                 raise RnicError(errno.EPROTO, f"{what}: ring size {size} from rnicd exceeds "
                                 f"its memfd ({os.fstat(fd).st_size} bytes)")
-            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            if place is not None:
+                self._placed = place.map(fd, size, kind, what)
+            if self._placed is not None:
+                self.mm = self._placed.buffer
+            else:
+                self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             if isinstance(exc, RnicError):
                 raise
@@ -124,7 +133,10 @@ class Ring:
             except Exception:
                 pass
             self.rv = None
-        if self.mm is not None:
+        if self._placed is not None:
+            placed, self._placed, self.mm = self._placed, None, None
+            placed.unmap()                  # the allocator's memory, given back to it
+        elif self.mm is not None:
             try:
                 self.mm.close()
             except (BufferError, ValueError):

@@ -4,7 +4,7 @@
 ``translate_transport_type``, ``translate_event_type``, ``guid_format``, ``guid_to_hex``,
 ``str_from_flags``, ``translate_device_caps``, ``translate_port_cap_flags``. Unknown values
 read "Invalid ..." as pyverbs' do (rdma-core's tests check for that word)."""
-from rnicd.wire.abi import EventType
+from rnicd.wire.abi import DeviceCapFlags, EventType, PortCapFlags
 
 _PHYS_STATE = {1: "Sleep", 2: "Polling", 3: "Disabled", 4: "Port configuration training",
                5: "Link up", 6: "Link error recovery", 7: "Phy test"}
@@ -16,31 +16,9 @@ _NODE_TYPE = {-1: "UNKNOWN", 0: "UNSPECIFIED", 1: "CA", 2: "SWITCH", 3: "ROUTER"
               5: "USNIC", 6: "USNIC UDP"}
 _TRANSPORT = {-1: "UNKNOWN", 0: "IB", 1: "IWARP", 2: "USNIC", 3: "USNIC UDP",
               4: "UNSPECIFIED"}
-# ibv_device_cap_flags and ibv_port_cap_flags (verbs.h), for the flag translators
-_DEVICE_CAPS = {1 << i: n for i, n in enumerate((
-    "IBV_DEVICE_RESIZE_MAX_WR", "IBV_DEVICE_BAD_PKEY_CNTR", "IBV_DEVICE_BAD_QKEY_CNTR",
-    "IBV_DEVICE_RAW_MULTI", "IBV_DEVICE_AUTO_PATH_MIG", "IBV_DEVICE_CHANGE_PHY_PORT",
-    "IBV_DEVICE_UD_AV_PORT_ENFORCE", "IBV_DEVICE_CURR_QP_STATE_MOD",
-    "IBV_DEVICE_SHUTDOWN_PORT", "IBV_DEVICE_INIT_TYPE", "IBV_DEVICE_PORT_ACTIVE_EVENT",
-    "IBV_DEVICE_SYS_IMAGE_GUID", "IBV_DEVICE_RC_RNR_NAK_GEN", "IBV_DEVICE_SRQ_RESIZE",
-    "IBV_DEVICE_N_NOTIFY_CQ"))} | {
-    1 << 17: "IBV_DEVICE_MEM_WINDOW", 1 << 18: "IBV_DEVICE_UD_IP_CSUM",
-    1 << 19: "IBV_DEVICE_XRC", 1 << 20: "IBV_DEVICE_MEM_MGT_EXTENSIONS",
-    1 << 23: "IBV_DEVICE_MEM_WINDOW_TYPE_2A", 1 << 24: "IBV_DEVICE_MEM_WINDOW_TYPE_2B",
-    1 << 25: "IBV_DEVICE_RC_IP_CSUM", 1 << 26: "IBV_DEVICE_RAW_IP_CSUM",
-    1 << 29: "IBV_DEVICE_MANAGED_FLOW_STEERING"}
-_PORT_CAPS = {
-    1 << 1: "IBV_PORT_SM", 1 << 2: "IBV_PORT_NOTICE_SUP", 1 << 3: "IBV_PORT_TRAP_SUP",
-    1 << 4: "IBV_PORT_OPT_IPD_SUP", 1 << 5: "IBV_PORT_AUTO_MIGR_SUP",
-    1 << 6: "IBV_PORT_SL_MAP_SUP", 1 << 7: "IBV_PORT_MKEY_NVRAM", 1 << 8: "IBV_PORT_PKEY_NVRAM",
-    1 << 9: "IBV_PORT_LED_INFO_SUP", 1 << 11: "IBV_PORT_SYS_IMAGE_GUID_SUP",
-    1 << 12: "IBV_PORT_PKEY_SW_EXT_PORT_TRAP_SUP", 1 << 14: "IBV_PORT_EXTENDED_SPEEDS_SUP",
-    1 << 15: "IBV_PORT_CAP_MASK2_SUP", 1 << 16: "IBV_PORT_CM_SUP",
-    1 << 17: "IBV_PORT_SNMP_TUNNEL_SUP", 1 << 18: "IBV_PORT_REINIT_SUP",
-    1 << 19: "IBV_PORT_DEVICE_MGMT_SUP", 1 << 20: "IBV_PORT_VENDOR_CLASS_SUP",
-    1 << 21: "IBV_PORT_DR_NOTICE_SUP", 1 << 22: "IBV_PORT_CAP_MASK_NOTICE_SUP",
-    1 << 23: "IBV_PORT_BOOT_MGMT_SUP", 1 << 24: "IBV_PORT_LINK_LATENCY_SUP",
-    1 << 25: "IBV_PORT_CLIENT_REG_SUP", 1 << 26: "IBV_PORT_IP_BASED_GIDS"}
+# the flag translators name the bits of verbs.h's enums
+_DEVICE_CAPS = {int(f): f.name for f in DeviceCapFlags}
+_PORT_CAPS = {int(f): f.name for f in PortCapFlags}
 
 
 def phys_state_to_str(phys) -> str:

@@ -197,6 +197,8 @@ class CompChannel(RnicCM):
 class CQ(RnicCM):
     """A completion queue: ``CQ(ctx, cqe, cq_context=None, channel=None, comp_vector=0)``."""
 
+    _place = None            # a parent domain's allocators (CQEX with parent_domain)
+
     _destroy_verb = "destroy_cq"
     _handle_key = "cq"
 
@@ -216,7 +218,8 @@ class CQ(RnicCM):
             raise
         try:
             self.cqe = need_int(r, "cqe", "create_cq")
-            self._ring = Ring(fds[0], r.get("size"), RingKind.CQ, "create_cq")
+            self._ring = Ring(fds[0], r.get("size"), RingKind.CQ, "create_cq",
+                              place=self._place)
         except BaseException:
             ctx._destroy("destroy_cq", {"cq": self.handle})
             raise
@@ -312,7 +315,7 @@ class CQ(RnicCM):
         except RnicError:
             os.close(fds[0])
             raise
-        new = Ring(fds[0], r.get("size"), RingKind.CQ, "resize_cq")
+        new = Ring(fds[0], r.get("size"), RingKind.CQ, "resize_cq", place=self._place)
         old, self._ring = self._ring, new
         old.release()
         self.cqe = actual
@@ -432,9 +435,15 @@ class CQEX(CQ):
                                 "tag matching)")
         if init_attr.wc_flags & ~(sum(WC_EX_FROM_WC) | sum(WC_EX_NOT_OFFERED)):
             raise RnicError(errno.EINVAL, f"CQEX: unknown wc_flags {init_attr.wc_flags:#x}")
-        if init_attr.flags or init_attr.parent_domain is not None:
-            raise RnicError(errno.EOPNOTSUPP, "CQEX: creation flags and parent domains are "
-                            "not offered by rnicd")
+        if init_attr.flags:
+            raise RnicError(errno.EOPNOTSUPP, "CQEX: creation flags are not offered by rnicd")
+        pd = init_attr.parent_domain
+        if pd is not None:      # IBV_CQ_INIT_ATTR_MASK_PD: the CQ's ring from its allocators
+            from .pd import ParentDomain
+            if not isinstance(pd, ParentDomain) or pd.ctx is not ctx:
+                raise RnicError(errno.EINVAL, "CQEX: parent_domain must be a ParentDomain of "
+                                "this context")
+            self._place = pd._placement
         super().__init__(ctx, init_attr.cqe, init_attr.cq_context, init_attr.comp_channel,
                          init_attr.comp_vector)
         self.wc_flags_ex = init_attr.wc_flags

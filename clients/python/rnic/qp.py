@@ -188,10 +188,12 @@ class QP(RnicCM):
             self.cap = QPCap.from_dict(r.get("cap"), default=cap)
             if qp_type != XRC_TGT:          # a TGT QP has no queue (A14.2.3)
                 sq_fd = fds.pop(0)
-                self._sq = Ring(sq_fd, r.get("sq_size"), RingKind.SQ, f"{verb} (SQ)")
+                self._sq = Ring(sq_fd, r.get("sq_size"), RingKind.SQ, f"{verb} (SQ)",
+                                place=getattr(pd, "_placement", None))
                 self._sq.limit = self.cap.max_send_wr or self._sq.num_entries
             if srq is None and qp_type not in (XRC_INI, XRC_TGT):
-                self._rq = Ring(fds.pop(0), r.get("rq_size"), RingKind.RQ, f"{verb} (RQ)")
+                self._rq = Ring(fds.pop(0), r.get("rq_size"), RingKind.RQ, f"{verb} (RQ)",
+                                place=getattr(pd, "_placement", None))
                 self._rq.limit = self.cap.max_recv_wr or self._rq.num_entries
         except BaseException:
             for fd in fds:

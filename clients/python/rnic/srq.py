@@ -105,7 +105,8 @@ class SRQ(RnicCM):
         try:
             self.max_wr = need_int(r, "max_wr", "create_srq")
             self.max_sge = need_int(r, "max_sge", "create_srq")
-            self._ring = Ring(fds[0], r.get("size"), RingKind.SRQ, "create_srq")
+            self._ring = Ring(fds[0], r.get("size"), RingKind.SRQ, "create_srq",
+                              place=getattr(pd, "_placement", None))
             self._ring.limit = self.max_wr or self._ring.num_entries
         except BaseException:
             ctx._destroy("destroy_srq", {"srq": self.handle})
