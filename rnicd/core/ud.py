@@ -85,6 +85,9 @@ class UDQP:
         elif new == S.IBV_QPS_RESET:
             self.sq_next = self.sq_ring.hdr.prod
             self.sq_ring.store_cons(self.sq_next)
+            for ring in (self.sq_ring, self.rq.ring if self.rq is not None else None):
+                if ring is not None:
+                    ring.hdr.error = 0      # no longer in Error: posts need no flush
 
     def query(self) -> dict:
         a = dict(self.attr)
@@ -183,11 +186,13 @@ class UDQP:
                 opcode=WCOpcode.IBV_WC_SEND, qp_num=self.qp_num))
             self.sq_next = (self.sq_next + 1) & 0xFFFFFFFF
             ring.store_cons(self.sq_next)
+        self.sq_ring.hdr.error = 1          # later posts ring the doorbell: flushed here
         if self.rq is not None:
             while (wqe := self.rq.take()) is not None:
                 self.device.complete(self.recv_cq, CQEntry(
                     wr_id=wqe.wr_id, status=WCStatus.IBV_WC_WR_FLUSH_ERR,
                     opcode=WCOpcode.IBV_WC_RECV, qp_num=self.qp_num))
+            self.rq.ring.hdr.error = 1
 
     # ---- responder -----------------------------------------------------------------------
     def receive(self, pkt: roce.Packet, info: op.OpInfo, src_ip: str, dst_ip: str, now: float):

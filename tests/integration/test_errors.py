@@ -241,3 +241,26 @@ def test_raw_peer_bad_request_gets_nak_invalid_request(raw_peer, case):
     assert (nak["op"], nak["psn"], nak["aeth"][0]) == (rp.ACK, 0x4C7 + len(pkts), 0x61)
     assert side.qp.query(e.IBV_QP_STATE)[0].qp_state == e.IBV_QPS_ERR
     assert not any(k.startswith("rx_drop_") for k in side.ctx.get_counters())
+
+
+@pytest.mark.parametrize("qp_type", [e.IBV_QPT_RC, e.IBV_QPT_UD])
+def test_receive_posted_in_error_state_is_flushed(rnicd, qp_type):
+    """Regression: a receive posted after the QP entered Error never completed (receives
+    ring no doorbell); IBTA 10.8.3: it completes with IBV_WC_WR_FLUSH_ERR. After RESET the
+    queue takes receives quietly again."""
+    from rnic.qp import QP, QPAttr, QPCap, QPInitAttr
+    a = Side(rnicd("a"))
+    try:
+        qp = QP(a.pd, QPInitAttr(qp_type=qp_type, scq=a.cq, rcq=a.cq,
+                                 cap=QPCap(max_send_wr=4, max_recv_wr=4)))
+        attr = QPAttr(qp_state=e.IBV_QPS_INIT)
+        attr.qkey = 0x1234
+        qp.to_init(attr)                         # the kernel's table: no RESET -> ERR
+        qp.modify(QPAttr(qp_state=e.IBV_QPS_ERR), e.IBV_QP_STATE)
+        qp.post_recv(RecvWR(wr_id=7, num_sge=1, sg=[SGE(a.mr.buf, 64, a.mr.lkey)]))
+        (wc,) = poll_n(a.cq, 1, timeout=10)
+        assert (wc.wr_id, wc.status) == (7, e.IBV_WC_WR_FLUSH_ERR)
+        qp.modify(QPAttr(qp_state=e.IBV_QPS_RESET), e.IBV_QP_STATE)
+        assert not qp._rq.error()
+    finally:
+        a.close()

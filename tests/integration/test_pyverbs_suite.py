@@ -19,12 +19,13 @@ SUITE_DIR = os.path.join(os.path.dirname(HERE), "pyverbs_suite")
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_rdma_core_pyverbs_suite_meets_floor():
+def test_rdma_core_pyverbs_suite_meets_floor(tmp_path):
     with open(os.path.join(SUITE_DIR, "floor.json")) as f:
         doc = json.load(f)
     floor, clean = doc["min_passed"], set(doc.get("clean", ()))
     r = subprocess.run([sys.executable, os.path.join(SUITE_DIR, "run_suite.py"), "--files",
-                        ",".join(floor), "--json"], stdout=subprocess.PIPE,
+                        ",".join(floor), "--json",
+                        "--keep", str(tmp_path / "suite")], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True, timeout=3500)
     if r.returncode == 3:
         print(r.stderr)

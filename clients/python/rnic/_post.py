@@ -69,7 +69,8 @@ def check_sges(ctx, sges, max_sge: int, what: str, need_lkey: bool = True):
 
 
 def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
-    """Write receive WQEs for ``wrs`` and publish them (receives need no doorbell)."""
+    """Write receive WQEs for ``wrs`` and publish them. Receives need no doorbell, unless the
+    queue is in error (its header says so): the daemon then flushes them (IBTA 10.8.3)."""
     rv = ring.rv
     prod = rv.load_prod()
     limit = min(ring.num_entries, ring.limit)
@@ -94,6 +95,8 @@ def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
         posted += 1
     if posted:
         rv.store_prod((prod + posted) & U32)
+        if ring.error():
+            ctx._ring_doorbell()
     if err is not None:
         raise err
 

@@ -135,6 +135,9 @@ class RCQP:
         elif new == S.IBV_QPS_RESET:
             self.requester.reset()
             self.responder.reset()
+            for ring in (self.sq_ring, self.rq.ring if self.rq is not None else None):
+                if ring is not None:
+                    ring.hdr.error = 0      # no longer in Error: posts need no flush
         elif new == S.IBV_QPS_RTS:
             self.requester.pump(now)
 
@@ -202,6 +205,8 @@ class RCQP:
         self.device.emit(self, pkt, payload)
 
     def pump(self, now: float):
+        if self.state == S.IBV_QPS_ERR:
+            self.flush_rq()     # receives posted after the QP entered Error (IBTA 10.8.3)
         self.requester.pump(now)
 
     def deadline(self) -> float | None:
