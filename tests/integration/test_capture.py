@@ -2,10 +2,10 @@
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 import rnic.enums as e
+from capture import capture_on_lo
 from rc_pair import Side, connect, poll_n
 from rnic.wr import SGE, RecvWR, SendWR
 
@@ -27,11 +27,7 @@ def test_capture_dissects_as_roce_and_icrc_verifies(two_daemons, tmp_path):
     _need_capture()
     da, db = two_daemons
     pcap = tmp_path / "roce.pcap"
-    cap = subprocess.Popen(["tshark", "-i", "lo", "-f", f"udp port 4791 and host {da.ip}",
-                            "-w", str(pcap), "-q"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.5)                     # capture must be running before traffic starts
+    with capture_on_lo(pcap, da.ip):
         a, b = Side(da), Side(db)
         connect(a, b, psn=(1000, 2000))
         b.qp.post_recv(RecvWR(wr_id=1, num_sge=1, sg=[SGE(b.mr.buf, 8192, b.mr.lkey)]))
@@ -46,10 +42,6 @@ def test_capture_dissects_as_roce_and_icrc_verifies(two_daemons, tmp_path):
         r.set_wr_rdma(b.mr.rkey, b.mr.buf)
         a.qp.post_send(r)
         assert all(w.status == e.IBV_WC_SUCCESS for w in poll_n(a.cq, 3))
-        time.sleep(1.0)
-    finally:
-        cap.terminate()
-        cap.wait(10)
     out = subprocess.run(["tshark", "-r", str(pcap), "-d", "udp.port==4791,infiniband",
                           "-T", "fields", "-e", "ip.src", "-e", "infiniband.bth.opcode",
                           "-e", "infiniband.bth.destqp", "-e", "infiniband.bth.psn"],
@@ -84,11 +76,7 @@ def test_uc_capture_dissects_and_icrc_verifies(two_daemons, tmp_path):
     _need_capture()
     da, db = two_daemons
     pcap = tmp_path / "uc.pcap"
-    cap = subprocess.Popen(["tshark", "-i", "lo", "-f", f"udp port 4791 and host {da.ip}",
-                            "-w", str(pcap), "-q"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.5)
+    with capture_on_lo(pcap, da.ip):
         a, b = Side(da, qp_type=e.IBV_QPT_UC), Side(db, qp_type=e.IBV_QPT_UC)
         connect(a, b, psn=(1000, 2000), qp_access=e.IBV_ACCESS_LOCAL_WRITE
                 | e.IBV_ACCESS_REMOTE_WRITE)
@@ -103,10 +91,6 @@ def test_uc_capture_dissects_and_icrc_verifies(two_daemons, tmp_path):
         a.qp.post_send(w)
         assert all(w.status == e.IBV_WC_SUCCESS for w in poll_n(a.cq, 2))
         assert [w.wr_id for w in poll_n(b.cq, 2)] == [0, 1]
-        time.sleep(1.0)
-    finally:
-        cap.terminate()
-        cap.wait(10)
     out = subprocess.run(["tshark", "-r", str(pcap), "-d", "udp.port==4791,infiniband",
                           "-T", "fields", "-e", "ip.src", "-e", "infiniband.bth.opcode",
                           "-e", "infiniband.bth.destqp", "-e", "infiniband.bth.psn",

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import rnic.enums as e
+from capture import capture_on_lo
 from rnic.cmid import CMID, RAI_PASSIVE, AddrInfo, CMEventChannel, CMEventType, ConnParam
 from rnic.device import Context
 from rnic.mr import MR
@@ -290,11 +291,7 @@ def test_capture_of_connect_and_disconnect_dissects_as_ib_cm(two_daemons, tshark
         pytest.skip("capturing on lo needs root")
     da, db = two_daemons
     pcap = tmp_path / "cm.pcap"
-    cap = subprocess.Popen([tshark, "-i", "lo", "-f", f"udp port 4791 and host {da.ip}",
-                            "-w", str(pcap), "-q"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.5)                 # the capture must run before the first MAD
+    with capture_on_lo(pcap, da.ip, tshark):
         qpns = {}
 
         def serve(cid):
@@ -310,10 +307,6 @@ def test_capture_of_connect_and_disconnect_dissects_as_ib_cm(two_daemons, tshark
             qpns["client"] = c.qp.qp_num
             c.disconnect()
         srv.join()
-        time.sleep(1.0)
-    finally:
-        cap.terminate()
-        cap.wait(10)
     cols = ["_ws.col.Info", "ip.src", "infiniband.deth.q_key", "infiniband.bth.destqp",
             "infiniband.cm.req.serviceid", "infiniband.cm.req.localqpn",
             "infiniband.cm.req", "infiniband.cm.rep.localqpn", "infiniband.cm.rep.remotecommid",

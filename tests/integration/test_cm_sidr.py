@@ -6,10 +6,10 @@ names as SIDR MADs."""
 import os
 import subprocess
 import threading
-import time
 
 import pytest
 import rnic.enums as e
+from capture import capture_on_lo
 from rnic.addr import AH, GID
 from rnic.cmid import (
     CMID,
@@ -171,23 +171,17 @@ def test_capture_of_sidr_dissects_as_ib_cm(two_daemons, tshark, tmp_path):
         pytest.skip("capturing on lo needs root")
     da, db = two_daemons
     pcap = tmp_path / "sidr.pcap"
-    cap = subprocess.Popen([tshark, "-i", "lo", "-f", f"udp port 4791 and host {da.ip}",
-                            "-w", str(pcap), "-q"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
     p = Pair(da, db, 7495)
     try:
-        time.sleep(1.5)                 # the capture must run before the first MAD
-        p.resolve(data=b"tshark")
-        req = next_event(p.ch_b, E.RDMA_CM_EVENT_CONNECT_REQUEST)
-        child = CMID(creator=req, listen_id=p.lid)
-        child.create_qp(QPInitAttr(cap=QPCap()))
-        child.accept()
-        next_event(p.ch_a, E.RDMA_CM_EVENT_ESTABLISHED)
-        qpn = child.qpn
-        time.sleep(1.0)
+        with capture_on_lo(pcap, da.ip, tshark):
+            p.resolve(data=b"tshark")
+            req = next_event(p.ch_b, E.RDMA_CM_EVENT_CONNECT_REQUEST)
+            child = CMID(creator=req, listen_id=p.lid)
+            child.create_qp(QPInitAttr(cap=QPCap()))
+            child.accept()
+            next_event(p.ch_a, E.RDMA_CM_EVENT_ESTABLISHED)
+            qpn = child.qpn
     finally:
-        cap.terminate()
-        cap.wait(10)
         p.close()
     cols = ["_ws.col.Info", "ip.src", "infiniband.deth.q_key", "infiniband.bth.destqp",
             "infiniband.mad.transactionid", "infiniband.mad.data"]
