@@ -7,14 +7,14 @@ Ring memory and fds come from an injected `shm` provider (io/shm.py), keeping ap
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 
+from rnicd.api.args import arg_int
+from rnicd.api.cm_verbs import CMVerbs
 from rnicd.api.device_attr import device_attr, device_attr_ex
 from rnicd.core import mw
 from rnicd.core.cm.conn import CMId
-from rnicd.core.cm.offload import NOTIFY_DELAY, NOTIFY_MAX, Offload
 from rnicd.core.device import RC_LIKE, Device
 from rnicd.core.fault import FaultSpec
 from rnicd.core.resources import CQ, MR, PD, SRQ, XRCD, CompChannel, RecvQueue
@@ -22,14 +22,13 @@ from rnicd.core.roce.qp import RCQP, QPCap
 from rnicd.core.roce.xrc import XRCQP
 from rnicd.core.ud import UDQP, AddressHandle
 from rnicd.errors import VerbsError, einval, enoent
-from rnicd.wire import cma, ctl, mad, roce
+from rnicd.wire import ctl, roce
 from rnicd.wire.abi import (
     IBV_GID_TYPE_ROCE_V2,
     IBV_LINK_LAYER_ETHERNET,
     RC_ACCESS,
     Access,
     PortState,
-    QPState,
     QPType,
     ReregFlags,
     SRQType,
@@ -49,54 +48,11 @@ MR_ACCESS = (RC_ACCESS | Access.IBV_ACCESS_MW_BIND | Access.IBV_ACCESS_ZERO_BASE
              | Access.IBV_ACCESS_RELAXED_ORDERING)
 
 
-def arg_int(args: dict, name: str, lo: int, hi: int, default=None) -> int:
-    v = args.get(name, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise einval(f"argument '{name}' must be an integer, got {type(v).__name__}")
-    if not lo <= v <= hi:
-        raise einval(f"argument '{name}'={v} out of range [{lo}, {hi}]")
-    return v
-
-
-def arg_bytes(args: dict, name: str, limit: int) -> bytes:
-    v = args.get(name, b"")
-    if v is None:
-        return b""
-    if not isinstance(v, bytes | bytearray):
-        raise einval(f"argument '{name}' must be bytes, got {type(v).__name__}")
-    if len(v) > limit:
-        raise einval(f"argument '{name}' is {len(v)} bytes; at most {limit} fit")
-    return bytes(v)
-
-
-def arg_ipv4(args: dict, name: str) -> str:
-    v = args.get(name)
-    try:
-        return str(ipaddress.IPv4Address(v))
-    except (ipaddress.AddressValueError, ValueError):
-        raise einval(f"argument '{name}' must be an IPv4 address, got {v!r}") from None
-
-
-def arg_conn_param(args: dict) -> dict:
-    """struct rdma_conn_param's numeric fields, with pyverbs ConnParam's defaults."""
-    p = args.get("conn_param") or {}
-    if not isinstance(p, dict):
-        raise einval("'conn_param' must be a map (struct rdma_conn_param)")
-    return {"responder_resources": arg_int(p, "responder_resources", 0, 255, 1),
-            "initiator_depth": arg_int(p, "initiator_depth", 0, 255, 1),
-            "flow_control": arg_int(p, "flow_control", 0, 1, 0),
-            "retry_count": arg_int(p, "retry_count", 0, 7, 5),
-            "rnr_retry_count": arg_int(p, "rnr_retry_count", 0, 7, 5),
-            # an external QP (the id has none): its number, and whether it uses an SRQ
-            "qp_num": arg_int(p, "qp_num", 0, 0xFFFFFF, 0),
-            "srq": arg_int(p, "srq", 0, 1, 0)}
-
-
 def pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-class Session:
+class Session(CMVerbs):
     """One verbs context: the objects a client created, released together on close."""
 
     def __init__(self, device: Device, shm, pid: int | None = None):
@@ -670,146 +626,6 @@ class Session:
         self.shm.release_ring(qp.sq_ring)
         if qp.rq is not None:
             self.shm.release_ring(qp.rq.ring)
-
-    # ---- connection management (rdma_cm; core/cm/agent.py) ---------------------------------
-    def m_cm_create_id(self, args, fds, now):
-        ps = arg_int(args, "ps", 0, 0xFFFF, cma.RDMA_PS_TCP)
-        if ps not in cma.PORT_SPACES:
-            raise einval(f"cm_create_id: port space {ps:#x} is none of rdma_cm's "
-                         f"({', '.join(cma.PORT_SPACES.values())})")
-        if ps == cma.RDMA_PS_IPOIB:
-            raise VerbsError(errno.EPROTONOSUPPORT, "cm_create_id: RDMA_PS_IPOIB takes its "
-                             "Q_Key from an IPoIB broadcast group (an IB SA); RoCE has none: "
-                             "use RDMA_PS_UDP")
-        cid = CMId(self, self._handle(), ps)
-        self.cm_ids[cid.handle] = cid
-        return {"id": cid.handle}, []
-
-    def m_cm_destroy_id(self, args, fds, now):
-        cid = self._get(self.cm_ids, args, "id", "CM id")
-        self.device.cm.destroy(cid, now)
-        del self.cm_ids[cid.handle]
-        return {}, []
-
-    def m_cm_listen(self, args, fds, now):
-        cid = self._get(self.cm_ids, args, "id", "CM id")
-        port = arg_int(args, "port", 0, 0xFFFF)
-        backlog = arg_int(args, "backlog", 0, 1 << 20, 0)
-        offload = None
-        if args.get("offload") is not None:
-            offload = self._offload_template(args["offload"])
-        port = self.device.cm.listen(cid, port, backlog, offload)
-        return {"port": port, "ip": self.device.ip}, []
-
-    def _cm_qp(self, args):
-        """The id's QP, or None for a connection of an external QP (conn_param.qp_num)."""
-        return None if args.get("qp") is None else self._get(self.qps, args, "qp", "QP")
-
-    def m_cm_connect(self, args, fds, now):
-        cid = self._get(self.cm_ids, args, "id", "CM id")
-        qp = self._cm_qp(args)
-        self.device.cm.connect(cid, qp, arg_ipv4(args, "dst_ip"), arg_int(args, "port", 1, 0xFFFF),
-                               arg_conn_param(args), arg_bytes(args, "private_data", 1 << 10),
-                               now)
-        return {"local_port": cid.local_port}, []
-
-    def m_cm_accept(self, args, fds, now):
-        cid = self._get(self.cm_ids, args, "id", "CM id")
-        qp = self._cm_qp(args)
-        self.device.cm.accept(cid, qp, arg_conn_param(args),
-                              arg_bytes(args, "private_data", 1 << 10), now)
-        return {}, []
-
-    def m_cm_reject(self, args, fds, now):
-        cid = self._get(self.cm_ids, args, "id", "CM id")
-        self.device.cm.reject(cid, arg_bytes(args, "private_data", 1 << 10), now)
-        return {}, []
-
-    def m_cm_disconnect(self, args, fds, now):
-        cid = self._get(self.cm_ids, args, "id", "CM id")
-        self.device.cm.disconnect(cid, now, arg_bytes(args, "private_data",
-                                                      mad.private_data_len(mad.CmDreq)))
-        return {}, []
-
-    def m_cm_establish(self, args, fds, now):
-        self.device.cm.establish(self._get(self.cm_ids, args, "id", "CM id"), now)
-        return {}, []
-
-    def m_cm_set_option(self, args, fds, now):
-        cid = self._get(self.cm_ids, args, "id", "CM id")
-        self.device.cm.set_option(cid, arg_int(args, "level", 0, 0xFFFF),
-                                  arg_int(args, "name", 0, 0xFFFF),
-                                  arg_int(args, "value", -(1 << 31), (1 << 31) - 1))
-        return {}, []
-
-    def m_cm_init_qp_attr(self, args, fds, now):
-        cid = self._get(self.cm_ids, args, "id", "CM id")
-        state = arg_int(args, "qp_state", 0, 6)
-        mask, attr = self.device.cm.init_qp_attr(cid, QPState(state))
-        return {"attr_mask": int(mask), "attr": attr}, []
-
-    def m_open_qp(self, args, fds, now):
-        """The rings of a QP the daemon created for an offloaded connection."""
-        qp = self._get(self.qps, args, "qp", "QP")
-        parked = self.parked_rings.pop(qp.handle, None)
-        if parked is None:
-            raise VerbsError(errno.EBUSY, f"open_qp: QP {qp.handle}'s rings were already "
-                             "handed to this client (or it was not created by offload)")
-        result, ring_fds = parked
-        return dict(result, pd=qp.pd.handle, send_cq=qp.send_cq.handle,
-                    recv_cq=qp.recv_cq.handle, sq_sig_all=int(qp.sq_sig_all)), ring_fds
-
-    def _offload_template(self, t) -> Offload:
-        """Check a listener's establishment-offload template (core/cm/offload.py) and
-        build the functions that create and discard each connection's QP."""
-        if not isinstance(t, dict):
-            raise einval("'offload' must be a map: {qp_init: {...}, recv: {...}, ...}")
-        qp_init = t.get("qp_init")
-        if not isinstance(qp_init, dict):
-            raise einval("offload needs 'qp_init': the create_qp arguments of each QP")
-        qp_args = dict(qp_init, qp_type=int(QPType.IBV_QPT_RC), srq=qp_init.get("srq"))
-        for name, table, what in (("pd", self.pds, "PD"), ("send_cq", self.cqs, "send CQ"),
-                                  ("recv_cq", self.cqs, "receive CQ")):
-            self._get(table, qp_init, name, what)
-        recv = t.get("recv")
-        carve = None
-        if recv is not None:
-            if not isinstance(recv, dict):
-                raise einval("offload 'recv' must be a map {mr, offset, length, count}")
-            mr = self._get(self.mrs, recv, "mr", "MR")
-            offset = arg_int(recv, "offset", 0, mr.length - 1, 0)
-            length = arg_int(recv, "length", 1, mr.length)
-            count = arg_int(recv, "count", 1, self.device.limits.max_qp_wr)
-            cap = qp_init.get("cap") if isinstance(qp_init.get("cap"), dict) else {}
-            if count > arg_int(cap, "max_recv_wr", 1, self.device.limits.max_qp_wr, 1):
-                raise einval("offload: recv.count exceeds qp_init.cap.max_recv_wr")
-            carve = [mr, offset, length, count, 0]      # the last item: next free slot
-        param = arg_conn_param(t)
-        pdata = arg_bytes(t, "private_data", mad.private_data_len(mad.CmRep))
-        notify_max = arg_int(t, "notify_max", 1, 1 << 16, NOTIFY_MAX)
-        notify_usec = arg_int(t, "notify_usec", 0, 10_000_000, int(NOTIFY_DELAY * 1e6))
-
-        def spawn(now: float):
-            if carve is not None:
-                mr, offset, length, count, slot = carve
-                base = offset + slot * count * length
-                if base + count * length > mr.length:
-                    raise VerbsError(errno.ENOMEM, "offload: the receive template's MR is "
-                                     "used up")
-            qp, result, ring_fds = self._create_qp(qp_args)
-            self.parked_rings[qp.handle] = (result, ring_fds)
-            if carve is not None:
-                carve[4] += 1
-                for i in range(count):
-                    addr = mr.iova + base + i * length
-                    qp.rq.post(addr, [(addr, length, mr.lkey)])
-            return qp
-
-        def discard(qp):
-            if qp is not None and self.qps.get(qp.handle) is qp:
-                self._destroy_qp(qp, 0.0)
-
-        return Offload(spawn, discard, param, pdata, notify_max, notify_usec / 1e6)
 
     # ---- teardown ------------------------------------------------------------------------
     def close(self, now: float):
