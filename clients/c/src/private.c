@@ -13,6 +13,7 @@
 #define STUB(name) RNIC_EXPORT int name(void) { return EOPNOTSUPP; }
 
 RNIC_EXPORT void verbs_register_driver_34(void *ops) { (void)ops; }
+RNIC_EXPORT _Bool verbs_allow_disassociate_destroy;   /* a variable in rdma-core */
 RNIC_EXPORT void ibv_register_driver(const char *name, void *init) { (void)name; (void)init; }
 RNIC_EXPORT void __verbs_log(void *ctx, int level, const char *fmt, ...) { (void)ctx; (void)level; (void)fmt; }
 RNIC_EXPORT int ibv_read_sysfs_file(const char *dir, const char *file, char *buf, size_t size)
