@@ -93,21 +93,17 @@ def _listening(port: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("kind", ["rc", "uc", "ud", "srq"])
-def test_pingpong(libibverbs, rnicd, kind):
-    """ibv_<kind>_pingpong -g 0: server on daemon a, client on daemon b (its TCP exchange of
-    QP numbers and GIDs goes to a's address); both sides must finish their 1000 iterations."""
-    a, b = rnicd("a"), rnicd("b")
-    port = _free_port()
-    prog = f"ibv_{kind}_pingpong"
-    args = ["-d", "rnic0", "-g", "0", "-p", str(port), "-n", "200"]
+def client_server(a, b, prog, args):
+    """prog ARGS as a server on daemon a, then as the client on daemon b naming a's address
+    (the programs exchange QP numbers and GIDs over TCP): (client result, server output)."""
+    port = int(args[args.index("-p") + 1])
     server = subprocess.Popen(rnic_exec(a, prog, *args), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 15
         while not _listening(port):
             assert server.poll() is None, server.stdout.read()
-            assert time.monotonic() < deadline, "the pingpong server never listened"
+            assert time.monotonic() < deadline, f"{prog}: the server never listened"
             time.sleep(0.05)
         client = run(b, prog, *args, a.ip)
         sout, _ = server.communicate(timeout=TIMEOUT)
@@ -115,11 +111,41 @@ def test_pingpong(libibverbs, rnicd, kind):
         if server.poll() is None:
             server.kill()
             server.wait()
+    return client, server.returncode, sout
+
+
+@pytest.mark.parametrize("kind", ["rc", "uc", "ud", "srq"])
+def test_pingpong(libibverbs, rnicd, kind):
+    """ibv_<kind>_pingpong -g 0: server on daemon a, client on daemon b; both sides must
+    finish their iterations (each checks what it receives)."""
+    a, b = rnicd("a"), rnicd("b")
+    port = _free_port()
+    args = ["-d", "rnic0", "-g", "0", "-p", str(port), "-n", "200"]
+    client, server_rc, sout = client_server(a, b, f"ibv_{kind}_pingpong", args)
     assert client.returncode == 0, client.stdout + client.stderr
-    assert server.returncode == 0, sout
+    assert server_rc == 0, sout
     for out in (client.stdout, sout):
         assert "200 iters in" in out, out
     assert f"GID ::ffff:{b.ip}" in sout and f"GID ::ffff:{a.ip}" in client.stdout
+
+
+PERFTEST = ["ib_write_bw", "ib_read_bw", "ib_send_bw", "ib_atomic_bw", "ib_write_lat",
+            "ib_send_lat", "ib_read_lat"]
+
+
+@pytest.mark.parametrize("prog", PERFTEST)
+def test_perftest(libibverbs, rnicd, prog):
+    """perftest (it links libmlx5 and libefa, which must load against ours) over verbs, GID
+    index 0: both sides finish and report a result row."""
+    if shutil.which(prog) is None:
+        pytest.skip("perftest not installed (make sysdeps)")
+    a, b = rnicd("a"), rnicd("b")
+    args = ["-d", "rnic0", "-x", "0", "-p", str(_free_port()), "-n", "100"]
+    client, server_rc, sout = client_server(a, b, prog, args)
+    assert client.returncode == 0 and server_rc == 0, client.stdout + client.stderr + sout
+    size = "8" if "atomic" in prog else "2" if prog.endswith("lat") else "65536"
+    rows = [ln.split() for ln in client.stdout.splitlines() if ln.split()[:1] == [size]]
+    assert len(rows) == 1 and len(rows[0]) >= 4 and float(rows[0][-1]) > 0, client.stdout
 
 
 @pytest.fixture(scope="module")

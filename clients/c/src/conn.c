@@ -304,7 +304,8 @@ static int queue_event(struct rconn *c, const msgpack_object *ev)
 
 /* The next whole message (1), none yet (0, when not blocking) or -errno. Events are queued
  * and not returned. */
-static int next_message(struct rconn *c, int block, msgpack_unpacked *up, int *fds, int *nfds)
+static int next_message(struct rconn *c, int block, msgpack_unpacked *up, char **body, int *fds,
+                        int *nfds)
 {
     for (;;) {
         if (c->dead)
@@ -315,19 +316,28 @@ static int next_message(struct rconn *c, int block, msgpack_unpacked *up, int *f
             if (len > MAX_MSG)
                 return fail(c, EPROTO, "bad message from rnicd: length %u", len);
             if (c->blen >= 4 + (size_t)len) {
-                size_t off = 0;
-                msgpack_unpacked_init(up);
-                msgpack_unpack_return rc = msgpack_unpack_next(up, c->buf + 4, len, &off);
+                /* msgpack_unpack_next does not copy str/bin bodies: the objects point into
+                 * the buffer, so each message gets its own, freed with the message */
+                char *b = malloc(len ? len : 1);
+                if (!b)
+                    return fail(c, ENOMEM, "out of memory reading from rnicd");
+                memcpy(b, c->buf + 4, len);
                 memmove(c->buf, c->buf + 4 + len, c->blen - 4 - len);
                 c->blen -= 4 + len;
+                size_t off = 0;
+                msgpack_unpacked_init(up);
+                msgpack_unpack_return rc = msgpack_unpack_next(up, b, len, &off);
                 if (rc != MSGPACK_UNPACK_SUCCESS || up->data.type != MSGPACK_OBJECT_MAP) {
                     msgpack_unpacked_destroy(up);
+                    free(b);
                     return fail(c, EPROTO, "bad message from rnicd: not a msgpack map");
                 }
+                *body = b;
                 int64_t n = 0;
                 mo_int(&up->data, "nfds", &n);
                 if (n < 0 || n > RCONN_MAX_FDS || n > c->nfdq) {
                     msgpack_unpacked_destroy(up);
+                    free(b);
                     return fail(c, EPROTO, "bad message from rnicd: nfds=%lld with %d received",
                                 (long long)n, c->nfdq);
                 }
@@ -342,6 +352,7 @@ static int next_message(struct rconn *c, int block, msgpack_unpacked *up, int *f
                         close(fds[i]);
                     queue_event(c, ev);
                     msgpack_unpacked_destroy(up);
+                    free(b);
                     continue;
                 }
                 return 1;
@@ -426,8 +437,9 @@ int rconn_call(struct rconn *c, const char *method, struct rargs *args, const in
     msgpack_sbuffer_destroy(&sb);
     while (rc == 0) {
         msgpack_unpacked up;
+        char *body = NULL;
         int rfds[RCONN_MAX_FDS], nr = 0;
-        int r = next_message(c, 1, &up, rfds, &nr);
+        int r = next_message(c, 1, &up, &body, rfds, &nr);
         if (r < 0) {
             rc = r;
             break;
@@ -437,6 +449,7 @@ int rconn_call(struct rconn *c, const char *method, struct rargs *args, const in
             for (int i = 0; i < nr; i++)
                 close(rfds[i]);
             msgpack_unpacked_destroy(&up);
+            free(body);
             rc = fail(c, EPROTO, "%s: reply for request %lld, expected %u", method,
                       (long long)mid, id);
             break;
@@ -454,11 +467,13 @@ int rconn_call(struct rconn *c, const char *method, struct rargs *args, const in
             for (int i = 0; i < nr; i++)
                 close(rfds[i]);
             msgpack_unpacked_destroy(&up);
+            free(body);
             rc = -(int)code;
             break;
         }
         msgpack_unpacked_destroy(&rep->up);
         rep->up = up;
+        rep->body = body;
         rep->r = mo_get(&rep->up.data, "r");
         static const msgpack_object empty = {.type = MSGPACK_OBJECT_MAP};
         if (!rep->r || rep->r->type != MSGPACK_OBJECT_MAP)
@@ -483,6 +498,8 @@ void rreply_free(struct rreply *rep)
             close(rep->fds[i]);
     rep->nfds = 0;
     msgpack_unpacked_destroy(&rep->up);
+    free(rep->body);
+    rep->body = NULL;
     rep->r = NULL;
 }
 
@@ -492,13 +509,15 @@ struct rev *rconn_next_event(struct rconn *c, int kind)
     struct rev **q = kind ? &c->cmq : &c->evq;
     while (!*q && !c->dead) {
         msgpack_unpacked up;
+        char *body = NULL;
         int fds[RCONN_MAX_FDS], n = 0;
-        int r = next_message(c, 0, &up, fds, &n);
+        int r = next_message(c, 0, &up, &body, fds, &n);
         if (r <= 0)
             break;
         for (int i = 0; i < n; i++)   /* a reply nobody waits for: dropped */
             close(fds[i]);
         msgpack_unpacked_destroy(&up);
+        free(body);
     }
     struct rev *e = *q;
     if (e) {

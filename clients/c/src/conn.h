@@ -39,6 +39,7 @@ void ra_key(struct rargs *a, const char *k);
 /* A reply: the decoded message, its result map and the descriptors it carried. */
 struct rreply {
     msgpack_unpacked up;
+    char *body;                /* the message's bytes: `up` points into them */
     const msgpack_object *r;   /* the "r" map (never NULL after success: may be an empty map) */
     int fds[RCONN_MAX_FDS];
     int nfds;

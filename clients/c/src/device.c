@@ -491,10 +491,11 @@ RNIC_EXPORT int ibv_get_async_event(struct ibv_context *ctx, struct ibv_async_ev
         msgpack_unpacked up;
         msgpack_unpacked_init(&up);
         size_t off = 0;
+        /* the objects point into e->data (msgpack-c does not copy): e lives until the end */
         int ok = msgpack_unpack_next(&up, e->data, e->len, &off) == MSGPACK_UNPACK_SUCCESS;
-        free(e);
         if (!ok) {
             msgpack_unpacked_destroy(&up);
+            free(e);
             continue;
         }
         const msgpack_object *ev = &up.data;
@@ -542,6 +543,7 @@ RNIC_EXPORT int ibv_get_async_event(struct ibv_context *ctx, struct ibv_async_ev
                 event->element.qp = &((struct rnic_qp *)obj)->qp;
         }
         msgpack_unpacked_destroy(&up);
+        free(e);
         if (obj)
             return 0;
         rnic_log("async event %lld for an object this context does not know: dropped",
