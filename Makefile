@@ -16,14 +16,14 @@ LIBDIR ?= $(PREFIX)/lib/rnicd
 DEPS_STAMP := $(VENV)/.rnicd-deps
 NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
 
-.PHONY: run test native lint install clean distclean deps sysdeps bench venv pyverbs-suite
+.PHONY: run test native lint install clean distclean deps sysdeps bench venv pyverbs-suite clib
 
 venv: $(VPY)
 $(VPY):
 	@sh scripts/make-venv.sh $(PYTHON) $(VENV)
 
 # Python dependencies and the C data plane (editable install: sources stay in the tree).
-deps: $(DEPS_STAMP)
+deps: $(DEPS_STAMP) clib
 $(DEPS_STAMP): $(VPY) pyproject.toml setup.py $(NATIVE_SRC)
 	$(VPIP) install --quiet -e '.[test,dev]'
 	@touch $@
@@ -40,7 +40,12 @@ run: deps
 	@echo "rnicd: starting; in another shell: $(VENV)/bin/rnic devinfo  (Ctrl-C stops it)"
 	$(VPY) -m rnicd.cli $(ARGS)
 
-test: deps sysdeps
+# rnicd's libibverbs.so.1 (clients/c) into the rnic package's private lib/ (`rnic libdir`).
+# Best effort: without libibverbs-dev/libmsgpack-dev (make sysdeps) the C tests skip.
+clib: sysdeps
+	@$(MAKE) -s -C clients/c OUT=../python/rnic/lib || echo "clib: not built (see above)" >&2
+
+test: deps sysdeps clib
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # rdma-core 44's own pyverbs tests against rnic (python3-pyverbs installed when root; a private
@@ -82,6 +87,7 @@ install:
 
 clean:
 	rm -rf build dist *.egg-info rnicd/_native*.so rnicd/_native.c .pytest_cache
+	rm -rf clients/c/build clients/python/rnic/lib
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
 # `make clean` keeps the venv (its downloads); this removes it too.

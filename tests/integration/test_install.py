@@ -15,6 +15,13 @@ def _run(cmd, **kw):
     return r
 
 
+def _clib_buildable() -> bool:
+    """Can the wheel build clients/c (rdma-core's headers, msgpack-c) and is ibv_devices
+    there to try it?"""
+    return all(os.path.exists(p) for p in ("/usr/include/infiniband/verbs.h",
+                                           "/usr/include/msgpack.h", "/usr/bin/ibv_devices"))
+
+
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_serves_devinfo(tmp_path, source_tree):
     # a user's environment: no PYTHONPATH into this tree (pip would take its rnicd.egg-info
@@ -40,6 +47,13 @@ def test_wheel_in_a_fresh_venv_serves_devinfo(tmp_path, source_tree):
         out = _run([venv / "bin/rnic", "--socket", sock, "devinfo"], cwd=tmp_path,
                    env=env).stdout
         assert "hca_id:\trnic0" in out and "PORT_ACTIVE" in out, out
+        if _clib_buildable():     # the wheel ships rnicd's libibverbs: `rnic exec` uses it
+            libdir = _run([venv / "bin/rnic", "libdir"], cwd=tmp_path, env=env).stdout.strip()
+            assert libdir.startswith(str(venv)), libdir
+            assert os.path.exists(os.path.join(libdir, "libibverbs.so.1")), libdir
+            out = _run([venv / "bin/rnic", "exec", "--socket", sock, "--", "ibv_devices"],
+                       cwd=tmp_path, env=env).stdout
+            assert "rnic0" in out, out
     finally:
         daemon.terminate()
         assert daemon.wait(20) == 0, (tmp_path / "rnicd.log").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from rnicd.wire.abi import MTU, PortState, mtu_bytes
@@ -161,10 +162,89 @@ def parser() -> argparse.ArgumentParser:
                        "(rates 0..1; delay_ms, reorder_ms set the delays) or 'off'.")
     s.add_argument("spec", nargs="?", help="fault spec, or 'off'")
     s.set_defaults(func=cmd_fault)
+    s = sub.add_parser("libdir", help="print the directory of rnicd's libibverbs.so.1 (for "
+                       "LD_LIBRARY_PATH)")
+    s.set_defaults(func=cmd_libdir)
+    s = sub.add_parser("exec", help="run an unmodified RDMA program on rnicd: "
+                       "rnic exec [--socket S] -- PROGRAM [ARGS...]",
+                       description="Runs PROGRAM with LD_LIBRARY_PATH starting with `rnic "
+                       "libdir` (rnicd's libibverbs.so.1) and RNIC_SOCKET set to the daemon's "
+                       "socket.")
+    s.add_argument("command", nargs="*", help="PROGRAM [ARGS...] (after --)")
+    s.set_defaults(func=cmd_exec)
     return p
 
 
+def cmd_libdir(args) -> int:
+    from rnic import clib
+    print(clib.libdir())
+    if clib.missing():
+        print(f"rnic libdir: {', '.join(clib.missing())} not built there (`make clib` in "
+              "the source tree; needs libibverbs-dev and libmsgpack-dev)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _split_exec(argv: list[str]):
+    """`exec [--socket S | -S S | --socket=S] [--] PROGRAM ARGS...`: (socket, command). The
+    program's own options are never parsed here."""
+    sock, i = None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            i += 1
+            break
+        if a in ("--socket", "-S") and i + 1 < len(argv):
+            sock, i = argv[i + 1], i + 2
+        elif a.startswith("--socket="):
+            sock, i = a.split("=", 1)[1], i + 1
+        else:
+            break
+    return sock, argv[i:]
+
+
+def _subcommand_index(argv: list[str]):
+    """Index of the subcommand in argv (after the global options), or None."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("--socket", "-S", "--device", "-d"):
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
+def cmd_exec(args) -> int:
+    from rnic import clib
+    from rnic._conn import socket_path
+    if not args.command:
+        print("rnic exec: no program given: rnic exec [--socket S] -- PROGRAM [ARGS...]",
+              file=sys.stderr)
+        return 2
+    if clib.missing():
+        print(f"rnic exec: {', '.join(clib.missing())} is not built in {clib.libdir()} "
+              "(`make clib`; needs libibverbs-dev and libmsgpack-dev)", file=sys.stderr)
+        return 1
+    env = clib.exec_env(socket_path(args.socket))
+    try:
+        os.execvpe(args.command[0], args.command, env)
+    except OSError as exc:
+        print(f"rnic exec: cannot run {args.command[0]}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 127
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    k = _subcommand_index(argv)
+    if k is not None and argv[k] == "exec":   # PROGRAM's options are its own: split first
+        sock, command = _split_exec(argv[k + 1:])
+        args = parser().parse_args(argv[:k + 1])
+        args.command = command
+        args.socket = sock or args.socket
+        return args.func(args)
     args = parser().parse_args(argv)
     from rnic.errors import RnicError
     try:

@@ -1,0 +1,181 @@
+/* mr.c — protection domains and memory regions (docs/memory-registration.md). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "priv.h"
+
+#define WRITE_ACCESS (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | \
+                      IBV_ACCESS_REMOTE_ATOMIC | IBV_ACCESS_MW_BIND)
+
+RNIC_EXPORT struct ibv_pd *ibv_alloc_pd(struct ibv_context *ctx)
+{
+    struct rreply rep;
+    if (rnic_call(rctx(ctx), "alloc_pd", NULL, NULL, 0, &rep, 0))
+        return NULL;
+    int64_t h;
+    int bad = mo_int(rep.r, "pd", &h);
+    rreply_free(&rep);
+    if (bad) {
+        errno = EPROTO;
+        return NULL;
+    }
+    struct rnic_pd *pd = calloc(1, sizeof(*pd));
+    if (!pd) {
+        rnic_simple(rctx(ctx), "dealloc_pd", "pd", (uint32_t)h);
+        errno = ENOMEM;
+        return NULL;
+    }
+    pd->pd.context = ctx;
+    pd->pd.handle = pd->handle = (uint32_t)h;
+    return &pd->pd;
+}
+
+RNIC_EXPORT int ibv_dealloc_pd(struct ibv_pd *pd)
+{
+    if (rnic_simple(rctx(pd->context), "dealloc_pd", "pd", pd->handle))
+        return errno;
+    free(container(pd, struct rnic_pd, pd));
+    return 0;
+}
+
+static struct ibv_mr *reg(struct ibv_pd *pd, void *addr, size_t length, uint64_t iova,
+                          unsigned int access)
+{
+    access &= ~(unsigned int)IBV_ACCESS_OPTIONAL_RANGE;   /* hints rnicd may ignore */
+    if (iova != (uintptr_t)addr) {
+        rnic_log("reg_mr: an iova other than the address is not supported");
+        errno = EOPNOTSUPP;
+        return NULL;
+    }
+    if ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) &&
+        !(access & IBV_ACCESS_LOCAL_WRITE)) {
+        errno = EINVAL;   /* IBTA 10.6.3.1: remote write/atomic need local write */
+        return NULL;
+    }
+    struct rpin *pin;
+    int rc = rpin_get(addr, length, (access & WRITE_ACCESS) != 0, &pin);
+    if (rc < 0) {
+        errno = -rc;
+        return NULL;
+    }
+    struct rargs a;
+    struct rreply rep;
+    int fds[16], nfds = 0;
+    rargs_init(&a);
+    ra_uint(&a, "pd", pd->handle);
+    ra_uint(&a, "addr", (uintptr_t)addr);
+    ra_uint(&a, "length", length);
+    ra_uint(&a, "access", access);
+    rpin_args(pin, &a, fds, &nfds);
+    if (rnic_call(rctx(pd->context), "reg_mr", &a, fds, nfds, &rep, 0)) {
+        int e = errno;
+        rpin_put(pin);
+        errno = e;
+        return NULL;
+    }
+    int64_t h, lkey, rkey;
+    int bad = mo_int(rep.r, "mr", &h) | mo_int(rep.r, "lkey", &lkey) | mo_int(rep.r, "rkey", &rkey);
+    rreply_free(&rep);
+    struct rnic_mr *mr = bad ? NULL : calloc(1, sizeof(*mr));
+    if (!mr) {
+        if (!bad)
+            rnic_simple(rctx(pd->context), "dereg_mr", "mr", (uint32_t)h);
+        rpin_put(pin);
+        errno = bad ? EPROTO : ENOMEM;
+        return NULL;
+    }
+    mr->mr.context = pd->context;
+    mr->mr.pd = pd;
+    mr->mr.addr = addr;
+    mr->mr.length = length;
+    mr->mr.handle = (uint32_t)h;
+    mr->mr.lkey = (uint32_t)lkey;
+    mr->mr.rkey = (uint32_t)rkey;
+    mr->pin = pin;
+    return &mr->mr;
+}
+
+#undef ibv_reg_mr
+#undef ibv_reg_mr_iova
+RNIC_EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access)
+{
+    return reg(pd, addr, length, (uintptr_t)addr, (unsigned int)access);
+}
+
+RNIC_EXPORT struct ibv_mr *ibv_reg_mr_iova(struct ibv_pd *pd, void *addr, size_t length,
+                                           uint64_t iova, int access)
+{
+    return reg(pd, addr, length, iova, (unsigned int)access);
+}
+
+RNIC_EXPORT struct ibv_mr *ibv_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length,
+                                            uint64_t iova, unsigned int access)
+{
+    return reg(pd, addr, length, iova, access);
+}
+
+RNIC_EXPORT int ibv_dereg_mr(struct ibv_mr *ibmr)
+{
+    struct rnic_mr *mr = container(ibmr, struct rnic_mr, mr);
+    if (rnic_simple(rctx(ibmr->context), "dereg_mr", "mr", ibmr->handle))
+        return errno;
+    rpin_put(mr->pin);
+    free(mr);
+    return 0;
+}
+
+RNIC_EXPORT int ibv_rereg_mr(struct ibv_mr *ibmr, int flags, struct ibv_pd *pd, void *addr,
+                             size_t length, int access)
+{
+    struct rnic_mr *mr = container(ibmr, struct rnic_mr, mr);
+    const int known = IBV_REREG_MR_CHANGE_TRANSLATION | IBV_REREG_MR_CHANGE_PD |
+                      IBV_REREG_MR_CHANGE_ACCESS;
+    if (flags == 0 || (flags & ~known) ||
+        ((flags & IBV_REREG_MR_CHANGE_TRANSLATION) && (!addr || !length)) ||
+        ((flags & IBV_REREG_MR_CHANGE_PD) && !pd)) {
+        errno = EINVAL;
+        return IBV_REREG_MR_ERR_INPUT;
+    }
+    access &= ~IBV_ACCESS_OPTIONAL_RANGE;
+    struct rpin *pin = NULL;
+    struct rargs a;
+    int fds[16], nfds = 0;
+    rargs_init(&a);
+    ra_uint(&a, "mr", ibmr->handle);
+    ra_int(&a, "flags", flags);
+    if (flags & IBV_REREG_MR_CHANGE_PD)
+        ra_uint(&a, "pd", pd->handle);
+    if (flags & IBV_REREG_MR_CHANGE_ACCESS)
+        ra_uint(&a, "access", (unsigned)access);
+    if (flags & IBV_REREG_MR_CHANGE_TRANSLATION) {
+        int writable = (flags & IBV_REREG_MR_CHANGE_ACCESS) ? (access & WRITE_ACCESS) != 0 : 1;
+        int rc = rpin_get(addr, length, writable, &pin);
+        if (rc < 0) {
+            rargs_free(&a);
+            errno = -rc;
+            return IBV_REREG_MR_ERR_INPUT;
+        }
+        ra_uint(&a, "addr", (uintptr_t)addr);
+        ra_uint(&a, "length", length);
+        rpin_args(pin, &a, fds, &nfds);
+    }
+    struct rreply rep;
+    if (rnic_call(rctx(ibmr->context), "rereg_mr", &a, fds, nfds, &rep, 0)) {
+        int e = errno;
+        rpin_put(pin);
+        errno = e;
+        return IBV_REREG_MR_ERR_CMD;
+    }
+    rreply_free(&rep);
+    if (flags & IBV_REREG_MR_CHANGE_TRANSLATION) {
+        rpin_put(mr->pin);
+        mr->pin = pin;
+        ibmr->addr = addr;
+        ibmr->length = length;
+    }
+    if (flags & IBV_REREG_MR_CHANGE_PD)
+        ibmr->pd = pd;
+    return 0;
+}

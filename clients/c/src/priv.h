@@ -1,0 +1,142 @@
+/* priv.h — the objects of rnicd's libibverbs: each public struct is embedded first in ours. */
+#ifndef RNIC_PRIV_H
+#define RNIC_PRIV_H
+
+#include <infiniband/verbs.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "../../../native/include/rnic_abi.h"
+#include "conn.h"
+
+#define RNIC_EXPORT __attribute__((visibility("default")))
+#define container(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* A mapped ring (rnic_abi.h): header, entries, and the limits rnicd granted. */
+struct rring {
+    struct rnic_ring_hdr *hdr;
+    uint8_t *ents;
+    size_t size;
+    uint32_t n, es, max_sge, max_inline;
+    uint32_t limit;          /* max_wr granted (<= n) */
+};
+
+/* Context-local table of handles -> objects (async events name objects by handle). */
+struct robj {
+    struct robj *next;
+    int kind;                /* ROBJ_* */
+    uint32_t handle;
+    void *obj;
+};
+enum { ROBJ_QP = 1, ROBJ_CQ, ROBJ_SRQ };
+
+struct rnic_device {
+    struct ibv_device dev;   /* first */
+    uint64_t guid;           /* network order */
+    char sock[108];
+};
+
+struct rnic_ctx {
+    struct verbs_context vctx;   /* ends with struct ibv_context */
+    struct rconn conn;
+    int doorbell_fd;
+    pthread_mutex_t objlock;
+    struct robj *objs;
+    struct ibv_device_attr attr; /* queried at open: limits for checks */
+    int fatal_sent;              /* IBV_EVENT_DEVICE_FATAL was reported */
+};
+
+static inline struct rnic_ctx *rctx(struct ibv_context *c)
+{
+    return container(c, struct rnic_ctx, vctx.context);
+}
+
+struct rnic_pd { struct ibv_pd pd; uint32_t handle; };
+struct rnic_mr { struct ibv_mr mr; struct rpin *pin; };
+struct rnic_ah { struct ibv_ah ah; };
+
+struct rnic_cq;
+struct rnic_channel {
+    struct ibv_comp_channel ch;   /* fd: the eventfd rnicd writes */
+    uint32_t handle;
+    pthread_mutex_t lock;
+    struct rnic_cq *cqs;          /* CQs of this channel (list through chnext) */
+};
+
+struct rnic_cq {
+    union {
+        struct ibv_cq cq;
+        struct ibv_cq_ex cq_ex;
+    };
+    uint32_t handle;
+    struct rring ring;
+    pthread_spinlock_t lock;
+    struct rnic_channel *chan;
+    struct rnic_cq *chnext;
+    uint32_t events_seen;         /* hdr->events when we last looked */
+    int pending;                  /* an event noticed, not yet handed out */
+};
+
+struct rnic_srq {
+    struct ibv_srq srq;
+    uint32_t handle, srq_num;
+    struct rring ring;
+    pthread_spinlock_t lock;
+    uint32_t max_sge;
+};
+
+struct rnic_qp {
+    union {
+        struct ibv_qp qp;
+        struct ibv_qp_ex qp_ex;
+    };
+    uint32_t handle;
+    struct rring sq, rq;          /* rq.hdr NULL with an SRQ */
+    int has_sq, has_rq;
+    pthread_spinlock_t sq_lock, rq_lock;
+    struct ibv_qp_cap cap;
+    int sq_sig_all;
+};
+
+/* ring.c */
+int rring_map(struct rring *r, int fd, uint64_t size, uint32_t kind, const char *what);
+void rring_unmap(struct rring *r);
+static inline uint32_t ld_acq(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void st_rel(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+void rnic_doorbell(struct rnic_ctx *c, struct rring *r);
+
+/* device.c */
+void robj_add(struct rnic_ctx *c, int kind, uint32_t handle, void *obj);
+void robj_del(struct rnic_ctx *c, int kind, uint32_t handle);
+void *robj_find(struct rnic_ctx *c, int kind, uint32_t handle);
+/* A call on ctx; sets errno and returns -1 on error (like every verb). */
+int rnic_call(struct rnic_ctx *c, const char *m, struct rargs *a, const int *fds, int nfds,
+              struct rreply *rep, int want_fds);
+int rnic_simple(struct rnic_ctx *c, const char *m, const char *k, uint32_t h);
+
+/* post.c */
+int rnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
+int rnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
+int rnic_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
+
+/* cq.c */
+int rnic_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc);
+int rnic_req_notify_cq(struct ibv_cq *cq, int solicited_only);
+void rnic_cq_clean(struct rnic_cq *cq, uint32_t qp_num);
+
+/* usermem.c */
+struct rpin;
+int rpin_get(void *addr, size_t length, int writable, struct rpin **out);  /* 0 / -errno */
+void rpin_put(struct rpin *p);
+/* reg_mr arguments of a pin: segments, start; and its fds */
+void rpin_args(struct rpin *p, struct rargs *a, int *fds, int *nfds);
+
+/* verbs implemented in one file and used by others */
+struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_attr_ex *ia);
+int rnic_query_port(struct ibv_context *ctx, uint8_t port, struct ibv_port_attr *a, size_t len);
+int rnic_query_device_ex(struct ibv_context *ctx, const struct ibv_query_device_ex_input *in,
+                         struct ibv_device_attr_ex *attr, size_t attr_size);
+struct ibv_srq *rnic_create_srq_ex(struct ibv_context *ctx, struct ibv_srq_init_attr_ex *ia);
+void rnic_ah_attr_args(struct rargs *a, const char *key, const struct ibv_ah_attr *ah);
+
+#endif

@@ -1,0 +1,68 @@
+/* ring.c — mapping rings from rnicd (native/include/rnic_abi.h) and ringing the doorbell. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "priv.h"
+
+/* Map a ring memfd (closing it) and check its header: the client computes entry offsets
+ * from it, so a bad header is refused (EPROTO) rather than trusted. */
+int rring_map(struct rring *r, int fd, uint64_t size, uint32_t kind, const char *what)
+{
+    struct stat st;
+    r->hdr = NULL;
+    if (size < RNIC_RING_HDR_SIZE || size > (1ull << 31) || fstat(fd, &st) < 0 ||
+        (uint64_t)st.st_size < size) {
+        rnic_log("%s: ring size %llu from rnicd is invalid", what, (unsigned long long)size);
+        close(fd);
+        return -EPROTO;
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (p == MAP_FAILED)
+        return -e;
+    struct rnic_ring_hdr *h = p;
+    uint32_t n = h->num_entries, es = h->entry_size;
+    uint32_t need = kind == RNIC_RING_CQ ? RNIC_CQE_SIZE
+                    : kind == RNIC_RING_SQ ? RNIC_SEND_WQE_HDR_SIZE +
+                          (h->max_sge * 16 > h->max_inline ? h->max_sge * 16 : h->max_inline)
+                    : RNIC_RECV_WQE_HDR_SIZE + h->max_sge * 16;
+    if (ld_acq(&h->magic) != RNIC_RING_MAGIC || h->abi_version != RNIC_ABI_VERSION ||
+        h->kind != kind || n == 0 || (n & (n - 1)) || es == 0 || es % 16 ||
+        RNIC_RING_HDR_SIZE + (uint64_t)es * n > size || need > es) {
+        rnic_log("%s: the ring from rnicd is invalid (magic/version/geometry)", what);
+        munmap(p, size);
+        return -EPROTO;
+    }
+    r->hdr = h;
+    r->ents = (uint8_t *)p + RNIC_RING_HDR_SIZE;
+    r->size = size;
+    r->n = n;
+    r->es = es;
+    r->max_sge = h->max_sge;
+    r->max_inline = h->max_inline;
+    r->limit = n;
+    return 0;
+}
+
+void rring_unmap(struct rring *r)
+{
+    if (r->hdr)
+        munmap(r->hdr, r->size);
+    r->hdr = NULL;
+}
+
+/* New WQEs wait: 8 bytes to the doorbell eventfd, unless the daemon flagged that it polls. */
+void rnic_doorbell(struct rnic_ctx *c, struct rring *r)
+{
+    if (r && ld_acq(&r->hdr->polling))
+        return;
+    uint64_t one = 1;
+    if (write(c->doorbell_fd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is saturated, a wake-up is pending anyway */
+    }
+}

@@ -1,0 +1,184 @@
+"""rnicd's libibverbs.so.1 (clients/c) under unmodified Debian programs, through `rnic exec`,
+between two daemons on loopback: ibv_devices, ibv_devinfo -v, the rc/uc/ud/srq pingpongs
+(rdma-core's examples: each side checks the exchange), and bad use answered with
+libibverbs' documented errors (tests/integration/c/bad_use.c)."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+from rnic import clib  # noqa: E402
+
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def libibverbs():
+    """rnicd's libibverbs is built (make clib) and the Debian programs are there; else skip
+    with the reason (make sysdeps installs libibverbs-dev, libmsgpack-dev, ibverbs-utils)."""
+    if clib.missing():
+        subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "clients", "c"),
+                        "OUT=../python/rnic/lib"], capture_output=True)
+    if clib.missing():
+        msg = f"{clib.missing()} not built (make clib needs libibverbs-dev, libmsgpack-dev)"
+        print(msg)
+        pytest.skip(msg)
+    if shutil.which("ibv_rc_pingpong") is None:
+        msg = "ibverbs-utils not installed (make sysdeps)"
+        print(msg)
+        pytest.skip(msg)
+    return clib.libdir()
+
+
+def rnic_exec(daemon, *cmd):
+    return [sys.executable, "-m", "rnic.tool", "exec", "--socket", daemon.socket, "--", *cmd]
+
+
+def run(daemon, *cmd, **kw):
+    r = subprocess.run(rnic_exec(daemon, *cmd), capture_output=True, text=True,
+                       timeout=TIMEOUT, **kw)
+    return r
+
+
+def test_ibv_devices(libibverbs, rnicd):
+    d = rnicd("a")
+    r = run(d, "ibv_devices")
+    assert r.returncode == 0, r.stderr
+    line = [ln for ln in r.stdout.splitlines() if "rnic0" in ln]
+    assert len(line) == 1 and len(line[0].split()[1]) == 16, r.stdout   # name and GUID
+
+
+def test_ibv_devinfo_v(libibverbs, rnicd):
+    d = rnicd("a")
+    r = run(d, "ibv_devinfo", "-v")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for want in ("hca_id:\trnic0", "PORT_ACTIVE (4)", "link_layer:\t\tEthernet",
+                 f"GID[  0]:\t\t::ffff:{d.ip}, RoCE v2", "max_qp_wr:",
+                 "atomic_cap:\t\t\tATOMIC_HCA"):
+        assert want in out, (want, out)
+
+
+def test_rnic_exec_without_daemon_lists_no_device(libibverbs, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "rnic.tool", "exec", "--socket",
+                        str(tmp_path / "none.sock"), "--", "ibv_devinfo"],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode != 0 and "No IB devices found" in r.stdout + r.stderr, r
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    """Is a TCP socket listening on port (read from /proc: connecting would consume the
+    pingpong server's one accept)?"""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(path).read().splitlines()[1:]
+        except OSError:
+            continue
+        for ln in lines:
+            f = ln.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def client_server(a, b, prog, args):
+    """prog ARGS as a server on daemon a, then as the client on daemon b naming a's address
+    (the programs exchange QP numbers and GIDs over TCP): (client result, server output)."""
+    port = int(args[args.index("-p") + 1])
+    server = subprocess.Popen(rnic_exec(a, prog, *args), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not _listening(port):
+            assert server.poll() is None, server.stdout.read()
+            assert time.monotonic() < deadline, f"{prog}: the server never listened"
+            time.sleep(0.05)
+        client = run(b, prog, *args, a.ip)
+        sout, _ = server.communicate(timeout=TIMEOUT)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return client, server.returncode, sout
+
+
+@pytest.mark.parametrize("kind", ["rc", "uc", "ud", "srq"])
+def test_pingpong(libibverbs, rnicd, kind):
+    """ibv_<kind>_pingpong -g 0: server on daemon a, client on daemon b; both sides must
+    finish their iterations (each checks what it receives)."""
+    a, b = rnicd("a"), rnicd("b")
+    port = _free_port()
+    args = ["-d", "rnic0", "-g", "0", "-p", str(port), "-n", "200"]
+    client, server_rc, sout = client_server(a, b, f"ibv_{kind}_pingpong", args)
+    assert client.returncode == 0, client.stdout + client.stderr
+    assert server_rc == 0, sout
+    for out in (client.stdout, sout):
+        assert "200 iters in" in out, out
+    assert f"GID ::ffff:{b.ip}" in sout and f"GID ::ffff:{a.ip}" in client.stdout
+
+
+PERFTEST = ["ib_write_bw", "ib_read_bw", "ib_send_bw", "ib_atomic_bw", "ib_write_lat",
+            "ib_send_lat", "ib_read_lat"]
+
+
+@pytest.mark.parametrize("prog", PERFTEST)
+def test_perftest(libibverbs, rnicd, prog):
+    """perftest (it links libmlx5 and libefa, which must load against ours) over verbs, GID
+    index 0: both sides finish and report a result row."""
+    if shutil.which(prog) is None:
+        pytest.skip("perftest not installed (make sysdeps)")
+    a, b = rnicd("a"), rnicd("b")
+    args = ["-d", "rnic0", "-x", "0", "-p", str(_free_port()), "-n", "100"]
+    client, server_rc, sout = client_server(a, b, prog, args)
+    assert client.returncode == 0 and server_rc == 0, client.stdout + client.stderr + sout
+    size = "8" if "atomic" in prog else "2" if prog.endswith("lat") else "65536"
+    rows = [ln.split() for ln in client.stdout.splitlines() if ln.split()[:1] == [size]]
+    assert len(rows) == 1 and len(rows[0]) >= 4 and float(rows[0][-1]) > 0, client.stdout
+
+
+@pytest.fixture(scope="module")
+def bad_use(libibverbs, tmp_path_factory):
+    """tests/integration/c/bad_use.c, compiled against rdma-core's headers (linked against
+    the system libibverbs, run on rnicd's through `rnic exec`)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path_factory.mktemp("c") / "bad_use"
+    src = os.path.join(ROOT, "tests", "integration", "c", "bad_use.c")
+    r = subprocess.run([cc, "-Wall", "-Werror", "-o", str(exe), src, "-libverbs"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return str(exe)
+
+
+def test_bad_use_gets_documented_errors(bad_use, rnicd):
+    d = rnicd("a")
+    r = run(d, bad_use)
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("OK"), r.stdout + r.stderr
+
+
+def test_daemon_going_away_is_a_fatal_event_then_errors(bad_use, rnicd):
+    d = rnicd("a")
+    p = subprocess.Popen(rnic_exec(d, bad_use, "fatal"), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        d.stop()
+        out, _ = p.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0 and out.rstrip().endswith("OK"), out
