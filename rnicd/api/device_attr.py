@@ -43,7 +43,7 @@ def device_attr(d) -> dict:
         "max_qp_init_rd_atom": lim.max_qp_init_rd_atom, "max_ee_init_rd_atom": 0,
         "atomic_cap": int(AtomicCap.IBV_ATOMIC_HCA), "max_ee": 0, "max_rdd": 0,
         "max_mw": lim.max_mw, "max_raw_ipv6_qp": 0, "max_raw_ethy_qp": 0, "max_mcast_grp": 0,
-        "max_mcast_qp_attach": 0, "max_total_mcast_qp_attach": 0, "max_ah": 0,
+        "max_mcast_qp_attach": 0, "max_total_mcast_qp_attach": 0, "max_ah": lim.max_ah,
         "max_fmr": 0, "max_map_per_fmr": 0, "max_srq": lim.max_srq,
         "max_srq_wr": lim.max_srq_wr, "max_srq_sge": lim.max_srq_sge,
         "max_pkeys": 1, "local_ca_ack_delay": 15, "phys_port_cnt": 1,

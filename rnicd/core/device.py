@@ -58,6 +58,7 @@ class DeviceLimits:
     max_cqe: int = 1 << 20
     max_mr: int = 1 << 16
     max_mw: int = 1 << 16
+    max_ah: int = 1 << 16
     max_mr_size: int = 1 << 40
     max_pd: int = 1 << 16
     max_qp_rd_atom: int = 16
@@ -77,6 +78,7 @@ class Device:
         self.port = port
         self.native = native
         self.limits = DeviceLimits()
+        self.ah_count = 0                   # address handles of every client (max_ah)
         self.set_netdev_mtu(None)
         self.port_active = True
         self.netdev_ifindex: int | None = None     # the bound netdev, when one holds our IP

@@ -34,6 +34,7 @@ def test_query_device_ex_is_truthful(rnicd):
         assert ex.odp_caps.general_caps == 0 and ex.max_dm_size == 0
         assert ex.tm_caps.max_num_tags == 0 and ex.rss_caps.supported_qpts == 0
         assert ex.phys_port_cnt_ex == 1 and attr.max_mw == 1 << 16
+        assert attr.max_ah == 1 << 16          # UD address handles (ibv_create_ah)
         assert ctx.num_comp_vectors == 64
 
 
