@@ -119,6 +119,9 @@ class Session:
         # inodes of its clients' command sockets (each passed its own end by SCM_RIGHTS at
         # hello): import_context recognises a context by one of them
         self.sockets: set[int] = set()
+        # the connection whose request is being served (set by the io layer): CM ids created
+        # or migrated by it send their events there (librdmacm's event channels)
+        self.caller = None
         self.closed = False
 
     def _handle(self) -> int:
@@ -402,7 +405,7 @@ class Session:
 
     # ---- channels / CQ -------------------------------------------------------------------
     def m_create_comp_channel(self, args, fds, now):
-        ch = CompChannel(self._handle(), self, self.shm.new_eventfd())
+        ch = CompChannel(self._handle(), self, self.shm.new_eventfd(blocking=True))
         self.channels[ch.handle] = ch
         return {"channel": ch.handle}, [ch.fd]
 
@@ -682,8 +685,23 @@ class Session:
                              "Q_Key from an IPoIB broadcast group (an IB SA); RoCE has none: "
                              "use RDMA_PS_UDP")
         cid = CMId(self, self._handle(), ps)
+        cid.route = self.caller
         self.cm_ids[cid.handle] = cid
         return {"id": cid.handle}, []
+
+    def m_cm_migrate_id(self, args, fds, now):
+        """rdma_migrate_id: the id's events go to the calling connection from now on (a
+        listener's future requests too)."""
+        self._get(self.cm_ids, args, "id", "CM id").route = self.caller
+        return {}, []
+
+    def drop_route(self, route, now: float):
+        """One connection of a shared context closed: the CM ids whose events went there
+        are destroyed, as closing an rdma_cm event channel destroys its ids."""
+        ids = [c for c in self.cm_ids.values() if c.route is route]
+        self.device.cm.abort_owner(self, ids, now)
+        for c in ids:
+            self.cm_ids.pop(c.handle, None)
 
     def m_cm_destroy_id(self, args, fds, now):
         cid = self._get(self.cm_ids, args, "id", "CM id")
