@@ -259,6 +259,7 @@ CMA_EXPORT int rdma_create_ep(struct rdma_cm_id **id, struct rdma_addrinfo *res,
                 goto err;
             }
             *c->qp_init_attr = *qp_init_attr;
+            c->qp_init_attr->qp_type = (enum ibv_qp_type)res->ai_qp_type;
         }
     } else {
         if (rdma_resolve_addr(cm, res->ai_src_addr, res->ai_dst_addr, 2000) ||
@@ -266,8 +267,11 @@ CMA_EXPORT int rdma_create_ep(struct rdma_cm_id **id, struct rdma_addrinfo *res,
             goto err;
         if (pd)
             cm->pd = pd;
-        if (qp_init_attr && rdma_create_qp(cm, pd, qp_init_attr))
-            goto err;
+        if (qp_init_attr) {         /* as librdmacm: the QP type is the addrinfo's */
+            qp_init_attr->qp_type = (enum ibv_qp_type)res->ai_qp_type;
+            if (rdma_create_qp(cm, pd, qp_init_attr))
+                goto err;
+        }
     }
     *id = cm;
     return 0;
