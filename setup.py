@@ -1,6 +1,6 @@
 # cffi's build hook needs setup.py; all other metadata lives in pyproject.toml.
-# build_py also builds rnicd's libibverbs.so.1 (clients/c) into the package's private rnic/lib
-# (`rnic libdir`); without a C compiler, make or rdma-core's headers the package still builds
+# build_py also builds rnicd's libibverbs.so.1 and librdmacm.so.1 (clients/c) into the package's
+# private rnic/lib (`rnic libdir`); without a C compiler, make or rdma-core's headers the package still builds
 # and `rnic exec` says what is missing.
 import os
 import subprocess

@@ -50,6 +50,7 @@ class Daemon:
         self.device = Device(config.device, config.bind, config.port, config.fault)
         self.shm = SharedMemory()
         self.sessions: dict[object, Session] = {}     # connection -> session
+        self.primary: dict[Session, object] = {}      # session -> its first connection
         self.shm.sessions = self.sessions.values()
         self._ring_fds: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -139,11 +140,14 @@ class Daemon:
             session = Session(self.device, self.shm, pid)
             session.sockets.update(_socket_inodes(fds[:1]))
             self.sessions[conn] = session
+            self.primary[session] = conn
             conn.session = session
             self.loop.add_reader(session.doorbell_fd, self._doorbell, session)
+        session.caller = conn
         try:
             result, out_fds = session.call(method, args, fds, now)
         finally:
+            session.caller = None
             self._drain()
         self._ring_fds.update(fd for fd in out_fds if fd not in self._eventfds(session))
         return result, out_fds
@@ -179,8 +183,15 @@ class Daemon:
 
     def _connection_closed(self, conn):
         session = self.sessions.pop(conn, None)
-        if session is None or session in self.sessions.values():
-            return              # none, or an imported context still holds it open
+        if session is None:
+            return
+        if session in self.sessions.values():   # an imported context still holds it open
+            if self.primary.get(session) is conn:
+                self.primary[session] = next(c for c, s in self.sessions.items() if s is session)
+            session.drop_route(conn, self.loop.time())
+            self._drain()
+            return
+        self.primary.pop(session, None)
         self.loop.remove_reader(session.doorbell_fd)
         log.info("client %s gone: releasing %d QPs, %d MRs", session.pid or "?",
                  len(session.qps), len(session.mrs))
@@ -237,9 +248,14 @@ class Daemon:
             d.notify.clear()
         if d.events:
             events, d.events = d.events, []
-            by_session = {s: c for c, s in self.sessions.items()}
             for owner, ev in events:
-                conns = self.sessions if owner is None else filter(None, [by_session.get(owner)])
+                # None: every client; a connection (a CM id's route); a session: its first
+                if owner is None:
+                    conns = self.sessions
+                elif owner in self.sessions:
+                    conns = [owner]
+                else:
+                    conns = filter(None, [self.primary.get(owner)])
                 for conn in list(conns):
                     conn.send({"ev": ev})
         deadline = d.next_deadline()

@@ -24,8 +24,23 @@ class CMVerbs:
                              "Q_Key from an IPoIB broadcast group (an IB SA); RoCE has none: "
                              "use RDMA_PS_UDP")
         cid = CMId(self, self._handle(), ps)
+        cid.route = self.caller
         self.cm_ids[cid.handle] = cid
         return {"id": cid.handle}, []
+
+    def m_cm_migrate_id(self, args, fds, now):
+        """rdma_migrate_id: the id's events go to the calling connection from now on (a
+        listener's future requests too)."""
+        self._get(self.cm_ids, args, "id", "CM id").route = self.caller
+        return {}, []
+
+    def drop_route(self, route, now: float):
+        """One connection of a shared context closed: the CM ids whose events went there
+        are destroyed, as closing an rdma_cm event channel destroys its ids."""
+        ids = [c for c in self.cm_ids.values() if c.route is route]
+        self.device.cm.abort_owner(self, ids, now)
+        for c in ids:
+            self.cm_ids.pop(c.handle, None)
 
     def m_cm_destroy_id(self, args, fds, now):
         cid = self._get(self.cm_ids, args, "id", "CM id")

@@ -75,6 +75,9 @@ class Session(CMVerbs):
         # inodes of its clients' command sockets (each passed its own end by SCM_RIGHTS at
         # hello): import_context recognises a context by one of them
         self.sockets: set[int] = set()
+        # the connection whose request is being served (set by the io layer): CM ids created
+        # or migrated by it send their events there (librdmacm's event channels)
+        self.caller = None
         self.closed = False
 
     def _handle(self) -> int:
@@ -363,7 +366,7 @@ class Session(CMVerbs):
 
     # ---- channels / CQ -------------------------------------------------------------------
     def m_create_comp_channel(self, args, fds, now):
-        ch = CompChannel(self._handle(), self, self.shm.new_eventfd())
+        ch = CompChannel(self._handle(), self, self.shm.new_eventfd(blocking=True))
         self.channels[ch.handle] = ch
         return {"channel": ch.handle}, [ch.fd]
 

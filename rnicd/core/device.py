@@ -448,7 +448,8 @@ class Device:
         dp.nnotify = 0
 
     def post_event(self, owner, ev: dict):
-        """An asynchronous event for owner's client; owner None: for every client."""
+        """An asynchronous event for owner's client; owner None: for every client. owner may
+        also be a CM id's route (one connection of a shared context: its event channel)."""
         self.events.append((owner, ev))
 
 

@@ -32,7 +32,8 @@ METHODS = (
     "create_qp", "modify_qp", "query_qp", "destroy_qp",
     "get_counters", "set_fault", "get_fault", "get_objects", "get_qps",
     "cm_create_id", "cm_destroy_id", "cm_listen", "cm_connect", "cm_accept", "cm_reject",
-    "cm_disconnect", "cm_establish", "cm_set_option", "cm_init_qp_attr", "open_qp",
+    "cm_disconnect", "cm_establish", "cm_set_option", "cm_init_qp_attr", "cm_migrate_id",
+    "open_qp",
     "import_context", "import_pd", "import_mr", "open_xrcd", "close_xrcd", "rereg_mr",
     "alloc_mw", "dealloc_mw",
 )

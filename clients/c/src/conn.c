@@ -272,6 +272,75 @@ static int pump(struct rconn *c, int block)
     return 1;
 }
 
+static void enqueue(struct rconn *c, int cm, struct rev *e)
+{
+    e->next = NULL;
+    if (cm) {
+        *c->cmtail = e;
+        c->cmtail = &e->next;
+    } else {
+        *c->evtail = e;
+        c->evtail = &e->next;
+    }
+    if (write(c->wake[1], "!", 1) < 0) {
+        /* pipe full: async_fd is readable anyway */
+    }
+}
+
+int rconn_push_event(struct rconn *c, int kind, const void *data, size_t len)
+{
+    struct rev *e = malloc(sizeof(*e) + len);
+    if (!e)
+        return -ENOMEM;
+    e->len = len;
+    memcpy(e->data, data, len);
+    pthread_mutex_lock(&c->lock);
+    enqueue(c, kind, e);
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+}
+
+int rconn_move_events(struct rconn *from, struct rconn *to, int kind,
+                      int (*match)(const char *data, size_t len, void *arg), void *arg)
+{
+    struct rev *moved = NULL, **mt = &moved;
+    int n = 0;
+    pthread_mutex_lock(&from->lock);
+    struct rev **q = kind ? &from->cmq : &from->evq;
+    for (struct rev **p = q; *p;) {
+        struct rev *e = *p;
+        if (!match(e->data, e->len, arg)) {
+            p = &e->next;
+            continue;
+        }
+        *p = e->next;
+        e->next = NULL;
+        *mt = e;
+        mt = &e->next;
+        n++;
+        char b;
+        if (read(from->wake[0], &b, 1) < 0) {
+            /* nothing to drain */
+        }
+    }
+    struct rev **tail = q;        /* the queue's tail after the removals */
+    while (*tail)
+        tail = &(*tail)->next;
+    if (kind)
+        from->cmtail = tail;
+    else
+        from->evtail = tail;
+    pthread_mutex_unlock(&from->lock);
+    pthread_mutex_lock(&to->lock);
+    while (moved) {
+        struct rev *e = moved;
+        moved = e->next;
+        enqueue(to, kind, e);
+    }
+    pthread_mutex_unlock(&to->lock);
+    return n;
+}
+
 static int queue_event(struct rconn *c, const msgpack_object *ev)
 {
     msgpack_sbuffer sb;
@@ -284,21 +353,10 @@ static int queue_event(struct rconn *c, const msgpack_object *ev)
         msgpack_sbuffer_destroy(&sb);
         return -ENOMEM;
     }
-    e->next = NULL;
     e->len = sb.size;
     memcpy(e->data, sb.data, sb.size);
     msgpack_sbuffer_destroy(&sb);
-    int cm = mo_get(ev, "cm_event") != NULL;
-    if (cm) {
-        *c->cmtail = e;
-        c->cmtail = &e->next;
-    } else {
-        *c->evtail = e;
-        c->evtail = &e->next;
-    }
-    if (write(c->wake[1], "!", 1) < 0) {
-        /* pipe full: async_fd is readable anyway */
-    }
+    enqueue(c, mo_get(ev, "cm_event") != NULL, e);
     return 0;
 }
 
@@ -514,6 +572,9 @@ struct rev *rconn_next_event(struct rconn *c, int kind)
         int r = next_message(c, 0, &up, &body, fds, &n);
         if (r <= 0)
             break;
+        int64_t rid = -1;
+        mo_int(&up.data, "id", &rid);
+        rnic_log("dropped a reply nobody waits for (request %lld)", (long long)rid);
         for (int i = 0; i < n; i++)   /* a reply nobody waits for: dropped */
             close(fds[i]);
         msgpack_unpacked_destroy(&up);

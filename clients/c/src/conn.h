@@ -78,6 +78,13 @@ void rreply_free(struct rreply *rep);
  * the queue is empty. kind 0: verbs async events, 1: connection-manager events.
  * NULL: none (errno EAGAIN) or the connection failed (errno set). */
 struct rev *rconn_next_event(struct rconn *c, int kind);
+/* Queue an event this library produces itself (raw msgpack of the "ev" map): librdmacm's
+ * address and route resolution. 0 or -ENOMEM. */
+int rconn_push_event(struct rconn *c, int kind, const void *data, size_t len);
+/* Move the queued events of kind that match (raw msgpack, arg) from one connection to
+ * another, in order (rdma_migrate_id moves an id's pending events). Returns how many. */
+int rconn_move_events(struct rconn *from, struct rconn *to, int kind,
+                      int (*match)(const char *data, size_t len, void *arg), void *arg);
 
 /* Reading reply maps (NULL/0 when absent or of another type). */
 const msgpack_object *mo_get(const msgpack_object *map, const char *key);

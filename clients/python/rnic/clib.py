@@ -1,9 +1,9 @@
-"""Where the package keeps its C libraries (libibverbs.so.1 for rnicd, clients/c) and how
-`rnic exec` runs an unmodified RDMA program on them."""
+"""Where the package keeps its C libraries (libibverbs.so.1 and librdmacm.so.1 for rnicd,
+clients/c) and how `rnic exec` runs an unmodified RDMA program on them."""
 import os
 
 LIBDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
-LIBRARIES = ("libibverbs.so.1",)
+LIBRARIES = ("libibverbs.so.1", "librdmacm.so.1")
 
 
 def libdir() -> str:

@@ -320,7 +320,7 @@ class CMAgent(SidrMixin):
                 self._tid())
         cid = CMId(listener.owner, listener.owner.new_handle(), listener.ps)
         listener.owner.cm_ids[cid.handle] = cid
-        cid.listener = listener
+        cid.listener, cid.route = listener, listener.route   # the listener's channel
         cid.ack_timeout, cid.tos = listener.ack_timeout, listener.tos   # inherited options
         listener.children.add(cid)
         parsed = cma.parse_req_private_data(req.private_data)
@@ -340,7 +340,9 @@ class CMAgent(SidrMixin):
         if listener.offload is not None:
             return self._offload_accept(cid, listener.offload, now)
         self._event(cid, E.RDMA_CM_EVENT_CONNECT_REQUEST, listen_id=listener.handle,
-                    private_data=user, **self._conn_info(cid))
+                    private_data=user, responder_resources=cid.responder_resources,
+                    initiator_depth=cid.initiator_depth, retry_count=cid.retry,
+                    rnr_retry_count=cid.rnr_retry, **self._conn_info(cid))
 
     def _on_rep(self, rep: mad.CmRep, src: str, now: float):
         cid = self._lookup(rep.remote_comm_id, src)
@@ -503,7 +505,7 @@ class CMAgent(SidrMixin):
         conns = lst.offload.take()
         if conns and lst.owner is not None:
             self.counters.inc("cm_offload_notifications")
-            self.device.post_event(lst.owner, {
+            self.device.post_event(lst.route or lst.owner, {
                 "cm_event": int(E.RNIC_CM_EVENT_OFFLOAD_ESTABLISHED), "id": lst.handle,
                 "conns": conns})
 
@@ -600,7 +602,7 @@ class CMAgent(SidrMixin):
         if cid.owner is not None:
             ev = {"cm_event": int(kind), "id": cid.handle}
             ev.update(fields)
-            self.device.post_event(cid.owner, ev)
+            self.device.post_event(cid.route or cid.owner, ev)
 
     def _lookup(self, local_comm_id: int, src: str) -> CMId | None:
         cid = self.by_comm_id.get(local_comm_id)

@@ -33,6 +33,9 @@ class CMId:
 
     def __init__(self, owner, handle: int, ps: int = cma.RDMA_PS_TCP):
         self.owner, self.handle, self.ps = owner, handle, ps
+        # which of the owner's connections gets its events (an opaque token the io layer
+        # gives: librdmacm's event channel; None: the context's own connection)
+        self.route = None
         self.state = CMState.IDLE
         self.qp = None                        # the QP the connection drives (RC) or names (UD)
         self.qp_num = 0                       # an external QP's number (conn_param.qp_num)

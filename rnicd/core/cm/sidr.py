@@ -103,7 +103,7 @@ class SidrMixin:
                 service_id=req.service_id, private_data=b"rnicd: listen backlog full"), tid)
         cid = CMId(listener.owner, listener.owner.new_handle(), listener.ps)
         listener.owner.cm_ids[cid.handle] = cid
-        cid.listener = listener
+        cid.listener, cid.route = listener, listener.route   # the listener's channel
         listener.children.add(cid)
         parsed = cma.parse_req_private_data(req.private_data)
         src_port, user = (parsed[1], parsed[3]) if parsed else (0, bytes(req.private_data))

@@ -1,0 +1,241 @@
+"""rnicd's librdmacm.so.1 (clients/c) under unmodified Debian programs, through `rnic exec`,
+between two daemons on loopback (server on one, client on the other): rdmacm-utils' rping
+(data verified, also with faults on both daemons and with self-modified QPs), ucmatose,
+udaddy (UD over the CM: SIDR), rdma_server/rdma_client (rdma_getaddrinfo, rdma_create_ep,
+the synchronous mode), perftest over rdma_cm (-R), and the `rnic` Python client's CMID
+talking to the C library across daemons."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+from rnic import clib  # noqa: E402
+
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def librdmacm():
+    """rnicd's two libraries are built (make clib) and rdmacm-utils is installed; else skip
+    with the reason (make sysdeps installs librdmacm-dev, libmsgpack-dev, rdmacm-utils)."""
+    if clib.missing():
+        subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "clients", "c"),
+                        "OUT=../python/rnic/lib"], capture_output=True)
+    if clib.missing():
+        msg = f"{clib.missing()} not built (make clib needs librdmacm-dev, libmsgpack-dev)"
+        print(msg)
+        pytest.skip(msg)
+    if shutil.which("rping") is None:
+        msg = "rdmacm-utils not installed (make sysdeps)"
+        print(msg)
+        pytest.skip(msg)
+    return clib.libdir()
+
+
+def rnic_exec(daemon, *cmd):
+    return [sys.executable, "-m", "rnic.tool", "exec", "--socket", daemon.socket, "--", *cmd]
+
+
+_ports = iter(range(7500 + os.getpid() % 1000 * 10, 1 << 16))
+
+
+def pair(server_cmd, client_cmd, a, b, settle=1.0, timeout=TIMEOUT):
+    """Run the server on daemon a, then the client on daemon b; both outputs and codes."""
+    server = subprocess.Popen(rnic_exec(a, *server_cmd), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(settle)       # rnicd's CM has no listen socket to wait for
+        assert server.poll() is None, server.stdout.read()
+        client = subprocess.run(rnic_exec(b, *client_cmd), capture_output=True, text=True,
+                                timeout=timeout)
+        sout, _ = server.communicate(timeout=timeout)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return client.returncode, client.stdout + client.stderr, server.returncode, sout
+
+
+def check_rping(a, b, count=100, extra=()):
+    port = str(next(_ports))
+    crc, cout, src, sout = pair(
+        ["rping", "-s", "-a", a.ip, "-p", port, "-V", "-C", str(count), *extra],
+        ["rping", "-c", "-a", a.ip, "-p", port, "-v", "-V", "-C", str(count), *extra], a, b)
+    assert crc == 0, cout
+    assert src == 0, sout
+    lines = [ln for ln in cout.splitlines() if ln.startswith("ping data: ")]
+    assert len(lines) == count, cout
+    # rping's pattern: "rdma-ping-N: ", then characters 'A'..'z' from 'A' + N % 58 on,
+    # wrapping; the client prints the buffer the server RDMA READ from it and RDMA WROTE
+    # back (and -V compares it with what it sent)
+    for i, ln in enumerate(lines):
+        body = ln[len("ping data: "):]
+        head = f"rdma-ping-{i}: "
+        assert body.startswith(head), ln
+        chars = body[len(head):]
+        want = "".join(chr(65 + (i % 58 + k) % 58) for k in range(len(chars)))
+        assert chars == want and len(body) == 63, ln
+    assert "server DISCONNECT EVENT" in sout       # the client need not wait for its own
+
+
+def test_rping_data_verified(librdmacm, two_daemons):
+    a, b = two_daemons
+    check_rping(a, b)
+
+
+def test_rping_self_modified_qp(librdmacm, two_daemons):
+    """rping -q: the QP is not the id's; rdma_init_qp_attr moves it and rdma_establish sends
+    the RTU (rdma_cm's external QP path)."""
+    a, b = two_daemons
+    check_rping(a, b, 20, ["-q"])
+
+
+def test_rping_with_faults_keeps_data_intact(librdmacm, rnicd):
+    a, b = rnicd("a", fault="drop=0.02"), rnicd("b", fault="drop=0.02")
+    check_rping(a, b)
+
+
+@pytest.mark.parametrize("extra", [[], ["-c", "4"], ["-m"]], ids=["one", "four", "migrate"])
+def test_ucmatose(librdmacm, two_daemons, extra):
+    a, b = two_daemons
+    port = str(next(_ports))
+    crc, cout, src, sout = pair(["ucmatose", "-p", port, *extra[:2]],
+                                ["ucmatose", "-s", a.ip, "-p", port, *extra], a, b)
+    assert crc == 0 and "return status 0" in cout, cout
+    assert src == 0 and "return status 0" in sout, sout
+    assert "data transfers complete" in cout and "data transfers complete" in sout
+    if extra == ["-m"]:
+        assert "migrating to new event channel" in cout
+
+
+def test_udaddy_sidr(librdmacm, two_daemons):
+    """UD over the CM: the client's ESTABLISHED carries the server's QPN, Q_Key and an AH
+    (SIDR); the server answers with AHs made from the work completions."""
+    a, b = two_daemons
+    crc, cout, src, sout = pair(["udaddy"], ["udaddy", "-s", a.ip], a, b)
+    assert crc == 0 and "return status 0" in cout, cout
+    assert src == 0 and "return status 0" in sout, sout
+    assert "data transfers complete" in cout and "data transfers complete" in sout
+
+
+def test_rdma_server_client(librdmacm, two_daemons):
+    """rdma_getaddrinfo, rdma_create_ep, rdma_get_request, synchronous ids, the
+    rdma_verbs.h helpers on the CQs rdma_create_qp made."""
+    a, b = two_daemons
+    port = str(next(_ports))
+    crc, cout, src, sout = pair(["rdma_server", "-p", port],
+                                ["rdma_client", "-s", a.ip, "-p", port], a, b)
+    assert crc == 0 and "rdma_client: end 0" in cout, cout
+    assert src == 0 and "rdma_server: end 0" in sout, sout
+
+
+@pytest.mark.parametrize("prog", ["ib_write_bw", "ib_send_lat", "ib_read_lat"])
+def test_perftest_over_rdma_cm(librdmacm, two_daemons, prog):
+    if shutil.which(prog) is None:
+        pytest.skip("perftest not installed (make sysdeps)")
+    a, b = two_daemons
+    port = str(next(_ports) + 10000)
+    args = ["-d", "rnic0", "-R", "-p", port, "-n", "200"]
+    crc, cout, src, sout = pair([prog, *args], [prog, *args, a.ip], a, b, settle=1.5)
+    assert crc == 0, cout
+    assert src == 0, sout
+    assert "#bytes" in cout and "200" in cout.split("#bytes", 1)[1], cout
+
+
+PY_SERVER = textwrap.dedent("""
+    import sys
+    from rnic.cmid import CMID, AddrInfo, RAI_PASSIVE, RDMA_PS_TCP
+    from rnic.qp import QPCap, QPInitAttr
+    ip, port = sys.argv[1], sys.argv[2]
+    cap = QPCap(max_send_wr=1, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
+    lst = CMID(creator=AddrInfo(src=ip, service=port, port_space=RDMA_PS_TCP,
+                                flags=RAI_PASSIVE),
+               qp_init_attr=QPInitAttr(qp_type=2, cap=cap, sq_sig_all=1))
+    lst.listen()
+    print("listening", flush=True)
+    conn = lst.get_request()
+    mr = conn.reg_msgs(16)
+    conn.post_recv(mr, 16)
+    conn.accept()
+    wc = conn.get_recv_comp()
+    assert wc.status == 0 and wc.byte_len == 16, wc
+    mr.write(b"rnic-python-cmid", 16)
+    conn.post_send(mr, length=16)
+    assert conn.get_send_comp().status == 0
+    conn.disconnect()
+    print("python server: end 0", flush=True)
+""")
+
+PY_CLIENT = textwrap.dedent("""
+    import sys
+    from rnic.cmid import CMID, AddrInfo, RDMA_PS_TCP
+    from rnic.qp import QPCap, QPInitAttr
+    ip, port = sys.argv[1], sys.argv[2]
+    cap = QPCap(max_send_wr=1, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
+    c = CMID(creator=AddrInfo(dst=ip, service=port, port_space=RDMA_PS_TCP),
+             qp_init_attr=QPInitAttr(qp_type=2, cap=cap, sq_sig_all=1))
+    send, recv = c.reg_msgs(16), c.reg_msgs(16)
+    recv.write(b"x" * 16, 16)
+    c.post_recv(recv, 16)
+    c.connect()
+    send.write(b"hello from rnic!", 16)
+    c.post_send(send, length=16)
+    assert c.get_send_comp().status == 0
+    wc = c.get_recv_comp()
+    assert wc.status == 0 and wc.byte_len == 16, wc
+    assert recv.read(16, 0) == bytes(16), recv.read(16, 0)   # rdma_server's zeroed reply
+    c.disconnect()
+    print("python client: end 0", flush=True)
+""")
+
+
+def test_python_cmid_server_with_c_rdma_client(librdmacm, two_daemons, tmp_path):
+    """The rnic Python client (rnic.cmid) listens on daemon a; rdma_client, on rnicd's C
+    librdmacm, connects from daemon b: a SEND each way and a disconnect."""
+    a, b = two_daemons
+    port = str(next(_ports))
+    script = tmp_path / "server.py"
+    script.write_text(PY_SERVER)
+    env = clib.exec_env(a.socket)
+    env["PYTHONPATH"] = os.path.join(ROOT, "clients", "python")
+    server = subprocess.Popen([sys.executable, str(script), a.ip, port], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        client = subprocess.run(rnic_exec(b, "rdma_client", "-s", a.ip, "-p", port),
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        sout, _ = server.communicate(timeout=TIMEOUT)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert client.returncode == 0 and "rdma_client: end 0" in client.stdout, client
+    assert server.returncode == 0 and "python server: end 0" in sout, sout
+
+
+def test_c_rdma_server_with_python_cmid_client(librdmacm, two_daemons, tmp_path):
+    a, b = two_daemons
+    port = str(next(_ports))
+    script = tmp_path / "client.py"
+    script.write_text(PY_CLIENT)
+    env = clib.exec_env(b.socket)
+    env["PYTHONPATH"] = os.path.join(ROOT, "clients", "python")
+    server = subprocess.Popen(rnic_exec(a, "rdma_server", "-p", port),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1.0)
+        client = subprocess.run([sys.executable, str(script), a.ip, port],
+                                env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        sout, _ = server.communicate(timeout=TIMEOUT)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert client.returncode == 0 and "python client: end 0" in client.stdout, client
+    assert server.returncode == 0 and "rdma_server: end 0" in sout, sout
