@@ -182,3 +182,49 @@ def test_daemon_going_away_is_a_fatal_event_then_errors(bad_use, rnicd):
             p.kill()
             p.wait()
     assert p.returncode == 0 and out.rstrip().endswith("OK"), out
+
+
+def _compile(tmp_path_factory, name):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path_factory.mktemp("c") / name
+    src = os.path.join(ROOT, "tests", "integration", "c", f"{name}.c")
+    r = subprocess.run([cc, "-Wall", "-Werror", "-o", str(exe), src, "-libverbs"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return str(exe)
+
+
+def run_pair(a, b, exe, *args):
+    """`exe server` on daemon a and `exe client` on daemon b; each prints one "INFO ..." line,
+    which the other reads on stdin. Returns both outputs."""
+    procs = [subprocess.Popen(rnic_exec(d, exe, role, *args), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for d, role in ((a, "server"), (b, "client"))]
+    try:
+        infos = [p.stdout.readline() for p in procs]
+        for p, info in zip(procs, reversed(infos), strict=True):
+            assert info.startswith("INFO"), info + p.stdout.read()
+            p.stdin.write(info)
+            p.stdin.flush()
+        outs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def ex_verbs(libibverbs, tmp_path_factory):
+    return _compile(tmp_path_factory, "ex_verbs")
+
+
+def test_extended_cq_and_qp_between_daemons(ex_verbs, rnicd):
+    """ibv_create_cq_ex (start/next/end_poll, ibv_wc_read_*) and ibv_create_qp_ex's ibv_wr_*
+    post API: WRITE, SEND_WITH_IMM inline, READ into two SGEs, both atomics, an aborted and
+    a failing batch (tests/integration/c/ex_verbs.c; each side checks what it sees)."""
+    for rc, out in run_pair(rnicd("a"), rnicd("b"), ex_verbs):
+        assert rc == 0 and out.rstrip().endswith("OK"), out

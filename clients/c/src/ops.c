@@ -60,6 +60,7 @@ void rnic_fill_context_ops(struct rnic_ctx *c)
     v->create_qp_ex = create_qp_ex_op;
     v->create_srq_ex = create_srq_ex_op;
     v->get_srq_num = rnic_get_srq_num_op;
+    v->create_cq_ex = rnic_create_cq_ex;
 }
 
 /* ---- fork: registered memory is copied into a child (docs/memory-registration.md) ---------- */

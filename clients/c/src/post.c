@@ -24,6 +24,11 @@ static const uint32_t SEND_OPS[] = {
                    OPB(IBV_WR_RDMA_WRITE_WITH_IMM),
     [IBV_QPT_UD] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM),
 };
+uint32_t rnic_send_ops(enum ibv_qp_type t)
+{
+    return (unsigned)t < sizeof(SEND_OPS) / sizeof(SEND_OPS[0]) ? SEND_OPS[t] : 0;
+}
+
 #define INLINE_OPS (OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM) | OPB(IBV_WR_RDMA_WRITE) | \
                     OPB(IBV_WR_RDMA_WRITE_WITH_IMM) | OPB(IBV_WR_SEND_WITH_INV))
 #define RDMA_OPS (OPB(IBV_WR_RDMA_WRITE) | OPB(IBV_WR_RDMA_WRITE_WITH_IMM) | OPB(IBV_WR_RDMA_READ))
@@ -122,6 +127,13 @@ static int write_send(struct rnic_qp *qp, struct ibv_send_wr *wr, struct rnic_se
 
 int rnic_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_send_wr **bad)
 {
+    return rnic_post_send_list(ibqp, wr, bad, 0);
+}
+
+/* all_or_none (the ibv_wr_* batch of wr_complete): on a bad WR none of the list is posted. */
+int rnic_post_send_list(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_send_wr **bad,
+                        int all_or_none)
+{
     struct rnic_qp *qp = container(ibqp, struct rnic_qp, qp);
     struct rring *r = &qp->sq;
     enum ibv_qp_state st = ibqp->state;
@@ -143,6 +155,8 @@ int rnic_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_send_
             break;
         prod++;
     }
+    if (rc && all_or_none)
+        prod = start;             /* written slots past prod are never read */
     if (prod != start) {
         st_rel(&r->hdr->prod, prod);
         rnic_doorbell(rctx(ibqp->context), r);

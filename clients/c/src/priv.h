@@ -75,6 +75,7 @@ struct rnic_cq {
     struct rnic_cq *chnext;
     uint32_t events_seen;         /* hdr->events when we last looked */
     int pending;                  /* an event noticed, not yet handed out */
+    struct rnic_cqe cur;          /* extended CQ: the current completion (start/next_poll) */
 };
 
 struct rnic_srq {
@@ -96,7 +97,13 @@ struct rnic_qp {
     pthread_spinlock_t sq_lock, rq_lock;
     struct ibv_qp_cap cap;
     int sq_sig_all;
+    struct rnic_wrx *wrx;         /* ibv_qp_ex: the batch between wr_start and wr_complete */
 };
+
+/* qp_ex.c */
+uint32_t rnic_send_ops(enum ibv_qp_type t);   /* post.c: 1 << IBV_WR_* the QP type takes */
+int rnic_qp_ex_init(struct rnic_qp *qp, uint64_t send_ops_flags);
+void rnic_qp_ex_free(struct rnic_qp *qp);
 
 /* ring.c */
 int rring_map(struct rring *r, int fd, uint64_t size, uint32_t kind, const char *what);
@@ -116,6 +123,8 @@ int rnic_simple(struct rnic_ctx *c, const char *m, const char *k, uint32_t h);
 
 /* post.c */
 int rnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
+int rnic_post_send_list(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad,
+                        int all_or_none);
 int rnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
 int rnic_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
 
@@ -123,6 +132,10 @@ int rnic_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_r
 int rnic_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc);
 int rnic_req_notify_cq(struct ibv_cq *cq, int solicited_only);
 void rnic_cq_clean(struct rnic_cq *cq, uint32_t qp_num);
+struct rnic_cq *rnic_cq_create(struct ibv_context *ctx, int cqe, void *cq_context,
+                               struct ibv_comp_channel *channel, int comp_vector);
+/* cq_ex.c */
+struct ibv_cq_ex *rnic_create_cq_ex(struct ibv_context *ctx, struct ibv_cq_init_attr_ex *ia);
 
 /* usermem.c */
 struct rpin;

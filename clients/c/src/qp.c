@@ -120,7 +120,8 @@ static uint32_t cq_handle(struct ibv_cq *cq) { return container(cq, struct rnic_
 struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_attr_ex *ia)
 {
     struct rnic_ctx *c = rctx(ctx);
-    const uint32_t known = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_XRCD;
+    const uint32_t known = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_XRCD |
+                           IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
     if (ia->comp_mask & ~known) {
         errno = EOPNOTSUPP;       /* create_flags, TSO, RSS, send_ops, ... not offered */
         return NULL;
@@ -205,6 +206,14 @@ struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_att
     q->qp_type = ia->qp_type;
     pthread_mutex_init(&q->mutex, NULL);
     pthread_cond_init(&q->cond, NULL);
+    if (ia->comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) {
+        int e = rnic_qp_ex_init(qp, ia->send_ops_flags);
+        if (e) {
+            ibv_destroy_qp(q);
+            errno = e;
+            return NULL;
+        }
+    }
     ia->cap = qp->cap;          /* the actual capabilities, as libibverbs returns them */
     robj_add(c, ROBJ_QP, qp->handle, qp);
     return q;
@@ -232,15 +241,9 @@ RNIC_EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp)
     robj_del(c, ROBJ_QP, qp->handle);
     rring_unmap(&qp->sq);
     rring_unmap(&qp->rq);
+    rnic_qp_ex_free(qp);
     free(qp);
     return 0;
-}
-
-RNIC_EXPORT struct ibv_qp_ex *ibv_qp_to_qp_ex(struct ibv_qp *qp)
-{
-    (void)qp;
-    errno = EOPNOTSUPP;   /* the ibv_wr_* API needs a QP from ibv_create_qp_ex with send_ops */
-    return NULL;
 }
 
 /* ---- modify / query ----------------------------------------------------------------------- */
