@@ -196,18 +196,22 @@ def _compile(tmp_path_factory, name):
     return str(exe)
 
 
-def run_pair(a, b, exe, *args):
-    """`exe server` on daemon a and `exe client` on daemon b; each prints one "INFO ..." line,
-    which the other reads on stdin. Returns both outputs."""
+def run_pair(a, b, exe, *args, rounds=1):
+    """`exe server` on daemon a and `exe client` on daemon b; in each of `rounds` rounds each
+    prints one line ("INFO ..." first), which the other reads on stdin. Returns both
+    (returncode, output)."""
     procs = [subprocess.Popen(rnic_exec(d, exe, role, *args), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for d, role in ((a, "server"), (b, "client"))]
     try:
-        infos = [p.stdout.readline() for p in procs]
-        for p, info in zip(procs, reversed(infos), strict=True):
-            assert info.startswith("INFO"), info + p.stdout.read()
-            p.stdin.write(info)
-            p.stdin.flush()
+        for k in range(rounds):
+            lines = [p.stdout.readline() for p in procs]
+            for p, line in zip(procs, reversed(lines), strict=True):
+                other = procs[1] if p is procs[0] else procs[0]
+                assert line.strip() and not line.startswith("FAIL") and \
+                    (k or line.startswith("INFO")), line + other.stdout.read()
+                p.stdin.write(line)
+                p.stdin.flush()
         outs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     finally:
         for p in procs:
@@ -227,4 +231,17 @@ def test_extended_cq_and_qp_between_daemons(ex_verbs, rnicd):
     post API: WRITE, SEND_WITH_IMM inline, READ into two SGEs, both atomics, an aborted and
     a failing batch (tests/integration/c/ex_verbs.c; each side checks what it sees)."""
     for rc, out in run_pair(rnicd("a"), rnicd("b"), ex_verbs):
+        assert rc == 0 and out.rstrip().endswith("OK"), out
+
+
+@pytest.fixture(scope="module")
+def mw(libibverbs, tmp_path_factory):
+    return _compile(tmp_path_factory, "mw")
+
+
+def test_memory_windows_between_daemons(mw, rnicd):
+    """ibv_alloc_mw, ibv_bind_mw (type 1), ibv_wr_bind_mw (type 2), LOCAL_INV, and a peer's
+    writes through both windows, SEND_WITH_INV, then a write refused through the invalidated
+    window (tests/integration/c/mw.c)."""
+    for rc, out in run_pair(rnicd("a"), rnicd("b"), mw, rounds=3):
         assert rc == 0 and out.rstrip().endswith("OK"), out

@@ -19,10 +19,14 @@ static const uint32_t SEND_OPS[] = {
     [IBV_QPT_RC] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM) | OPB(IBV_WR_RDMA_WRITE) |
                    OPB(IBV_WR_RDMA_WRITE_WITH_IMM) | OPB(IBV_WR_RDMA_READ) |
                    OPB(IBV_WR_ATOMIC_CMP_AND_SWP) | OPB(IBV_WR_ATOMIC_FETCH_AND_ADD) |
-                   OPB(IBV_WR_LOCAL_INV) | OPB(IBV_WR_SEND_WITH_INV),
+                   OPB(IBV_WR_LOCAL_INV) | OPB(IBV_WR_SEND_WITH_INV) | OPB(IBV_WR_BIND_MW),
     [IBV_QPT_UC] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM) | OPB(IBV_WR_RDMA_WRITE) |
                    OPB(IBV_WR_RDMA_WRITE_WITH_IMM),
     [IBV_QPT_UD] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM),
+    /* an XRC initiator carries RC's sends, RDMA and atomics (IBTA Annex A14) */
+    [IBV_QPT_XRC_SEND] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM) | OPB(IBV_WR_RDMA_WRITE) |
+                         OPB(IBV_WR_RDMA_WRITE_WITH_IMM) | OPB(IBV_WR_RDMA_READ) |
+                         OPB(IBV_WR_ATOMIC_CMP_AND_SWP) | OPB(IBV_WR_ATOMIC_FETCH_AND_ADD),
 };
 uint32_t rnic_send_ops(enum ibv_qp_type t)
 {
@@ -79,10 +83,15 @@ static int write_send(struct rnic_qp *qp, struct ibv_send_wr *wr, struct rnic_se
         }
     } else {
         uint32_t max = qp->cap.max_send_sge < qp->sq.max_sge ? qp->cap.max_send_sge : qp->sq.max_sge;
-        if (op == IBV_WR_LOCAL_INV ? wr->num_sge != 0 : (uint32_t)wr->num_sge > max)
+        if (op == IBV_WR_LOCAL_INV || op == IBV_WR_BIND_MW ? wr->num_sge != 0 : (uint32_t)wr->num_sge > max)
             return EINVAL;
     }
     if (qpt == IBV_QPT_UD && !wr->wr.ud.ah)
+        return EINVAL;
+    const struct ibv_mw_bind_info *bi = &wr->bind_mw.bind_info;
+    if (op == IBV_WR_BIND_MW &&      /* IBTA 10.6.7.2: the window and MR of this PD */
+        (!wr->bind_mw.mw || wr->bind_mw.mw->context != qp->qp.context ||
+         (bi->mr && bi->mr->pd != wr->bind_mw.mw->pd) || (!bi->mr && (bi->addr || bi->length))))
         return EINVAL;
     memset(w, 0, RNIC_SEND_WQE_HDR_SIZE);
     w->wr_id = wr->wr_id;
@@ -101,6 +110,16 @@ static int write_send(struct rnic_qp *qp, struct ibv_send_wr *wr, struct rnic_se
         w->compare_add = wr->wr.atomic.compare_add;
         w->swap = wr->wr.atomic.swap;
     }
+    if (op == IBV_WR_BIND_MW) {       /* after the fields they share a place with */
+        w->bind_mw = wr->bind_mw.mw->handle;
+        w->bind_lkey = bi->mr ? bi->mr->lkey : 0;
+        w->remote_addr = bi->addr;
+        w->bind_length = bi->length;
+        w->bind_access = bi->mw_access_flags;
+        w->rkey = wr->bind_mw.rkey;
+    }
+    if (qpt == IBV_QPT_XRC_SEND)
+        w->remote_srqn = wr->qp_type.xrc.remote_srqn & 0xffffff;
     if (qpt == IBV_QPT_UD) {
         w->ah = wr->wr.ud.ah->handle;
         w->remote_qpn = wr->wr.ud.remote_qpn & 0xffffff;

@@ -1,16 +1,11 @@
 /* ex_verbs.c — the extended CQ (ibv_create_cq_ex, start/next/end_poll, ibv_wc_read_*) and the
  * extended QP's post API (ibv_create_qp_ex with send_ops_flags, ibv_wr_*) between two
  * processes on two daemons. Run as `ex_verbs server` and `ex_verbs client`: each prints
- * "INFO qpn gid addr rkey" and reads the peer's line on stdin (the test relays them).
+ * "INFO qpn gid addr rkey extra" and reads the peer's line on stdin (the test relays them).
  * Prints OK at the end; any failure prints FAIL and exits 1. */
 #include <arpa/inet.h>
-#include <errno.h>
-#include <infiniband/verbs.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
-#define CHECK(c) do { if (!(c)) { printf("FAIL %s:%d %s (errno %d)\n", __FILE__, __LINE__, #c, errno); exit(1); } } while (0)
+#include "common.h"
 
 static struct ibv_cq_ex *cq;
 static uint64_t wc_flags = IBV_WC_EX_WITH_BYTE_LEN | IBV_WC_EX_WITH_IMM | IBV_WC_EX_WITH_QP_NUM |
@@ -102,10 +97,7 @@ int main(int argc, char **argv)
     struct ibv_qp_ex *qx = ibv_qp_to_qp_ex(qp);
     CHECK(qx);
 
-    struct ibv_qp_attr a = {.qp_state = IBV_QPS_INIT, .port_num = 1,
-                            .qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |
-                                               IBV_ACCESS_REMOTE_ATOMIC};
-    CHECK(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS) == 0);
+    to_init(qp);
     if (server) {       /* the receives are there before the peer learns our QPN */
         uint64_t *ctr = (uint64_t *)(buf + 2048);
         *ctr = 100;
@@ -115,39 +107,11 @@ int main(int argc, char **argv)
             CHECK(ibv_post_recv(qp, &r, &bad) == 0);
         }
     }
-    union ibv_gid gid;
-    CHECK(ibv_query_gid(ctx, 1, 0, &gid) == 0);
-    char hex[33];
-    for (int i = 0; i < 16; i++)
-        sprintf(hex + 2 * i, "%02x", gid.raw[i]);
-    printf("INFO %u %s %llu %u\n", qp->qp_num, hex, (unsigned long long)(uintptr_t)buf, mr->rkey);
-    unsigned rqpn, rrkey;
-    unsigned long long raddr;
-    char rhex[33];
-    CHECK(scanf("INFO %u %32s %llu %u", &rqpn, rhex, &raddr, &rrkey) == 4);
-    union ibv_gid rgid;
-    for (int i = 0; i < 16; i++)
-        sscanf(rhex + 2 * i, "%2hhx", &rgid.raw[i]);
-
-    memset(&a, 0, sizeof(a));
-    a.qp_state = IBV_QPS_RTR;
-    a.path_mtu = IBV_MTU_1024;
-    a.dest_qp_num = rqpn;
-    a.max_dest_rd_atomic = 4;
-    a.min_rnr_timer = 12;
-    a.ah_attr.is_global = 1;
-    a.ah_attr.grh.dgid = rgid;
-    a.ah_attr.grh.hop_limit = 1;
-    a.ah_attr.port_num = 1;
-    CHECK(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                        IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER) == 0);
-    a.qp_state = IBV_QPS_RTS;
-    a.timeout = 14;
-    a.retry_cnt = 7;
-    a.rnr_retry = 7;
-    a.max_rd_atomic = 4;
-    CHECK(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-                        IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC) == 0);
+    struct peer p;
+    exchange(ctx, qp->qp_num, buf, mr->rkey, 0, &p);
+    connect_qp(qp, &p, 1);
+    unsigned rrkey = p.rkey;
+    unsigned long long raddr = p.addr;
 
     struct got g[8];
     if (server) {
