@@ -245,3 +245,16 @@ def test_memory_windows_between_daemons(mw, rnicd):
     window (tests/integration/c/mw.c)."""
     for rc, out in run_pair(rnicd("a"), rnicd("b"), mw, rounds=3):
         assert rc == 0 and out.rstrip().endswith("OK"), out
+
+
+def test_xsrq_pingpong(libibverbs, rnicd):
+    """rdma-core's ibv_xsrq_pingpong -g 0 (XRC: ibv_open_xrcd on a file, XRC SRQs and their
+    ibv_get_srq_num, XRC_SEND/XRC_RECV QPs, wr.qp_type.xrc.remote_srqn) between daemons."""
+    if shutil.which("ibv_xsrq_pingpong") is None:
+        pytest.skip("ibv_xsrq_pingpong not in ibverbs-utils")
+    a, b = rnicd("a"), rnicd("b")
+    args = ["-d", "rnic0", "-g", "0", "-p", str(_free_port()), "-n", "20", "-m", "1024"]
+    client, server_rc, sout = client_server(a, b, "ibv_xsrq_pingpong", args)
+    assert client.returncode == 0 and server_rc == 0, client.stdout + client.stderr + sout
+    for out in (client.stdout, sout):   # each side checks the messages its SRQ received
+        assert out.rstrip().endswith("success") and "SRQN" in out, out

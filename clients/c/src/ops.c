@@ -96,6 +96,8 @@ void rnic_fill_context_ops(struct rnic_ctx *c)
     v->create_srq_ex = create_srq_ex_op;
     v->get_srq_num = rnic_get_srq_num_op;
     v->create_cq_ex = rnic_create_cq_ex;
+    v->open_xrcd = rnic_open_xrcd;
+    v->close_xrcd = rnic_close_xrcd;
 }
 
 /* ---- fork: registered memory is copied into a child (docs/memory-registration.md) ---------- */

@@ -54,6 +54,7 @@ static inline struct rnic_ctx *rctx(struct ibv_context *c)
 struct rnic_pd { struct ibv_pd pd; uint32_t handle; };
 struct rnic_mr { struct ibv_mr mr; struct rpin *pin; };
 struct rnic_ah { struct ibv_ah ah; };
+struct rnic_xrcd { struct ibv_xrcd xrcd; uint32_t handle; };
 
 struct rnic_cq;
 struct rnic_channel {
@@ -149,6 +150,8 @@ struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_att
 int rnic_query_port(struct ibv_context *ctx, uint8_t port, struct ibv_port_attr *a, size_t len);
 int rnic_query_device_ex(struct ibv_context *ctx, const struct ibv_query_device_ex_input *in,
                          struct ibv_device_attr_ex *attr, size_t attr_size);
+struct ibv_xrcd *rnic_open_xrcd(struct ibv_context *ctx, struct ibv_xrcd_init_attr *ia);
+int rnic_close_xrcd(struct ibv_xrcd *xrcd);
 struct ibv_srq *rnic_create_srq_ex(struct ibv_context *ctx, struct ibv_srq_init_attr_ex *ia);
 void rnic_ah_attr_args(struct rargs *a, const char *key, const struct ibv_ah_attr *ah);
 

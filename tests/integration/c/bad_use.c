@@ -96,8 +96,12 @@ int main(int argc, char **argv)
     CHECK(!ibv_reg_mr(pd, ro, 4096, IBV_ACCESS_LOCAL_WRITE) && errno == EFAULT,
           "reg_mr with LOCAL_WRITE of read-only memory: EFAULT (errno %d)", errno);
     errno = 0;
-    CHECK(!ibv_alloc_mw(pd, IBV_MW_TYPE_1) && errno == EOPNOTSUPP,
-          "alloc_mw: EOPNOTSUPP (errno %d)", errno);
+    CHECK(!ibv_alloc_mw(pd, (enum ibv_mw_type)3) && errno == EINVAL,
+          "alloc_mw of an unknown type: EINVAL (errno %d)", errno);
+    struct ibv_cq_init_attr_ex cqa = {.cqe = 4, .wc_flags = IBV_WC_EX_WITH_COMPLETION_TIMESTAMP};
+    errno = 0;
+    CHECK(!ibv_create_cq_ex(ctx, &cqa) && errno == EOPNOTSUPP,
+          "create_cq_ex with completion timestamps: EOPNOTSUPP (errno %d)", errno);
 
     struct ibv_cq *cq = ibv_create_cq(ctx, 16, NULL, NULL, 0);
     struct ibv_qp_init_attr ia = {.send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_RC,
