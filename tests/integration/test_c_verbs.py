@@ -258,3 +258,15 @@ def test_xsrq_pingpong(libibverbs, rnicd):
     assert client.returncode == 0 and server_rc == 0, client.stdout + client.stderr + sout
     for out in (client.stdout, sout):   # each side checks the messages its SRQ received
         assert out.rstrip().endswith("success") and "SRQN" in out, out
+
+
+@pytest.fixture(scope="module")
+def import_rereg(libibverbs, tmp_path_factory):
+    return _compile(tmp_path_factory, "import_rereg")
+
+
+def test_import_and_rereg_mr(import_rereg, rnicd):
+    """ibv_import_device/import_pd/import_mr/unimport_* in a forked child sharing the context,
+    and ibv_rereg_mr with a write landing in the new pages (tests/integration/c/import_rereg.c)."""
+    r = run(rnicd("a"), import_rereg)
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("OK"), r.stdout + r.stderr

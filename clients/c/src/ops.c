@@ -114,12 +114,7 @@ RNIC_EXPORT int ibv_dofork_range(void *base, size_t size) { (void)base; (void)si
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 NOTSUP_INT(int ibv_attach_mcast(struct ibv_qp *qp, const union ibv_gid *gid, uint16_t lid))
 NOTSUP_INT(int ibv_detach_mcast(struct ibv_qp *qp, const union ibv_gid *gid, uint16_t lid))
-NOTSUP_PTR(struct ibv_context *ibv_import_device(int cmd_fd))
-NOTSUP_PTR(struct ibv_pd *ibv_import_pd(struct ibv_context *ctx, uint32_t h))
-NOTSUP_PTR(struct ibv_mr *ibv_import_mr(struct ibv_pd *pd, uint32_t h))
 NOTSUP_PTR(struct ibv_dm *ibv_import_dm(struct ibv_context *ctx, uint32_t h))
-RNIC_EXPORT void ibv_unimport_pd(struct ibv_pd *pd) { }
-RNIC_EXPORT void ibv_unimport_mr(struct ibv_mr *mr) { }
 RNIC_EXPORT void ibv_unimport_dm(struct ibv_dm *dm) { }
 NOTSUP_INT(int ibv_query_ece(struct ibv_qp *qp, struct ibv_ece *ece))
 NOTSUP_INT(int ibv_set_ece(struct ibv_qp *qp, struct ibv_ece *ece))

@@ -44,6 +44,8 @@ struct rnic_ctx {
     struct robj *objs;
     struct ibv_device_attr attr; /* queried at open: limits for checks */
     int fatal_sent;              /* IBV_EVENT_DEVICE_FATAL was reported */
+    struct rnic_device *own_dev; /* ibv_import_device: the device made for this context */
+    int imported_fd;             /* ibv_import_device: the cmd_fd it took over, else -1 */
 };
 
 static inline struct rnic_ctx *rctx(struct ibv_context *c)
