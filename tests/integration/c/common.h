@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define CHECK(c) do { if (!(c)) { printf("FAIL %s:%d %s (errno %d)\n", __FILE__, __LINE__, #c, errno); exit(1); } } while (0)
 
@@ -58,8 +59,10 @@ static inline void connect_qp(struct ibv_qp *qp, const struct peer *p, int rts)
     a.ah_attr.grh.dgid = p->gid;
     a.ah_attr.grh.hop_limit = 1;
     a.ah_attr.port_num = 1;
-    CHECK(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                        IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER) == 0);
+    int mask = IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN;
+    if (qp->qp_type != IBV_QPT_XRC_SEND)      /* an XRC initiator has no responder side */
+        mask |= IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
+    CHECK(ibv_modify_qp(qp, &a, mask) == 0);
     if (!rts)
         return;
     a.qp_state = IBV_QPS_RTS;
@@ -71,13 +74,14 @@ static inline void connect_qp(struct ibv_qp *qp, const struct peer *p, int rts)
                         IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC) == 0);
 }
 
-/* Wait for one completion on a plain CQ. */
+/* Wait (10 s at most) for one completion on a plain CQ. */
 static inline struct ibv_wc wait_wc(struct ibv_cq *cq)
 {
     struct ibv_wc wc;
     int n;
+    time_t end = time(NULL) + 10;
     while ((n = ibv_poll_cq(cq, 1, &wc)) == 0)
-        ;
+        CHECK(time(NULL) < end);
     CHECK(n == 1);
     return wc;
 }
