@@ -5,6 +5,7 @@
  * WRs, too much inline data, an SGE list longer than the QP's) make wr_complete fail. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,7 @@ struct wrx_ent {
 };
 
 struct rnic_wrx {
+    pthread_spinlock_t lock;  /* held from wr_start to wr_complete/wr_abort, as libmlx5 does */
     uint32_t cap, n, max_sge, max_inline;
     int err;                  /* first building error of this batch */
     struct wrx_ent scratch;   /* where builders write once the batch overflowed */
@@ -162,10 +164,16 @@ static void wr_set_xrc_srqn(struct ibv_qp_ex *x, uint32_t srqn) { cur(x)->wr.qp_
 static void wr_start(struct ibv_qp_ex *x)
 {
     struct rnic_wrx *b = rqp_ex(x)->wrx;
+    pthread_spin_lock(&b->lock);
     b->n = 0;
     b->err = 0;
 }
-static void wr_abort(struct ibv_qp_ex *x) { wr_start(x); }
+static void wr_abort(struct ibv_qp_ex *x)
+{
+    struct rnic_wrx *b = rqp_ex(x)->wrx;
+    b->n = 0;
+    pthread_spin_unlock(&b->lock);
+}
 static int wr_complete(struct ibv_qp_ex *x)
 {
     struct rnic_wrx *b = rqp_ex(x)->wrx;
@@ -179,6 +187,7 @@ static int wr_complete(struct ibv_qp_ex *x)
     }
     b->n = 0;
     b->err = 0;
+    pthread_spin_unlock(&b->lock);
     return rc;
 }
 
@@ -207,6 +216,7 @@ int rnic_qp_ex_init(struct rnic_qp *qp, uint64_t send_ops_flags)
     struct rnic_wrx *b = calloc(1, sizeof(*b) + (cap + 1) * (sizeof(struct wrx_ent) + per));
     if (!b)
         return ENOMEM;
+    pthread_spin_init(&b->lock, PTHREAD_PROCESS_PRIVATE);
     b->cap = cap;
     b->max_sge = max_sge;
     b->max_inline = max_inline;
@@ -241,6 +251,8 @@ int rnic_qp_ex_init(struct rnic_qp *qp, uint64_t send_ops_flags)
 
 void rnic_qp_ex_free(struct rnic_qp *qp)
 {
+    if (qp->wrx)
+        pthread_spin_destroy(&qp->wrx->lock);
     free(qp->wrx);
     qp->wrx = NULL;
 }
