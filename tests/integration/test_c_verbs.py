@@ -116,13 +116,15 @@ def client_server(a, b, prog, args):
     return client, server.returncode, sout
 
 
+@pytest.mark.parametrize("events", [False, True], ids=["poll", "events"])
 @pytest.mark.parametrize("kind", ["rc", "uc", "ud", "srq"])
-def test_pingpong(libibverbs, rnicd, kind):
+def test_pingpong(libibverbs, rnicd, kind, events):
     """ibv_<kind>_pingpong -g 0: server on daemon a, client on daemon b; both sides must
     finish their iterations (each checks what it receives)."""
     a, b = rnicd("a"), rnicd("b")
     port = _free_port()
     args = ["-d", "rnic0", "-g", "0", "-p", str(port), "-n", "200"]
+    args += ["-e"] if events else []   # -e: sleep in ibv_get_cq_event (a completion channel)
     client, server_rc, sout = client_server(a, b, f"ibv_{kind}_pingpong", args)
     assert client.returncode == 0, client.stdout + client.stderr
     assert server_rc == 0, sout
@@ -269,13 +271,15 @@ def test_memory_windows_between_daemons(mw, rnicd):
         assert rc == 0 and out.rstrip().endswith("OK"), out
 
 
-def test_xsrq_pingpong(libibverbs, rnicd):
+@pytest.mark.parametrize("events", [False, True], ids=["poll", "events"])
+def test_xsrq_pingpong(libibverbs, rnicd, events):
     """rdma-core's ibv_xsrq_pingpong -g 0 (XRC: ibv_open_xrcd on a file, XRC SRQs and their
     ibv_get_srq_num, XRC_SEND/XRC_RECV QPs, wr.qp_type.xrc.remote_srqn) between daemons."""
     if shutil.which("ibv_xsrq_pingpong") is None:
         pytest.skip("ibv_xsrq_pingpong not in ibverbs-utils")
     a, b = rnicd("a"), rnicd("b")
     args = ["-d", "rnic0", "-g", "0", "-p", str(_free_port()), "-n", "20", "-m", "1024"]
+    args += ["-e"] if events else []    # -e: completion channel on the SRQs' CQ
     client, server_rc, sout = client_server(a, b, "ibv_xsrq_pingpong", args)
     assert client.returncode == 0 and server_rc == 0, client.stdout + client.stderr + sout
     for out in (client.stdout, sout):   # each side checks the messages its SRQ received

@@ -60,7 +60,9 @@ struct rnic_xrcd { struct ibv_xrcd xrcd; uint32_t handle; };
 
 struct rnic_cq;
 struct rnic_channel {
-    struct ibv_comp_channel ch;   /* fd: the eventfd rnicd writes */
+    struct ibv_comp_channel ch;   /* fd: an epoll fd over evfd, blocking unless the program
+                                   * sets O_NONBLOCK on it */
+    int evfd;                     /* the eventfd rnicd writes (O_NONBLOCK, shared with rnicd) */
     uint32_t handle;
     pthread_mutex_t lock;
     struct rnic_cq *cqs;          /* CQs of this channel (list through chnext) */
