@@ -366,7 +366,7 @@ class Session(CMVerbs):
 
     # ---- channels / CQ -------------------------------------------------------------------
     def m_create_comp_channel(self, args, fds, now):
-        ch = CompChannel(self._handle(), self, self.shm.new_eventfd(blocking=True))
+        ch = CompChannel(self._handle(), self, self.shm.new_eventfd())
         self.channels[ch.handle] = ch
         return {"channel": ch.handle}, [ch.fd]
 

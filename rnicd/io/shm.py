@@ -54,11 +54,11 @@ class SharedMemory:
         self.sessions: list = []                # set by the daemon, for object_counts()
 
     # ---- eventfds ------------------------------------------------------------------------
-    def new_eventfd(self, blocking: bool = False) -> int:
-        """blocking: an fd the client reads and the daemon only writes (a completion
-        channel): its O_NONBLOCK flag, shared through SCM_RIGHTS, is the application's to
-        set (ibv_get_cq_event blocks unless it did); writing an eventfd never blocks."""
-        fd = os.eventfd(0, os.EFD_CLOEXEC | (0 if blocking else os.EFD_NONBLOCK))
+    def new_eventfd(self) -> int:
+        """Non-blocking, and it stays so: the flag is shared with the client through
+        SCM_RIGHTS, and a client that wrote the counter near its maximum must not be able to
+        block the daemon's next write (the client libraries wait with poll/epoll)."""
+        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.open_fds += 1
         return fd
 

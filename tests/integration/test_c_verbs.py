@@ -3,10 +3,12 @@ between two daemons on loopback: ibv_devices, ibv_devinfo -v, the rc/uc/ud/srq p
 (rdma-core's examples: each side checks the exchange), and bad use answered with
 libibverbs' documented errors (tests/integration/c/bad_use.c)."""
 import os
+import queue
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -114,13 +116,15 @@ def client_server(a, b, prog, args):
     return client, server.returncode, sout
 
 
+@pytest.mark.parametrize("events", [False, True], ids=["poll", "events"])
 @pytest.mark.parametrize("kind", ["rc", "uc", "ud", "srq"])
-def test_pingpong(libibverbs, rnicd, kind):
+def test_pingpong(libibverbs, rnicd, kind, events):
     """ibv_<kind>_pingpong -g 0: server on daemon a, client on daemon b; both sides must
     finish their iterations (each checks what it receives)."""
     a, b = rnicd("a"), rnicd("b")
     port = _free_port()
     args = ["-d", "rnic0", "-g", "0", "-p", str(port), "-n", "200"]
+    args += ["-e"] if events else []   # -e: sleep in ibv_get_cq_event (a completion channel)
     client, server_rc, sout = client_server(a, b, f"ibv_{kind}_pingpong", args)
     assert client.returncode == 0, client.stdout + client.stderr
     assert server_rc == 0, sout
@@ -182,3 +186,126 @@ def test_daemon_going_away_is_a_fatal_event_then_errors(bad_use, rnicd):
             p.kill()
             p.wait()
     assert p.returncode == 0 and out.rstrip().endswith("OK"), out
+
+
+def _compile(tmp_path_factory, name):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path_factory.mktemp("c") / name
+    src = os.path.join(ROOT, "tests", "integration", "c", f"{name}.c")
+    r = subprocess.run([cc, "-Wall", "-Werror", "-o", str(exe), src, "-libverbs"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return str(exe)
+
+
+def run_pair(a, b, exe, *args, rounds=1):
+    """`exe server` on daemon a and `exe client` on daemon b; in each of `rounds` rounds each
+    prints one line ("INFO ..." first), which the other reads on stdin. Returns both
+    (returncode, output)."""
+    procs = [subprocess.Popen(rnic_exec(d, exe, role, *args), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for d, role in ((a, "server"), (b, "client"))]
+    outs = [[], []]
+    lines = [queue.Queue(), queue.Queue()]
+
+    def reader(i):
+        for line in procs[i].stdout:
+            outs[i].append(line)
+            if not line.startswith("librnic:"):     # RNIC_DEBUG's messages are not turns
+                lines[i].put(line)
+        lines[i].put("")
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(rounds):
+            got = []
+            for i in (0, 1):
+                try:
+                    got.append(lines[i].get(timeout=TIMEOUT))
+                except queue.Empty:
+                    got.append("")
+            for i, line in enumerate(got):
+                ok = line.strip() and (k or line.startswith("INFO"))
+                assert ok, f"round {k}: side {i} said {line!r}: " + "".join(outs[0] + outs[1])
+                procs[1 - i].stdin.write(line)
+                procs[1 - i].stdin.flush()
+        for p in procs:
+            p.wait(timeout=TIMEOUT)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for t in threads:
+            t.join(timeout=5)
+    return [(p.returncode, "".join(out)) for p, out in zip(procs, outs, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def ex_verbs(libibverbs, tmp_path_factory):
+    return _compile(tmp_path_factory, "ex_verbs")
+
+
+def test_extended_cq_and_qp_between_daemons(ex_verbs, rnicd):
+    """ibv_create_cq_ex (start/next/end_poll, ibv_wc_read_*) and ibv_create_qp_ex's ibv_wr_*
+    post API: WRITE, SEND_WITH_IMM inline, READ into two SGEs, both atomics, an aborted and
+    a failing batch (tests/integration/c/ex_verbs.c; each side checks what it sees)."""
+    for rc, out in run_pair(rnicd("a"), rnicd("b"), ex_verbs):
+        assert rc == 0 and out.rstrip().endswith("OK"), out
+
+
+@pytest.fixture(scope="module")
+def mw(libibverbs, tmp_path_factory):
+    return _compile(tmp_path_factory, "mw")
+
+
+def test_memory_windows_between_daemons(mw, rnicd):
+    """ibv_alloc_mw, ibv_bind_mw (type 1), ibv_wr_bind_mw (type 2), LOCAL_INV, and a peer's
+    writes through both windows, SEND_WITH_INV, then a write refused through the invalidated
+    window (tests/integration/c/mw.c)."""
+    for rc, out in run_pair(rnicd("a"), rnicd("b"), mw, rounds=3):
+        assert rc == 0 and out.rstrip().endswith("OK"), out
+
+
+@pytest.mark.parametrize("events", [False, True], ids=["poll", "events"])
+def test_xsrq_pingpong(libibverbs, rnicd, events):
+    """rdma-core's ibv_xsrq_pingpong -g 0 (XRC: ibv_open_xrcd on a file, XRC SRQs and their
+    ibv_get_srq_num, XRC_SEND/XRC_RECV QPs, wr.qp_type.xrc.remote_srqn) between daemons."""
+    if shutil.which("ibv_xsrq_pingpong") is None:
+        pytest.skip("ibv_xsrq_pingpong not in ibverbs-utils")
+    a, b = rnicd("a"), rnicd("b")
+    args = ["-d", "rnic0", "-g", "0", "-p", str(_free_port()), "-n", "20", "-m", "1024"]
+    args += ["-e"] if events else []    # -e: completion channel on the SRQs' CQ
+    client, server_rc, sout = client_server(a, b, "ibv_xsrq_pingpong", args)
+    assert client.returncode == 0 and server_rc == 0, client.stdout + client.stderr + sout
+    for out in (client.stdout, sout):   # each side checks the messages its SRQ received
+        assert out.rstrip().endswith("success") and "SRQN" in out, out
+
+
+@pytest.fixture(scope="module")
+def import_rereg(libibverbs, tmp_path_factory):
+    return _compile(tmp_path_factory, "import_rereg")
+
+
+def test_import_and_rereg_mr(import_rereg, rnicd):
+    """ibv_import_device/import_pd/import_mr/unimport_* in a forked child sharing the context,
+    and ibv_rereg_mr with a write landing in the new pages (tests/integration/c/import_rereg.c)."""
+    r = run(rnicd("a"), import_rereg)
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("OK"), r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def xrc_ud_ex(libibverbs, tmp_path_factory):
+    return _compile(tmp_path_factory, "xrc_ud_ex")
+
+
+def test_wr_api_on_xrc_and_ud_between_daemons(xrc_ud_ex, rnicd):
+    """ibv_wr_set_xrc_srqn from an XRC INI QP into an XRC SRQ behind a TGT QP, and
+    ibv_wr_set_ud_addr with inline data and an immediate on UD; ibv_open_xrcd,
+    ibv_create_srq_ex and ibv_close_xrcd errors (tests/integration/c/xrc_ud_ex.c)."""
+    for rc, out in run_pair(rnicd("a"), rnicd("b"), xrc_ud_ex, rounds=2):
+        assert rc == 0 and out.rstrip().endswith("OK"), out

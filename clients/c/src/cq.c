@@ -1,8 +1,10 @@
 /* cq.c — completion channels and CQs; poll_cq reads the CQ ring in this process. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "priv.h"
@@ -15,15 +17,30 @@ RNIC_EXPORT struct ibv_comp_channel *ibv_create_comp_channel(struct ibv_context 
         return NULL;
     int64_t h;
     struct rnic_channel *ch = NULL;
-    if (mo_int(rep.r, "channel", &h) == 0)
-        ch = calloc(1, sizeof(*ch));
-    if (!ch) {
+    if (mo_int(rep.r, "channel", &h) || rep.nfds < 1 || rep.fds[0] < 0) {
         rreply_free(&rep);
-        errno = ENOMEM;
+        errno = EPROTO;
+        return NULL;
+    }
+    ch = calloc(1, sizeof(*ch));
+    /* rnicd's eventfd is non-blocking and its flags are shared with rnicd (which must never
+     * block writing it), so the program gets an epoll fd over it: readable when it is, and
+     * blocking or not as the program sets O_NONBLOCK on it (as the kernel's channel fd). */
+    int ep = ch ? epoll_create1(EPOLL_CLOEXEC) : -1;
+    struct epoll_event ee = {.events = EPOLLIN};
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, rep.fds[0], &ee) < 0) {
+        int e = ch ? errno : ENOMEM;
+        if (ep >= 0)
+            close(ep);
+        free(ch);
+        rnic_simple(rctx(ctx), "destroy_comp_channel", "channel", (uint32_t)h);
+        rreply_free(&rep);
+        errno = e;
         return NULL;
     }
     ch->ch.context = ctx;
-    ch->ch.fd = rep.fds[0];
+    ch->ch.fd = ep;
+    ch->evfd = rep.fds[0];
     rep.fds[0] = -1;
     ch->ch.refcnt = 0;
     ch->handle = (uint32_t)h;
@@ -46,12 +63,14 @@ RNIC_EXPORT int ibv_destroy_comp_channel(struct ibv_comp_channel *channel)
         errno != ECONNRESET)
         return errno;
     close(channel->fd);
+    close(ch->evfd);
     free(ch);
     return 0;
 }
 
-/* ibv_get_cq_event: read the eventfd (blocking as its flags say), then hand out every CQ of
- * the channel whose ring `events` counter moved, one per call. */
+/* ibv_get_cq_event: hand out every CQ of the channel whose ring `events` counter moved, one
+ * per call; with none, consume the eventfd's count, or wait for it (epoll) unless the
+ * program made channel->fd O_NONBLOCK (then EAGAIN). */
 RNIC_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *channel, struct ibv_cq **cq,
                                  void **cq_context)
 {
@@ -76,10 +95,20 @@ RNIC_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *channel, struct ibv_cq
         }
         pthread_mutex_unlock(&ch->lock);
         uint64_t v;
-        ssize_t n = read(channel->fd, &v, sizeof(v));
-        if (n < 0 && errno == EINTR)
+        ssize_t n = read(ch->evfd, &v, sizeof(v));
+        if (n > 0 || (n < 0 && errno == EINTR))
             continue;
-        if (n < 0)
+        if (errno != EAGAIN)
+            return -1;
+        int fl = fcntl(channel->fd, F_GETFL);
+        if (fl < 0)
+            return -1;
+        if (fl & O_NONBLOCK) {
+            errno = EAGAIN;
+            return -1;
+        }
+        struct epoll_event e;
+        if (epoll_wait(channel->fd, &e, 1, -1) < 0 && errno != EINTR)
             return -1;
     }
 }

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "priv.h"
@@ -102,6 +104,29 @@ static int hello(struct rconn *conn, const char *devname, struct rreply *rep)
 }
 
 /* ---- device list --------------------------------------------------------------------- */
+/* A device's names (sysfs-like paths, as libibverbs shows them) and node GUID and type. */
+static void describe(struct rnic_device *d, struct rconn *conn, const char *name, uint32_t nl,
+                     const char *path)
+{
+    struct rreply rep;
+    snprintf(d->dev.name, sizeof(d->dev.name), "%.*s", name ? (int)nl : 5, name ? name : "rnic0");
+    snprintf(d->dev.dev_name, sizeof(d->dev.dev_name), "uverbs_%.50s", d->dev.name);
+    snprintf(d->dev.dev_path, sizeof(d->dev.dev_path), "/sys/class/infiniband_verbs/uverbs_%s",
+             d->dev.name);
+    snprintf(d->dev.ibdev_path, sizeof(d->dev.ibdev_path), "/sys/class/infiniband/%s",
+             d->dev.name);
+    snprintf(d->sock, sizeof(d->sock), "%s", path);
+    d->dev.node_type = IBV_NODE_CA;
+    d->dev.transport_type = IBV_TRANSPORT_IB;
+    if (rconn_call(conn, "query_device", NULL, NULL, 0, &rep) == 0) {
+        d->guid = mo_u64(rep.r, "node_guid", 0);
+        d->dev.node_type = (enum ibv_node_type)mo_u64(rep.r, "node_type", IBV_NODE_CA);
+        d->dev.transport_type = (enum ibv_transport_type)mo_u64(rep.r, "transport_type",
+                                                                 IBV_TRANSPORT_IB);
+        rreply_free(&rep);
+    }
+}
+
 RNIC_EXPORT struct ibv_device **ibv_get_device_list(int *num_devices)
 {
     struct ibv_device **list = calloc(2, sizeof(*list));
@@ -131,23 +156,8 @@ RNIC_EXPORT struct ibv_device **ibv_get_device_list(int *num_devices)
     }
     uint32_t nl = 0;
     const char *name = mo_bin(rep.r, "device", &nl);
-    snprintf(d->dev.name, sizeof(d->dev.name), "%.*s", name ? (int)nl : 5, name ? name : "rnic0");
+    describe(d, &conn, name, nl, path);
     rreply_free(&rep);
-    snprintf(d->dev.dev_name, sizeof(d->dev.dev_name), "uverbs_%.50s", d->dev.name);
-    snprintf(d->dev.dev_path, sizeof(d->dev.dev_path), "/sys/class/infiniband_verbs/uverbs_%s",
-             d->dev.name);
-    snprintf(d->dev.ibdev_path, sizeof(d->dev.ibdev_path), "/sys/class/infiniband/%s",
-             d->dev.name);
-    snprintf(d->sock, sizeof(d->sock), "%s", path);
-    d->dev.node_type = IBV_NODE_CA;
-    d->dev.transport_type = IBV_TRANSPORT_IB;
-    if (rconn_call(&conn, "query_device", NULL, NULL, 0, &rep) == 0) {
-        d->guid = mo_u64(rep.r, "node_guid", 0);
-        d->dev.node_type = (enum ibv_node_type)mo_u64(rep.r, "node_type", IBV_NODE_CA);
-        d->dev.transport_type = (enum ibv_transport_type)mo_u64(rep.r, "transport_type",
-                                                                 IBV_TRANSPORT_IB);
-        rreply_free(&rep);
-    }
     rconn_close(&conn);
     list[0] = &d->dev;
     if (num_devices)
@@ -188,14 +198,28 @@ static int rnic_query_port_op(struct ibv_context *c, uint8_t p, struct ibv_port_
 
 extern void rnic_fill_context_ops(struct rnic_ctx *c);   /* ops.c */
 
-RNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device)
+/* import_context: join the context behind cmd_fd (passing it and our own end as proof). */
+static int import_context(struct rconn *conn, int cmd_fd, struct rreply *rep)
 {
-    struct rnic_device *d = container(device, struct rnic_device, dev);
+    struct rargs a;
+    rargs_init(&a);
+    ra_int(&a, "version", 1);
+    int fds[2] = {cmd_fd, conn->fd};
+    int rc = rconn_call(conn, "import_context", &a, fds, 2, rep);
+    rargs_free(&a);
+    return rc;
+}
+
+/* A context on d's daemon: a new one (hello), or, with import_fd >= 0, the one behind it. */
+static struct ibv_context *ctx_open(struct rnic_device *d, int import_fd)
+{
+    struct ibv_device *device = &d->dev;
     struct rnic_ctx *c = calloc(1, sizeof(*c));
     if (!c) {
         errno = ENOMEM;
         return NULL;
     }
+    c->imported_fd = -1;
     int rc = rconn_open(&c->conn, d->sock);
     if (rc < 0) {
         free(c);
@@ -203,7 +227,8 @@ RNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device)
         return NULL;
     }
     struct rreply rep;
-    rc = hello(&c->conn, device->name, &rep);
+    rc = import_fd >= 0 ? import_context(&c->conn, import_fd, &rep)
+                        : hello(&c->conn, device->name, &rep);
     if (rc < 0) {
         rconn_close(&c->conn);
         free(c);
@@ -223,6 +248,11 @@ RNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device)
     rep.fds[idx] = -1;
     struct ibv_context *ctx = &c->vctx.context;
     ctx->num_comp_vectors = (int)mo_u64(rep.r, "num_comp_vectors", 1);
+    if (import_fd >= 0) {
+        uint32_t nl = 0;
+        const char *name = mo_bin(rep.r, "device", &nl);
+        describe(d, &c->conn, name, nl, d->sock);
+    }
     rreply_free(&rep);
     /* async_fd: readable when an event waits on the socket or in our queue */
     int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -256,9 +286,44 @@ RNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device)
     return ctx;
 }
 
+RNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device)
+{
+    return ctx_open(container(device, struct rnic_device, dev), -1);
+}
+
+/* ibv_import_device(3): a context sharing the objects of the one whose command fd this is
+ * (here or in another process); the new context owns cmd_fd and closes it. */
+RNIC_EXPORT struct ibv_context *ibv_import_device(int cmd_fd)
+{
+    struct sockaddr_un sa;
+    socklen_t len = sizeof(sa);
+    memset(&sa, 0, sizeof(sa));
+    if (getpeername(cmd_fd, (struct sockaddr *)&sa, &len) < 0 || sa.sun_family != AF_UNIX ||
+        !sa.sun_path[0]) {
+        errno = errno == ENOTSOCK || errno == EBADF ? errno : EINVAL;
+        return NULL;       /* not a command socket connected to an rnicd */
+    }
+    struct rnic_device *d = calloc(1, sizeof(*d));
+    if (!d) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    snprintf(d->sock, sizeof(d->sock), "%.*s", (int)sizeof(sa.sun_path), sa.sun_path);
+    struct ibv_context *ctx = ctx_open(d, cmd_fd);
+    if (!ctx) {
+        free(d);
+        return NULL;
+    }
+    rctx(ctx)->own_dev = d;
+    rctx(ctx)->imported_fd = cmd_fd;
+    return ctx;
+}
+
 RNIC_EXPORT int ibv_close_device(struct ibv_context *ctx)
 {
     struct rnic_ctx *c = rctx(ctx);
+    if (c->imported_fd >= 0)
+        close(c->imported_fd);
     close(ctx->async_fd);
     close(c->doorbell_fd);
     rconn_close(&c->conn);    /* the daemon destroys every object of the connection */
@@ -269,6 +334,7 @@ RNIC_EXPORT int ibv_close_device(struct ibv_context *ctx)
         free(o);
     }
     pthread_mutex_unlock(&c->objlock);
+    free(c->own_dev);
     free(c);
     return 0;
 }

@@ -179,3 +179,66 @@ RNIC_EXPORT int ibv_rereg_mr(struct ibv_mr *ibmr, int flags, struct ibv_pd *pd, 
         ibmr->pd = pd;
     return 0;
 }
+
+/* ---- sharing an imported context's objects (ibv_import_pd(3), ibv_import_mr(3)) ---------- */
+RNIC_EXPORT struct ibv_pd *ibv_import_pd(struct ibv_context *ctx, uint32_t handle)
+{
+    struct rargs a;
+    struct rreply rep;
+    rargs_init(&a);
+    ra_uint(&a, "pd", handle);
+    if (rnic_call(rctx(ctx), "import_pd", &a, NULL, 0, &rep, 0))
+        return NULL;       /* ENOENT unless the shared context has it */
+    rreply_free(&rep);
+    struct rnic_pd *pd = calloc(1, sizeof(*pd));
+    if (!pd) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    pd->pd.context = ctx;
+    pd->pd.handle = pd->handle = handle;
+    return &pd->pd;
+}
+
+/* Forget the local object only; the PD lives on in the shared context. */
+RNIC_EXPORT void ibv_unimport_pd(struct ibv_pd *pd)
+{
+    free(container(pd, struct rnic_pd, pd));
+}
+
+RNIC_EXPORT struct ibv_mr *ibv_import_mr(struct ibv_pd *pd, uint32_t handle)
+{
+    struct rargs a;
+    struct rreply rep;
+    rargs_init(&a);
+    ra_uint(&a, "mr", handle);
+    if (rnic_call(rctx(pd->context), "import_mr", &a, NULL, 0, &rep, 0))
+        return NULL;
+    int64_t addr, length, lkey, rkey;
+    int bad = mo_int(rep.r, "addr", &addr) |
+              mo_int(rep.r, "length", &length) | mo_int(rep.r, "lkey", &lkey) |
+              mo_int(rep.r, "rkey", &rkey);
+    rreply_free(&rep);
+    if (bad) {
+        errno = EPROTO;
+        return NULL;
+    }
+    struct rnic_mr *mr = calloc(1, sizeof(*mr));
+    if (!mr) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    mr->mr.context = pd->context;
+    mr->mr.pd = pd;
+    mr->mr.addr = (void *)(uintptr_t)addr;   /* the registering process's address */
+    mr->mr.length = (size_t)length;
+    mr->mr.handle = handle;
+    mr->mr.lkey = (uint32_t)lkey;
+    mr->mr.rkey = (uint32_t)rkey;
+    return &mr->mr;     /* no pin: the memory is the registering process's */
+}
+
+RNIC_EXPORT void ibv_unimport_mr(struct ibv_mr *mr)
+{
+    free(container(mr, struct rnic_mr, mr));
+}

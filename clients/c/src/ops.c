@@ -9,23 +9,58 @@
 
 extern int (*rnic_get_srq_num_op)(struct ibv_srq *, uint32_t *);
 
+/* Memory windows (IBTA 10.6.7): alloc/dealloc are control verbs; binds are work requests. */
 static struct ibv_mw *alloc_mw_op(struct ibv_pd *pd, enum ibv_mw_type type)
 {
-    (void)pd; (void)type;
-    errno = EOPNOTSUPP;   /* memory windows: not through this library yet */
-    return NULL;
+    struct rargs a;
+    struct rreply rep;
+    rargs_init(&a);
+    ra_uint(&a, "pd", pd->handle);
+    ra_int(&a, "mw_type", type);
+    if (rnic_call(rctx(pd->context), "alloc_mw", &a, NULL, 0, &rep, 0))
+        return NULL;
+    int64_t h, rkey;
+    int bad = mo_int(rep.r, "mw", &h) | mo_int(rep.r, "rkey", &rkey);
+    rreply_free(&rep);
+    struct ibv_mw *mw = bad ? NULL : calloc(1, sizeof(*mw));
+    if (!mw) {
+        if (!bad)
+            rnic_simple(rctx(pd->context), "dealloc_mw", "mw", (uint32_t)h);
+        errno = bad ? EPROTO : ENOMEM;
+        return NULL;
+    }
+    mw->context = pd->context;
+    mw->pd = pd;
+    mw->rkey = (uint32_t)rkey;
+    mw->handle = (uint32_t)h;
+    mw->type = type;
+    return mw;
 }
 
+/* ibv_bind_mw(3), a type 1 window (verbs.h checked type, range and PD): a BIND_MW work
+ * request with the window's next rkey, which the window takes once it is posted. */
 static int bind_mw_op(struct ibv_qp *qp, struct ibv_mw *mw, struct ibv_mw_bind *b)
 {
-    (void)qp; (void)mw; (void)b;
-    return EOPNOTSUPP;
+    struct ibv_send_wr wr, *bad;
+    memset(&wr, 0, sizeof(wr));
+    wr.wr_id = b->wr_id;
+    wr.opcode = IBV_WR_BIND_MW;
+    wr.send_flags = b->send_flags;
+    wr.bind_mw.mw = mw;
+    wr.bind_mw.rkey = ibv_inc_rkey(mw->rkey);
+    wr.bind_mw.bind_info = b->bind_info;
+    int rc = rnic_post_send(qp, &wr, &bad);
+    if (rc == 0)
+        mw->rkey = wr.bind_mw.rkey;
+    return rc;
 }
 
 static int dealloc_mw_op(struct ibv_mw *mw)
 {
-    (void)mw;
-    return EOPNOTSUPP;
+    if (rnic_simple(rctx(mw->context), "dealloc_mw", "mw", mw->handle))
+        return errno;
+    free(mw);
+    return 0;
 }
 
 static int compat_query_device(struct ibv_context *ctx, struct ibv_device_attr *attr)
@@ -60,6 +95,9 @@ void rnic_fill_context_ops(struct rnic_ctx *c)
     v->create_qp_ex = create_qp_ex_op;
     v->create_srq_ex = create_srq_ex_op;
     v->get_srq_num = rnic_get_srq_num_op;
+    v->create_cq_ex = rnic_create_cq_ex;
+    v->open_xrcd = rnic_open_xrcd;
+    v->close_xrcd = rnic_close_xrcd;
 }
 
 /* ---- fork: registered memory is copied into a child (docs/memory-registration.md) ---------- */
@@ -76,12 +114,7 @@ RNIC_EXPORT int ibv_dofork_range(void *base, size_t size) { (void)base; (void)si
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 NOTSUP_INT(int ibv_attach_mcast(struct ibv_qp *qp, const union ibv_gid *gid, uint16_t lid))
 NOTSUP_INT(int ibv_detach_mcast(struct ibv_qp *qp, const union ibv_gid *gid, uint16_t lid))
-NOTSUP_PTR(struct ibv_context *ibv_import_device(int cmd_fd))
-NOTSUP_PTR(struct ibv_pd *ibv_import_pd(struct ibv_context *ctx, uint32_t h))
-NOTSUP_PTR(struct ibv_mr *ibv_import_mr(struct ibv_pd *pd, uint32_t h))
 NOTSUP_PTR(struct ibv_dm *ibv_import_dm(struct ibv_context *ctx, uint32_t h))
-RNIC_EXPORT void ibv_unimport_pd(struct ibv_pd *pd) { }
-RNIC_EXPORT void ibv_unimport_mr(struct ibv_mr *mr) { }
 RNIC_EXPORT void ibv_unimport_dm(struct ibv_dm *dm) { }
 NOTSUP_INT(int ibv_query_ece(struct ibv_qp *qp, struct ibv_ece *ece))
 NOTSUP_INT(int ibv_set_ece(struct ibv_qp *qp, struct ibv_ece *ece))

@@ -19,11 +19,20 @@ static const uint32_t SEND_OPS[] = {
     [IBV_QPT_RC] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM) | OPB(IBV_WR_RDMA_WRITE) |
                    OPB(IBV_WR_RDMA_WRITE_WITH_IMM) | OPB(IBV_WR_RDMA_READ) |
                    OPB(IBV_WR_ATOMIC_CMP_AND_SWP) | OPB(IBV_WR_ATOMIC_FETCH_AND_ADD) |
-                   OPB(IBV_WR_LOCAL_INV) | OPB(IBV_WR_SEND_WITH_INV),
+                   OPB(IBV_WR_LOCAL_INV) | OPB(IBV_WR_SEND_WITH_INV) | OPB(IBV_WR_BIND_MW),
     [IBV_QPT_UC] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM) | OPB(IBV_WR_RDMA_WRITE) |
                    OPB(IBV_WR_RDMA_WRITE_WITH_IMM),
     [IBV_QPT_UD] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM),
+    /* an XRC initiator carries RC's sends, RDMA and atomics (IBTA Annex A14) */
+    [IBV_QPT_XRC_SEND] = OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM) | OPB(IBV_WR_RDMA_WRITE) |
+                         OPB(IBV_WR_RDMA_WRITE_WITH_IMM) | OPB(IBV_WR_RDMA_READ) |
+                         OPB(IBV_WR_ATOMIC_CMP_AND_SWP) | OPB(IBV_WR_ATOMIC_FETCH_AND_ADD),
 };
+uint32_t rnic_send_ops(enum ibv_qp_type t)
+{
+    return (unsigned)t < sizeof(SEND_OPS) / sizeof(SEND_OPS[0]) ? SEND_OPS[t] : 0;
+}
+
 #define INLINE_OPS (OPB(IBV_WR_SEND) | OPB(IBV_WR_SEND_WITH_IMM) | OPB(IBV_WR_RDMA_WRITE) | \
                     OPB(IBV_WR_RDMA_WRITE_WITH_IMM) | OPB(IBV_WR_SEND_WITH_INV))
 #define RDMA_OPS (OPB(IBV_WR_RDMA_WRITE) | OPB(IBV_WR_RDMA_WRITE_WITH_IMM) | OPB(IBV_WR_RDMA_READ))
@@ -74,10 +83,15 @@ static int write_send(struct rnic_qp *qp, struct ibv_send_wr *wr, struct rnic_se
         }
     } else {
         uint32_t max = qp->cap.max_send_sge < qp->sq.max_sge ? qp->cap.max_send_sge : qp->sq.max_sge;
-        if (op == IBV_WR_LOCAL_INV ? wr->num_sge != 0 : (uint32_t)wr->num_sge > max)
+        if (op == IBV_WR_LOCAL_INV || op == IBV_WR_BIND_MW ? wr->num_sge != 0 : (uint32_t)wr->num_sge > max)
             return EINVAL;
     }
     if (qpt == IBV_QPT_UD && !wr->wr.ud.ah)
+        return EINVAL;
+    const struct ibv_mw_bind_info *bi = &wr->bind_mw.bind_info;
+    if (op == IBV_WR_BIND_MW &&      /* IBTA 10.6.7.2: the window and MR of this PD */
+        (!wr->bind_mw.mw || wr->bind_mw.mw->context != qp->qp.context ||
+         (bi->mr && bi->mr->pd != wr->bind_mw.mw->pd) || (!bi->mr && (bi->addr || bi->length))))
         return EINVAL;
     memset(w, 0, RNIC_SEND_WQE_HDR_SIZE);
     w->wr_id = wr->wr_id;
@@ -96,6 +110,16 @@ static int write_send(struct rnic_qp *qp, struct ibv_send_wr *wr, struct rnic_se
         w->compare_add = wr->wr.atomic.compare_add;
         w->swap = wr->wr.atomic.swap;
     }
+    if (op == IBV_WR_BIND_MW) {       /* after the fields they share a place with */
+        w->bind_mw = wr->bind_mw.mw->handle;
+        w->bind_lkey = bi->mr ? bi->mr->lkey : 0;
+        w->remote_addr = bi->addr;
+        w->bind_length = bi->length;
+        w->bind_access = bi->mw_access_flags;
+        w->rkey = wr->bind_mw.rkey;
+    }
+    if (qpt == IBV_QPT_XRC_SEND)
+        w->remote_srqn = wr->qp_type.xrc.remote_srqn & 0xffffff;
     if (qpt == IBV_QPT_UD) {
         w->ah = wr->wr.ud.ah->handle;
         w->remote_qpn = wr->wr.ud.remote_qpn & 0xffffff;
@@ -122,6 +146,13 @@ static int write_send(struct rnic_qp *qp, struct ibv_send_wr *wr, struct rnic_se
 
 int rnic_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_send_wr **bad)
 {
+    return rnic_post_send_list(ibqp, wr, bad, 0);
+}
+
+/* all_or_none (the ibv_wr_* batch of wr_complete): on a bad WR none of the list is posted. */
+int rnic_post_send_list(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_send_wr **bad,
+                        int all_or_none)
+{
     struct rnic_qp *qp = container(ibqp, struct rnic_qp, qp);
     struct rring *r = &qp->sq;
     enum ibv_qp_state st = ibqp->state;
@@ -143,6 +174,8 @@ int rnic_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_send_
             break;
         prod++;
     }
+    if (rc && all_or_none)
+        prod = start;             /* written slots past prod are never read */
     if (prod != start) {
         st_rel(&r->hdr->prod, prod);
         rnic_doorbell(rctx(ibqp->context), r);

@@ -44,6 +44,8 @@ struct rnic_ctx {
     struct robj *objs;
     struct ibv_device_attr attr; /* queried at open: limits for checks */
     int fatal_sent;              /* IBV_EVENT_DEVICE_FATAL was reported */
+    struct rnic_device *own_dev; /* ibv_import_device: the device made for this context */
+    int imported_fd;             /* ibv_import_device: the cmd_fd it took over, else -1 */
 };
 
 static inline struct rnic_ctx *rctx(struct ibv_context *c)
@@ -54,10 +56,13 @@ static inline struct rnic_ctx *rctx(struct ibv_context *c)
 struct rnic_pd { struct ibv_pd pd; uint32_t handle; };
 struct rnic_mr { struct ibv_mr mr; struct rpin *pin; };
 struct rnic_ah { struct ibv_ah ah; };
+struct rnic_xrcd { struct ibv_xrcd xrcd; uint32_t handle; };
 
 struct rnic_cq;
 struct rnic_channel {
-    struct ibv_comp_channel ch;   /* fd: the eventfd rnicd writes */
+    struct ibv_comp_channel ch;   /* fd: an epoll fd over evfd, blocking unless the program
+                                   * sets O_NONBLOCK on it */
+    int evfd;                     /* the eventfd rnicd writes (O_NONBLOCK, shared with rnicd) */
     uint32_t handle;
     pthread_mutex_t lock;
     struct rnic_cq *cqs;          /* CQs of this channel (list through chnext) */
@@ -75,6 +80,7 @@ struct rnic_cq {
     struct rnic_cq *chnext;
     uint32_t events_seen;         /* hdr->events when we last looked */
     int pending;                  /* an event noticed, not yet handed out */
+    struct rnic_cqe cur;          /* extended CQ: the current completion (start/next_poll) */
 };
 
 struct rnic_srq {
@@ -96,7 +102,13 @@ struct rnic_qp {
     pthread_spinlock_t sq_lock, rq_lock;
     struct ibv_qp_cap cap;
     int sq_sig_all;
+    struct rnic_wrx *wrx;         /* ibv_qp_ex: the batch between wr_start and wr_complete */
 };
+
+/* qp_ex.c */
+uint32_t rnic_send_ops(enum ibv_qp_type t);   /* post.c: 1 << IBV_WR_* the QP type takes */
+int rnic_qp_ex_init(struct rnic_qp *qp, uint64_t send_ops_flags);
+void rnic_qp_ex_free(struct rnic_qp *qp);
 
 /* ring.c */
 int rring_map(struct rring *r, int fd, uint64_t size, uint32_t kind, const char *what);
@@ -116,6 +128,8 @@ int rnic_simple(struct rnic_ctx *c, const char *m, const char *k, uint32_t h);
 
 /* post.c */
 int rnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
+int rnic_post_send_list(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad,
+                        int all_or_none);
 int rnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
 int rnic_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
 
@@ -123,6 +137,10 @@ int rnic_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_r
 int rnic_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc);
 int rnic_req_notify_cq(struct ibv_cq *cq, int solicited_only);
 void rnic_cq_clean(struct rnic_cq *cq, uint32_t qp_num);
+struct rnic_cq *rnic_cq_create(struct ibv_context *ctx, int cqe, void *cq_context,
+                               struct ibv_comp_channel *channel, int comp_vector);
+/* cq_ex.c */
+struct ibv_cq_ex *rnic_create_cq_ex(struct ibv_context *ctx, struct ibv_cq_init_attr_ex *ia);
 
 /* usermem.c */
 struct rpin;
@@ -136,6 +154,8 @@ struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_att
 int rnic_query_port(struct ibv_context *ctx, uint8_t port, struct ibv_port_attr *a, size_t len);
 int rnic_query_device_ex(struct ibv_context *ctx, const struct ibv_query_device_ex_input *in,
                          struct ibv_device_attr_ex *attr, size_t attr_size);
+struct ibv_xrcd *rnic_open_xrcd(struct ibv_context *ctx, struct ibv_xrcd_init_attr *ia);
+int rnic_close_xrcd(struct ibv_xrcd *xrcd);
 struct ibv_srq *rnic_create_srq_ex(struct ibv_context *ctx, struct ibv_srq_init_attr_ex *ia);
 void rnic_ah_attr_args(struct rargs *a, const char *key, const struct ibv_ah_attr *ah);
 

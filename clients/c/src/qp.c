@@ -120,41 +120,59 @@ static uint32_t cq_handle(struct ibv_cq *cq) { return container(cq, struct rnic_
 struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_attr_ex *ia)
 {
     struct rnic_ctx *c = rctx(ctx);
-    const uint32_t known = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_XRCD;
+    const uint32_t known = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_XRCD |
+                           IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
     if (ia->comp_mask & ~known) {
         errno = EOPNOTSUPP;       /* create_flags, TSO, RSS, send_ops, ... not offered */
         return NULL;
     }
-    if (ia->qp_type != IBV_QPT_RC && ia->qp_type != IBV_QPT_UC && ia->qp_type != IBV_QPT_UD) {
-        errno = ia->qp_type == IBV_QPT_RAW_PACKET || ia->qp_type == IBV_QPT_DRIVER ||
-                ia->qp_type == IBV_QPT_XRC_SEND || ia->qp_type == IBV_QPT_XRC_RECV
-                    ? EOPNOTSUPP : EINVAL;
-        return NULL;
-    }
-    if (!(ia->comp_mask & IBV_QP_INIT_ATTR_PD) || !ia->pd || !ia->send_cq ||
-        (!ia->recv_cq && !ia->srq)) {
-        errno = EINVAL;
+    enum ibv_qp_type t = ia->qp_type;
+    int ini = t == IBV_QPT_XRC_SEND, tgt = t == IBV_QPT_XRC_RECV;
+    if (t != IBV_QPT_RC && t != IBV_QPT_UC && t != IBV_QPT_UD && !ini && !tgt) {
+        errno = t == IBV_QPT_RAW_PACKET || t == IBV_QPT_DRIVER ? EOPNOTSUPP : EINVAL;
         return NULL;
     }
     struct rargs a;
     struct rreply rep;
     rargs_init(&a);
-    ra_uint(&a, "pd", ia->pd->handle);
-    ra_int(&a, "qp_type", ia->qp_type);
-    ra_int(&a, "sq_sig_all", ia->sq_sig_all ? 1 : 0);
-    cap_args(&a, &ia->cap);
-    ra_uint(&a, "send_cq", cq_handle(ia->send_cq));
-    ra_uint(&a, "recv_cq", cq_handle(ia->recv_cq ? ia->recv_cq : ia->send_cq));
-    if (ia->srq)
-        ra_uint(&a, "srq", container(ia->srq, struct rnic_srq, srq)->handle);
-    else
-        ra_nil(&a, "srq");
-    int nfds = ia->srq ? 1 : 2;
+    int nfds;
+    if (tgt) {       /* an XRC TGT QP: only its domain, no queue (Annex A14.2.3) */
+        if (!(ia->comp_mask & IBV_QP_INIT_ATTR_XRCD) || !ia->xrcd) {
+            rargs_free(&a);
+            errno = EINVAL;
+            return NULL;
+        }
+        ra_int(&a, "qp_type", t);
+        ra_uint(&a, "xrcd", container(ia->xrcd, struct rnic_xrcd, xrcd)->handle);
+        nfds = 0;
+    } else {
+        if (!(ia->comp_mask & IBV_QP_INIT_ATTR_PD) || !ia->pd || !ia->send_cq ||
+            (!ini && !ia->recv_cq && !ia->srq) || (ini && ia->srq)) {
+            rargs_free(&a);
+            errno = EINVAL;     /* an XRC INI QP has no receive side: no SRQ */
+            return NULL;
+        }
+        ra_uint(&a, "pd", ia->pd->handle);
+        ra_int(&a, "qp_type", t);
+        ra_int(&a, "sq_sig_all", ia->sq_sig_all ? 1 : 0);
+        cap_args(&a, &ia->cap);
+        ra_uint(&a, "send_cq", cq_handle(ia->send_cq));
+        if (ini)
+            ra_nil(&a, "recv_cq");
+        else
+            ra_uint(&a, "recv_cq", cq_handle(ia->recv_cq ? ia->recv_cq : ia->send_cq));
+        if (ia->srq && !ini)
+            ra_uint(&a, "srq", container(ia->srq, struct rnic_srq, srq)->handle);
+        else
+            ra_nil(&a, "srq");
+        nfds = ia->srq || ini ? 1 : 2;
+    }
     if (rnic_call(c, "create_qp", &a, NULL, 0, &rep, nfds))
         return NULL;
     int64_t h, qpn, sq_size, rq_size = 0;
     if (mo_int(rep.r, "qp", &h) || mo_int(rep.r, "qp_num", &qpn) ||
-        mo_int(rep.r, "sq_size", &sq_size) || (!ia->srq && mo_int(rep.r, "rq_size", &rq_size))) {
+        (nfds >= 1 && mo_int(rep.r, "sq_size", &sq_size)) ||
+        (nfds == 2 && mo_int(rep.r, "rq_size", &rq_size))) {
         rreply_free(&rep);
         errno = EPROTO;
         return NULL;
@@ -164,10 +182,13 @@ struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_att
     if (qp) {
         qp->cap = ia->cap;
         cap_from(mo_get(rep.r, "cap"), &qp->cap);
-        rc = rring_map(&qp->sq, rep.fds[0], (uint64_t)sq_size, RNIC_RING_SQ, "create_qp (SQ)");
-        rep.fds[0] = -1;
-        qp->has_sq = rc == 0;
-        if (rc == 0 && !ia->srq) {
+        rc = 0;
+        if (nfds >= 1) {
+            rc = rring_map(&qp->sq, rep.fds[0], (uint64_t)sq_size, RNIC_RING_SQ, "create_qp (SQ)");
+            rep.fds[0] = -1;
+            qp->has_sq = rc == 0;
+        }
+        if (rc == 0 && nfds == 2) {
             rc = rring_map(&qp->rq, rep.fds[1], (uint64_t)rq_size, RNIC_RING_RQ, "create_qp (RQ)");
             rep.fds[1] = -1;
             qp->has_rq = rc == 0;
@@ -195,16 +216,24 @@ struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_att
     struct ibv_qp *q = &qp->qp;
     q->context = ctx;
     q->qp_context = ia->qp_context;
-    q->pd = ia->pd;
-    q->send_cq = ia->send_cq;
-    q->recv_cq = ia->recv_cq ? ia->recv_cq : ia->send_cq;
-    q->srq = ia->srq;
+    q->pd = tgt ? NULL : ia->pd;
+    q->send_cq = tgt ? NULL : ia->send_cq;
+    q->recv_cq = tgt || ini ? NULL : ia->recv_cq ? ia->recv_cq : ia->send_cq;
+    q->srq = tgt || ini ? NULL : ia->srq;
     q->handle = (uint32_t)h;
     q->qp_num = (uint32_t)qpn;
     q->state = IBV_QPS_RESET;
     q->qp_type = ia->qp_type;
     pthread_mutex_init(&q->mutex, NULL);
     pthread_cond_init(&q->cond, NULL);
+    if (ia->comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) {
+        int e = rnic_qp_ex_init(qp, ia->send_ops_flags);
+        if (e) {
+            ibv_destroy_qp(q);
+            errno = e;
+            return NULL;
+        }
+    }
     ia->cap = qp->cap;          /* the actual capabilities, as libibverbs returns them */
     robj_add(c, ROBJ_QP, qp->handle, qp);
     return q;
@@ -232,15 +261,9 @@ RNIC_EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp)
     robj_del(c, ROBJ_QP, qp->handle);
     rring_unmap(&qp->sq);
     rring_unmap(&qp->rq);
+    rnic_qp_ex_free(qp);
     free(qp);
     return 0;
-}
-
-RNIC_EXPORT struct ibv_qp_ex *ibv_qp_to_qp_ex(struct ibv_qp *qp)
-{
-    (void)qp;
-    errno = EOPNOTSUPP;   /* the ibv_wr_* API needs a QP from ibv_create_qp_ex with send_ops */
-    return NULL;
 }
 
 /* ---- modify / query ----------------------------------------------------------------------- */
@@ -269,7 +292,8 @@ RNIC_EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int
     if (mask & IBV_QP_STATE) {
         ibqp->state = attr->qp_state;
         if (attr->qp_state == IBV_QPS_RESET) {   /* the old incarnation's completions go */
-            rnic_cq_clean(container(ibqp->send_cq, struct rnic_cq, cq), ibqp->qp_num);
+            if (ibqp->send_cq)
+                rnic_cq_clean(container(ibqp->send_cq, struct rnic_cq, cq), ibqp->qp_num);
             if (ibqp->recv_cq && ibqp->recv_cq != ibqp->send_cq)
                 rnic_cq_clean(container(ibqp->recv_cq, struct rnic_cq, cq), ibqp->qp_num);
         }

@@ -6,16 +6,64 @@
 
 #include "priv.h"
 
+/* XRC domains (IBTA Annex A14; ibv_open_xrcd(3)): contexts opening the same file share one. */
+struct ibv_xrcd *rnic_open_xrcd(struct ibv_context *ctx, struct ibv_xrcd_init_attr *ia)
+{
+    if (ia->comp_mask >= IBV_XRCD_INIT_ATTR_RESERVED) {
+        errno = EOPNOTSUPP;
+        return NULL;
+    }
+    if (!(ia->comp_mask & IBV_XRCD_INIT_ATTR_FD) || !(ia->comp_mask & IBV_XRCD_INIT_ATTR_OFLAGS) ||
+        ia->fd < -1) {
+        errno = EINVAL;      /* both are required; fd -1 is a private domain */
+        return NULL;
+    }
+    struct rargs a;
+    struct rreply rep;
+    rargs_init(&a);
+    ra_uint(&a, "oflags", (uint32_t)ia->oflags);
+    if (rnic_call(rctx(ctx), "open_xrcd", &a, ia->fd >= 0 ? &ia->fd : NULL, ia->fd >= 0, &rep, 0))
+        return NULL;
+    int64_t h;
+    int bad = mo_int(rep.r, "xrcd", &h);
+    rreply_free(&rep);
+    struct rnic_xrcd *x = bad ? NULL : calloc(1, sizeof(*x));
+    if (!x) {
+        if (!bad)
+            rnic_simple(rctx(ctx), "close_xrcd", "xrcd", (uint32_t)h);
+        errno = bad ? EPROTO : ENOMEM;
+        return NULL;
+    }
+    x->xrcd.context = ctx;
+    x->handle = (uint32_t)h;
+    return &x->xrcd;
+}
+
+int rnic_close_xrcd(struct ibv_xrcd *xrcd)
+{
+    struct rnic_xrcd *x = container(xrcd, struct rnic_xrcd, xrcd);
+    if (rnic_simple(rctx(xrcd->context), "close_xrcd", "xrcd", x->handle) && errno != ECONNRESET)
+        return errno;
+    free(x);
+    return 0;
+}
+
 struct ibv_srq *rnic_create_srq_ex(struct ibv_context *ctx, struct ibv_srq_init_attr_ex *ia)
 {
     struct rnic_ctx *c = rctx(ctx);
-    if ((ia->comp_mask & ~(uint32_t)(IBV_SRQ_INIT_ATTR_TYPE | IBV_SRQ_INIT_ATTR_PD)) ||
-        ((ia->comp_mask & IBV_SRQ_INIT_ATTR_TYPE) && ia->srq_type != IBV_SRQT_BASIC)) {
-        errno = EOPNOTSUPP;    /* XRC and tag-matching SRQs: not through this library yet */
+    const uint32_t known = IBV_SRQ_INIT_ATTR_TYPE | IBV_SRQ_INIT_ATTR_PD |
+                           IBV_SRQ_INIT_ATTR_XRCD | IBV_SRQ_INIT_ATTR_CQ;
+    int xrc = (ia->comp_mask & IBV_SRQ_INIT_ATTR_TYPE) && ia->srq_type == IBV_SRQT_XRC;
+    if ((ia->comp_mask & ~known) ||
+        ((ia->comp_mask & IBV_SRQ_INIT_ATTR_TYPE) && ia->srq_type == IBV_SRQT_TM)) {
+        errno = EOPNOTSUPP;    /* tag-matching SRQs are not offered */
         return NULL;
     }
-    if (!(ia->comp_mask & IBV_SRQ_INIT_ATTR_PD) || !ia->pd || ia->attr.max_wr == 0) {
-        errno = EINVAL;
+    if (!(ia->comp_mask & IBV_SRQ_INIT_ATTR_PD) || !ia->pd || ia->attr.max_wr == 0 ||
+        ((ia->comp_mask & IBV_SRQ_INIT_ATTR_TYPE) && ia->srq_type != IBV_SRQT_BASIC && !xrc) ||
+        (xrc && (!(ia->comp_mask & IBV_SRQ_INIT_ATTR_XRCD) || !ia->xrcd ||
+                 !(ia->comp_mask & IBV_SRQ_INIT_ATTR_CQ) || !ia->cq))) {
+        errno = EINVAL;        /* an XRC SRQ needs pd, xrcd and cq (Annex A14) */
         return NULL;
     }
     struct rargs a;
@@ -25,7 +73,11 @@ struct ibv_srq *rnic_create_srq_ex(struct ibv_context *ctx, struct ibv_srq_init_
     ra_uint(&a, "max_wr", ia->attr.max_wr);
     ra_uint(&a, "max_sge", ia->attr.max_sge);
     ra_uint(&a, "srq_limit", ia->attr.srq_limit);
-    ra_int(&a, "srq_type", 0);
+    ra_int(&a, "srq_type", xrc ? IBV_SRQT_XRC : IBV_SRQT_BASIC);
+    if (xrc) {
+        ra_uint(&a, "xrcd", container(ia->xrcd, struct rnic_xrcd, xrcd)->handle);
+        ra_uint(&a, "cq", container(ia->cq, struct rnic_cq, cq)->handle);
+    }
     if (rnic_call(c, "create_srq", &a, NULL, 0, &rep, 1))
         return NULL;
     int64_t h, max_wr, max_sge, size, num = 0;

@@ -35,10 +35,13 @@ struct vma {
     const char *path;
 };
 
+/* Its memory comes from mmap, not malloc: a fork child reads the maps while its registered
+ * pages (heap pages among them) are still shared with the parent, where a malloc would
+ * write the parent's heap. */
 struct maps {
     char *text;
     struct vma *v;
-    size_t n;
+    size_t n, text_cap, v_cap;
 };
 
 struct span {
@@ -61,10 +64,18 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void maps_free(struct maps *m)
 {
-    free(m->text);
-    free(m->v);
+    if (m->text)
+        munmap(m->text, m->text_cap);
+    if (m->v)
+        munmap(m->v, m->v_cap);
     m->text = NULL;
     m->v = NULL;
+}
+
+static void *pages(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
 }
 
 static int maps_read(struct maps *m)
@@ -74,17 +85,20 @@ static int maps_read(struct maps *m)
     if (fd < 0)
         return -errno;
     size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
+    char *buf = pages(cap);
     for (;;) {
         if (!buf) {
             close(fd);
             return -ENOMEM;
         }
         if (cap - len < 4096) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb)
-                free(buf);
+            char *nb = mremap(buf, cap, cap * 2, MREMAP_MAYMOVE);
+            if (nb == MAP_FAILED) {
+                munmap(buf, cap);
+                nb = NULL;
+            }
             buf = nb;
+            cap *= 2;
             continue;
         }
         ssize_t k = read(fd, buf + len, cap - len - 1);
@@ -100,7 +114,9 @@ static int maps_read(struct maps *m)
     for (size_t i = 0; i < len; i++)
         lines += buf[i] == '\n';
     m->text = buf;
-    m->v = calloc(lines + 1, sizeof(*m->v));
+    m->text_cap = cap;
+    m->v_cap = (lines + 1) * sizeof(*m->v);
+    m->v = pages(m->v_cap);
     if (!m->v) {
         maps_free(m);
         return -ENOMEM;
@@ -324,15 +340,15 @@ static void after_fork_child(void)
     struct maps m;
     if (maps_read(&m) < 0)
         m.n = 0;
-    while (spans) {
+    for (struct span *s = spans; s && m.v; s = s->next)
+        move_back(s, &m);
+    maps_free(&m);
+    while (spans) {           /* free() only now: the heap's pages are the child's own */
         struct span *s = spans;
         spans = s->next;
-        if (m.v)
-            move_back(s, &m);
         close(s->fd);
         free(s);
     }
-    maps_free(&m);
 }
 
 static void init_once(void) { pthread_atfork(NULL, NULL, after_fork_child); }

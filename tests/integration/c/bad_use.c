@@ -1,6 +1,7 @@
 /* bad_use.c — libibverbs' documented errors for bad use, on rnicd's libibverbs (run through
  * `rnic exec`): every check prints what it expected; the exit status is the number of failures. */
 #include <errno.h>
+#include <fcntl.h>
 #include <infiniband/verbs.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,8 +97,21 @@ int main(int argc, char **argv)
     CHECK(!ibv_reg_mr(pd, ro, 4096, IBV_ACCESS_LOCAL_WRITE) && errno == EFAULT,
           "reg_mr with LOCAL_WRITE of read-only memory: EFAULT (errno %d)", errno);
     errno = 0;
-    CHECK(!ibv_alloc_mw(pd, IBV_MW_TYPE_1) && errno == EOPNOTSUPP,
-          "alloc_mw: EOPNOTSUPP (errno %d)", errno);
+    CHECK(!ibv_alloc_mw(pd, (enum ibv_mw_type)3) && errno == EINVAL,
+          "alloc_mw of an unknown type: EINVAL (errno %d)", errno);
+    struct ibv_cq_init_attr_ex cqa = {.cqe = 4, .wc_flags = IBV_WC_EX_WITH_COMPLETION_TIMESTAMP};
+    errno = 0;
+    CHECK(!ibv_create_cq_ex(ctx, &cqa) && errno == EOPNOTSUPP,
+          "create_cq_ex with completion timestamps: EOPNOTSUPP (errno %d)", errno);
+    struct ibv_comp_channel *ch = ibv_create_comp_channel(ctx);
+    CHECK(ch && fcntl(ch->fd, F_SETFL, fcntl(ch->fd, F_GETFL) | O_NONBLOCK) == 0,
+          "create_comp_channel, O_NONBLOCK on its fd");
+    struct ibv_cq *evcq;
+    void *evctx;
+    errno = 0;
+    CHECK(ch && ibv_get_cq_event(ch, &evcq, &evctx) == -1 && errno == EAGAIN,
+          "get_cq_event on a non-blocking channel with no event: EAGAIN (errno %d)", errno);
+    CHECK(ch && ibv_destroy_comp_channel(ch) == 0, "destroy_comp_channel");
 
     struct ibv_cq *cq = ibv_create_cq(ctx, 16, NULL, NULL, 0);
     struct ibv_qp_init_attr ia = {.send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_RC,
