@@ -135,7 +135,8 @@ def test_rdma_server_client(librdmacm, two_daemons):
     assert src == 0 and "rdma_server: end 0" in sout, sout
 
 
-@pytest.mark.parametrize("prog", ["ib_write_bw", "ib_send_lat", "ib_read_lat"])
+@pytest.mark.parametrize("prog", ["ib_write_bw", "ib_read_bw", "ib_send_bw", "ib_atomic_bw",
+                                  "ib_write_lat", "ib_send_lat", "ib_read_lat"])
 def test_perftest_over_rdma_cm(librdmacm, two_daemons, prog):
     if shutil.which(prog) is None:
         pytest.skip("perftest not installed (make sysdeps)")
@@ -239,3 +240,19 @@ def test_c_rdma_server_with_python_cmid_client(librdmacm, two_daemons, tmp_path)
             server.wait()
     assert client.returncode == 0 and "python client: end 0" in client.stdout, client
     assert server.returncode == 0 and "rdma_server: end 0" in sout, sout
+
+
+def test_write_bw_with_faults_on_both_daemons(librdmacm, rnicd):
+    """ib_write_bw over rdma_cm with 2% of the datagrams dropped on both daemons: RC's
+    retransmission carries it through, and both sides report their row."""
+    if shutil.which("ib_write_bw") is None:
+        pytest.skip("perftest not installed (make sysdeps)")
+    a, b = rnicd("a", fault="drop=0.02,seed=3"), rnicd("b", fault="drop=0.02,seed=4")
+    port = str(next(_ports) + 10000)
+    args = ["-d", "rnic0", "-R", "-p", port, "-n", "300", "-s", "65536"]
+    crc, cout, src, sout = pair(["ib_write_bw", *args], ["ib_write_bw", *args, a.ip], a, b,
+                                settle=1.5, timeout=120)
+    assert crc == 0, cout
+    assert src == 0, sout
+    assert any(ln.split()[:2] == ["65536", "300"] for ln in cout.splitlines()), cout
+
