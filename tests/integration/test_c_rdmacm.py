@@ -12,34 +12,20 @@ import textwrap
 import time
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
-from rnic import clib  # noqa: E402
+from clibs import ROOT, need_clib
+from clibs import rnic_exec as _exec
+from rnic import clib
 
 TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
 def librdmacm():
-    """rnicd's two libraries are built (make clib) and rdmacm-utils is installed; else skip
-    with the reason (make sysdeps installs librdmacm-dev, libmsgpack-dev, rdmacm-utils)."""
-    if clib.missing():
-        subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "clients", "c"),
-                        "OUT=../python/rnic/lib"], capture_output=True)
-    if clib.missing():
-        msg = f"{clib.missing()} not built (make clib needs librdmacm-dev, libmsgpack-dev)"
-        print(msg)
-        pytest.skip(msg)
-    if shutil.which("rping") is None:
-        msg = "rdmacm-utils not installed (make sysdeps)"
-        print(msg)
-        pytest.skip(msg)
-    return clib.libdir()
+    return need_clib("rping")
 
 
 def rnic_exec(daemon, *cmd):
-    return [sys.executable, "-m", "rnic.tool", "exec", "--socket", daemon.socket, "--", *cmd]
+    return _exec(daemon.socket, *cmd)
 
 
 _ports = iter(range(7500 + os.getpid() % 1000 * 10, 1 << 16))

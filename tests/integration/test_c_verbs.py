@@ -12,34 +12,19 @@ import threading
 import time
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
-from rnic import clib  # noqa: E402
+from clibs import ROOT, need_clib
+from clibs import rnic_exec as _exec
 
 TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
 def libibverbs():
-    """rnicd's libibverbs is built (make clib) and the Debian programs are there; else skip
-    with the reason (make sysdeps installs libibverbs-dev, libmsgpack-dev, ibverbs-utils)."""
-    if clib.missing():
-        subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "clients", "c"),
-                        "OUT=../python/rnic/lib"], capture_output=True)
-    if clib.missing():
-        msg = f"{clib.missing()} not built (make clib needs libibverbs-dev, libmsgpack-dev)"
-        print(msg)
-        pytest.skip(msg)
-    if shutil.which("ibv_rc_pingpong") is None:
-        msg = "ibverbs-utils not installed (make sysdeps)"
-        print(msg)
-        pytest.skip(msg)
-    return clib.libdir()
+    return need_clib("ibv_rc_pingpong")
 
 
 def rnic_exec(daemon, *cmd):
-    return [sys.executable, "-m", "rnic.tool", "exec", "--socket", daemon.socket, "--", *cmd]
+    return _exec(daemon.socket, *cmd)
 
 
 def run(daemon, *cmd, **kw):

@@ -3,13 +3,11 @@
 verbs and ib_send_lat over rdma_cm, rping with its data checked, and udaddy (UD over the
 CM). Skips, saying why, without the libraries or the Debian programs."""
 import os
-import shutil
 import subprocess
-import sys
 import time
 
 import pytest
-from rnic import clib
+from clibs import need_clib, rnic_exec
 
 TIMEOUT = 90
 PORT = 19000 + os.getpid() % 500 * 8
@@ -17,21 +15,12 @@ PORT = 19000 + os.getpid() % 500 * 8
 
 @pytest.fixture(scope="module")
 def programs():
-    why = None
-    if clib.missing():
-        why = f"{clib.missing()} not built (make clib)"
-    for prog in ("ibv_rc_pingpong", "ib_write_bw", "rping", "udaddy"):
-        if why is None and shutil.which(prog) is None:
-            why = f"{prog} not installed (make sysdeps)"
-    if why:
-        print(why)
-        pytest.skip(why)
+    need_clib("ibv_rc_pingpong", "ib_write_bw", "rping", "udaddy")
 
 
 def exec_on(host, *cmd):
     """cmd inside host's namespace, on host's rnicd, through `rnic exec`."""
-    return ["ip", "netns", "exec", host.name, sys.executable, "-m", "rnic.tool", "exec",
-            "--socket", host.socket, "--", *cmd]
+    return ["ip", "netns", "exec", host.name, *rnic_exec(host.socket, *cmd)]
 
 
 def tcp_listening(pid: int, port: int) -> bool:

@@ -1,0 +1,36 @@
+"""rnicd's C libraries for the tests that run unmodified programs on them: build them when
+missing, skip (printing why) without them or the Debian programs, and run a program through
+`rnic exec` on a daemon."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from rnic import clib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def need_clib(*programs: str) -> str:
+    """The libraries' directory; builds them first when missing (make clib), and skips the
+    test with the reason when they cannot be built or a program is not installed."""
+    if clib.missing():
+        subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "clients", "c"),
+                        "OUT=../python/rnic/lib"], capture_output=True)
+    why = None
+    if clib.missing():
+        why = (f"{clib.missing()} not built (make clib needs libibverbs-dev, librdmacm-dev, "
+               "libmsgpack-dev)")
+    for prog in programs:
+        if why is None and shutil.which(prog) is None:
+            why = f"{prog} not installed (make sysdeps)"
+    if why:
+        print(why)
+        pytest.skip(why)
+    return clib.libdir()
+
+
+def rnic_exec(socket_path: str, *cmd) -> list:
+    """cmd on the daemon behind socket_path, through `rnic exec`."""
+    return [sys.executable, "-m", "rnic.tool", "exec", "--socket", socket_path, "--", *cmd]
