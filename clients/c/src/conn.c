@@ -422,6 +422,26 @@ static int next_message(struct rconn *c, int block, msgpack_unpacked *up, char *
     }
 }
 
+/* Queue the events the socket and the buffer hold now, without blocking; stop early once
+ * queue q has one. Called with the lock held. A reply here has no caller: dropped. */
+static void absorb_events(struct rconn *c, struct rev **q)
+{
+    while (!(q && *q) && !c->dead) {
+        msgpack_unpacked up;
+        char *body = NULL;
+        int fds[RCONN_MAX_FDS], n = 0;
+        if (next_message(c, 0, &up, &body, fds, &n) <= 0)
+            break;
+        int64_t rid = -1;
+        mo_int(&up.data, "id", &rid);
+        rnic_log("dropped a reply nobody waits for (request %lld)", (long long)rid);
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+        msgpack_unpacked_destroy(&up);
+        free(body);
+    }
+}
+
 int rconn_call(struct rconn *c, const char *method, struct rargs *args, const int *fds, int nfds,
                struct rreply *rep)
 {
@@ -540,6 +560,11 @@ int rconn_call(struct rconn *c, const char *method, struct rargs *args, const in
         rep->nfds = nr;
         break;
     }
+    /* Events that came in the same read as the reply sit in our buffer, where the socket's
+     * readiness no longer shows them: queue them now, so the wake pipe tells a thread that
+     * polls the channel (rping's CM thread waited forever for ESTABLISHED otherwise). */
+    if (rc == 0)
+        absorb_events(c, NULL);
     pthread_mutex_unlock(&c->lock);
     if (rc < 0) {
         msgpack_unpacked_destroy(&rep->up);
@@ -565,21 +590,7 @@ struct rev *rconn_next_event(struct rconn *c, int kind)
 {
     pthread_mutex_lock(&c->lock);
     struct rev **q = kind ? &c->cmq : &c->evq;
-    while (!*q && !c->dead) {
-        msgpack_unpacked up;
-        char *body = NULL;
-        int fds[RCONN_MAX_FDS], n = 0;
-        int r = next_message(c, 0, &up, &body, fds, &n);
-        if (r <= 0)
-            break;
-        int64_t rid = -1;
-        mo_int(&up.data, "id", &rid);
-        rnic_log("dropped a reply nobody waits for (request %lld)", (long long)rid);
-        for (int i = 0; i < n; i++)   /* a reply nobody waits for: dropped */
-            close(fds[i]);
-        msgpack_unpacked_destroy(&up);
-        free(body);
-    }
+    absorb_events(c, q);
     struct rev *e = *q;
     if (e) {
         *q = e->next;
