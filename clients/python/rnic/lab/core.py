@@ -139,10 +139,11 @@ def clear(name: str, root: str | None = None, procs=()) -> dict:
     daemons.stop(pids, procs)
     gone = net.remove(t) if net.namespaces(t) else []
     shutil.rmtree(d, ignore_errors=True)
-    try:
-        os.rmdir(root or run_root())          # the run root too, when no other lab is left
-    except OSError:
-        pass
+    if (root is None or root == run_root()) and not os.environ.get("RNIC_LAB_DIR"):
+        try:
+            os.rmdir(run_root())       # the default run root too, when no other lab is left
+        except OSError:
+            pass
     return {"daemons": pids, "namespaces": gone}
 
 

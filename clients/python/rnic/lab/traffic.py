@@ -143,7 +143,7 @@ def all_to_all(hosts, size: int = 1 << 20, window: int | None = None,
                         raise TimeoutError(f"{len(ends) - done} of {len(ends)} transfers not "
                                            f"completed after {timeout} s")
                     time.sleep(0.0005)
-            for src, qp, _out, dst, in_s, digest in ends:
+            for _src, qp, _out, dst, in_s, digest in ends:
                 landed = hashlib.sha256(memoryview(hs[dst].mr.mmap)[in_s:in_s + size])
                 if landed.digest() != digest:
                     res["mismatches"] += 1
