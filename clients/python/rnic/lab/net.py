@@ -13,6 +13,7 @@ from .paths import LabError
 
 NETNS_DIR = "/var/run/netns"
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+NUD_PERMANENT = 0x80
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)?$", re.I)
 _UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
           "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
@@ -25,6 +26,11 @@ def ns_name(tag: str, host: str) -> str:
 
 def switch_port(tag: str, k: int) -> str:
     return f"l{tag}h{k}"            # <= 12 characters up to h9999: fits IFNAMSIZ (15)
+
+
+def mac(tag: str, k: int) -> str:
+    """Host k's eth0 address: locally administered, from the lab's tag and k."""
+    return f"02:{tag[0:2]}:{tag[2:4]}:{tag[4:6]}:{k >> 8 & 0xff:02x}:{k & 0xff:02x}"
 
 
 def parse_rate(text: str) -> int:
@@ -101,10 +107,17 @@ def build(tag: str, hosts: list[tuple[str, str, int]], mtu: int | None,
         for h, ip, plen in hosts:
             with NetNS(ns_name(tag, h)) as ns:
                 idx = ns.link_lookup(ifname="eth0")[0]
-                if mtu:
-                    ns.link("set", index=idx, mtu=mtu)
+                ns.link("set", index=idx, address=mac(tag, int(h[1:])),
+                        **({"mtu": mtu} if mtu else {}))
                 ns.addr("add", index=idx, address=ip, prefixlen=plen)
                 ns.link("set", index=idx, state="up")
+                # Permanent neighbours: no ARP. A host's first burst to a peer would otherwise
+                # wait in the unresolved queue (unres_qlen_bytes, ~190 frames) and the rest be
+                # dropped without an error to the sender (UDP swallows ENOBUFS).
+                for peer, peer_ip, _ in hosts:
+                    if peer != h:
+                        ns.neigh("add", dst=peer_ip, lladdr=mac(tag, int(peer[1:])),
+                                 ifindex=idx, state=NUD_PERMANENT)
                 ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
                 if rate_bits:
                     _tbf(ns, idx, rate_bits, mtu or 1500)
