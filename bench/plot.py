@@ -84,6 +84,24 @@ def summary_md(doc, img_prefix=""):
         out += [f"| {r['qps']} | {fmt(r.get('rss_kib', 0) / 1024) if 'rss_kib' in r else '–'} | "
                 f"{fmt(r['delta_kib'] / 1024) if 'delta_kib' in r else r.get('error', '')[:60]} |"
                 for r in doc["mem"]]
+    lab = doc.get("lab") or {}
+    if lab.get("up_s") is not None:
+        a2a, idle, rss = lab.get("alltoall", {}), lab.get("idle", {}), lab.get(
+            "rss_mib_per_host", {})
+        out += ["", f"`rnic lab` with {lab['hosts']} hosts ({lab['mode']}, bench/lab_scale.py):",
+                "", "| measure | value |", "|---|---|",
+                f"| `rnic lab up {lab['hosts']}` | {fmt(lab['up_s'])} s |",
+                f"| idle CPU, all daemons, over {fmt(idle.get('seconds'))} s | "
+                f"{fmt(idle.get('cpu_percent_all_daemons'))} % "
+                f"({fmt(idle.get('wakeups_per_s_all_daemons'))} wake-ups/s) |",
+                f"| RSS per host (median / max) | {fmt(rss.get('median'))} / "
+                f"{fmt(rss.get('max'))} MiB |",
+                f"| all-to-all RC ({a2a.get('connections', '?')} connections, "
+                f"{size_label(a2a.get('size', 0))} each way, SHA-256) | "
+                + (f"{fmt(a2a['seconds'])} s, {fmt(a2a.get('MBps'))} MB/s, ok={a2a.get('ok')}, "
+                   f"{a2a.get('errors')} errors |" if "seconds" in a2a
+                   else f"{a2a.get('error', 'not run')[:80]} |"),
+                f"| `rnic lab down` | {fmt(lab.get('down_s'))} s |"]
     if doc.get("qp_scaling"):
         out += ["", "RDMA WRITE 64 KiB bandwidth vs number of QPs:", "",
                 "| QPs | MB/s |", "|---|---|"]

@@ -29,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = os.environ.get("RNIC_PEERS", os.path.join(ROOT, "..", "shared", "bench", "peers.py"))
-GROUPS = ("peers", "bw", "lat", "rate", "qps", "mem")
+GROUPS = ("peers", "bw", "lat", "rate", "qps", "mem", "lab")
 BW_TESTS = ("write_bw", "read_bw", "send_bw")
 LAT_TESTS = ("write_lat", "read_lat", "send_lat", "atomic_lat")
 SIZES, QUICK_SIZES = [64 << i for i in range(15)], [64, 4096, 65536, 1 << 20]   # 64 B..1 MiB
@@ -399,6 +399,14 @@ def main(argv=None):
         if "mem" in a.only:
             d = daemons[2].start()
             doc["mem"] = [measure_rss(a, d, n) for n in MEM_QPS]
+        if "lab" in a.only:                    # rnic lab at scale (bench/lab_scale.py)
+            for d in daemons:
+                d.stop()
+            p = subprocess.run([sys.executable, os.path.join(HERE, "lab_scale.py"), "--json",
+                                "--hosts", "8" if a.quick else "64"], capture_output=True,
+                               text=True, env=a.env, timeout=1800)
+            sys.stderr.write(p.stderr)
+            doc["lab"] = (json_lines(p.stdout) or [{"error": p.stderr[-800:]}])[0]
     except Exception as exc:                   # keep what was measured; say why it stopped
         log(f"aborted: {exc!r}")
         doc["aborted"] = repr(exc)[-2000:]

@@ -21,7 +21,7 @@ def programs():
 
 def exec_on(host, *cmd):
     """cmd inside host's namespace, on host's rnicd, through `rnic exec`."""
-    return ["ip", "netns", "exec", host.name, *rnic_exec(host.socket, *cmd)]
+    return ["ip", "netns", "exec", host.netns, *rnic_exec(host.socket, *cmd)]
 
 
 def tcp_listening(pid: int, port: int) -> bool:

@@ -1,5 +1,5 @@
 """`rnic`: talk to a running rnicd (devinfo, stat, qp, fault, perf, ping), like ibv_devinfo,
-rdma-statistic, perftest and rping."""
+rdma-statistic, perftest and rping; `rnic lab` makes many hosts (rnic.lab)."""
 from __future__ import annotations
 
 import argparse
@@ -172,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
                        "socket.")
     s.add_argument("command", nargs="*", help="PROGRAM [ARGS...] (after --)")
     s.set_defaults(func=cmd_exec)
+    sub.add_parser("lab", help="a virtual RDMA cluster: rnic lab up N | exec hK -- CMD | "
+                   "status | down (rnic lab -h)", add_help=False)
     return p
 
 
@@ -239,6 +241,9 @@ def cmd_exec(args) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     k = _subcommand_index(argv)
+    if k is not None and argv[k] == "lab":    # its own parser: `lab exec` passes PROGRAM on
+        from rnic.lab.cli import main as lab_main
+        return lab_main(argv[k + 1:])
     if k is not None and argv[k] == "exec":   # PROGRAM's options are its own: split first
         sock, command = _split_exec(argv[k + 1:])
         args = parser().parse_args(argv[:k + 1])
