@@ -1,22 +1,41 @@
-"""Unmodified Debian RDMA programs on rnicd's C libraries between hosts in network namespaces
-(through `rnic exec`): rdma-core's ibv_rc_pingpong both ways, perftest's ib_write_bw over
-verbs and ib_send_lat over rdma_cm, and udaddy (UD over the CM). rping is not here yet:
-between namespaces its client hangs in about 1 run in 8 (issue 12's note). Skips, saying
-why, without the libraries or the Debian programs."""
+"""Unmodified Debian RDMA programs on rnicd's C libraries between two hosts in network
+namespaces (an `rnic.lab` lab, the programs run through `rnic exec`): issue 12's list —
+ibv_devices, ibv_devinfo -v, the four ibv_*_pingpong, every perftest tool over verbs and over
+rdma_cm (-R), rping -v -V -C 100 (its data checked), ucmatose, udaddy, rdma_server/client.
+Skips, saying why, without namespaces, the libraries or the Debian programs."""
+import itertools
 import os
 import subprocess
 import time
+import uuid
 
 import pytest
 from clibs import need_clib, rnic_exec
+from rnic.lab import Lab, LabError
+from rnic.lab.net import missing
 
 TIMEOUT = 90
-PORT = 19000 + os.getpid() % 500 * 8
+_ports = itertools.count(19000 + os.getpid() % 500 * 40)
+PERFTEST = ["ib_write_bw", "ib_read_bw", "ib_send_bw", "ib_atomic_bw", "ib_write_lat",
+            "ib_send_lat", "ib_read_lat"]
 
 
 @pytest.fixture(scope="module")
-def programs():
-    need_clib("ibv_rc_pingpong", "ib_write_bw", "rping", "udaddy")
+def pair():
+    """Two lab hosts for the whole module (building namespaces per test costs seconds)."""
+    reason = missing()
+    if reason:
+        print(f"SKIP netns: {reason}")
+        pytest.skip(reason)
+    lab = Lab(2, f"pytest-c-{uuid.uuid4().hex[:6]}")
+    try:
+        lab.up()
+    except LabError as exc:
+        lab.down()
+        print(f"SKIP netns: cannot build the lab here: {exc}")
+        pytest.skip(f"cannot build network namespaces here: {exc}")
+    yield lab.hosts
+    lab.down()
 
 
 def exec_on(host, *cmd):
@@ -38,7 +57,7 @@ def tcp_listening(pid: int, port: int) -> bool:
 
 
 def server_client(server, client, server_cmd, client_cmd, tcp_port=None):
-    """The server on one host, then the client on the other: (client, server output)."""
+    """The server on one host, then the client on the other: (client, server rc, output)."""
     srv = subprocess.Popen(exec_on(server, *server_cmd), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
@@ -50,7 +69,8 @@ def server_client(server, client, server_cmd, client_cmd, tcp_port=None):
                 assert time.monotonic() < deadline, f"{server_cmd[0]} never listened"
                 time.sleep(0.05)
         else:
-            time.sleep(1.0)               # rdma_cm listens in rnicd: nothing to look at
+            time.sleep(1.5)               # rdma_cm listens in rnicd: nothing to look at
+            assert srv.poll() is None, srv.stdout.read()
         cl = subprocess.run(exec_on(client, *client_cmd), capture_output=True, text=True,
                             timeout=TIMEOUT)
         sout, _ = srv.communicate(timeout=TIMEOUT)
@@ -61,28 +81,87 @@ def server_client(server, client, server_cmd, client_cmd, tcp_port=None):
     return cl, srv.returncode, sout
 
 
-def test_c_programs_between_hosts(programs, hosts):
-    a, b = hosts(2)
-    for i, (server, client) in enumerate(((a, b), (b, a))):     # rc_pingpong both ways
-        port = PORT + i
-        args = ["-d", "rnic0", "-g", "0", "-p", str(port), "-n", "100"]
-        cl, src, sout = server_client(server, client, ["ibv_rc_pingpong", *args],
-                                      ["ibv_rc_pingpong", *args, server.ip], tcp_port=port)
-        assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
-        assert "100 iters in" in cl.stdout and "100 iters in" in sout
+def test_device_tools(pair):
+    need_clib("ibv_devices", "ibv_devinfo")
+    a, _ = pair
+    out = subprocess.run(exec_on(a, "ibv_devices"), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0 and "rnic0" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run(exec_on(a, "ibv_devinfo", "-v"), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "PORT_ACTIVE" in out.stdout and f"::ffff:{a.ip}, RoCE v2" in out.stdout, out.stdout
 
-    port = PORT + 2
-    args = ["-d", "rnic0", "-x", "0", "-p", str(port), "-n", "200"]
-    cl, src, sout = server_client(a, b, ["ib_write_bw", *args], ["ib_write_bw", *args, a.ip],
+
+@pytest.mark.parametrize("kind,reverse", [("rc", False), ("rc", True), ("uc", False),
+                                          ("ud", False), ("srq", False)],
+                         ids=["rc", "rc-reverse", "uc", "ud", "srq"])
+def test_pingpong(pair, kind, reverse):
+    prog = f"ibv_{kind}_pingpong"
+    need_clib(prog)
+    server, client = pair[::-1] if reverse else pair
+    port = next(_ports)
+    args = ["-d", "rnic0", "-g", "0", "-p", str(port), "-n", "100"]
+    cl, src, sout = server_client(server, client, [prog, *args], [prog, *args, server.ip],
                                   tcp_port=port)
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
-    assert any(ln.split()[:1] == ["65536"] for ln in cl.stdout.splitlines()), cl.stdout
+    assert "100 iters in" in cl.stdout and "100 iters in" in sout
 
-    port = PORT + 3
-    args = ["-d", "rnic0", "-R", "-p", str(port), "-n", "100"]
-    cl, src, sout = server_client(a, b, ["ib_send_lat", *args], ["ib_send_lat", *args, a.ip])
+
+@pytest.mark.parametrize("cm", [False, True], ids=["verbs", "rdma_cm"])
+@pytest.mark.parametrize("prog", PERFTEST)
+def test_perftest(pair, prog, cm):
+    need_clib(prog)
+    a, b = pair
+    port = next(_ports)
+    args = ["-d", "rnic0", "-p", str(port), "-n", "100", *(["-R"] if cm else ["-x", "0"])]
+    cl, src, sout = server_client(a, b, [prog, *args], [prog, *args, a.ip],
+                                  tcp_port=None if cm else port)
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
+    size = "8" if "atomic" in prog else "2" if prog.endswith("lat") else "65536"
+    rows = [ln.split() for ln in cl.stdout.splitlines() if ln.split()[:1] == [size]]
+    assert len(rows) == 1 and float(rows[0][-1]) > 0, cl.stdout
 
+
+def test_rping(pair):
+    """rping -v -V -C 100: every ping's data, which the server RDMA READ from the client and
+    RDMA WROTE back, is rping's pattern (and -V compared it with what was sent)."""
+    need_clib("rping")
+    a, b = pair
+    port = str(next(_ports))
+    cl, src, sout = server_client(a, b, ["rping", "-s", "-a", a.ip, "-p", port, "-V"],
+                                  ["rping", "-c", "-a", a.ip, "-p", port, "-v", "-V", "-C",
+                                   "100"])
+    assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
+    lines = [ln for ln in cl.stdout.splitlines() if ln.startswith("ping data: ")]
+    assert len(lines) == 100, cl.stdout
+    for i, ln in enumerate(lines):
+        assert ln.startswith(f"ping data: rdma-ping-{i}: "), ln
+
+
+def test_ucmatose(pair):
+    need_clib("ucmatose")
+    a, b = pair
+    port = str(next(_ports))
+    cl, src, sout = server_client(a, b, ["ucmatose", "-p", port],
+                                  ["ucmatose", "-s", a.ip, "-p", port])
+    assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
+    assert "data transfers complete" in cl.stdout and "data transfers complete" in sout
+
+
+def test_udaddy(pair):
+    need_clib("udaddy")
+    a, b = pair
     cl, src, sout = server_client(a, b, ["udaddy"], ["udaddy", "-s", a.ip])  # its own port
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
     assert "data transfers complete" in cl.stdout and "data transfers complete" in sout
+
+
+def test_rdma_server_client(pair):
+    need_clib("rdma_server", "rdma_client")
+    a, b = pair
+    port = str(next(_ports))
+    cl, src, sout = server_client(a, b, ["rdma_server", "-p", port],
+                                  ["rdma_client", "-s", a.ip, "-p", port])
+    assert cl.returncode == 0 and "rdma_client: end 0" in cl.stdout, cl.stdout + cl.stderr
+    assert src == 0 and "rdma_server: end 0" in sout, sout
