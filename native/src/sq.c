@@ -75,22 +75,26 @@ uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
     while (qp->sq_head != qp->sq_next) {
         struct rnic_dp_swqe *w = &qp->swqes[qp->sq_head & qp->swqe_mask];
 
+        int post = qp->sq_sig_all || (w->flags & SF_SIGNALED) || w->status != 0;
+        struct rnic_cqe c;
+
         if (w->status < 0)
             break;
-        if (qp->sq_sig_all || (w->flags & SF_SIGNALED) || w->status != 0) {
-            struct rnic_cqe c;
-
+        if (post) {
             memset(&c, 0, sizeof(c));
             c.wr_id = w->wr_id;
             c.status = (uint32_t)w->status;
             c.opcode = w->wc_opcode;
             c.byte_len = w->length;
             c.qp_num = qp->qpn;
-            rnic_dp_cq_push(dev, qp->scq, &c, 0);
         }
         w->npieces = 0;                             /* no pointer outlives its WQE */
         qp->sq_head++;
+        /* The ring slot is free before its completion shows: an application that polled the
+         * CQE may post into the slot at once (perftest keeps exactly the SQ depth in flight). */
         rnic_store_release(&qp->sq->cons, qp->sq_head);
+        if (post)
+            rnic_dp_cq_push(dev, qp->scq, &c, 0);
         n++;
     }
     return n;

@@ -123,14 +123,15 @@ class UDQP:
         while self.sq_next != prod:
             w = ring.send_wqe(self.sq_next)
             status = self._send(w)
-            flags = int(w.send_flags)
+            flags, wr_id = int(w.send_flags), int(w.wr_id)
+            # the slot is free before its completion shows (as in native rnic_dp_retire)
+            self.sq_next = (self.sq_next + 1) & 0xFFFFFFFF
+            ring.store_cons(self.sq_next)
             if status != WCStatus.IBV_WC_SUCCESS or self.sq_sig_all or \
                     flags & SendFlags.IBV_SEND_SIGNALED:
                 self.device.complete(self.send_cq, CQEntry(
-                    wr_id=int(w.wr_id), status=status, opcode=WCOpcode.IBV_WC_SEND,
+                    wr_id=wr_id, status=status, opcode=WCOpcode.IBV_WC_SEND,
                     qp_num=self.qp_num))
-            self.sq_next = (self.sq_next + 1) & 0xFFFFFFFF
-            ring.store_cons(self.sq_next)
             if status != WCStatus.IBV_WC_SUCCESS:     # a UD send error ends in SQE/ERR
                 return self.transition(S.IBV_QPS_ERR, f"UD send failed: {status.name}", now)
 
