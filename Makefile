@@ -57,7 +57,7 @@ lint: deps
 	$(VPY) -m ruff check rnicd clients tests bench native/build_ffi.py
 
 # ARGS=--update-readme also rewrites README.md's Performance section from the results.
-bench: deps
+bench: deps clib
 	@sh scripts/install-bench-deps.sh
 	$(VPIP) install --quiet -e '.[bench]'
 	$(VPY) bench/run.py $(ARGS)

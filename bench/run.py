@@ -29,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = os.environ.get("RNIC_PEERS", os.path.join(ROOT, "..", "shared", "bench", "peers.py"))
-GROUPS = ("peers", "bw", "lat", "rate", "qps", "mem", "lab")
+GROUPS = ("peers", "bw", "lat", "rate", "qps", "mem", "perftest", "lab")
 BW_TESTS = ("write_bw", "read_bw", "send_bw")
 LAT_TESTS = ("write_lat", "read_lat", "send_lat", "atomic_lat")
 SIZES, QUICK_SIZES = [64 << i for i in range(15)], [64, 4096, 65536, 1 << 20]   # 64 B..1 MiB
@@ -48,7 +48,15 @@ TARGETS = [
      "ucx_tag_lat_64", "<=", 3.0),
     ("write_lat_64", "64 B RDMA WRITE latency, one-way (us)", "write_lat s=64 q=1 l=1",
      "t_typical_us", 1, "ucx_put_lat_64", "<=", 2.0),
+    # unmodified perftest through `rnic exec` (the C libraries), issue 12's targets
+    ("perftest_send_lat_64", "perftest ib_send_lat 64 B, one-way (us)",
+     "perftest_ib_send_lat s=64 q=1 l=1", "t_typical_us", 1, "ucx_tag_lat_64", "<=", 3.0),
+    ("perftest_write_bw_64k", "perftest ib_write_bw 64 KiB (MB/s)",
+     "perftest_ib_write_bw s=65536 q=1 l=1", "bw_avg_MBps", 1, "ucx_put_bw_64k", ">=", 1.0),
 ]
+PERFTEST = [("ib_write_bw", 65536), ("ib_send_bw", 65536), ("ib_read_bw", 65536),
+            ("ib_send_lat", 64), ("ib_write_lat", 64), ("ib_read_lat", 64)]
+MIB = 1.048576      # perftest's MB is 2^20 bytes; the peers' and rnic perf's are 10^6
 CDF_P = [i / 200 for i in range(199)] + [0.995 + i / 1000 for i in range(5)] + [1.0]
 BW_KEYS = ("bw_peak_MBps", "bw_avg_MBps", "msg_rate_Mpps")
 LAT_KEYS = ("t_min_us", "t_max_us", "t_typical_us", "t_avg_us", "t_stdev_us", "p99_us", "p999_us")
@@ -175,6 +183,69 @@ def run_perf(a, pair, test, size, run, qps=1, post_list=1, samples=None):
         with open(samples) as f:
             rec["_samples"] = [float(x) for x in f.read().split()]
         os.unlink(samples)
+    msg = rec.get("error", "").splitlines()[-1:] or [summary_line(rec["results"])]
+    log(f"{rec['key']} run {run}: {msg[0][:160]}")
+    return rec
+
+
+def tcp_listening(port):
+    """Is a TCP socket listening on port (perftest's out-of-band exchange)?"""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = [ln.split() for ln in open(table).read().splitlines()[1:]]
+        except OSError:
+            continue
+        if any(r[3] == "0A" and int(r[1].rsplit(":", 1)[1], 16) == port for r in rows):
+            return True
+    return False
+
+
+def parse_perftest(prog, size, out):
+    """perftest's result row as rnic perf's JSON keys (MB/s in 10^6 bytes)."""
+    row = next((ln.split() for ln in out.splitlines() if ln.split()[:1] == [str(size)]), None)
+    if row is None:
+        return []
+    v = [float(x) for x in row[2:]]
+    if prog.endswith("_bw"):     # #bytes #iterations peak avg rate
+        return [{"bw_peak_MBps": v[0] * MIB, "bw_avg_MBps": v[1] * MIB, "msg_rate_Mpps": v[2],
+                 "iterations": int(row[1]), "bytes": size}]
+    keys = ("t_min_us", "t_max_us", "t_typical_us", "t_avg_us", "t_stdev_us", "p99_us",
+            "p999_us")
+    return [dict(zip(keys, v), iterations=int(row[1]))]
+
+
+def run_perftest(a, pair, prog, size, run):
+    """Debian's perftest, unmodified, through `rnic exec`: the server on one daemon, the client
+    on the other, over verbs with GID index 0; the record has run_perf's shape."""
+    cli, srv = pair
+    for d in pair:
+        d.ensure()
+    port = 20000 + random.randrange(20000)
+    args = [prog, "-d", "rnic0", "-x", "0", "-p", str(port), "-s", str(size)]
+    args += ["-n", str(a.lat_iters)] if prog.endswith("_lat") else ["-D", str(a.duration)]
+    exe = [sys.executable, "-m", "rnic.tool", "exec", "--socket"]
+    rec = {"key": key(f"perftest_{prog}", size), "test": f"perftest_{prog}", "size": size,
+           "qps": 1, "post_list": 1, "run": run, "cmd": args, "results": []}
+    t0 = time.monotonic()
+    server = subprocess.Popen(exe + [srv.sock, "--", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=a.env,
+                              start_new_session=True)
+    try:
+        while not tcp_listening(port) and server.poll() is None and time.monotonic() - t0 < 20:
+            time.sleep(0.05)
+        p = subprocess.run(exe + [cli.sock, "--", *args, srv.ip], capture_output=True,
+                           text=True, env=a.env, timeout=a.timeout)
+        server.communicate(timeout=a.timeout)
+        rec["rc"], rec["results"] = p.returncode, parse_perftest(prog, size, p.stdout)
+        if p.returncode or not rec["results"]:
+            rec["error"] = (p.stderr.strip() or p.stdout.strip())[-800:] or "no result row"
+    except subprocess.TimeoutExpired:
+        rec["error"] = f"timeout after {a.timeout}s"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    rec["wall_s"] = round(time.monotonic() - t0, 3)
     msg = rec.get("error", "").splitlines()[-1:] or [summary_line(rec["results"])]
     log(f"{rec['key']} run {run}: {msg[0][:160]}")
     return rec
@@ -389,13 +460,16 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="rnic-bench-")
     daemons = [Daemon(ip, tmp, a.env) for ip in ("127.0.77.1", "127.0.77.2", "127.0.77.3")]
     try:
-        if matrix:
+        if matrix or "perftest" in a.only:
             pair = (daemons[0].start(), daemons[1].start())
             doc["warmup"] = run_perf(a, pair, "write_bw", 65536, "warm-up")  # not in medians
             for run in range(a.runs):          # runs outermost: a slow drift hits every case
                 for test, size, q, pl in matrix:
                     samples = os.path.join(tmp, "samples.txt") if test.endswith("_lat") else None
                     doc["perf_runs"].append(run_perf(a, pair, test, size, run, q, pl, samples))
+                if "perftest" in a.only:
+                    doc["perf_runs"] += [run_perftest(a, pair, prog, size, run)
+                                         for prog, size in PERFTEST]
         if "mem" in a.only:
             d = daemons[2].start()
             doc["mem"] = [measure_rss(a, d, n) for n in MEM_QPS]
