@@ -211,7 +211,9 @@ def parse_perftest(prog, size, out):
                  "iterations": int(row[1]), "bytes": size}]
     keys = ("t_min_us", "t_max_us", "t_typical_us", "t_avg_us", "t_stdev_us", "p99_us",
             "p999_us")
-    return [dict(zip(keys, v), iterations=int(row[1]))]
+    if len(v) != len(keys):
+        return []
+    return [dict(zip(keys, v, strict=True), iterations=int(row[1]))]
 
 
 def run_perftest(a, pair, prog, size, run):
