@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from rnic import clib
@@ -34,3 +35,18 @@ def need_clib(*programs: str) -> str:
 def rnic_exec(socket_path: str, *cmd) -> list:
     """cmd on the daemon behind socket_path, through `rnic exec`."""
     return [sys.executable, "-m", "rnic.tool", "exec", "--socket", socket_path, "--", *cmd]
+
+
+def wait_cm_listening(socket_path: str, port: int, server: subprocess.Popen, timeout=20.0):
+    """Wait until the daemon behind socket_path has an rdma_cm listener on port (rdma_cm
+    listens inside rnicd: the server program has no socket of its own to look at)."""
+    from rnic.device import Context
+    deadline = time.monotonic() + timeout
+    while True:
+        with Context(socket=socket_path) as ctx:
+            if int(port) in ctx.get_objects()["cm_listening"]:
+                return
+        if server.poll() is not None:
+            pytest.fail(f"the server exited before it listened: {server.stdout.read()}")
+        assert time.monotonic() < deadline, f"nothing listened on rdma_cm port {port}"
+        time.sleep(0.05)

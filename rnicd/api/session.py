@@ -175,7 +175,10 @@ class Session(CMVerbs):
         return {"qps": rows}, []
 
     def m_get_objects(self, args, fds, now):
-        return self.shm.object_counts(), []
+        # with the rdma_cm ports listened on: what a script waits for before its client
+        # (rdma_cm has no socket of its own to look at)
+        listening = sorted(port for _, port in self.device.cm.listeners)
+        return self.shm.object_counts() | {"cm_listening": listening}, []
 
     # ---- PD / MR -------------------------------------------------------------------------
     def m_alloc_pd(self, args, fds, now):

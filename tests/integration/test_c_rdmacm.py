@@ -9,10 +9,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
-from clibs import ROOT, need_clib
+from clibs import ROOT, need_clib, wait_cm_listening
 from clibs import rnic_exec as _exec
 from rnic import clib
 
@@ -31,13 +30,13 @@ def rnic_exec(daemon, *cmd):
 _ports = iter(range(7500 + os.getpid() % 1000 * 10, 1 << 16))
 
 
-def pair(server_cmd, client_cmd, a, b, settle=1.0, timeout=TIMEOUT):
-    """Run the server on daemon a, then the client on daemon b; both outputs and codes."""
+def pair(server_cmd, client_cmd, a, b, port, timeout=TIMEOUT):
+    """Run the server on daemon a, then (once it listens on rdma_cm port) the client on
+    daemon b; both outputs and codes."""
     server = subprocess.Popen(rnic_exec(a, *server_cmd), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(settle)       # rnicd's CM has no listen socket to wait for
-        assert server.poll() is None, server.stdout.read()
+        wait_cm_listening(a.socket, port, server)
         client = subprocess.run(rnic_exec(b, *client_cmd), capture_output=True, text=True,
                                 timeout=timeout)
         sout, _ = server.communicate(timeout=timeout)
@@ -52,7 +51,8 @@ def check_rping(a, b, count=100, extra=()):
     port = str(next(_ports))
     crc, cout, src, sout = pair(
         ["rping", "-s", "-a", a.ip, "-p", port, "-V", "-C", str(count), *extra],
-        ["rping", "-c", "-a", a.ip, "-p", port, "-v", "-V", "-C", str(count), *extra], a, b)
+        ["rping", "-c", "-a", a.ip, "-p", port, "-v", "-V", "-C", str(count), *extra], a, b,
+        port)
     assert crc == 0, cout
     assert src == 0, sout
     lines = [ln for ln in cout.splitlines() if ln.startswith("ping data: ")]
@@ -92,7 +92,7 @@ def test_ucmatose(librdmacm, two_daemons, extra):
     a, b = two_daemons
     port = str(next(_ports))
     crc, cout, src, sout = pair(["ucmatose", "-p", port, *extra[:2]],
-                                ["ucmatose", "-s", a.ip, "-p", port, *extra], a, b)
+                                ["ucmatose", "-s", a.ip, "-p", port, *extra], a, b, port)
     assert crc == 0 and "return status 0" in cout, cout
     assert src == 0 and "return status 0" in sout, sout
     assert "data transfers complete" in cout and "data transfers complete" in sout
@@ -104,7 +104,7 @@ def test_udaddy_sidr(librdmacm, two_daemons):
     """UD over the CM: the client's ESTABLISHED carries the server's QPN, Q_Key and an AH
     (SIDR); the server answers with AHs made from the work completions."""
     a, b = two_daemons
-    crc, cout, src, sout = pair(["udaddy"], ["udaddy", "-s", a.ip], a, b)
+    crc, cout, src, sout = pair(["udaddy"], ["udaddy", "-s", a.ip], a, b, 7174)  # its port
     assert crc == 0 and "return status 0" in cout, cout
     assert src == 0 and "return status 0" in sout, sout
     assert "data transfers complete" in cout and "data transfers complete" in sout
@@ -116,7 +116,7 @@ def test_rdma_server_client(librdmacm, two_daemons):
     a, b = two_daemons
     port = str(next(_ports))
     crc, cout, src, sout = pair(["rdma_server", "-p", port],
-                                ["rdma_client", "-s", a.ip, "-p", port], a, b)
+                                ["rdma_client", "-s", a.ip, "-p", port], a, b, port)
     assert crc == 0 and "rdma_client: end 0" in cout, cout
     assert src == 0 and "rdma_server: end 0" in sout, sout
 
@@ -129,7 +129,7 @@ def test_perftest_over_rdma_cm(librdmacm, two_daemons, prog):
     a, b = two_daemons
     port = str(next(_ports) + 10000)
     args = ["-d", "rnic0", "-R", "-p", port, "-n", "200"]
-    crc, cout, src, sout = pair([prog, *args], [prog, *args, a.ip], a, b, settle=1.5)
+    crc, cout, src, sout = pair([prog, *args], [prog, *args, a.ip], a, b, port)
     assert crc == 0, cout
     assert src == 0, sout
     assert "#bytes" in cout and "200" in cout.split("#bytes", 1)[1], cout
@@ -216,7 +216,7 @@ def test_c_rdma_server_with_python_cmid_client(librdmacm, two_daemons, tmp_path)
     server = subprocess.Popen(rnic_exec(a, "rdma_server", "-p", port),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(1.0)
+        wait_cm_listening(a.socket, port, server)
         client = subprocess.run([sys.executable, str(script), a.ip, port],
                                 env=env, capture_output=True, text=True, timeout=TIMEOUT)
         sout, _ = server.communicate(timeout=TIMEOUT)
@@ -237,7 +237,7 @@ def test_write_bw_with_faults_on_both_daemons(librdmacm, rnicd):
     port = str(next(_ports) + 10000)
     args = ["-d", "rnic0", "-R", "-p", port, "-n", "300", "-s", "65536"]
     crc, cout, src, sout = pair(["ib_write_bw", *args], ["ib_write_bw", *args, a.ip], a, b,
-                                settle=1.5, timeout=120)
+                                port, timeout=120)
     assert crc == 0, cout
     assert src == 0, sout
     assert any(ln.split()[:2] == ["65536", "300"] for ln in cout.splitlines()), cout

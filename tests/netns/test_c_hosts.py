@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from clibs import need_clib, rnic_exec
+from rnic.device import Context
 from rnic.lab import Lab, LabError
 from rnic.lab.net import missing
 
@@ -56,7 +57,13 @@ def tcp_listening(pid: int, port: int) -> bool:
     return False
 
 
-def server_client(server, client, server_cmd, client_cmd, tcp_port=None):
+def listening(host) -> list:
+    """The rdma_cm ports host's rnicd has listeners on."""
+    with Context(socket=host.socket) as ctx:
+        return ctx.get_objects()["cm_listening"]
+
+
+def server_client(server, client, server_cmd, client_cmd, tcp_port=None, cm_port=None):
     """The server on one host, then the client on the other: (client, server rc, output)."""
     srv = subprocess.Popen(exec_on(server, *server_cmd), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
@@ -68,9 +75,14 @@ def server_client(server, client, server_cmd, client_cmd, tcp_port=None):
                     pytest.fail(f"{server_cmd[0]} exited: {srv.stdout.read()}")
                 assert time.monotonic() < deadline, f"{server_cmd[0]} never listened"
                 time.sleep(0.05)
-        else:
-            time.sleep(1.5)               # rdma_cm listens in rnicd: nothing to look at
-            assert srv.poll() is None, srv.stdout.read()
+        else:                             # rdma_cm listens in rnicd: ask it
+            while cm_port is not None and cm_port not in listening(server):
+                if srv.poll() is not None:
+                    pytest.fail(f"{server_cmd[0]} exited: {srv.stdout.read()}")
+                assert time.monotonic() < deadline, f"{server_cmd[0]} never listened"
+                time.sleep(0.05)
+            if cm_port is None:
+                time.sleep(1.5)           # a program with its own fixed port
         cl = subprocess.run(exec_on(client, *client_cmd), capture_output=True, text=True,
                             timeout=TIMEOUT)
         sout, _ = srv.communicate(timeout=TIMEOUT)
@@ -116,7 +128,7 @@ def test_perftest(pair, prog, cm):
     port = next(_ports)
     args = ["-d", "rnic0", "-p", str(port), "-n", "100", *(["-R"] if cm else ["-x", "0"])]
     cl, src, sout = server_client(a, b, [prog, *args], [prog, *args, a.ip],
-                                  tcp_port=None if cm else port)
+                                  tcp_port=None if cm else port, cm_port=port if cm else None)
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
     size = "8" if "atomic" in prog else "2" if prog.endswith("lat") else "65536"
     rows = [ln.split() for ln in cl.stdout.splitlines() if ln.split()[:1] == [size]]
@@ -131,7 +143,7 @@ def test_rping(pair):
     port = str(next(_ports))
     cl, src, sout = server_client(a, b, ["rping", "-s", "-a", a.ip, "-p", port, "-V"],
                                   ["rping", "-c", "-a", a.ip, "-p", port, "-v", "-V", "-C",
-                                   "100"])
+                                   "100"], cm_port=int(port))
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
     lines = [ln for ln in cl.stdout.splitlines() if ln.startswith("ping data: ")]
     assert len(lines) == 100, cl.stdout
@@ -144,7 +156,7 @@ def test_ucmatose(pair):
     a, b = pair
     port = str(next(_ports))
     cl, src, sout = server_client(a, b, ["ucmatose", "-p", port],
-                                  ["ucmatose", "-s", a.ip, "-p", port])
+                                  ["ucmatose", "-s", a.ip, "-p", port], cm_port=int(port))
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
     assert "data transfers complete" in cl.stdout and "data transfers complete" in sout
 
@@ -152,7 +164,7 @@ def test_ucmatose(pair):
 def test_udaddy(pair):
     need_clib("udaddy")
     a, b = pair
-    cl, src, sout = server_client(a, b, ["udaddy"], ["udaddy", "-s", a.ip])  # its own port
+    cl, src, sout = server_client(a, b, ["udaddy"], ["udaddy", "-s", a.ip], cm_port=7174)
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
     assert "data transfers complete" in cl.stdout and "data transfers complete" in sout
 
@@ -162,6 +174,6 @@ def test_rdma_server_client(pair):
     a, b = pair
     port = str(next(_ports))
     cl, src, sout = server_client(a, b, ["rdma_server", "-p", port],
-                                  ["rdma_client", "-s", a.ip, "-p", port])
+                                  ["rdma_client", "-s", a.ip, "-p", port], cm_port=int(port))
     assert cl.returncode == 0 and "rdma_client: end 0" in cl.stdout, cl.stdout + cl.stderr
     assert src == 0 and "rdma_server: end 0" in sout, sout

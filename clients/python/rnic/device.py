@@ -382,7 +382,8 @@ class Context(RnicCM):
         return dict(r.get("spec", {}))
 
     def get_objects(self) -> dict:
-        """Daemon-wide object counts: pds, mrs, cqs, qps, srqs, channels, contexts."""
+        """Daemon-wide object counts: pds, mrs, cqs, qps, srqs, channels, contexts; and
+        cm_listening, the rdma_cm ports listened on."""
         r, _ = self._call("get_objects")
         return dict(r)
 
