@@ -55,7 +55,7 @@ static void end_poll(struct ibv_cq_ex *c) { pthread_spin_unlock(&rcq_ex(c)->lock
 RD(opcode, enum ibv_wc_opcode, e->opcode)
 RD(vendor_err, uint32_t, e->vendor_err)
 RD(byte_len, uint32_t, e->byte_len)
-RD(imm_data, __be32, e->imm_data)        /* also ibv_wc_read_invalidated_rkey (IBV_WC_WITH_INV) */
+RD(imm_data, __be32, cqe_imm(e))         /* also ibv_wc_read_invalidated_rkey (IBV_WC_WITH_INV) */
 RD(qp_num, uint32_t, e->qp_num)
 RD(src_qp, uint32_t, e->src_qp)
 RD(wc_flags, unsigned int, e->wc_flags)

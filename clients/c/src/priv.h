@@ -2,6 +2,7 @@
 #ifndef RNIC_PRIV_H
 #define RNIC_PRIV_H
 
+#include <endian.h>
 #include <infiniband/verbs.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -115,6 +116,14 @@ int rring_map(struct rring *r, int fd, uint64_t size, uint32_t kind, const char 
 void rring_unmap(struct rring *r);
 static inline uint32_t ld_acq(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void st_rel(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+/* ibv_wc.imm_data from a CQE: rnicd's CQE holds the immediate as a host integer (the wire's
+ * big-endian ImmDt decoded), ibv_wc's is a __be32 holding the wire's bytes, so byte-swap it;
+ * an invalidated rkey (IBV_WC_WITH_INV) shares the field and is a host integer in both. */
+static inline uint32_t cqe_imm(const struct rnic_cqe *e)
+{
+    return (e->wc_flags & IBV_WC_WITH_IMM) ? (uint32_t)htobe32(e->imm_data) : e->imm_data;
+}
 void rnic_doorbell(struct rnic_ctx *c, struct rring *r);
 
 /* device.c */
