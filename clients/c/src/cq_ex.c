@@ -70,14 +70,21 @@ struct ibv_cq_ex *rnic_create_cq_ex(struct ibv_context *ctx, struct ibv_cq_init_
         errno = EINVAL;
         return NULL;
     }
-    if ((ia->wc_flags & ~WC_EX_OFFERED) || ia->flags ||
-        (ia->comp_mask & IBV_CQ_INIT_ATTR_MASK_PD)) {
-        rnic_log("create_cq_ex: completion timestamps, VLAN, flow tags, tag matching, creation "
-                 "flags and parent domains are not offered by rnicd");
+    if ((ia->wc_flags & ~WC_EX_OFFERED) || ia->flags) {
+        rnic_log("create_cq_ex: completion timestamps, VLAN, flow tags, tag matching and "
+                 "creation flags are not offered by rnicd");
         errno = EOPNOTSUPP;
         return NULL;
     }
-    if (ia->comp_mask & ~(uint32_t)IBV_CQ_INIT_ATTR_MASK_FLAGS) {
+    if (ia->comp_mask & ~(uint32_t)(IBV_CQ_INIT_ATTR_MASK_FLAGS | IBV_CQ_INIT_ATTR_MASK_PD)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    /* IBV_CQ_INIT_ATTR_MASK_PD: a parent domain of this context (as mlx5 requires); the CQ
+     * needs nothing from it (its allocators are not called: rnic_alloc_parent_domain) */
+    if ((ia->comp_mask & IBV_CQ_INIT_ATTR_MASK_PD) &&
+        (!ia->parent_domain || ia->parent_domain->context != ctx ||
+         !container(ia->parent_domain, struct rnic_pd, pd)->base)) {
         errno = EINVAL;
         return NULL;
     }

@@ -54,7 +54,15 @@ static inline struct rnic_ctx *rctx(struct ibv_context *c)
     return container(c, struct rnic_ctx, vctx.context);
 }
 
-struct rnic_pd { struct ibv_pd pd; uint32_t handle; };
+/* A PD, or a parent domain (ibv_alloc_parent_domain(3)): that has `base`, the PD it was made
+ * on, and the same handle, so every verb taking a PD uses the base PD in rnicd; `children`
+ * counts a PD's parent domains (ibv_dealloc_pd answers EBUSY while there are any). */
+struct rnic_pd {
+    struct ibv_pd pd;
+    uint32_t handle;
+    struct rnic_pd *base;
+    int children;
+};
 struct rnic_mr { struct ibv_mr mr; struct rpin *pin; };
 struct rnic_ah { struct ibv_ah ah; };
 struct rnic_xrcd { struct ibv_xrcd xrcd; uint32_t handle; };
@@ -150,6 +158,8 @@ struct rnic_cq *rnic_cq_create(struct ibv_context *ctx, int cqe, void *cq_contex
                                struct ibv_comp_channel *channel, int comp_vector);
 /* cq_ex.c */
 struct ibv_cq_ex *rnic_create_cq_ex(struct ibv_context *ctx, struct ibv_cq_init_attr_ex *ia);
+struct ibv_pd *rnic_alloc_parent_domain(struct ibv_context *ctx,
+                                        struct ibv_parent_domain_init_attr *attr);
 
 /* usermem.c */
 struct rpin;
