@@ -166,7 +166,7 @@ def main():
     errors = []
     swc = poll(scq, 3)
     want = [(1, e.IBV_WC_RDMA_WRITE), (2, e.IBV_WC_SEND), (3, e.IBV_WC_RDMA_WRITE)]
-    for wc, (wr_id, op) in zip(swc, want):
+    for wc, (wr_id, op) in zip(swc, want, strict=True):
         if (wc.wr_id, wc.status, wc.opcode) != (wr_id, e.IBV_WC_SUCCESS, op):
             errors.append(f"send wc {wr_id}: wr_id {wc.wr_id} status {wc.status} "
                           f"opcode {wc.opcode}, want status 0 opcode {op}")

@@ -24,7 +24,8 @@ With ``--real-pyverbs`` step 3 runs the suite on Debian's own pyverbs instead of
 libibverbs) loads rnicd's C libraries (clients/c, built by ``make clib``; exit status 3 when
 they are missing) and no shim or enum table is involved. Its ratchet is floor-real.json.
 
-The plumbing adapters of the default mode, and nothing else (no test is edited, deselected or patched):
+The plumbing adapters of the default mode, and nothing else (no test is edited, deselected
+or patched):
 
 - Module mapping: ``shim/sitecustomize.py`` (first on PYTHONPATH) maps ``pyverbs`` /
   ``pyverbs.X`` to ``rnic`` / ``rnic.X``; ``pyverbs.enums``, ``pyverbs.cm_enums`` and the
