@@ -2,6 +2,7 @@
 unmodified, against ``rnic`` and rnicd, and print per-file pass/fail/error/skip totals.
 
     python tests/pyverbs_suite/run_suite.py [--files core|generic|all|test_pd,...] [--json]
+                                            [--real-pyverbs]
 
 What it does, per test file (one fresh rnicd per file, files one after another):
 
@@ -18,7 +19,13 @@ What it does, per test file (one fresh rnicd per file, files one after another):
 3. Starts rnicd (``python -m rnicd.cli --bind ... --ctl-socket ...``) and runs rdma-core's own
    runner with this interpreter: ``run_tests.py --dev rnic0 --port 1 --gid 0 -v tests.test_X``.
 
-The plumbing adapters, and nothing else (no test is edited, deselected or patched):
+With ``--real-pyverbs`` step 3 runs the suite on Debian's own pyverbs instead of on rnic:
+``rnic exec --socket S -- /usr/bin/python3 run_tests.py ...``, so pyverbs (compiled against
+libibverbs) loads rnicd's C libraries (clients/c, built by ``make clib``; exit status 3 when
+they are missing) and no shim or enum table is involved. Its ratchet is floor-real.json.
+
+The plumbing adapters of the default mode, and nothing else (no test is edited, deselected
+or patched):
 
 - Module mapping: ``shim/sitecustomize.py`` (first on PYTHONPATH) maps ``pyverbs`` /
   ``pyverbs.X`` to ``rnic`` / ``rnic.X``; ``pyverbs.enums``, ``pyverbs.cm_enums`` and the
@@ -173,7 +180,7 @@ def setup_namespace(work: str) -> None:
     os.makedirs("/sys/class/infiniband/rnic0/device/net/lo")
 
 
-def inner(work: str, test_file: str, bind: str) -> int:
+def inner(work: str, test_file: str, bind: str, real: bool = False) -> int:
     sys.path.insert(0, os.path.dirname(HERE))   # tests/: daemon_ready
     from daemon_ready import wait_ready
     sock = os.path.join(work, "rnicd.sock")
@@ -186,13 +193,21 @@ def inner(work: str, test_file: str, bind: str) -> int:
                                   stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_ready(daemon, sock, log_path)
-        env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "shim"), env["PYTHONPATH"]])
-        env["RNIC_SOCKET"] = sock
-        env["RNIC_PYVERBS_ENUMS"] = os.path.join(os.path.dirname(work), "enums.json")
         tdir = os.path.join(work, "tests")
-        r = subprocess.run([sys.executable, os.path.join(tdir, "run_tests.py"), "--dev",
-                            "rnic0", "--port", "1", "--gid", "0", "-v", f"tests.{test_file}"],
-                           cwd=work, env=env)
+        runner = [os.path.join(tdir, "run_tests.py"), "--dev", "rnic0", "--port", "1",
+                  "--gid", "0", "-v", f"tests.{test_file}"]
+        if real:   # Debian's interpreter and pyverbs on our C libraries: `rnic exec`
+            cmd = [sys.executable, "-m", "rnic.tool", "exec", "--socket", sock, "--",
+                   SYSTEM_PYTHON, *runner]
+            env["PYTHONPATH"] = os.path.join(ROOT, "clients", "python")   # for rnic.tool;
+            # /usr/bin/python3 sees it too, harmless: the suite imports pyverbs, never rnic
+        else:
+            cmd = [sys.executable, *runner]
+            env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "shim"),
+                                                 env["PYTHONPATH"]])
+            env["RNIC_SOCKET"] = sock
+            env["RNIC_PYVERBS_ENUMS"] = os.path.join(os.path.dirname(work), "enums.json")
+        r = subprocess.run(cmd, cwd=work, env=env)
         return r.returncode
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -252,7 +267,7 @@ def can_unshare() -> str | None:
     return None if r.returncode == 0 else f"unshare --net --mount failed: {r.stdout.strip()}"
 
 
-def run_file(top: str, test_file: str, netns: bool, verbose: bool) -> dict:
+def run_file(top: str, test_file: str, netns: bool, verbose: bool, real: bool = False) -> dict:
     work = os.path.join(top, test_file)
     os.makedirs(work)
     copy_suite(work, test_file)
@@ -263,6 +278,8 @@ def run_file(top: str, test_file: str, netns: bool, verbose: bool) -> dict:
     else:
         bind = f"127.{100 + os.getpid() % 100}.{7}.{1 + len(os.listdir(top)) % 250}"
         cmd = [sys.executable, me, "--inner", work, test_file, "--bind", bind]
+    if real:
+        cmd.append("--real-pyverbs")
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
@@ -309,6 +326,9 @@ def main(argv=None) -> int:
     ap.add_argument("--files", default="core", help="core, generic, all or test_a,test_b")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--keep", help="work in this directory and keep it")
+    ap.add_argument("--real-pyverbs", action="store_true",
+                    help="run the suite on Debian's own pyverbs (/usr/bin/python3) through "
+                    "rnicd's C libraries (`rnic exec`) instead of on the rnic client")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo the runner's output")
     ap.add_argument("--inner", nargs=2, metavar=("WORKDIR", "TESTFILE"), help=argparse.SUPPRESS)
     ap.add_argument("--bind", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -317,15 +337,23 @@ def main(argv=None) -> int:
     if args.inner:
         if args.setup_ns:
             setup_namespace(args.inner[0])
-        return inner(args.inner[0], args.inner[1], args.bind)
+        return inner(args.inner[0], args.inner[1], args.bind, args.real_pyverbs)
     try:
         ensure_pyverbs(log=lambda m: print(m, file=sys.stderr))
     except Missing as exc:
         print(f"run_suite: {exc}", file=sys.stderr)
         return 3
+    if args.real_pyverbs:
+        sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+        from rnic import clib
+        if clib.missing():
+            print(f"run_suite: {', '.join(clib.missing())} not built in {clib.libdir()} "
+                  "(make clib)", file=sys.stderr)
+            return 3
     top = args.keep or tempfile.mkdtemp(prefix="rnic-pyverbs-suite-")
     os.makedirs(top, exist_ok=True)
-    dump_enums(os.path.join(top, "enums.json"))
+    if not args.real_pyverbs:
+        dump_enums(os.path.join(top, "enums.json"))
     why = can_unshare()
     if why:
         print(f"run_suite: no private namespaces ({why}); rnicd binds a 127.x address and "
@@ -333,7 +361,7 @@ def main(argv=None) -> int:
     results = {}
     for f in select(args.files):
         try:
-            results[f] = run_file(top, f, why is None, args.verbose)
+            results[f] = run_file(top, f, why is None, args.verbose, args.real_pyverbs)
         except (OSError, subprocess.SubprocessError) as exc:
             results[f] = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0,
                           "status": "crashed", "crash": str(exc)}

@@ -273,7 +273,7 @@ int rnic_poll_cq(struct ibv_cq *ibcq, int num, struct ibv_wc *wc)
         w->opcode = (enum ibv_wc_opcode)e->opcode;
         w->vendor_err = e->vendor_err;
         w->byte_len = e->byte_len;
-        w->imm_data = e->imm_data;
+        w->imm_data = cqe_imm(e);
         w->qp_num = e->qp_num;
         w->src_qp = e->src_qp;
         w->wc_flags = e->wc_flags;

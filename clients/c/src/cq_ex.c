@@ -55,7 +55,7 @@ static void end_poll(struct ibv_cq_ex *c) { pthread_spin_unlock(&rcq_ex(c)->lock
 RD(opcode, enum ibv_wc_opcode, e->opcode)
 RD(vendor_err, uint32_t, e->vendor_err)
 RD(byte_len, uint32_t, e->byte_len)
-RD(imm_data, __be32, e->imm_data)        /* also ibv_wc_read_invalidated_rkey (IBV_WC_WITH_INV) */
+RD(imm_data, __be32, cqe_imm(e))         /* also ibv_wc_read_invalidated_rkey (IBV_WC_WITH_INV) */
 RD(qp_num, uint32_t, e->qp_num)
 RD(src_qp, uint32_t, e->src_qp)
 RD(wc_flags, unsigned int, e->wc_flags)
@@ -70,14 +70,21 @@ struct ibv_cq_ex *rnic_create_cq_ex(struct ibv_context *ctx, struct ibv_cq_init_
         errno = EINVAL;
         return NULL;
     }
-    if ((ia->wc_flags & ~WC_EX_OFFERED) || ia->flags ||
-        (ia->comp_mask & IBV_CQ_INIT_ATTR_MASK_PD)) {
-        rnic_log("create_cq_ex: completion timestamps, VLAN, flow tags, tag matching, creation "
-                 "flags and parent domains are not offered by rnicd");
+    if ((ia->wc_flags & ~WC_EX_OFFERED) || ia->flags) {
+        rnic_log("create_cq_ex: completion timestamps, VLAN, flow tags, tag matching and "
+                 "creation flags are not offered by rnicd");
         errno = EOPNOTSUPP;
         return NULL;
     }
-    if (ia->comp_mask & ~(uint32_t)IBV_CQ_INIT_ATTR_MASK_FLAGS) {
+    if (ia->comp_mask & ~(uint32_t)(IBV_CQ_INIT_ATTR_MASK_FLAGS | IBV_CQ_INIT_ATTR_MASK_PD)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    /* IBV_CQ_INIT_ATTR_MASK_PD: a parent domain of this context (as mlx5 requires); the CQ
+     * needs nothing from it (its allocators are not called: rnic_alloc_parent_domain) */
+    if ((ia->comp_mask & IBV_CQ_INIT_ATTR_MASK_PD) &&
+        (!ia->parent_domain || ia->parent_domain->context != ctx ||
+         !container(ia->parent_domain, struct rnic_pd, pd)->base)) {
         errno = EINVAL;
         return NULL;
     }

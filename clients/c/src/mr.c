@@ -34,10 +34,52 @@ RNIC_EXPORT struct ibv_pd *ibv_alloc_pd(struct ibv_context *ctx)
 
 RNIC_EXPORT int ibv_dealloc_pd(struct ibv_pd *pd)
 {
+    struct rnic_pd *p = container(pd, struct rnic_pd, pd);
+    if (p->base) {            /* a parent domain: rnicd has no object of its own for it */
+        __atomic_sub_fetch(&p->base->children, 1, __ATOMIC_RELAXED);
+        free(p);
+        return 0;
+    }
+    if (__atomic_load_n(&p->children, __ATOMIC_RELAXED))
+        return EBUSY;         /* a parent domain still uses it */
     if (rnic_simple(rctx(pd->context), "dealloc_pd", "pd", pd->handle))
         return errno;
-    free(container(pd, struct rnic_pd, pd));
+    free(p);
     return 0;
+}
+
+/* ibv_alloc_parent_domain(3): a PD standing for attr->pd in every verb (QPs, SRQs, MRs,
+ * extended CQs) with a context for the application. rnicd places queues in its own shared
+ * memory, so the allocators are accepted and never called: the man page lets a provider
+ * allocate as it would without them (IBV_ALLOCATOR_USE_DEFAULT). Thread domains are not
+ * offered (ibv_alloc_td answers EOPNOTSUPP), so attr->td must be NULL. */
+struct ibv_pd *rnic_alloc_parent_domain(struct ibv_context *ctx,
+                                        struct ibv_parent_domain_init_attr *attr)
+{
+    const uint32_t known = IBV_PARENT_DOMAIN_INIT_ATTR_ALLOCATORS |
+                           IBV_PARENT_DOMAIN_INIT_ATTR_PD_CONTEXT;
+    if (!attr || !attr->pd || attr->pd->context != ctx || (attr->comp_mask & ~known) ||
+        container(attr->pd, struct rnic_pd, pd)->base ||
+        ((attr->comp_mask & IBV_PARENT_DOMAIN_INIT_ATTR_ALLOCATORS) &&
+         (!attr->alloc || !attr->free))) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (attr->td) {
+        errno = EOPNOTSUPP;
+        return NULL;
+    }
+    struct rnic_pd *base = container(attr->pd, struct rnic_pd, pd);
+    struct rnic_pd *pd = calloc(1, sizeof(*pd));
+    if (!pd) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    pd->pd.context = ctx;
+    pd->pd.handle = pd->handle = base->handle;
+    pd->base = base;
+    __atomic_add_fetch(&base->children, 1, __ATOMIC_RELAXED);
+    return &pd->pd;
 }
 
 static struct ibv_mr *reg(struct ibv_pd *pd, void *addr, size_t length, uint64_t iova,

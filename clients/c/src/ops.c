@@ -98,6 +98,7 @@ void rnic_fill_context_ops(struct rnic_ctx *c)
     v->create_cq_ex = rnic_create_cq_ex;
     v->open_xrcd = rnic_open_xrcd;
     v->close_xrcd = rnic_close_xrcd;
+    v->alloc_parent_domain = rnic_alloc_parent_domain;
 }
 
 /* ---- fork: registered memory is copied into a child (docs/memory-registration.md) ---------- */

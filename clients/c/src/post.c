@@ -98,7 +98,9 @@ static int write_send(struct rnic_qp *qp, struct ibv_send_wr *wr, struct rnic_se
     w->opcode = (uint8_t)op;
     w->send_flags = wr->send_flags;
     if (op == IBV_WR_SEND_WITH_IMM || op == IBV_WR_RDMA_WRITE_WITH_IMM)
-        w->imm_data = wr->imm_data;          /* as the program gave it (network order) */
+        /* wr->imm_data is a __be32: its bytes are the wire's ImmDt (IBTA 9.4.3); the WQE
+         * holds the value as a host integer, which rnicd sends big-endian */
+        w->imm_data = be32toh(wr->imm_data);
     else if (op == IBV_WR_SEND_WITH_INV || op == IBV_WR_LOCAL_INV)
         w->invalidate_rkey = wr->invalidate_rkey;
     if (OPB(op) & RDMA_OPS) {

@@ -2,6 +2,7 @@
 #ifndef RNIC_PRIV_H
 #define RNIC_PRIV_H
 
+#include <endian.h>
 #include <infiniband/verbs.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -53,7 +54,15 @@ static inline struct rnic_ctx *rctx(struct ibv_context *c)
     return container(c, struct rnic_ctx, vctx.context);
 }
 
-struct rnic_pd { struct ibv_pd pd; uint32_t handle; };
+/* A PD, or a parent domain (ibv_alloc_parent_domain(3)): that has `base`, the PD it was made
+ * on, and the same handle, so every verb taking a PD uses the base PD in rnicd; `children`
+ * counts a PD's parent domains (ibv_dealloc_pd answers EBUSY while there are any). */
+struct rnic_pd {
+    struct ibv_pd pd;
+    uint32_t handle;
+    struct rnic_pd *base;
+    int children;
+};
 struct rnic_mr { struct ibv_mr mr; struct rpin *pin; };
 struct rnic_ah { struct ibv_ah ah; };
 struct rnic_xrcd { struct ibv_xrcd xrcd; uint32_t handle; };
@@ -115,6 +124,14 @@ int rring_map(struct rring *r, int fd, uint64_t size, uint32_t kind, const char 
 void rring_unmap(struct rring *r);
 static inline uint32_t ld_acq(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void st_rel(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+/* ibv_wc.imm_data from a CQE: rnicd's CQE holds the immediate as a host integer (the wire's
+ * big-endian ImmDt decoded), ibv_wc's is a __be32 holding the wire's bytes, so byte-swap it;
+ * an invalidated rkey (IBV_WC_WITH_INV) shares the field and is a host integer in both. */
+static inline uint32_t cqe_imm(const struct rnic_cqe *e)
+{
+    return (e->wc_flags & IBV_WC_WITH_IMM) ? (uint32_t)htobe32(e->imm_data) : e->imm_data;
+}
 void rnic_doorbell(struct rnic_ctx *c, struct rring *r);
 
 /* device.c */
@@ -141,6 +158,8 @@ struct rnic_cq *rnic_cq_create(struct ibv_context *ctx, int cqe, void *cq_contex
                                struct ibv_comp_channel *channel, int comp_vector);
 /* cq_ex.c */
 struct ibv_cq_ex *rnic_create_cq_ex(struct ibv_context *ctx, struct ibv_cq_init_attr_ex *ia);
+struct ibv_pd *rnic_alloc_parent_domain(struct ibv_context *ctx,
+                                        struct ibv_parent_domain_init_attr *attr);
 
 /* usermem.c */
 struct rpin;

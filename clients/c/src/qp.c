@@ -122,7 +122,12 @@ struct ibv_qp *rnic_create_qp_ex(struct ibv_context *ctx, struct ibv_qp_init_att
     struct rnic_ctx *c = rctx(ctx);
     const uint32_t known = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_XRCD |
                            IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
-    if (ia->comp_mask & ~known) {
+    /* IBV_QP_INIT_ATTR_CREATE_FLAGS with no flag set asks for nothing (rdma-core's suite
+     * sets the bit at random with create_flags 0): accepted, as rxe and mlx5 do. */
+    uint32_t mask = ia->comp_mask;
+    if ((mask & IBV_QP_INIT_ATTR_CREATE_FLAGS) && ia->create_flags == 0)
+        mask &= ~IBV_QP_INIT_ATTR_CREATE_FLAGS;
+    if (mask & ~known) {
         errno = EOPNOTSUPP;       /* create_flags, TSO, RSS, send_ops, ... not offered */
         return NULL;
     }
