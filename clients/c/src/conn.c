@@ -300,12 +300,38 @@ int rconn_push_event(struct rconn *c, int kind, const void *data, size_t len)
     return 0;
 }
 
+static int next_message(struct rconn *c, int block, msgpack_unpacked *up, char **body, int *fds,
+                        int *nfds);
+
+/* Queue the events the socket and the buffer hold now, without blocking; stop early once
+ * queue q has one. Called with the lock held. A reply here has no caller: dropped. */
+static void absorb_events(struct rconn *c, struct rev **q)
+{
+    while (!(q && *q) && !c->dead) {
+        msgpack_unpacked up;
+        char *body = NULL;
+        int fds[RCONN_MAX_FDS], n = 0;
+        if (next_message(c, 0, &up, &body, fds, &n) <= 0)
+            break;
+        int64_t rid = -1;
+        mo_int(&up.data, "id", &rid);
+        rnic_log("dropped a reply nobody waits for (request %lld)", (long long)rid);
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+        msgpack_unpacked_destroy(&up);
+        free(body);
+    }
+}
+
 int rconn_move_events(struct rconn *from, struct rconn *to, int kind,
                       int (*match)(const char *data, size_t len, void *arg), void *arg)
 {
     struct rev *moved = NULL, **mt = &moved;
     int n = 0;
     pthread_mutex_lock(&from->lock);
+    /* rnicd sent the old connection's events before its reply to the migration: they are
+     * in that socket or our buffer by now, and must move too */
+    absorb_events(from, NULL);
     struct rev **q = kind ? &from->cmq : &from->evq;
     for (struct rev **p = q; *p;) {
         struct rev *e = *p;
@@ -419,26 +445,6 @@ static int next_message(struct rconn *c, int block, msgpack_unpacked *up, char *
         int r = pump(c, block);
         if (r <= 0)
             return r;
-    }
-}
-
-/* Queue the events the socket and the buffer hold now, without blocking; stop early once
- * queue q has one. Called with the lock held. A reply here has no caller: dropped. */
-static void absorb_events(struct rconn *c, struct rev **q)
-{
-    while (!(q && *q) && !c->dead) {
-        msgpack_unpacked up;
-        char *body = NULL;
-        int fds[RCONN_MAX_FDS], n = 0;
-        if (next_message(c, 0, &up, &body, fds, &n) <= 0)
-            break;
-        int64_t rid = -1;
-        mo_int(&up.data, "id", &rid);
-        rnic_log("dropped a reply nobody waits for (request %lld)", (long long)rid);
-        for (int i = 0; i < n; i++)
-            close(fds[i]);
-        msgpack_unpacked_destroy(&up);
-        free(body);
     }
 }
 
