@@ -75,6 +75,7 @@ int cma_err(int e);
 extern struct cma_dev cma_dev;
 int cma_init(void);                                   /* 0 or -1 errno */
 int cma_call(struct cma_id *id, const char *m, struct rargs *a, struct rreply *rep);
+int cma_id_verb(struct rdma_cm_id *id, const char *m);  /* a verb whose only argument is the id */
 int cma_push_local(struct cma_id *id, enum rdma_cm_event_type type, int status);
 int cma_complete(struct cma_id *id);                  /* sync ids: wait for the op's event */
 
