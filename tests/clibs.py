@@ -40,13 +40,31 @@ def rnic_exec(socket_path: str, *cmd) -> list:
 def wait_cm_listening(socket_path: str, port: int, server: subprocess.Popen, timeout=20.0):
     """Wait until the daemon behind socket_path has an rdma_cm listener on port (rdma_cm
     listens inside rnicd: the server program has no socket of its own to look at)."""
-    from rnic.device import Context
     deadline = time.monotonic() + timeout
     while True:
-        with Context(socket=socket_path) as ctx:
-            if int(port) in ctx.get_objects()["cm_listening"]:
-                return
+        if int(port) in cm_listening(socket_path):
+            return
         if server.poll() is not None:
             pytest.fail(f"the server exited before it listened: {server.stdout.read()}")
         assert time.monotonic() < deadline, f"nothing listened on rdma_cm port {port}"
         time.sleep(0.05)
+
+
+def cm_listening(socket_path: str) -> list:
+    """The rdma_cm ports the daemon behind socket_path has listeners on."""
+    from rnic.device import Context
+    with Context(socket=socket_path) as ctx:
+        return ctx.get_objects()["cm_listening"]
+
+
+def tcp_listening(pid: int, port: int) -> bool:
+    """Is a TCP socket listening on port in the network namespace of process pid?"""
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = open(f"/proc/{pid}/net/{table}").read().splitlines()[1:]
+        except OSError:
+            continue
+        if any(f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port
+               for f in (ln.split() for ln in lines)):
+            return True
+    return False

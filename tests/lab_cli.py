@@ -10,7 +10,11 @@ import subprocess
 import sys
 import time
 
+from clibs import cm_listening, tcp_listening
+from rnic.lab import Lab
 from rnic.lab.daemons import find
+
+RPING_PORT = 7174      # rping's default port
 
 
 def env(root: str) -> dict:
@@ -79,13 +83,17 @@ def ping_between(root: str, name: str, server: str, client: str, server_ip: str,
 
 
 def server_client(root: str, name: str, server: str, client: str, server_cmd, client_cmd,
-                  wait_s: float = 1.5, timeout: float = 90):
-    """An unmodified program's server on one host, then its client on another."""
+                  ready, timeout: float = 90):
+    """An unmodified program's server on one host, then (once ready(server process)) its
+    client on another."""
     srv = lab_popen(root, "exec", "--name", name, server, "--", *server_cmd,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(wait_s)
-        assert srv.poll() is None, srv.stdout.read()
+        deadline = time.monotonic() + 20
+        while not ready(srv):
+            assert srv.poll() is None, srv.stdout.read()
+            assert time.monotonic() < deadline, f"{server_cmd[0]} never got ready"
+            time.sleep(0.05)
         cl = lab(root, "exec", "--name", name, client, "--", *client_cmd, timeout=timeout,
                  check=False)
         sout, _ = srv.communicate(timeout=timeout)
@@ -98,13 +106,16 @@ def server_client(root: str, name: str, server: str, client: str, server_cmd, cl
 
 def unmodified_programs(root: str, name: str, a: str, b: str, a_ip: str, port: int) -> None:
     """rping (-C 10, verified) and ib_write_bw from host b to host a, through `rnic lab exec`."""
+    a_socket = Lab.attach(name, root).host(a).socket
     cl, src, sout = server_client(root, name, a, b, ["rping", "-s", "-a", a_ip, "-C", "10"],
-                                  ["rping", "-c", "-a", a_ip, "-v", "-C", "10"])
+                                  ["rping", "-c", "-a", a_ip, "-v", "-C", "10"],
+                                  lambda srv: RPING_PORT in cm_listening(a_socket))
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
     assert cl.stdout.count("ping data: rdma-ping-") == 10, cl.stdout
     args = ["-d", "rnic0", "-x", "0", "-p", str(port), "-n", "200"]
     cl, src, sout = server_client(root, name, a, b, ["ib_write_bw", *args],
-                                  ["ib_write_bw", *args, a_ip])
+                                  ["ib_write_bw", *args, a_ip],
+                                  lambda srv: tcp_listening(srv.pid, port))
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
     assert any(ln.split()[:1] == ["65536"] for ln in cl.stdout.splitlines()), cl.stdout
 

@@ -10,8 +10,7 @@ import time
 import uuid
 
 import pytest
-from clibs import need_clib, rnic_exec
-from rnic.device import Context
+from clibs import cm_listening, need_clib, rnic_exec, tcp_listening
 from rnic.lab import Lab, LabError
 from rnic.lab.net import missing
 
@@ -44,25 +43,6 @@ def exec_on(host, *cmd):
     return ["ip", "netns", "exec", host.netns, *rnic_exec(host.socket, *cmd)]
 
 
-def tcp_listening(pid: int, port: int) -> bool:
-    """Is a TCP socket listening on port in the namespace of process pid?"""
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = open(f"/proc/{pid}/net/{table}").read().splitlines()[1:]
-        except OSError:
-            continue
-        if any(f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port
-               for f in (ln.split() for ln in lines)):
-            return True
-    return False
-
-
-def listening(host) -> list:
-    """The rdma_cm ports host's rnicd has listeners on."""
-    with Context(socket=host.socket) as ctx:
-        return ctx.get_objects()["cm_listening"]
-
-
 def server_client(server, client, server_cmd, client_cmd, tcp_port=None, cm_port=None):
     """The server on one host, then the client on the other: (client, server rc, output)."""
     srv = subprocess.Popen(exec_on(server, *server_cmd), stdout=subprocess.PIPE,
@@ -76,7 +56,7 @@ def server_client(server, client, server_cmd, client_cmd, tcp_port=None, cm_port
                 assert time.monotonic() < deadline, f"{server_cmd[0]} never listened"
                 time.sleep(0.05)
         else:                             # rdma_cm listens in rnicd: ask it
-            while cm_port is not None and cm_port not in listening(server):
+            while cm_port is not None and cm_port not in cm_listening(server.socket):
                 if srv.poll() is not None:
                     pytest.fail(f"{server_cmd[0]} exited: {srv.stdout.read()}")
                 assert time.monotonic() < deadline, f"{server_cmd[0]} never listened"
