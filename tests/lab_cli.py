@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from clibs import cm_listening, tcp_listening
+from clibs import cm_listening, server_then_client, tcp_listening
 from rnic.lab import Lab
 from rnic.lab.daemons import find
 
@@ -85,23 +85,12 @@ def ping_between(root: str, name: str, server: str, client: str, server_ip: str,
 def server_client(root: str, name: str, server: str, client: str, server_cmd, client_cmd,
                   ready, timeout: float = 90):
     """An unmodified program's server on one host, then (once ready(server process)) its
-    client on another."""
-    srv = lab_popen(root, "exec", "--name", name, server, "--", *server_cmd,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not ready(srv):
-            assert srv.poll() is None, srv.stdout.read()
-            assert time.monotonic() < deadline, f"{server_cmd[0]} never got ready"
-            time.sleep(0.05)
-        cl = lab(root, "exec", "--name", name, client, "--", *client_cmd, timeout=timeout,
-                 check=False)
-        sout, _ = srv.communicate(timeout=timeout)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
-    return cl, srv.returncode, sout
+    client on another, both through `rnic lab exec`."""
+    def argv(host, cmd):
+        return [sys.executable, "-m", "rnic.tool", "lab", "exec", "--name", name, host, "--",
+                *cmd]
+    return server_then_client(argv(server, server_cmd), argv(client, client_cmd), ready,
+                              timeout=timeout, env=env(root))
 
 
 def unmodified_programs(root: str, name: str, a: str, b: str, a_ip: str, port: int) -> None:

@@ -11,7 +11,14 @@ import sys
 import textwrap
 
 import pytest
-from clibs import ROOT, need_clib, wait_cm_listening
+from clibs import (
+    ROOT,
+    cm_listening,
+    need_clib,
+    perftest_cm_runs,
+    server_then_client,
+    wait_cm_listening,
+)
 from clibs import rnic_exec as _exec
 from rnic import clib
 
@@ -32,19 +39,13 @@ _ports = iter(range(7500 + os.getpid() % 1000 * 10, 1 << 16))
 
 def pair(server_cmd, client_cmd, a, b, port, timeout=TIMEOUT):
     """Run the server on daemon a, then (once it listens on rdma_cm port) the client on
-    daemon b; both outputs and codes."""
-    server = subprocess.Popen(rnic_exec(a, *server_cmd), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_cm_listening(a.socket, port, server)
-        client = subprocess.run(rnic_exec(b, *client_cmd), capture_output=True, text=True,
-                                timeout=timeout)
-        sout, _ = server.communicate(timeout=timeout)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    return client.returncode, client.stdout + client.stderr, server.returncode, sout
+    daemon b; both outputs and codes. perftest runs again if it lost its own listen race."""
+    def run():
+        return server_then_client(rnic_exec(a, *server_cmd), rnic_exec(b, *client_cmd),
+                                  lambda srv: int(port) in cm_listening(a.socket),
+                                  timeout=timeout)
+    cl, src, sout = perftest_cm_runs(run) if server_cmd[0].startswith("ib_") else run()
+    return cl.returncode, cl.stdout + cl.stderr, src, sout
 
 
 def check_rping(a, b, count=100, extra=()):

@@ -9,10 +9,9 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
-from clibs import ROOT, need_clib
+from clibs import ROOT, need_clib, server_then_client, tcp_listening
 from clibs import rnic_exec as _exec
 
 TIMEOUT = 60
@@ -65,40 +64,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
-    """Is a TCP socket listening on port (read from /proc: connecting would consume the
-    pingpong server's one accept)?"""
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = open(path).read().splitlines()[1:]
-        except OSError:
-            continue
-        for ln in lines:
-            f = ln.split()
-            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
-
-
 def client_server(a, b, prog, args):
-    """prog ARGS as a server on daemon a, then as the client on daemon b naming a's address
-    (the programs exchange QP numbers and GIDs over TCP): (client result, server output)."""
+    """prog ARGS as a server on daemon a, then (once its TCP port listens) as the client on
+    daemon b naming a's address (the programs exchange QP numbers and GIDs over TCP):
+    (client result, server exit code, server output)."""
     port = int(args[args.index("-p") + 1])
-    server = subprocess.Popen(rnic_exec(a, prog, *args), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 15
-        while not _listening(port):
-            assert server.poll() is None, server.stdout.read()
-            assert time.monotonic() < deadline, f"{prog}: the server never listened"
-            time.sleep(0.05)
-        client = run(b, prog, *args, a.ip)
-        sout, _ = server.communicate(timeout=TIMEOUT)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    return client, server.returncode, sout
+    return server_then_client(rnic_exec(a, prog, *args), rnic_exec(b, prog, *args, a.ip),
+                              lambda srv: tcp_listening(srv.pid, port), timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("events", [False, True], ids=["poll", "events"])

@@ -6,11 +6,17 @@ Skips, saying why, without namespaces, the libraries or the Debian programs."""
 import itertools
 import os
 import subprocess
-import time
 import uuid
 
 import pytest
-from clibs import cm_listening, need_clib, rnic_exec, tcp_listening
+from clibs import (
+    cm_listening,
+    need_clib,
+    perftest_cm_runs,
+    rnic_exec,
+    server_then_client,
+    tcp_listening,
+)
 from rnic.lab import Lab, LabError
 from rnic.lab.net import missing
 
@@ -44,33 +50,14 @@ def exec_on(host, *cmd):
 
 
 def server_client(server, client, server_cmd, client_cmd, tcp_port=None, cm_port=None):
-    """The server on one host, then the client on the other: (client, server rc, output)."""
-    srv = subprocess.Popen(exec_on(server, *server_cmd), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 15
-        if tcp_port is not None:          # wait for its out-of-band socket, not connecting
-            while not tcp_listening(srv.pid, tcp_port):
-                if srv.poll() is not None:
-                    pytest.fail(f"{server_cmd[0]} exited: {srv.stdout.read()}")
-                assert time.monotonic() < deadline, f"{server_cmd[0]} never listened"
-                time.sleep(0.05)
-        else:                             # rdma_cm listens in rnicd: ask it
-            while cm_port is not None and cm_port not in cm_listening(server.socket):
-                if srv.poll() is not None:
-                    pytest.fail(f"{server_cmd[0]} exited: {srv.stdout.read()}")
-                assert time.monotonic() < deadline, f"{server_cmd[0]} never listened"
-                time.sleep(0.05)
-            if cm_port is None:
-                time.sleep(1.5)           # a program with its own fixed port
-        cl = subprocess.run(exec_on(client, *client_cmd), capture_output=True, text=True,
-                            timeout=TIMEOUT)
-        sout, _ = srv.communicate(timeout=TIMEOUT)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
-    return cl, srv.returncode, sout
+    """The server on one host, then, once it listens (its TCP port, or rdma_cm's port in
+    rnicd), the client on the other: (client, server exit code, server output)."""
+    def ready(srv):
+        if tcp_port is not None:
+            return tcp_listening(srv.pid, tcp_port)
+        return cm_port in cm_listening(server.socket)
+    return server_then_client(exec_on(server, *server_cmd), exec_on(client, *client_cmd), ready,
+                              timeout=TIMEOUT)
 
 
 def test_device_tools(pair):
@@ -107,8 +94,9 @@ def test_perftest(pair, prog, cm):
     a, b = pair
     port = next(_ports)
     args = ["-d", "rnic0", "-p", str(port), "-n", "100", *(["-R"] if cm else ["-x", "0"])]
-    cl, src, sout = server_client(a, b, [prog, *args], [prog, *args, a.ip],
-                                  tcp_port=None if cm else port, cm_port=port if cm else None)
+    cl, src, sout = perftest_cm_runs(lambda: server_client(
+        a, b, [prog, *args], [prog, *args, a.ip], tcp_port=None if cm else port,
+        cm_port=port if cm else None))
     assert cl.returncode == 0 and src == 0, cl.stdout + cl.stderr + sout
     size = "8" if "atomic" in prog else "2" if prog.endswith("lat") else "65536"
     rows = [ln.split() for ln in cl.stdout.splitlines() if ln.split()[:1] == [size]]
