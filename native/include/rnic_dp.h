@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "rnic_abi.h"
+#include "rnic_opcodes.h"
 
 /* Largest count rnic_recv_batch / rnic_send_batch accept in one call. */
 #define RNIC_MAX_BATCH 64
