@@ -94,6 +94,36 @@ int rnic_recv_batch(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count,
 int rnic_send_batch(int fd, const uint8_t *bufs, uint32_t buf_size, const uint32_t *lens,
                     uint32_t count, const uint32_t *addrs_be, const uint16_t *ports);
 
+/* ---- hdr.c ---------------------------------------------------------------------------- */
+
+/* The fields of a packet's transport headers; rnic_op_table[opcode] says which are written. */
+struct rnic_hdr {
+    uint8_t opcode;
+    uint8_t se;             /* BTH solicited event */
+    uint8_t ackreq;         /* BTH AckReq */
+    uint8_t pad;            /* BTH pad count, 0..3 */
+    uint32_t dest_qp;
+    uint32_t psn;
+    uint32_t xrc_srqn;      /* XRCETH */
+    uint32_t qkey;          /* DETH */
+    uint32_t src_qp;        /* DETH */
+    uint32_t rkey;          /* RETH, AtomicETH */
+    uint32_t dma_len;       /* RETH */
+    uint64_t va;            /* RETH, AtomicETH */
+    uint64_t swap_add;      /* AtomicETH */
+    uint64_t compare;       /* AtomicETH */
+    uint64_t orig;          /* AtomicAckETH */
+    uint32_t msn;           /* AETH */
+    uint32_t imm;           /* ImmDt, or the IETH's R_Key (wire order as an integer) */
+    uint8_t syndrome;       /* AETH */
+    uint8_t _rsvd[7];
+};
+
+/* Write the BTH (default P_Key, TVer 0) and the extended headers of h->opcode to out, which
+ * has room for RNIC_BTH_LEN + rnic_op_table[opcode].hdr_len bytes; returns that many, or 0
+ * for an opcode not in the table. The one header writer of the data plane. */
+uint32_t rnic_hdr_build(uint8_t *out, const struct rnic_hdr *h);
+
 /* ---- rx.c: the responder's fast path (IBTA 9.7.3-9.7.5) --------------------------------- */
 
 /* rnic_dp_mr.flags */
