@@ -22,6 +22,15 @@
 #define RNIC_IETH_LEN 4
 #define RNIC_ICRC_LEN 4
 
+/* BTH fields (9.3.1) and AETH syndromes (9.3.6) */
+#define RNIC_BTH_SE 0x80            /* byte 1: solicited event */
+#define RNIC_BTH_PAD_SHIFT 4        /* byte 1: pad count, bits 5..4 */
+#define RNIC_BTH_TVER_MASK 0x0f     /* byte 1: transport header version, 0 */
+#define RNIC_BTH_ACKREQ 0x80        /* byte 8: acknowledge request */
+#define RNIC_DEFAULT_PKEY 0xffff    /* bytes 2..3 (10.9.1.1: the default partition) */
+#define RNIC_AETH_KIND_SHIFT 5      /* syndrome bits 7..5: 0 ACK, 1 RNR NAK, 3 NAK */
+#define RNIC_AETH_ACK 0x1f          /* ACK with the "invalid" credit count: no credits */
+
 /* Transport bits 7..5 of the opcode (9.2; XRC A14.4.1) */
 #define RNIC_OPT_RC 0x00
 #define RNIC_OPT_UC 0x20

@@ -7,8 +7,6 @@
 #include "dp_util.h"
 #include "rnic_dp.h"
 
-enum { BTH_SE = 0x80, BTH_PAD_SHIFT = 4, BTH_ACKREQ = 0x80, DEFAULT_PKEY = 0xffff };
-
 uint32_t rnic_hdr_build(uint8_t *out, const struct rnic_hdr *h)
 {
     const struct rnic_opinfo *oi = &rnic_op_table[h->opcode];
@@ -17,12 +15,12 @@ uint32_t rnic_hdr_build(uint8_t *out, const struct rnic_hdr *h)
     if (!(oi->flags & RNIC_OPF_VALID))
         return 0;
     out[0] = h->opcode;                             /* 9.3.1: TVer 0, M 0 */
-    out[1] = (uint8_t)((h->se ? BTH_SE : 0) | (h->pad & 3) << BTH_PAD_SHIFT);
-    out[2] = DEFAULT_PKEY >> 8;
-    out[3] = DEFAULT_PKEY & 0xff;
+    out[1] = (uint8_t)((h->se ? RNIC_BTH_SE : 0) | (h->pad & 3) << RNIC_BTH_PAD_SHIFT);
+    out[2] = RNIC_DEFAULT_PKEY >> 8;
+    out[3] = RNIC_DEFAULT_PKEY & 0xff;
     out[4] = 0;                                     /* FECN, BECN, Resv6 */
     dp_put24(out + 5, h->dest_qp);
-    out[8] = h->ackreq ? BTH_ACKREQ : 0;
+    out[8] = h->ackreq ? RNIC_BTH_ACKREQ : 0;
     dp_put24(out + 9, h->psn);
     if (oi->hdrs & RNIC_HDR_XRCETH) {               /* A14.4.2: Resv8 | XRCSRQ */
         dp_put32(p, h->xrc_srqn & 0xffffff);

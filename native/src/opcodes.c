@@ -28,7 +28,8 @@
 #define E(t, op, k, pos, h)                                                          \
     [(t) | RNIC_OP_##op] = { THDRS(t, RNIC_KIND_##k, h), HLEN(THDRS(t, RNIC_KIND_##k, h)), \
                              RNIC_KIND_##k,                                         \
-                             RNIC_OPF_VALID | (pos) | (IS_REQ(RNIC_KIND_##k) ? RNIC_OPF_REQUEST : 0) \
+                             RNIC_OPF_VALID | (pos)                                 \
+                             | (IS_REQ(RNIC_KIND_##k) ? RNIC_OPF_REQUEST : 0)        \
                              | (HAS_PAY(RNIC_KIND_##k) ? RNIC_OPF_PAYLOAD : 0), QPT(t), 0 },
 
 /* SEND and RDMA WRITE: RC, UC, XRC (UC has nothing else, 9.8) */

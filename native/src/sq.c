@@ -17,9 +17,8 @@ enum {
     ROCE_PORT = 4791,           /* Annex A17.2.1 */
     WR_WRITE = 0, WR_WRITE_IMM = 1, WR_SEND = 2, WR_SEND_IMM = 3, WR_READ = 4, WR_CAS = 5,
     WR_FAA = 6, WR_LOCAL_INV = 7, WR_BIND_MW = 8, WR_SEND_INV = 9,
-    SF_FENCE = 1, SF_SIGNALED = 2, SF_SOLICITED = 4, SF_INLINE = 8, ACC_LOCAL_WRITE = 1,
+    SF_FENCE = 1, SF_SIGNALED = 2, SF_SOLICITED = 4, SF_INLINE = 8,
     WC_LOC_LEN_ERR = 1, WC_LOC_QP_OP_ERR = 2, WC_LOC_PROT_ERR = 4,   /* enum ibv_wc_status */
-    AETH_ACK = 0x1f,            /* 9.3.6: ACK with the "invalid" credit count (no credits) */
 };
 
 /* SEND and RDMA WRITE opcodes by [write][FIRST, MIDDLE, LAST, ONLY][with immediate]
@@ -306,7 +305,7 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
         length = w.inline_len;
     } else {
         /* READ and atomic results are written locally: LOCAL_WRITE (IBTA 10.6.3.1) */
-        uint32_t need = sends_data(op) ? 0 : ACC_LOCAL_WRITE;
+        uint32_t need = sends_data(op) ? 0 : RNIC_DP_ACC_LOCAL_WRITE;
 
         if (w.num_sge > qp->max_send_sge
             || w.num_sge > (qp->sq_entry_size - RNIC_SEND_WQE_HDR_SIZE) / sizeof(*ring_sg)) {
@@ -315,20 +314,17 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
         }
         for (uint32_t i = 0; i < w.num_sge; i++) {
             struct rnic_sge sg;
-            const struct rnic_dp_mr *mr;
+            uint8_t *p;
 
             dp_copy_shared(&sg, &ring_sg[i], sizeof(sg));
-            if (sg.length == 0)
-                continue;
-            mr = dp_lkey_mr(dev, sg.lkey);
             /* IBTA 10.6.3.2: an lkey of the QP's PD covering the range */
-            if (!mr || mr->pd != qp->pd || (mr->access & need) != need
-                || sg.addr < mr->iova || sg.addr - mr->iova > mr->length
-                || sg.length > mr->length - (sg.addr - mr->iova)) {
+            if (rnic_dp_mr_check(dev, qp, qp->pd, sg.lkey, sg.addr, sg.length, need, &p) < 0) {
                 d->status = WC_LOC_PROT_ERR;
                 return;
             }
-            pieces[n].ptr = mr->base + (sg.addr - mr->iova);
+            if (sg.length == 0)
+                continue;
+            pieces[n].ptr = p;
             pieces[n].len = sg.length;
             n++;
             length += sg.length;
@@ -448,7 +444,7 @@ uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev)
         /* a READ still being answered goes first: core/ sends the ACK after it */
         if (!qp || qp->qpn != qpn || !qp->ack_pending || qp->rd_npkts)
             continue;
-        if (rnic_dp_send_aeth(dev, qp, AETH_ACK, (qp->epsn - 1) & 0xffffff) < 0)
+        if (rnic_dp_send_aeth(dev, qp, RNIC_AETH_ACK, (qp->epsn - 1) & 0xffffff) < 0)
             break;
         qp->ack_pending = 0;
         sent++;
@@ -490,7 +486,7 @@ uint32_t rnic_dp_read_continue(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
                                            : k == n - 1 ? RNIC_OP_RDMA_READ_RESPONSE_LAST
                                            : RNIC_OP_RDMA_READ_RESPONSE_MIDDLE));
         h.psn = dp_psn_add(qp->rd_psn, (int32_t)k);
-        h.syndrome = AETH_ACK;
+        h.syndrome = RNIC_AETH_ACK;
         h.msn = qp->rd_msn;
         tx_packet(dev, qp, &h, &src, 1, off, plen);
     }

@@ -119,29 +119,20 @@ class SGList:
         return True
 
 
-def resolve_regions(keys: "KeyTable", pd: PD, sges, need: Access):
-    """Validate (addr, length, lkey) triples against the key table (IBTA 10.6.3.2: the lkey
-    must name an MR of the same PD, with `need` access, covering the range).
-    -> ([(mr, addr, length)], SUCCESS) or (None, IBV_WC_LOC_PROT_ERR)."""
-    regions = []
+def resolve_sges(device, pd: PD, sges, need: Access) -> tuple[SGList | None, WCStatus]:
+    """Validate (addr, length, lkey) triples with the data plane's key check,
+    rnic_dp_mr_check (IBTA 10.6.3.2: an MR of the same PD, with `need` access, covering the
+    range) -> (a scatter/gather list of views of them, SUCCESS) or (None, LOC_PROT_ERR)."""
+    ffi, lib = native.ffi, native.lib
+    p = ffi.new("uint8_t **")
+    pieces = []
     for addr, length, lkey in sges:
-        if length == 0:
-            continue
-        mr = keys.by_lkey(lkey)
-        if (mr is None or mr.pd is not pd or (need and not (mr.access & need))
-                or mr.offset_of(addr, length) is None):
+        if lib.rnic_dp_mr_check(device.dp, ffi.NULL, pd.uid, lkey, addr, length, int(need),
+                                p) < 0:
             return None, WCStatus.IBV_WC_LOC_PROT_ERR
-        regions.append((mr, addr, length))
-    return regions, WCStatus.IBV_WC_SUCCESS
-
-
-def resolve_sges(keys: "KeyTable", pd: PD, sges, need: Access) -> tuple[SGList | None, WCStatus]:
-    """As resolve_regions, as a scatter/gather list of memoryviews."""
-    regions, status = resolve_regions(keys, pd, sges, need)
-    if regions is None:
-        return None, status
-    return SGList([mr.view[addr - mr.iova:addr - mr.iova + n] for mr, addr, n in regions]), \
-        status
+        if length:
+            pieces.append(memoryview(ffi.buffer(p[0], length)))
+    return SGList(pieces), WCStatus.IBV_WC_SUCCESS
 
 
 class KeyTable:

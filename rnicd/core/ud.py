@@ -152,7 +152,7 @@ class UDQP:
             nsge = int(w.num_sge)
             if nsge > self.cap.max_send_sge:
                 return WCStatus.IBV_WC_LOC_LEN_ERR
-            sgl, status = resolve_sges(self.device.keys, self.pd, [
+            sgl, status = resolve_sges(self.device, self.pd, [
                 (int(w.sg[i].addr), int(w.sg[i].length), int(w.sg[i].lkey))
                 for i in range(nsge)], Access(0))
             if sgl is None:
@@ -214,7 +214,7 @@ class UDQP:
         if wqe.too_many_sges:          # more SGEs than the cap: a malformed WQE
             sgl, status = None, WCStatus.IBV_WC_LOC_LEN_ERR
         else:
-            sgl, status = resolve_sges(self.device.keys, self.pd, wqe.sges,
+            sgl, status = resolve_sges(self.device, self.pd, wqe.sges,
                                        Access.IBV_ACCESS_LOCAL_WRITE)
         payload = bytes(pkt.payload)
         e = CQEntry(wr_id=wqe.wr_id, status=status, opcode=WCOpcode.IBV_WC_RECV,
