@@ -238,7 +238,10 @@ struct rnic_dp_qp {
      * 0xa0 | RC's and whose requests carry an XRCETH (swqe xrc_srqn). The receive fast path
      * leaves them to core/ (fast stays 0). */
     uint32_t xrc;
-    uint32_t _rsvd_xrc;
+    /* UD (IBTA 9.8.3): core/ validates its send WQEs with rnic_dp_swqe_load (SEND and SEND
+     * with immediate only, one packet: at most mtu bytes) and receives with
+     * rnic_dp_recv_begin/_place; the data plane never serves it (fast stays 0) */
+    uint32_t ud;
 };
 
 /* A completion queue as the data plane writes it (the ring of rnic_abi.h). */
@@ -340,7 +343,8 @@ void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t o
 int rnic_dp_sq_pending(const struct rnic_dp_qp *qp);
 /* Copy the SQ entry at sq_next out of the client's ring, once, and validate the copy into
  * its descriptor (IBTA 10.8.3.1, 11.4.1.1): opcode, inline length, SGE count against the
- * QP's cap, each lkey (PD, bounds; LOCAL_WRITE for READ and atomic results), total length.
+ * QP's cap, each lkey (rnic_dp_mr_check; LOCAL_WRITE for READ and atomic results), total
+ * length (UD: one packet).
  * status is -1 for a good WQE, else the enum ibv_wc_status it completes with. hdr (may be
  * NULL) receives the copied header. */
 void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,

@@ -280,8 +280,9 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
     d->npieces = 0;
     d->pieces = pieces;
     d->xrc_srqn = qp->xrc ? w.remote_srqn & 0xffffff : 0;
-    /* an opcode the QP's transport does not carry */
-    if (op > WR_SEND_INV || (qp->unreliable && !uc_op(op))) {
+    /* an opcode the QP's transport does not carry (UC 9.8, UD 9.8.3: SENDs only) */
+    if (op > WR_SEND_INV || (qp->unreliable && !uc_op(op))
+        || (qp->ud && op != WR_SEND && op != WR_SEND_IMM)) {
         d->status = WC_LOC_QP_OP_ERR;
         return;
     }
@@ -333,6 +334,10 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
             d->status = WC_LOC_LEN_ERR;
             return;
         }
+    }
+    if (qp->ud && length > qp->mtu) {         /* a UD message is one packet */
+        d->status = WC_LOC_LEN_ERR;
+        return;
     }
     d->length = (uint32_t)length;
     d->npieces = n;

@@ -9,7 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from rnicd import native
-from rnicd.wire.abi import Access, WCStatus
+from rnicd.wire.abi import Access
 
 # IBTA 10.6.3: keys are 32 bits; the low 8 bits are the "key" part the consumer may vary,
 # the high 24 bits index the table. We draw the low 8 bits at random so stale keys miss.
@@ -87,52 +87,6 @@ class MR:
         if off < 0 or length < 0 or off + length > self.length:
             return None
         return off
-
-
-class SGList:
-    """A validated scatter list of memoryviews into registered memory (what core/ writes a
-    received SEND, READ response or atomic result into; the data plane gathers from C
-    pointers instead)."""
-
-    __slots__ = ("pieces", "length")
-
-    def __init__(self, pieces: list[memoryview]):
-        self.pieces = pieces
-        self.length = sum(len(p) for p in pieces)
-
-    def scatter(self, off: int, data) -> bool:
-        """Copy data to [off, off+len(data)); False if it does not fit."""
-        n = len(data)
-        if off + n > self.length:
-            return False
-        src = memoryview(data)
-        for piece in self.pieces:
-            if off >= len(piece):
-                off -= len(piece)
-                continue
-            take = min(len(src), len(piece) - off)
-            piece[off:off + take] = src[:take]
-            src = src[take:]
-            off = 0
-            if not len(src):
-                break
-        return True
-
-
-def resolve_sges(device, pd: PD, sges, need: Access) -> tuple[SGList | None, WCStatus]:
-    """Validate (addr, length, lkey) triples with the data plane's key check,
-    rnic_dp_mr_check (IBTA 10.6.3.2: an MR of the same PD, with `need` access, covering the
-    range) -> (a scatter/gather list of views of them, SUCCESS) or (None, LOC_PROT_ERR)."""
-    ffi, lib = native.ffi, native.lib
-    p = ffi.new("uint8_t **")
-    pieces = []
-    for addr, length, lkey in sges:
-        if lib.rnic_dp_mr_check(device.dp, ffi.NULL, pd.uid, lkey, addr, length, int(need),
-                                p) < 0:
-            return None, WCStatus.IBV_WC_LOC_PROT_ERR
-        if length:
-            pieces.append(memoryview(ffi.buffer(p[0], length)))
-    return SGList(pieces), WCStatus.IBV_WC_SUCCESS
 
 
 class KeyTable:
