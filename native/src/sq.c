@@ -193,8 +193,7 @@ static void tx_packet(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, struct rni
 
 /* Queue packet k of SEND/WRITE WQE w at psn. IBTA 9.7.7: FIRST/MIDDLE carry one MTU,
  * LAST/ONLY the rest; RETH on the first packet of a WRITE, ImmDt on the last one of a
- * *_WITH_IMM, IETH on the last of a SEND_WITH_INV (9.3.9); SE on the last packet of a
- * solicited SEND. */
+ * *_WITH_IMM, IETH on the last of a SEND_WITH_INV (9.3.9). */
 static void build(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const struct rnic_dp_swqe *w,
                   uint32_t k, uint32_t psn)
 {
@@ -211,7 +210,8 @@ static void build(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const struct r
         op = first ? RNIC_OP_SEND_ONLY_WITH_INVALIDATE : RNIC_OP_SEND_LAST_WITH_INVALIDATE;
     memset(&h, 0, sizeof(h));
     h.opcode = (uint8_t)(opbase(qp) | op);
-    h.se = last && !write && (w->flags & SF_SOLICITED);
+    /* SE (9.3.1): the last packet of a solicited SEND or RDMA WRITE with immediate */
+    h.se = last && (!write || imm) && (w->flags & SF_SOLICITED);
     /* AckReq: UC has no acknowledgements (IBTA 9.8) */
     h.ackreq = !qp->unreliable && (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
                                    || in_flight >= qp->cwnd / 2);

@@ -7,9 +7,11 @@ Invalid Request at its next packet; a FIRST of less than one PMTU at the FIRST i
 Each sequence is replayed with the fast path on and off: same answers, same memory."""
 import pytest
 import roce_peer as rp
+from rc_harness import Host, connect_to
 from test_core_rc_edges import NAK_INVALID_REQUEST, PEER, drain, responder, send_from_peer
 
-from rnicd.wire import abi
+from rnicd.wire import abi, roce
+from rnicd.wire import opcodes as op
 
 MTU = 1024
 PSN = 0x4C8
@@ -79,3 +81,25 @@ def test_send_last_of_zero_bytes_is_invalid(fast):
     assert qb.state == abi.IBV_QPS_ERR
     wcs = b.poll(cq)
     assert wcs and wcs[0]["wr_id"] == 7 and wcs[0]["status"] == abi.WCStatus.IBV_WC_REM_INV_REQ_ERR
+
+
+def test_solicited_write_with_immediate_sets_se_on_its_last_packet():
+    """IBTA 9.3.1 (rxe alike): SE goes on the last packet of a solicited SEND or RDMA WRITE
+    with immediate; the data plane once set it for SENDs only, so a responder's CQ armed for
+    solicited completions never woke for a WRITE with immediate."""
+    a = Host("127.0.0.1")
+    qa = a.qp(a.cq())
+    connect_to(a, qa, PEER, 0x99, mtu=abi.IBV_MTU_1024)
+    m = a.mr(4096)
+    sol = abi.IBV_SEND_SIGNALED | abi.IBV_SEND_SOLICITED
+    a.post_send(qa, 1, abi.IBV_WR_RDMA_WRITE_WITH_IMM, [m.sge(0, 1500)], imm=7, flags=sol,
+                rkey=0x1234, raddr=0x10000)
+    a.post_send(qa, 2, abi.IBV_WR_RDMA_WRITE, [m.sge(0, 100)], flags=sol, rkey=0x1234,
+                raddr=0x10000)
+    a.post_send(qa, 3, abi.IBV_WR_SEND, [m.sge(0, 100)], flags=sol)
+    pkts = [roce.parse(d, check_icrc=False) for d, _addr in a.dev.take_tx()]
+    assert [(p.opcode, p.se) for p in pkts] == [
+        (op.Opcode.RC_RDMA_WRITE_FIRST, False),
+        (op.Opcode.RC_RDMA_WRITE_LAST_WITH_IMMEDIATE, True),
+        (op.Opcode.RC_RDMA_WRITE_ONLY, False),          # no immediate: no event to solicit
+        (op.Opcode.RC_SEND_ONLY, True)]
