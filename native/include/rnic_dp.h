@@ -13,11 +13,18 @@
 #include <stdint.h>
 
 #include "rnic_abi.h"
+#include "rnic_opcodes.h"
 
 /* Largest count rnic_recv_batch / rnic_send_batch accept in one call. */
 #define RNIC_MAX_BATCH 64
 /* Largest message, and largest RDMA READ DMA length (IBTA 9.4.1: 2^31 bytes). */
 #define RNIC_DP_MAX_MSG 2147483648u
+
+/* IBV_ACCESS_* bits (rdma-core's enum ibv_access_flags) the checks take */
+#define RNIC_DP_ACC_LOCAL_WRITE 1
+#define RNIC_DP_ACC_REMOTE_WRITE 2
+#define RNIC_DP_ACC_REMOTE_READ 4
+#define RNIC_DP_ACC_REMOTE_ATOMIC 8
 
 /* a - b for 24-bit PSNs (IBTA 9.7.1), in (-2^23, 2^23]: the one definition, which
  * core/ calls as wire.roce.psn_diff. */
@@ -93,6 +100,36 @@ int rnic_recv_batch(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count,
 int rnic_send_batch(int fd, const uint8_t *bufs, uint32_t buf_size, const uint32_t *lens,
                     uint32_t count, const uint32_t *addrs_be, const uint16_t *ports);
 
+/* ---- hdr.c ---------------------------------------------------------------------------- */
+
+/* The fields of a packet's transport headers; rnic_op_table[opcode] says which are written. */
+struct rnic_hdr {
+    uint8_t opcode;
+    uint8_t se;             /* BTH solicited event */
+    uint8_t ackreq;         /* BTH AckReq */
+    uint8_t pad;            /* BTH pad count, 0..3 */
+    uint32_t dest_qp;
+    uint32_t psn;
+    uint32_t xrc_srqn;      /* XRCETH */
+    uint32_t qkey;          /* DETH */
+    uint32_t src_qp;        /* DETH */
+    uint32_t rkey;          /* RETH, AtomicETH */
+    uint32_t dma_len;       /* RETH */
+    uint64_t va;            /* RETH, AtomicETH */
+    uint64_t swap_add;      /* AtomicETH */
+    uint64_t compare;       /* AtomicETH */
+    uint64_t orig;          /* AtomicAckETH */
+    uint32_t msn;           /* AETH */
+    uint32_t imm;           /* ImmDt, or the IETH's R_Key (wire order as an integer) */
+    uint8_t syndrome;       /* AETH */
+    uint8_t _rsvd[7];
+};
+
+/* Write the BTH (default P_Key, TVer 0) and the extended headers of h->opcode to out, which
+ * has room for RNIC_BTH_LEN + rnic_op_table[opcode].hdr_len bytes; returns that many, or 0
+ * for an opcode not in the table. The one header writer of the data plane. */
+uint32_t rnic_hdr_build(uint8_t *out, const struct rnic_hdr *h);
+
 /* ---- rx.c: the responder's fast path (IBTA 9.7.3-9.7.5) --------------------------------- */
 
 /* rnic_dp_mr.flags */
@@ -102,7 +139,7 @@ int rnic_send_batch(int fd, const uint8_t *bufs, uint32_t buf_size, const uint32
 /* A registered region, or a memory window bound to one, as the data plane sees it (IBTA
  * 10.6, 10.6.7). core/ fills one per MR and per window and puts it in
  * rnic_dp_dev.mrs[key >> 8]: windows are entries of the same key table, so that one check
- * (rnic_dp_rkey) decides every remote access. A window's base/iova/length/access are its
+ * (rnic_dp_mr_check) decides every access. A window's base/iova/length/access are its
  * own (inside its MR's), its pd the window's. */
 struct rnic_dp_mr {
     uint8_t *base;          /* the daemon's mapping of byte 0 */
@@ -201,7 +238,10 @@ struct rnic_dp_qp {
      * 0xa0 | RC's and whose requests carry an XRCETH (swqe xrc_srqn). The receive fast path
      * leaves them to core/ (fast stays 0). */
     uint32_t xrc;
-    uint32_t _rsvd_xrc;
+    /* UD (IBTA 9.8.3): core/ validates its send WQEs with rnic_dp_swqe_load (SEND and SEND
+     * with immediate only, one packet: at most mtu bytes) and receives with
+     * rnic_dp_recv_begin/_place; the data plane never serves it (fast stays 0) */
+    uint32_t ud;
 };
 
 /* A completion queue as the data plane writes it (the ring of rnic_abi.h). */
@@ -303,7 +343,8 @@ void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t o
 int rnic_dp_sq_pending(const struct rnic_dp_qp *qp);
 /* Copy the SQ entry at sq_next out of the client's ring, once, and validate the copy into
  * its descriptor (IBTA 10.8.3.1, 11.4.1.1): opcode, inline length, SGE count against the
- * QP's cap, each lkey (PD, bounds; LOCAL_WRITE for READ and atomic results), total length.
+ * QP's cap, each lkey (rnic_dp_mr_check; LOCAL_WRITE for READ and atomic results), total
+ * length (UD: one packet).
  * status is -1 for a good WQE, else the enum ibv_wc_status it completes with. hdr (may be
  * NULL) receives the copied header. */
 void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
@@ -349,13 +390,35 @@ int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t 
 /* Place n bytes of the SEND at its current offset; -EMSGSIZE if the buffers are too small. */
 int rnic_dp_recv_place(struct rnic_dp_qp *qp, const uint8_t *data, uint32_t n);
 
-/* The memory behind [va, va + n) of rkey for a request that arrived on qp and needs
- * `need` (one IBV_ACCESS_REMOTE_* bit), or NULL: the QP must allow that access, and rkey
- * name a valid MR or bound window of the QP's PD with it (a type 2B window only through the
- * QP it is bound to), covering the range (IBTA 10.6.3.2, 10.6.7.2, 9.7.4.1.4-5). The one
- * remote-access check: the fast path and core/roce/responder.py both call it. */
-uint8_t *rnic_dp_rkey(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
-                      uint32_t rkey, uint64_t va, uint64_t n, uint32_t need);
+/* ---- check.c: checks the fast path makes and core/ calls (never rewrites) ------------- */
+
+/* The one memory-key check (IBTA 10.6.3.2; windows 10.6.7.2): [addr, addr + len) of key for
+ * an access needing the IBV_ACCESS_* bits `access`. A local access (no REMOTE_* bit: an
+ * lkey, which names an MR, never a window) needs pd only (qp may be NULL); a remote one (an
+ * rkey: an MR or a bound window) also needs the QP's qp_access_flags to allow it, and a type
+ * 2B window to be bound to qp. The key must be of PD pd, allow `access` and cover the
+ * range. 0 with *ptr the memory (NULL when len is 0: a zero-length access names no memory,
+ * 9.7.4.1.5), or -ENOKEY (no such key), -EPERM (another PD's, or another QP's window),
+ * -EACCES (access not allowed), -ERANGE (out of bounds): an rkey's failure is a NAK Remote
+ * Access Error (9.7.5.2.4), an lkey's completes with IBV_WC_LOC_PROT_ERR. */
+int rnic_dp_mr_check(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp, uint64_t pd,
+                     uint32_t key, uint64_t addr, uint64_t len, uint32_t access, uint8_t **ptr);
+/* The responder's opcode-sequence check (9.7.5.1): a FIRST or ONLY only between messages,
+ * a MIDDLE or LAST only inside a message of its kind (qp->msg). 0 or -EPROTO (RC: NAK
+ * Invalid Request; UC: the packet is dropped). */
+int rnic_dp_seq_check(const struct rnic_dp_qp *qp, uint8_t opcode);
+/* The responder's payload length check (9.7.7.1): FIRST and MIDDLE carry exactly one PMTU,
+ * LAST 1 to PMTU bytes, ONLY 0 to PMTU. 0 or -EMSGSIZE (NAK Invalid Request). */
+int rnic_dp_len_check(const struct rnic_dp_qp *qp, uint8_t opcode, uint32_t plen);
+/* One RDMA WRITE packet, after the PSN, sequence and resource checks: its length (as
+ * rnic_dp_len_check, and against what the RETH's DMA length leaves: a LAST or ONLY carries
+ * exactly the rest), then on a FIRST or ONLY the RETH's rkey (rnic_dp_mr_check), then the
+ * bytes are placed and the message advanced (qp->msg, write_*; write_len is the RETH's DMA
+ * length); a LAST or ONLY ends it and counts it in the MSN. 0, or -EMSGSIZE (NAK Invalid
+ * Request) or rnic_dp_mr_check's reason (NAK Remote Access Error); nothing changes then. */
+int rnic_dp_write(const struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint8_t opcode,
+                  uint64_t va, uint32_t rkey, uint32_t dma_len, const uint8_t *payload,
+                  uint32_t plen);
 
 /* Try the fast path on one datagram from src_ip_be:sport. Returns 1 if it was handled
  * (placed, state advanced, ACK owed noted), 0 if core/ must handle it. Never both. */

@@ -37,14 +37,6 @@ static inline void dp_put32(uint8_t *p, uint32_t v)
 }
 static inline void dp_put64(uint8_t *p, uint64_t v) { dp_put32(p, v >> 32); dp_put32(p + 4, (uint32_t)v); }
 
-/* The MR an lkey names, or NULL (IBTA 10.6.3.1: a window's rkey is never an lkey). */
-static inline const struct rnic_dp_mr *dp_lkey_mr(const struct rnic_dp_dev *dev, uint32_t lkey)
-{
-    const struct rnic_dp_mr *mr = (lkey >> 8) < dev->mrs_len ? dev->mrs[lkey >> 8] : NULL;
-
-    return mr && mr->rkey == lkey && mr->flags == 0 ? mr : NULL;
-}
-
 /* Copy n bytes out of memory a client can write, once: the barrier keeps the compiler from
  * reading the source again in place of the copy (rnic_abi.h: copy, then validate). */
 static inline void dp_copy_shared(void *dst, const void *src, size_t n)

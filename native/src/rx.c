@@ -7,7 +7,7 @@
  * never reported from C.
  *
  * Order of checks as IBTA 9.7.3 lists them: transport header (BTH, ICRC), QP and source,
- * PSN (== ePSN), opcode sequence, RETH access (rkey, PD, access, bounds), length.
+ * PSN (== ePSN), opcode sequence, resources, length, key (check.c holds the shared ones).
  */
 #include <errno.h>
 #include <stdint.h>
@@ -16,42 +16,21 @@
 #include "dp_util.h"
 #include "rnic_dp.h"
 
-enum {
-    RX_BTH_LEN = 12, RX_RETH_LEN = 16, RX_ICRC_LEN = 4,
-    RX_OP_WRITE_FIRST = 0x06, RX_OP_WRITE_MIDDLE = 0x07, RX_OP_WRITE_LAST = 0x08, RX_OP_WRITE_ONLY = 0x0a,
-    RX_ACCESS_REMOTE_WRITE = 2, RX_OP_ACK = 0x11, RX_AETH_LEN = 4, RX_ACCESS_LOCAL_WRITE = 1,
-    RX_OP_SEND_FIRST = 0x00, RX_OP_SEND_MIDDLE = 0x01, RX_OP_SEND_LAST = 0x02,
-    RX_OP_SEND_LAST_IMM = 0x03, RX_OP_SEND_ONLY = 0x04, RX_OP_SEND_ONLY_IMM = 0x05,
-    RX_OP_READ_REQUEST = 0x0c, RX_OP_READ_RESP_FIRST = 0x0d, RX_OP_READ_RESP_MIDDLE = 0x0e,
-    RX_OP_READ_RESP_ONLY = 0x10, RX_ACCESS_REMOTE_READ = 4, RX_WR_RDMA_READ = 4,
-    RX_OP_WRITE_ONLY_IMM = 0x0b, RX_TRANSPORT_RC = 0, RX_TRANSPORT_UC = 1,
-};
+enum { RX_WR_RDMA_READ = 4, RX_WC_RECV = 128, RX_WC_WITH_IMM = 2 };   /* IBV_WR_*, IBV_WC_* */
 
-
-
-/* IBTA 10.6.3.2, 10.6.7.2: MRs and bound windows alike (rnic_dp.h) */
-uint8_t *rnic_dp_rkey(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
-                      uint32_t rkey, uint64_t va, uint64_t n, uint32_t need)
+/* the transport bits of the QP's packets (IBTA 9.2: RC 000, UC 001; A14.4.1: XRC 101) */
+static inline uint32_t qp_transport(const struct rnic_dp_qp *qp)
 {
-    uint32_t idx = rkey >> 8;
-    const struct rnic_dp_mr *mr;
-
-    if (!(qp->access & need) || idx >= dev->mrs_len)
-        return NULL;
-    mr = dev->mrs[idx];
-    if (!mr || mr->rkey != rkey || mr->pd != qp->pd || !(mr->access & need)
-        || (mr->flags & RNIC_DP_KEY_INVALID) || (mr->qpn && mr->qpn != qp->qpn))
-        return NULL;
-    if (va < mr->iova || va - mr->iova > mr->length || n > mr->length - (va - mr->iova))
-        return NULL;
-    return mr->base + (va - mr->iova);
+    return qp->xrc ? RNIC_OPT_XRC : qp->unreliable ? RNIC_OPT_UC : RNIC_OPT_RC;
 }
+
+static inline uint32_t bth_pad(const uint8_t *pkt) { return (pkt[1] >> RNIC_BTH_PAD_SHIFT) & 3; }
 
 static int icrc_ok(const struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
                    uint32_t src_ip_be, uint16_t sport)
 {
-    return dp_le32(pkt + len - RX_ICRC_LEN)
-        == rnic_roce_icrc_v4(pkt, len - RX_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port);
+    return dp_le32(pkt + len - RNIC_ICRC_LEN)
+        == rnic_roce_icrc_v4(pkt, len - RNIC_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port);
 }
 
 /* An in-order RDMA READ request (9.7.4.1.5): start answering it from the region; what the
@@ -61,19 +40,19 @@ static int icrc_ok(const struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t l
 static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
                            uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
 {
-    uint64_t va;
-    uint32_t rkey, dlen;
-    const uint8_t *src;
+    const uint8_t *reth = pkt + RNIC_BTH_LEN;
+    uint32_t dlen;
+    uint8_t *src;
     int n;
 
-    if (len != RX_BTH_LEN + RX_RETH_LEN + RX_ICRC_LEN || (pkt[1] & 0x30) || psn != qp->epsn
-        || qp->msg != RNIC_DP_MSG_NONE || qp->rd_npkts || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+    if (len != (uint32_t)(RNIC_BTH_LEN + rnic_op_table[pkt[0]].hdr_len + RNIC_ICRC_LEN)
+        || bth_pad(pkt) || psn != qp->epsn || rnic_dp_seq_check(qp, pkt[0]) < 0 || qp->rd_npkts
+        || !icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
-    va = dp_be64(pkt + RX_BTH_LEN);
-    rkey = dp_be32(pkt + RX_BTH_LEN + 8);
-    dlen = dp_be32(pkt + RX_BTH_LEN + 12);
+    dlen = dp_be32(reth + 12);
     if (dlen == 0 || dlen > RNIC_DP_MAX_MSG
-        || !(src = rnic_dp_rkey(dev, qp, rkey, va, dlen, RX_ACCESS_REMOTE_READ)))
+        || rnic_dp_mr_check(dev, qp, qp->pd, dp_be32(reth + 8), dp_be64(reth), dlen,
+                            RNIC_DP_ACC_REMOTE_READ, &src) < 0)
         return 0;
     if ((n = rnic_dp_read_begin(qp, psn, src, dlen)) < 0)
         return 0;
@@ -91,13 +70,13 @@ static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const
 static int rx_read_response(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
                             uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
 {
-    uint32_t op = pkt[0], hdr = RX_BTH_LEN + (op == RX_OP_READ_RESP_MIDDLE ? 0 : RX_AETH_LEN);
-    uint32_t pad = (pkt[1] >> 4) & 3, plen, k, expect, old = qp->una;
+    const struct rnic_opinfo *oi = &rnic_op_table[pkt[0]];
+    uint32_t hdr = RNIC_BTH_LEN + oi->hdr_len, pad = bth_pad(pkt), plen, k, expect, old = qp->una;
     struct rnic_dp_swqe *w;
 
-    if (!qp->send_ok || psn != qp->una || len < hdr + RX_ICRC_LEN + pad)
+    if (!qp->send_ok || psn != qp->una || len < hdr + RNIC_ICRC_LEN + pad)
         return 0;
-    if (op != RX_OP_READ_RESP_MIDDLE && (pkt[RX_BTH_LEN] >> 5) != 0)
+    if ((oi->hdrs & RNIC_HDR_AETH) && (pkt[RNIC_BTH_LEN] >> RNIC_AETH_KIND_SHIFT) != 0)
         return 0;                                   /* only a positive AETH */
     w = dp_wqe_at(qp, psn);
     if (!w || w->opcode != RX_WR_RDMA_READ || w->status >= 0)
@@ -105,7 +84,7 @@ static int rx_read_response(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, cons
     if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
     k = (uint32_t)dp_psn_diff(psn, w->first_psn);
-    plen = len - hdr - RX_ICRC_LEN - pad;
+    plen = len - hdr - RNIC_ICRC_LEN - pad;
     expect = w->length - k * qp->mtu < qp->mtu ? w->length - k * qp->mtu : qp->mtu;
     if (plen != expect || rnic_dp_swqe_place(w, (uint64_t)k * qp->mtu, pkt + hdr, plen) < 0)
         return 0;
@@ -129,8 +108,8 @@ static int rx_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t 
     int32_t d;
     int64_t lost;
 
-    if (len != RX_BTH_LEN + RX_AETH_LEN + RX_ICRC_LEN || (pkt[1] & 0x30)
-        || (pkt[RX_BTH_LEN] >> 5) != 0 || !qp->send_ok)
+    if (len != RNIC_BTH_LEN + RNIC_AETH_LEN + RNIC_ICRC_LEN || bth_pad(pkt)
+        || (pkt[RNIC_BTH_LEN] >> RNIC_AETH_KIND_SHIFT) != 0 || !qp->send_ok)
         return 0;
     d = dp_psn_diff(psn, qp->una);                 /* requests in flight: [una, next_psn) */
     if (d < 0 || d >= dp_psn_diff(qp->next_psn, qp->una))
@@ -157,21 +136,16 @@ int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t 
         return -EINVAL;
     for (uint32_t i = 0; i < num_sge; i++) {
         struct rnic_sge e;
-        const struct rnic_dp_mr *mr;
-        uint64_t addr, len;
+        uint8_t *p;
 
         dp_copy_shared(&e, &sg[i], sizeof(e));     /* sg may be the client's ring */
-        mr = dp_lkey_mr(dev, e.lkey);
-        addr = e.addr;
-        len = e.length;
-        if (len == 0)
-            continue;
-        if (!mr || mr->pd != qp->pd
-            || !(mr->access & RX_ACCESS_LOCAL_WRITE) || addr < mr->iova
-            || addr - mr->iova > mr->length || len > mr->length - (addr - mr->iova))
+        if (rnic_dp_mr_check(dev, qp, qp->pd, e.lkey, e.addr, e.length,
+                             RNIC_DP_ACC_LOCAL_WRITE, &p) < 0)
             return -EACCES;
-        qp->recv_pieces[n].ptr = mr->base + (addr - mr->iova);
-        qp->recv_pieces[n].len = len;
+        if (e.length == 0)
+            continue;
+        qp->recv_pieces[n].ptr = p;
+        qp->recv_pieces[n].len = e.length;
         n++;
     }
     qp->recv_wr_id = wr_id;
@@ -221,17 +195,14 @@ static uint64_t recv_capacity(const struct rnic_dp_qp *qp)
     return total;
 }
 
-/* In-order SEND packets (IBTA 9.7.3, 9.7.7.1): into the receive WQE's buffers, then a CQE. */
+/* In-order SEND packets (IBTA 9.7.3, 9.7.7.1), sequence checked: into the receive WQE's
+ * buffers, then a CQE. */
 static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
-                   uint32_t op, uint32_t hdr, const uint8_t *payload, uint32_t plen)
+                   const struct rnic_opinfo *oi, const uint8_t *payload, uint32_t plen)
 {
-    int first = op == RX_OP_SEND_FIRST || op >= RX_OP_SEND_ONLY;
-    int last = op != RX_OP_SEND_FIRST && op != RX_OP_SEND_MIDDLE;
-    int imm = op == RX_OP_SEND_LAST_IMM || op == RX_OP_SEND_ONLY_IMM;
+    int first = (oi->flags & RNIC_OPF_FIRST) != 0, last = (oi->flags & RNIC_OPF_LAST) != 0;
 
-    if (plen > qp->mtu || (!last && plen != qp->mtu))
-        return 0;
-    if (first ? qp->msg != RNIC_DP_MSG_NONE : qp->msg != RNIC_DP_MSG_SEND)
+    if (rnic_dp_len_check(qp, pkt[0], plen) < 0)
         return 0;
     if (first && qp->recv_held) {
         /* UC: the WQE of the SEND abandoned last is used again, from its start */
@@ -255,17 +226,17 @@ static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t
 
         memset(&c, 0, sizeof(c));
         c.wr_id = qp->recv_wr_id;
-        c.opcode = 128;                             /* IBV_WC_RECV */
+        c.opcode = RX_WC_RECV;
         c.byte_len = (uint32_t)qp->recv_off;
         c.qp_num = qp->qpn;
         c.src_qp = qp->dest_qpn;
-        if (imm) {
-            c.imm_data = dp_be32(pkt + hdr - 4);
-            c.wc_flags = 2;                         /* IBV_WC_WITH_IMM */
+        if (oi->hdrs & RNIC_HDR_IMMDT) {
+            c.imm_data = dp_be32(payload - RNIC_IMMDT_LEN);     /* the last header */
+            c.wc_flags = RX_WC_WITH_IMM;
         }
         qp->msg = RNIC_DP_MSG_NONE;
         qp->msn = (qp->msn + 1) & 0xffffff;
-        rnic_dp_cq_push(dev, qp->rcq, &c, pkt[1] >> 7);
+        rnic_dp_cq_push(dev, qp->rcq, &c, (pkt[1] & RNIC_BTH_SE) != 0);
     }
     return 1;
 }
@@ -273,97 +244,64 @@ static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t
 int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
                    uint32_t src_ip_be, uint16_t sport)
 {
+    const struct rnic_opinfo *oi;
     struct rnic_dp_qp *qp;
-    uint32_t op, qpn, psn, pad, hdr, plen, mtu;
+    uint32_t qpn, psn, pad, hdr, plen;
     const uint8_t *payload;
 
-    if (len < RX_BTH_LEN + RX_ICRC_LEN || (pkt[1] & 0x0f) != 0)       /* TVer 0 (9.2.4) */
+    if (len < RNIC_BTH_LEN + RNIC_ICRC_LEN || (pkt[1] & RNIC_BTH_TVER_MASK) != 0)  /* 9.3.1 */
         return 0;
     qpn = dp_be24(pkt + 5);
     if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
         || qp->peer_ip_be != src_ip_be)
         return 0;
-    /* the transport bits (IBTA 9.2) must be the QP's: RC 000, UC 001; a UC opcode is
-     * handled as the RC opcode of its low 5 bits, SEND and RDMA WRITE only (9.8) */
-    op = pkt[0];
-    if (op >> 5 != (qp->unreliable ? RX_TRANSPORT_UC : RX_TRANSPORT_RC))
-        return 0;
-    op &= 0x1f;
-    if (qp->unreliable && op > RX_OP_WRITE_ONLY_IMM)
-        return 0;
-    if (op != RX_OP_WRITE_FIRST && op != RX_OP_WRITE_MIDDLE && op != RX_OP_WRITE_LAST
-        && op != RX_OP_WRITE_ONLY && op != RX_OP_ACK && op > RX_OP_SEND_ONLY_IMM
-        && (op < RX_OP_READ_REQUEST || op > RX_OP_READ_RESP_ONLY))
+    /* an opcode of the QP's transport (9.2; UC: SEND and RDMA WRITE only, 9.8) */
+    oi = &rnic_op_table[pkt[0]];
+    if (!(oi->flags & RNIC_OPF_VALID) || (pkt[0] & RNIC_OPT_MASK) != qp_transport(qp))
         return 0;
     psn = dp_be24(pkt + 9);
-    if (op == RX_OP_ACK)
+    switch (oi->kind) {
+    case RNIC_KIND_ACK:
         return rx_ack(dev, qp, pkt, len, psn, src_ip_be, sport);
-    if (op == RX_OP_READ_REQUEST)
+    case RNIC_KIND_READ_REQ:
         return rx_read_request(dev, qp, pkt, len, psn, src_ip_be, sport);
-    if (op >= RX_OP_READ_RESP_FIRST)
+    case RNIC_KIND_READ_RESP:
         return rx_read_response(dev, qp, pkt, len, psn, src_ip_be, sport);
-    if (psn != qp->epsn)
+    case RNIC_KIND_SEND:
+    case RNIC_KIND_WRITE:
+        break;
+    default:
+        return 0;                                   /* atomics: core/'s */
+    }
+    /* core/'s too: SEND with Invalidate (a window), WRITE with immediate (a receive WQE) */
+    if ((oi->hdrs & RNIC_HDR_IETH) || (oi->kind == RNIC_KIND_WRITE && (oi->hdrs & RNIC_HDR_IMMDT)))
         return 0;
-    hdr = RX_BTH_LEN + ((op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) ? RX_RETH_LEN : 0)
-          + ((op == RX_OP_SEND_LAST_IMM || op == RX_OP_SEND_ONLY_IMM) ? 4 : 0);
-    pad = (pkt[1] >> 4) & 3;
-    if (len < hdr + RX_ICRC_LEN + pad)
+    if (psn != qp->epsn || rnic_dp_seq_check(qp, pkt[0]) < 0)
         return 0;
+    hdr = RNIC_BTH_LEN + oi->hdr_len;
+    pad = bth_pad(pkt);
+    if (len < hdr + RNIC_ICRC_LEN + pad || (pad && !(oi->flags & RNIC_OPF_LAST)))
+        return 0;                                   /* pad only ends a message (9.3.1) */
     if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
-    plen = len - hdr - RX_ICRC_LEN - pad;
+    plen = len - hdr - RNIC_ICRC_LEN - pad;
     payload = pkt + hdr;
-    mtu = qp->mtu;
-    if (plen > mtu || (pad && (op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_MIDDLE
-                               || op == RX_OP_SEND_FIRST || op == RX_OP_SEND_MIDDLE)))
-        return 0;
-    if (op <= RX_OP_SEND_ONLY_IMM) {
-        if (!rx_send(dev, qp, pkt, op, hdr, payload, plen))
+    if (oi->kind == RNIC_KIND_SEND) {
+        if (!rx_send(dev, qp, pkt, oi, payload, plen))
             return 0;
-        goto accepted;
-    }
-
-    if (op == RX_OP_WRITE_FIRST || op == RX_OP_WRITE_ONLY) {
-        uint64_t va = dp_be64(pkt + RX_BTH_LEN);
-        uint32_t rkey = dp_be32(pkt + RX_BTH_LEN + 8);
-        uint64_t dlen = dp_be32(pkt + RX_BTH_LEN + 12);
-        uint8_t *dst;
-
-        if (qp->msg != RNIC_DP_MSG_NONE || dlen == 0)
-            return 0;
-        /* FIRST carries exactly one MTU of a longer message; ONLY all of it (9.7.7.1). */
-        if (op == RX_OP_WRITE_FIRST ? (plen != mtu || dlen <= mtu) : plen != dlen)
-            return 0;
-        if (!(dst = rnic_dp_rkey(dev, qp, rkey, va, dlen, RX_ACCESS_REMOTE_WRITE)))
-            return 0;
-        memcpy(dst, payload, plen);
-        if (op == RX_OP_WRITE_FIRST) {
-            qp->msg = RNIC_DP_MSG_WRITE;
-            qp->write_ptr = dst + plen;
-            qp->write_left = dlen - plen;
-            qp->write_len = dlen;
-        } else {
-            qp->msn = (qp->msn + 1) & 0xffffff;
-        }
     } else {
-        if (qp->msg != RNIC_DP_MSG_WRITE)
+        const uint8_t *reth = pkt + RNIC_BTH_LEN;
+        int has_reth = (oi->hdrs & RNIC_HDR_RETH) != 0;
+
+        if (rnic_dp_write(dev, qp, pkt[0], has_reth ? dp_be64(reth) : 0,
+                          has_reth ? dp_be32(reth + 8) : 0, has_reth ? dp_be32(reth + 12) : 0,
+                          payload, plen) < 0)
             return 0;
-        if (op == RX_OP_WRITE_MIDDLE ? (plen != mtu || qp->write_left <= mtu)
-                                  : (plen == 0 || plen != qp->write_left))
-            return 0;
-        memcpy(qp->write_ptr, payload, plen);
-        qp->write_ptr += plen;
-        qp->write_left -= plen;
-        if (op == RX_OP_WRITE_LAST) {
-            qp->msg = RNIC_DP_MSG_NONE;
-            qp->write_ptr = NULL;
-            qp->msn = (qp->msn + 1) & 0xffffff;
-        }
     }
-accepted:
     qp->epsn = (psn + 1) & 0xffffff;
     qp->nak_sent = 0;
-    if ((pkt[8] & 0x80) && !qp->ack_pending && !qp->unreliable) {   /* AckReq (9.7.5.1.2) */
+    /* AckReq (9.7.5.1.2) */
+    if ((pkt[8] & RNIC_BTH_ACKREQ) && !qp->ack_pending && !qp->unreliable) {
         qp->ack_pending = 1;
         if (dev->nacks < dev->acks_len)
             dev->acks[dev->nacks++] = qpn;

@@ -14,20 +14,29 @@
 #include "rnic_dp.h"
 
 enum {
-    SQ_BTH = 12, SQ_RETH = 16, SQ_IMMDT = 4, SQ_ICRC = 4, SQ_ROCE_PORT = 4791,
+    ROCE_PORT = 4791,           /* Annex A17.2.1 */
     WR_WRITE = 0, WR_WRITE_IMM = 1, WR_SEND = 2, WR_SEND_IMM = 3, WR_READ = 4, WR_CAS = 5,
     WR_FAA = 6, WR_LOCAL_INV = 7, WR_BIND_MW = 8, WR_SEND_INV = 9,
-    SF_FENCE = 1, SF_SIGNALED = 2, SF_SOLICITED = 4, SF_INLINE = 8, ACC_LOCAL_WRITE = 1,
+    SF_FENCE = 1, SF_SIGNALED = 2, SF_SOLICITED = 4, SF_INLINE = 8,
     WC_LOC_LEN_ERR = 1, WC_LOC_QP_OP_ERR = 2, WC_LOC_PROT_ERR = 4,   /* enum ibv_wc_status */
-    OPC_SEND_FIRST = 0x00, OPC_WRITE_FIRST = 0x06, OPC_SEND_LAST_INV = 0x16,
-    OPC_SEND_ONLY_INV = 0x17, OPC_UC = 0x20,
-    OPC_XRC = 0xa0, SQ_XRCETH = 4,      /* Annex A14.4: XRC opcodes are 0xa0 | RC's */
+};
+
+/* SEND and RDMA WRITE opcodes by [write][FIRST, MIDDLE, LAST, ONLY][with immediate]
+ * (IBTA 9.2 Table 38); the transport bits come from the QP */
+static const uint8_t data_ops[2][4][2] = {
+    { { RNIC_OP_SEND_FIRST, RNIC_OP_SEND_FIRST }, { RNIC_OP_SEND_MIDDLE, RNIC_OP_SEND_MIDDLE },
+      { RNIC_OP_SEND_LAST, RNIC_OP_SEND_LAST_WITH_IMMEDIATE },
+      { RNIC_OP_SEND_ONLY, RNIC_OP_SEND_ONLY_WITH_IMMEDIATE } },
+    { { RNIC_OP_RDMA_WRITE_FIRST, RNIC_OP_RDMA_WRITE_FIRST },
+      { RNIC_OP_RDMA_WRITE_MIDDLE, RNIC_OP_RDMA_WRITE_MIDDLE },
+      { RNIC_OP_RDMA_WRITE_LAST, RNIC_OP_RDMA_WRITE_LAST_WITH_IMMEDIATE },
+      { RNIC_OP_RDMA_WRITE_ONLY, RNIC_OP_RDMA_WRITE_ONLY_WITH_IMMEDIATE } },
 };
 
 /* the transport bits of the QP's opcodes (IBTA 9.2: RC 000, UC 001; A14.4: XRC 101) */
 static inline uint8_t opbase(const struct rnic_dp_qp *qp)
 {
-    return qp->xrc ? OPC_XRC : qp->unreliable ? OPC_UC : 0;
+    return qp->xrc ? RNIC_OPT_XRC : qp->unreliable ? RNIC_OPT_UC : RNIC_OPT_RC;
 }
 
 /* SEND and RDMA WRITE WQEs: segmented into packets here */
@@ -159,58 +168,60 @@ int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,
     return 0;
 }
 
-/* Build packet k of SEND/WRITE WQE w at psn into out; returns its length. IBTA 9.7.7:
- * FIRST/MIDDLE carry one MTU, LAST/ONLY the rest; RETH on the first packet of a WRITE,
- * ImmDt on the last one of a *_WITH_IMM; SE on the last packet of a solicited SEND. */
-static uint32_t build(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
-                      const struct rnic_dp_swqe *w, uint32_t k, uint32_t psn, uint8_t *out)
+/* Queue the QP's next datagram (the caller checked for room): the headers of h, n payload
+ * bytes gathered from offset off of the pieces, pad (9.3.1), ICRC (A17.3.3). */
+static void tx_packet(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, struct rnic_hdr *h,
+                      const struct rnic_dp_piece *pieces, uint32_t npieces, uint64_t off,
+                      uint32_t n)
+{
+    uint32_t slot = dev->ntx++, len;
+    uint8_t *out = dev->tx_bufs + (size_t)slot * dev->tx_buf_size;
+
+    h->dest_qp = qp->dest_qpn;
+    h->pad = (uint8_t)((4 - n % 4) % 4);
+    len = rnic_hdr_build(out, h);
+    dp_pieces_copy(pieces, npieces, off, out + len, n, 0);
+    len += n;
+    memset(out + len, 0, h->pad);
+    len += h->pad;
+    rnic_roce_icrc_put(out + len, rnic_roce_icrc_v4(out, len, dev->ip_be, qp->peer_ip_be,
+                                                   dev->port, ROCE_PORT));
+    dev->tx_lens[slot] = len + RNIC_ICRC_LEN;
+    dev->tx_addrs_be[slot] = qp->peer_ip_be;
+    qp->sent_pkts++;
+}
+
+/* Queue packet k of SEND/WRITE WQE w at psn. IBTA 9.7.7: FIRST/MIDDLE carry one MTU,
+ * LAST/ONLY the rest; RETH on the first packet of a WRITE, ImmDt on the last one of a
+ * *_WITH_IMM, IETH on the last of a SEND_WITH_INV (9.3.9). */
+static void build(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const struct rnic_dp_swqe *w,
+                  uint32_t k, uint32_t psn)
 {
     uint64_t off = (uint64_t)k * qp->mtu;
     uint32_t n = w->length - off < qp->mtu ? (uint32_t)(w->length - off) : qp->mtu;
     int first = k == 0, last = k == w->npkts - 1;
     int write = w->opcode == WR_WRITE || w->opcode == WR_WRITE_IMM;
-    int imm = last && (w->opcode == WR_WRITE_IMM || w->opcode == WR_SEND_IMM);
-    int inv = last && w->opcode == WR_SEND_INV;     /* IETH on the last packet (9.3.9) */
+    int imm = w->opcode == WR_WRITE_IMM || w->opcode == WR_SEND_IMM;
     int32_t in_flight = dp_psn_diff(psn, qp->una) + 1;
-    uint32_t pad = (4 - n % 4) % 4, len = SQ_BTH;
-    uint8_t op = write ? OPC_WRITE_FIRST : OPC_SEND_FIRST;
+    uint8_t op = data_ops[write][first && last ? 3 : first ? 0 : last ? 2 : 1][imm];
+    struct rnic_hdr h;
 
-    /* FIRST +0, MIDDLE +1, LAST +2, LAST_IMM +3, ONLY +4, ONLY_IMM +5 (IBTA 9.2 Table 35);
-     * UC opcodes are the RC ones with transport bits 001 */
-    op += first && last ? 4 + imm : first ? 0 : last ? 2 + imm : 1;
-    if (inv)
-        op = first ? OPC_SEND_ONLY_INV : OPC_SEND_LAST_INV;
-    out[0] = (uint8_t)(opbase(qp) | op);
-    out[1] = (uint8_t)((last && !write && (w->flags & SF_SOLICITED) ? 0x80 : 0) | pad << 4);
-    out[2] = 0xff;                                  /* default P_Key */
-    out[3] = 0xff;
-    out[4] = 0;
-    dp_put24(out + 5, qp->dest_qpn);
+    if (last && w->opcode == WR_SEND_INV)
+        op = first ? RNIC_OP_SEND_ONLY_WITH_INVALIDATE : RNIC_OP_SEND_LAST_WITH_INVALIDATE;
+    memset(&h, 0, sizeof(h));
+    h.opcode = (uint8_t)(opbase(qp) | op);
+    /* SE (9.3.1): the last packet of a solicited SEND or RDMA WRITE with immediate */
+    h.se = last && (!write || imm) && (w->flags & SF_SOLICITED);
     /* AckReq: UC has no acknowledgements (IBTA 9.8) */
-    out[8] = !qp->unreliable && (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
-                                 || in_flight >= qp->cwnd / 2) ? 0x80 : 0;
-    dp_put24(out + 9, psn);
-    if (qp->xrc) {                                  /* A14.4.2.1: XRCETH = Resv8 | XRCSRQ */
-        dp_put32(out + len, w->xrc_srqn & 0xffffff);
-        len += SQ_XRCETH;
-    }
-    if (write && first) {
-        dp_put64(out + len, w->remote_addr);
-        dp_put32(out + len + 8, w->rkey);
-        dp_put32(out + len + 12, w->length);
-        len += SQ_RETH;
-    }
-    if (imm || inv) {                               /* ImmDt, or the IETH's R_Key */
-        dp_put32(out + len, w->imm);
-        len += SQ_IMMDT;
-    }
-    dp_pieces_copy(w->pieces, w->npieces, off, out + len, n, 0);
-    len += n;
-    memset(out + len, 0, pad);
-    len += pad;
-    rnic_roce_icrc_put(out + len, rnic_roce_icrc_v4(out, len, dev->ip_be, qp->peer_ip_be,
-                                                   dev->port, SQ_ROCE_PORT));
-    return len + SQ_ICRC;
+    h.ackreq = !qp->unreliable && (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
+                                   || in_flight >= qp->cwnd / 2);
+    h.psn = psn;
+    h.xrc_srqn = w->xrc_srqn;
+    h.va = w->remote_addr;
+    h.rkey = w->rkey;
+    h.dma_len = w->length;
+    h.imm = w->imm;                                 /* ImmDt, or the IETH's R_Key */
+    tx_packet(dev, qp, &h, w->pieces, w->npieces, off, n);
 }
 
 /* An unfinished READ or atomic is in flight (a fenced WQE must wait for it, 10.8.3.3). */
@@ -269,8 +280,9 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
     d->npieces = 0;
     d->pieces = pieces;
     d->xrc_srqn = qp->xrc ? w.remote_srqn & 0xffffff : 0;
-    /* an opcode the QP's transport does not carry */
-    if (op > WR_SEND_INV || (qp->unreliable && !uc_op(op))) {
+    /* an opcode the QP's transport does not carry (UC 9.8, UD 9.8.3: SENDs only) */
+    if (op > WR_SEND_INV || (qp->unreliable && !uc_op(op))
+        || (qp->ud && op != WR_SEND && op != WR_SEND_IMM)) {
         d->status = WC_LOC_QP_OP_ERR;
         return;
     }
@@ -294,7 +306,7 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
         length = w.inline_len;
     } else {
         /* READ and atomic results are written locally: LOCAL_WRITE (IBTA 10.6.3.1) */
-        uint32_t need = sends_data(op) ? 0 : ACC_LOCAL_WRITE;
+        uint32_t need = sends_data(op) ? 0 : RNIC_DP_ACC_LOCAL_WRITE;
 
         if (w.num_sge > qp->max_send_sge
             || w.num_sge > (qp->sq_entry_size - RNIC_SEND_WQE_HDR_SIZE) / sizeof(*ring_sg)) {
@@ -303,20 +315,17 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
         }
         for (uint32_t i = 0; i < w.num_sge; i++) {
             struct rnic_sge sg;
-            const struct rnic_dp_mr *mr;
+            uint8_t *p;
 
             dp_copy_shared(&sg, &ring_sg[i], sizeof(sg));
-            if (sg.length == 0)
-                continue;
-            mr = dp_lkey_mr(dev, sg.lkey);
             /* IBTA 10.6.3.2: an lkey of the QP's PD covering the range */
-            if (!mr || mr->pd != qp->pd || (mr->access & need) != need
-                || sg.addr < mr->iova || sg.addr - mr->iova > mr->length
-                || sg.length > mr->length - (sg.addr - mr->iova)) {
+            if (rnic_dp_mr_check(dev, qp, qp->pd, sg.lkey, sg.addr, sg.length, need, &p) < 0) {
                 d->status = WC_LOC_PROT_ERR;
                 return;
             }
-            pieces[n].ptr = mr->base + (sg.addr - mr->iova);
+            if (sg.length == 0)
+                continue;
+            pieces[n].ptr = p;
             pieces[n].len = sg.length;
             n++;
             length += sg.length;
@@ -325,6 +334,10 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
             d->status = WC_LOC_LEN_ERR;
             return;
         }
+    }
+    if (qp->ud && length > qp->mtu) {         /* a UD message is one packet */
+        d->status = WC_LOC_LEN_ERR;
+        return;
     }
     d->length = (uint32_t)length;
     d->npieces = n;
@@ -369,7 +382,7 @@ static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
         qp->send_psn = qp->una;                     /* an ACK of an old round overtook */
     while (dp_psn_diff(qp->send_psn, qp->una) < qp->cwnd) {
         struct rnic_dp_swqe *w;
-        uint32_t psn = qp->send_psn, slot;
+        uint32_t psn = qp->send_psn;
 
         if (psn == qp->next_psn && rnic_dp_fetch(dev, qp) <= 0)
             return RNIC_DP_PUMP_FETCH;              /* empty, or the next WQE is core/'s */
@@ -378,11 +391,7 @@ static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
             return RNIC_DP_PUMP_SLOW;
         if (dev->ntx >= dev->tx_cap)
             return RNIC_DP_PUMP_TX_FULL;
-        slot = dev->ntx++;
-        dev->tx_lens[slot] = build(dev, qp, w, (uint32_t)dp_psn_diff(psn, w->first_psn), psn,
-                                   dev->tx_bufs + (size_t)slot * dev->tx_buf_size);
-        dev->tx_addrs_be[slot] = qp->peer_ip_be;
-        qp->sent_pkts++;
+        build(dev, qp, w, (uint32_t)dp_psn_diff(psn, w->first_psn), psn);
         if (dp_psn_diff(psn, qp->high_psn) < 0)
             qp->retransmitted_pkts++;
         qp->send_psn = dp_psn_add(psn, 1);
@@ -416,29 +425,16 @@ int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t syndrome,
                       uint32_t psn)
 {
-    uint8_t *out;
-    uint32_t slot;
+    struct rnic_hdr h;
 
     if (dev->ntx >= dev->tx_cap)
         return -ENOSPC;
-    slot = dev->ntx++;
-    out = dev->tx_bufs + (size_t)slot * dev->tx_buf_size;
-    out[0] = (uint8_t)(opbase(qp) | 0x11);          /* (RC or XRC) ACKNOWLEDGE */
-    out[1] = 0;
-    out[2] = 0xff;
-    out[3] = 0xff;
-    out[4] = 0;
-    dp_put24(out + 5, qp->dest_qpn);
-    out[8] = 0;
-    dp_put24(out + 9, psn & 0xffffff);
-    out[SQ_BTH] = (uint8_t)syndrome;
-    dp_put24(out + SQ_BTH + 1, qp->msn);
-    rnic_roce_icrc_put(out + SQ_BTH + 4, rnic_roce_icrc_v4(out, SQ_BTH + 4, dev->ip_be,
-                                                           qp->peer_ip_be, dev->port,
-                                                           SQ_ROCE_PORT));
-    dev->tx_lens[slot] = SQ_BTH + 4 + SQ_ICRC;
-    dev->tx_addrs_be[slot] = qp->peer_ip_be;
-    qp->sent_pkts++;
+    memset(&h, 0, sizeof(h));
+    h.opcode = (uint8_t)(opbase(qp) | RNIC_OP_ACKNOWLEDGE);   /* RC or XRC */
+    h.psn = psn & 0xffffff;
+    h.syndrome = (uint8_t)syndrome;
+    h.msn = qp->msn;
+    tx_packet(dev, qp, &h, NULL, 0, 0, 0);
     return 0;
 }
 
@@ -453,8 +449,7 @@ uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev)
         /* a READ still being answered goes first: core/ sends the ACK after it */
         if (!qp || qp->qpn != qpn || !qp->ack_pending || qp->rd_npkts)
             continue;
-        /* AETH ACK with the "invalid" credit count: we do not do end-to-end credits */
-        if (rnic_dp_send_aeth(dev, qp, 0x1f, (qp->epsn - 1) & 0xffffff) < 0)
+        if (rnic_dp_send_aeth(dev, qp, RNIC_AETH_ACK, (qp->epsn - 1) & 0xffffff) < 0)
             break;
         qp->ack_pending = 0;
         sent++;
@@ -483,36 +478,22 @@ uint32_t rnic_dp_read_continue(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
     uint32_t mtu = qp->mtu, n = qp->rd_npkts;
 
     while (qp->rd_next < n && dev->ntx < dev->tx_cap) {
-        uint32_t k = qp->rd_next++, slot = dev->ntx++, hlen = SQ_BTH;
+        uint32_t k = qp->rd_next++;
         uint64_t off = (uint64_t)k * mtu;
         uint32_t plen = qp->rd_len - off < mtu ? (uint32_t)(qp->rd_len - off) : mtu;
-        uint32_t pad = (4 - plen % 4) % 4;
-        uint8_t *out = dev->tx_bufs + (size_t)slot * dev->tx_buf_size;
-        /* READ_RESPONSE FIRST 0x0d, MIDDLE 0x0e, LAST 0x0f, ONLY 0x10 (RC opcodes) */
-        uint8_t op = n == 1 ? 0x10 : k == 0 ? 0x0d : k == n - 1 ? 0x0f : 0x0e;
+        struct rnic_dp_piece src = { (uint8_t *)qp->rd_src, qp->rd_len };
+        struct rnic_hdr h;
 
-        out[0] = (uint8_t)(opbase(qp) | op);
-        out[1] = (uint8_t)(pad << 4);
-        out[2] = 0xff;
-        out[3] = 0xff;
-        out[4] = 0;
-        dp_put24(out + 5, qp->dest_qpn);
-        out[8] = 0;
-        dp_put24(out + 9, dp_psn_add(qp->rd_psn, (int32_t)k));
-        if (op != 0x0e) {                           /* AETH: ACK, invalid credit count */
-            out[hlen] = 0x1f;
-            dp_put24(out + hlen + 1, qp->rd_msn);
-            hlen += 4;
-        }
-        if (plen)
-            memcpy(out + hlen, qp->rd_src + off, plen);
-        memset(out + hlen + plen, 0, pad);
-        rnic_roce_icrc_put(out + hlen + plen + pad,
-                           rnic_roce_icrc_v4(out, hlen + plen + pad, dev->ip_be, qp->peer_ip_be,
-                                             dev->port, SQ_ROCE_PORT));
-        dev->tx_lens[slot] = hlen + plen + pad + SQ_ICRC;
-        dev->tx_addrs_be[slot] = qp->peer_ip_be;
-        qp->sent_pkts++;
+        memset(&h, 0, sizeof(h));
+        /* 9.7.5.1.3: FIRST, MIDDLE..., LAST or ONLY; AETH (ACK) on all but MIDDLE */
+        h.opcode = (uint8_t)(opbase(qp) | (n == 1 ? RNIC_OP_RDMA_READ_RESPONSE_ONLY
+                                           : k == 0 ? RNIC_OP_RDMA_READ_RESPONSE_FIRST
+                                           : k == n - 1 ? RNIC_OP_RDMA_READ_RESPONSE_LAST
+                                           : RNIC_OP_RDMA_READ_RESPONSE_MIDDLE));
+        h.psn = dp_psn_add(qp->rd_psn, (int32_t)k);
+        h.syndrome = RNIC_AETH_ACK;
+        h.msn = qp->rd_msn;
+        tx_packet(dev, qp, &h, &src, 1, off, plen);
     }
     if (qp->rd_next < n)
         return n - qp->rd_next;

@@ -5,7 +5,7 @@ it; a type 2 window is invalidated by LOCAL_INV or by the peer's SEND with Inval
 
 A window is an entry of the device's key table like an MR (resources.KeyTable): its rkey
 indexes the same table and its struct rnic_dp_mr holds the window's own range, access and PD
-and, type 2B, its QP, so the one remote-access check (rnic_dp_rkey, called by the data plane
+and, type 2B, its QP, so the one remote-access check (rnic_dp_mr_check, called by the data plane
 and by core/roce/responder.py) decides for MRs and windows alike. Binding and invalidation run
 here when the requester fetches the work request (they are rare); it completes in SQ order
 like any other (IBTA 10.8.3), and a failed one completes in error and fails the QP.

@@ -9,7 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from rnicd import native
-from rnicd.wire.abi import Access, WCStatus
+from rnicd.wire.abi import Access
 
 # IBTA 10.6.3: keys are 32 bits; the low 8 bits are the "key" part the consumer may vary,
 # the high 24 bits index the table. We draw the low 8 bits at random so stale keys miss.
@@ -87,61 +87,6 @@ class MR:
         if off < 0 or length < 0 or off + length > self.length:
             return None
         return off
-
-
-class SGList:
-    """A validated scatter list of memoryviews into registered memory (what core/ writes a
-    received SEND, READ response or atomic result into; the data plane gathers from C
-    pointers instead)."""
-
-    __slots__ = ("pieces", "length")
-
-    def __init__(self, pieces: list[memoryview]):
-        self.pieces = pieces
-        self.length = sum(len(p) for p in pieces)
-
-    def scatter(self, off: int, data) -> bool:
-        """Copy data to [off, off+len(data)); False if it does not fit."""
-        n = len(data)
-        if off + n > self.length:
-            return False
-        src = memoryview(data)
-        for piece in self.pieces:
-            if off >= len(piece):
-                off -= len(piece)
-                continue
-            take = min(len(src), len(piece) - off)
-            piece[off:off + take] = src[:take]
-            src = src[take:]
-            off = 0
-            if not len(src):
-                break
-        return True
-
-
-def resolve_regions(keys: "KeyTable", pd: PD, sges, need: Access):
-    """Validate (addr, length, lkey) triples against the key table (IBTA 10.6.3.2: the lkey
-    must name an MR of the same PD, with `need` access, covering the range).
-    -> ([(mr, addr, length)], SUCCESS) or (None, IBV_WC_LOC_PROT_ERR)."""
-    regions = []
-    for addr, length, lkey in sges:
-        if length == 0:
-            continue
-        mr = keys.by_lkey(lkey)
-        if (mr is None or mr.pd is not pd or (need and not (mr.access & need))
-                or mr.offset_of(addr, length) is None):
-            return None, WCStatus.IBV_WC_LOC_PROT_ERR
-        regions.append((mr, addr, length))
-    return regions, WCStatus.IBV_WC_SUCCESS
-
-
-def resolve_sges(keys: "KeyTable", pd: PD, sges, need: Access) -> tuple[SGList | None, WCStatus]:
-    """As resolve_regions, as a scatter/gather list of memoryviews."""
-    regions, status = resolve_regions(keys, pd, sges, need)
-    if regions is None:
-        return None, status
-    return SGList([mr.view[addr - mr.iova:addr - mr.iova + n] for mr, addr, n in regions]), \
-        status
 
 
 class KeyTable:

@@ -8,17 +8,17 @@ counted.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import struct
 
 from rnicd import native
 from rnicd.core.qp_state import ATTR_FIELD, check_modify
-from rnicd.core.resources import CQEntry, resolve_sges
+from rnicd.core.resources import CQEntry
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
 from rnicd.wire.abi import (
-    Access,
     EventType,
     QPAttrMask,
     QPState,
@@ -62,8 +62,22 @@ class UDQP:
         self.sq_next = 0
         self.psn = 0
         self.counters = device.counters.child()
-        # the data plane never serves a UD QP (fast = 0); it only needs the table entry
-        self.dp = native.ffi.new("struct rnic_dp_qp *", {"qpn": qp_num})
+        # the data plane never serves a UD QP (fast = 0), but its checks are the data plane's:
+        # send WQEs are validated by rnic_dp_swqe_load, receives use rnic_dp_recv_begin/_place
+        ffi = native.ffi
+        n, sge = sq_ring.num_entries, max(1, cap.max_send_sge)
+        rsge = (srq.rq if srq is not None else rq).max_sge
+        self._swqes = ffi.new("struct rnic_dp_swqe[]", n)
+        self._pieces = ffi.new("struct rnic_dp_piece[]", n * sge)
+        self._recv_pieces = ffi.new("struct rnic_dp_piece[]", max(1, rsge))
+        self._hdr = ffi.new("struct rnic_send_wqe *")     # the header rnic_dp_swqe_load copied
+        self.dp = ffi.new("struct rnic_dp_qp *", {
+            "qpn": qp_num, "ud": 1, "pd": pd.uid, "swqes": self._swqes, "swqe_mask": n - 1,
+            "sq_entries": ffi.cast("uint8_t *", sq_ring.hdr) + sq_ring.hdr_size,
+            "sq_entry_size": sq_ring.entry_size, "sq_pieces": self._pieces,
+            "sq_piece_stride": sge, "max_send_sge": cap.max_send_sge,
+            "max_inline": cap.max_inline_data, "recv_pieces": self._recv_pieces,
+            "recv_max_sge": rsge, "mtu": mtu_bytes(device.active_mtu)})
 
     # ---- verbs ---------------------------------------------------------------------------
     def modify(self, attr_mask: int, attr: dict, now: float):
@@ -121,9 +135,8 @@ class UDQP:
             self.counters.inc("sq_ring_corrupt")
             return self.transition(S.IBV_QPS_ERR, "send queue producer index out of range", now)
         while self.sq_next != prod:
-            w = ring.send_wqe(self.sq_next)
-            status = self._send(w)
-            flags, wr_id = int(w.send_flags), int(w.wr_id)
+            status = self._send()
+            flags, wr_id = int(self._hdr.send_flags), int(self._hdr.wr_id)
             # the slot is free before its completion shows (as in native rnic_dp_retire)
             self.sq_next = (self.sq_next + 1) & 0xFFFFFFFF
             ring.store_cons(self.sq_next)
@@ -135,31 +148,22 @@ class UDQP:
             if status != WCStatus.IBV_WC_SUCCESS:     # a UD send error ends in SQE/ERR
                 return self.transition(S.IBV_QPS_ERR, f"UD send failed: {status.name}", now)
 
-    def _send(self, w) -> WCStatus:
-        opcode = int(w.opcode)
-        if opcode not in (WROpcode.IBV_WR_SEND, WROpcode.IBV_WR_SEND_WITH_IMM):
-            return WCStatus.IBV_WC_LOC_QP_OP_ERR
+    def _send(self) -> WCStatus:
+        """Validate the WQE at sq_next with the data plane's rnic_dp_swqe_load (copied out of
+        the ring once: opcode, inline length, SGE cap, lkeys, one packet) and send it."""
+        dp, w = self.dp, self._hdr
+        dp.sq_next, dp.mtu = self.sq_next, mtu_bytes(self.device.active_mtu)
+        native.lib.rnic_dp_swqe_load(self.device.dp, dp, w)
+        d = self._swqes + (self.sq_next & dp.swqe_mask)
+        if d.status >= 0:
+            return WCStatus(d.status)
         ah = self.owner.ahs.get(int(w.ah))
         if ah is None or ah.pd is not self.pd:
             return WCStatus.IBV_WC_LOC_QP_OP_ERR
-        flags = int(w.send_flags)
-        if flags & SendFlags.IBV_SEND_INLINE:
-            n = int(w.inline_len)
-            if n > self.cap.max_inline_data:
-                return WCStatus.IBV_WC_LOC_LEN_ERR
-            payload = bytes(native.ffi.buffer(w.sg, n))
-        else:
-            nsge = int(w.num_sge)
-            if nsge > self.cap.max_send_sge:
-                return WCStatus.IBV_WC_LOC_LEN_ERR
-            sgl, status = resolve_sges(self.device.keys, self.pd, [
-                (int(w.sg[i].addr), int(w.sg[i].length), int(w.sg[i].lkey))
-                for i in range(nsge)], Access(0))
-            if sgl is None:
-                return status
-            payload = b"".join(bytes(p) for p in sgl.pieces)
-        if len(payload) > mtu_bytes(self.device.active_mtu):   # one packet (IBTA 9.8.3)
-            return WCStatus.IBV_WC_LOC_LEN_ERR
+        payload = b"".join(native.ffi.buffer(d.pieces[i].ptr, d.pieces[i].len)
+                           for i in range(d.npieces))
+        d.npieces = 0                       # no pointer outlives the WQE
+        opcode, flags = int(w.opcode), int(w.send_flags)
         qkey = int(w.remote_qkey)
         if qkey & QKEY_PRIVILEGED:
             qkey = self.attr["qkey"]
@@ -211,18 +215,22 @@ class UDQP:
             wqe = self.rq.take()
         if wqe is None:
             return self.counters.inc("ud_no_recv_wqe")          # no RNR for UD: dropped
-        if wqe.too_many_sges:          # more SGEs than the cap: a malformed WQE
-            sgl, status = None, WCStatus.IBV_WC_LOC_LEN_ERR
-        else:
-            sgl, status = resolve_sges(self.device.keys, self.pd, wqe.sges,
-                                       Access.IBV_ACCESS_LOCAL_WRITE)
+        # the receive WQE's buffers with the data plane's check (more SGEs than the cap:
+        # LOC_LEN_ERR; a bad lkey: LOC_PROT_ERR), then the GRH and payload placed
+        lib, dp = native.lib, self.dp
+        sg = native.ffi.new("struct rnic_sge[]", wqe.sges or 1)
+        rc = lib.rnic_dp_recv_begin(self.device.dp, dp, wqe.wr_id, sg, wqe.num_sge)
         payload = bytes(pkt.payload)
-        e = CQEntry(wr_id=wqe.wr_id, status=status, opcode=WCOpcode.IBV_WC_RECV,
+        e = CQEntry(wr_id=wqe.wr_id, status=WCStatus.IBV_WC_SUCCESS if rc == 0
+                    else WCStatus.IBV_WC_LOC_LEN_ERR if rc == -errno.EINVAL
+                    else WCStatus.IBV_WC_LOC_PROT_ERR, opcode=WCOpcode.IBV_WC_RECV,
                     byte_len=GRH_LEN + len(payload), qp_num=self.qp_num,
                     src_qp=pkt.deth_src_qp, wc_flags=WCFlags.IBV_WC_GRH, solicited=pkt.se)
-        if sgl is not None and not sgl.scatter(0, grh_ipv4(src_ip, dst_ip, len(payload))
-                                              + payload):
-            e.status = WCStatus.IBV_WC_LOC_LEN_ERR
+        if rc == 0:
+            data = grh_ipv4(src_ip, dst_ip, len(payload)) + payload
+            if lib.rnic_dp_recv_place(dp, data, len(data)) < 0:
+                e.status = WCStatus.IBV_WC_LOC_LEN_ERR
+            dp.recv_npieces = 0
         if info.immdt:
             e.imm_data, e.wc_flags = pkt.imm, e.wc_flags | WCFlags.IBV_WC_WITH_IMM
         self.counters.inc("ud_rcvd")

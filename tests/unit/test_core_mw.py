@@ -1,5 +1,5 @@
 """Memory windows in the RC core, sans-I/O (IBTA 10.6.7): bind WRs and LOCAL_INV in SQ order,
-remote access through windows (one check: rnic_dp_rkey), SEND with Invalidate replayed packet
+remote access through windows (one check: rnic_dp_mr_check), SEND with Invalidate replayed packet
 by packet, and the control verbs' rules (dereg EBUSY, dealloc while bound)."""
 import errno
 
@@ -283,7 +283,7 @@ def test_replayed_send_with_invalidate_packets():
 
 def test_zero_based_window_atomic_and_read(pair):
     """A zero-based type 2 window: the peer addresses it from 0; atomics go through the
-    responder's path with the pointer rnic_dp_rkey gives."""
+    responder's path with the pointer rnic_dp_mr_check gives."""
     a, b, ca, cb, qa, qb = pair
     ma, mb = a.mr(1 << 16), b.mr(1 << 16, access=BINDABLE)
     mb.buf[4096 + 8:4096 + 16] = (41).to_bytes(8, "little")

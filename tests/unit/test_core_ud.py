@@ -99,3 +99,39 @@ def test_ud_recv_wqe_with_more_sges_than_the_cap_completes_in_error():
     assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [
         (11, abi.IBV_WC_LOC_LEN_ERR), (12, abi.IBV_WC_SUCCESS)]
     assert mb.buf[:2048] == bytes(2048)
+
+
+def test_ud_wqes_meet_the_data_planes_checks():
+    """UD send and receive WQEs are validated by the same C functions as RC's
+    (rnic_dp_swqe_load, rnic_dp_recv_begin/_place, rnic_dp_mr_check): an opcode UD does not
+    carry, a bad lkey, a receive buffer too small for GRH + payload."""
+    cases = [  # (opcode, lkey fault, expected send status)
+        (abi.IBV_WR_RDMA_WRITE, False, abi.IBV_WC_LOC_QP_OP_ERR),
+        (abi.IBV_WR_SEND, True, abi.IBV_WC_LOC_PROT_ERR),
+    ]
+    for opcode, bad_key, status in cases:
+        a, b = Host("127.0.0.1"), Host("127.0.0.2")
+        ca, cb = a.cq(), b.cq()
+        qa, qb = ud_ready(a, ca), ud_ready(b, cb)
+        ma = a.mr(4096)
+        addr, n, lkey = ma.sge(0, 64)
+        a.post_send(qa, 1, opcode, [(addr, n, lkey ^ 1 if bad_key else lkey)], ah=ah_to(a, b),
+                    remote_qpn=qb.qp_num, remote_qkey=0x1234)
+        run(a, b)
+        assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, status)]
+        assert qa.state == abi.IBV_QPS_ERR
+    a, b = Host("127.0.0.1"), Host("127.0.0.2")
+    ca, cb = a.cq(), b.cq()
+    qa, qb = ud_ready(a, ca), ud_ready(b, cb)
+    ma, mb = a.mr(4096), b.mr(4096)
+    b.post_recv(qb, 11, [mb.sge(0, 100)])                # 40 + 100 bytes do not fit
+    addr, n, lkey = mb.sge(0, 1024)
+    b.post_recv(qb, 12, [(addr, n, lkey ^ 1)])           # not a key
+    b.post_recv(qb, 13, [mb.sge(0, 140)])                # exactly fits
+    ah = ah_to(a, b)
+    for wr_id in (1, 2, 3):
+        a.post_send(qa, wr_id, abi.IBV_WR_SEND, [ma.sge(0, 100)], ah=ah,
+                    remote_qpn=qb.qp_num, remote_qkey=0x1234)
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [
+        (11, abi.IBV_WC_LOC_LEN_ERR), (12, abi.IBV_WC_LOC_PROT_ERR), (13, abi.IBV_WC_SUCCESS)]

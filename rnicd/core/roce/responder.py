@@ -45,6 +45,7 @@ class Responder:
         self.qp = qp
         self.dp = qp.dp
         self.deadline = None
+        self._ptr = ffi.new("uint8_t **")      # rnic_dp_mr_check's result
         self.reset_psn(0)
 
     def reset_psn(self, psn: int):
@@ -131,11 +132,10 @@ class Responder:
         self.nak_sent = False
         if qp.state == QPState.IBV_QPS_RTR:
             qp.counters.inc("comm_est")
-        msg = MSG_KIND.get(self.dp.msg)                 # 2. opcode sequence (9.7.5.1.x)
-        if msg is None and not info.is_first:
-            return self._invalid(pkt, now, f"{info.name} without a FIRST")
-        if msg is not None and (info.kind != msg or info.is_first):
-            return self._invalid(pkt, now, f"{info.name} inside a {msg.value} message")
+        if lib.rnic_dp_seq_check(self.dp, pkt.opcode) < 0:      # 2. opcode sequence
+            msg = MSG_KIND.get(self.dp.msg)
+            return self._invalid(pkt, now, f"{info.name} without a FIRST" if msg is None
+                                 else f"{info.name} inside a {msg.value} message")
         if not self._target(pkt, info, now):             # XRC: the XRCETH's SRQ (A14)
             return
         HANDLERS[info.kind](self, pkt, info, now)       # 3.. resources, length, key
@@ -200,48 +200,34 @@ class Responder:
 
     def _write(self, pkt, info, now):
         """The slow path of an RDMA WRITE: the data plane places in-order WRITEs itself and
-        hands over what it cannot decide; the message's state is the shared qp.dp."""
+        hands over what it cannot decide; the length and key checks, the placement and the
+        message's state (qp.dp) are its rnic_dp_write, called here for the same decision."""
         qp, dp = self.qp, self.dp
         wqe = None
         if info.is_last and info.immdt:
             wqe = self._take_recv()       # resources: WRITE with immediate takes a WQE
             if wqe is None:
                 return self._rnr(pkt)     # the requester resends from this PSN
-        n = len(pkt.payload)
-        left = pkt.reth_len if info.is_first else dp.write_left
-        why = None                                        # length
-        if not self._length_ok(pkt, info):
-            why = "bad payload length for the path MTU"
-        elif left > MAX_MSG or n > left or (info.is_last and n != left):
-            why = "WRITE payload does not match the RETH length"
-        if why:
+        rc = -errno.EMSGSIZE                              # length, then key
+        if pkt.bad_len is None:
+            payload = pkt.payload
+            rc = lib.rnic_dp_write(qp.device.dp, dp, pkt.opcode, pkt.reth_va or 0,
+                                   pkt.reth_rkey or 0, pkt.reth_len or 0,
+                                   ffi.from_buffer("uint8_t[]", payload), len(payload))
+        if rc < 0:
+            bad_len = rc == -errno.EMSGSIZE
             if wqe is not None:
-                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_INV_REQ_ERR,
+                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_INV_REQ_ERR if bad_len
+                                 else WCStatus.IBV_WC_REM_ACCESS_ERR,
                                  WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM)
-            return self._invalid(pkt, now, why)
-        if info.is_first:                                 # key
-            dst = self._remote(pkt.reth_rkey, pkt.reth_va, pkt.reth_len,
-                               Access.IBV_ACCESS_REMOTE_WRITE)
-            if dst is None and pkt.reth_len:
-                if wqe is not None:
-                    qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_REM_ACCESS_ERR,
-                                     WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM)
-                return self._access_error(pkt, now)
-            dp.msg = MSG_WRITE
-            dp.write_ptr = dst if dst is not None else NULL
-            dp.write_left = dp.write_len = pkt.reth_len
-        if n:
-            ffi.memmove(dp.write_ptr, pkt.payload, n)
-            dp.write_ptr += n
-            dp.write_left -= n
-        if info.is_last:
-            length = dp.write_len
-            self._end_message()
-            if wqe is not None:
-                qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_SUCCESS,
-                                 WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM, length, pkt.imm,
-                                 solicited=pkt.se)
-            self._message_done()
+            if bad_len:
+                return self._invalid(pkt, now, "WRITE payload length does not match the path "
+                                     "MTU or the RETH length")
+            return self._access_error(pkt, now)
+        if wqe is not None:               # the LAST or ONLY ended the message (and the MSN)
+            qp.complete_recv(wqe.wr_id, WCStatus.IBV_WC_SUCCESS,
+                             WCOpcode.IBV_WC_RECV_RDMA_WITH_IMM, dp.write_len, pkt.imm,
+                             solicited=pkt.se)
         self._advance(pkt)
 
     def _read(self, pkt, info, now):
@@ -301,16 +287,19 @@ class Responder:
 
     # ---- helpers ---------------------------------------------------------------------------
     def _length_ok(self, pkt, info) -> bool:
-        """IBTA 9.7.7.1: FIRST/MIDDLE carry exactly one MTU, LAST/ONLY at most one."""
-        n = len(pkt.payload)
-        mtu = self.qp.mtu
-        return pkt.bad_len is None and n <= mtu and (info.is_last or n == mtu)
+        """IBTA 9.7.7.1, the data plane's rnic_dp_len_check: FIRST/MIDDLE carry exactly one
+        MTU, LAST 1 to MTU bytes, ONLY at most one MTU."""
+        return pkt.bad_len is None and \
+            lib.rnic_dp_len_check(self.dp, pkt.opcode, len(pkt.payload)) == 0
 
     def _remote(self, rkey, va, length, need):
         """uint8_t * to [va, va+length) of rkey (an MR or a memory window) if this QP may
-        access it with `need`, else None: the data plane's check, rnic_dp_rkey."""
-        p = lib.rnic_dp_rkey(self.qp.device.dp, self.dp, rkey, va, length, int(need))
-        return None if p == NULL else p
+        access it with `need`, else None: the data plane's check, rnic_dp_mr_check."""
+        p = self._ptr
+        if lib.rnic_dp_mr_check(self.qp.device.dp, self.dp, self.dp.pd, rkey, va, length,
+                                int(need), p) < 0:
+            return None
+        return p[0]
 
     def _read_source(self, pkt):
         """Where a READ's data comes from, or None on a remote access error."""

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 
+from rnicd import native
 from rnicd.core.roce.responder import (
     ACCEPTING,
     HANDLERS,
     MSG_DROP,
-    MSG_KIND,
     MSG_NONE,
     MSG_SEND,
     MSG_WRITE,
@@ -56,8 +56,9 @@ class UCResponder(Responder):
             self._abandon()                        # dropped until the next FIRST/ONLY;
             qp.counters.inc("uc_dropped_pkts")     # the expected PSN stays as it was
             return
-        elif dp.msg == MSG_DROP or MSG_KIND.get(dp.msg) != info.kind:
+        elif native.lib.rnic_dp_seq_check(dp, pkt.opcode) < 0:
             # the rest of an abandoned message, or a MIDDLE/LAST that is not its message's
+            # (the data plane's opcode-sequence check, 9.7.5.1)
             if dp.msg != MSG_DROP:
                 qp.counters.inc("uc_bad_opcode_seq")
             return self._drop(pkt)
