@@ -407,6 +407,11 @@ int rnic_dp_mr_check(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
  * a MIDDLE or LAST only inside a message of its kind (qp->msg). 0 or -EPROTO (RC: NAK
  * Invalid Request; UC: the packet is dropped). */
 int rnic_dp_seq_check(const struct rnic_dp_qp *qp, uint8_t opcode);
+/* The responder's opcode-validity check, after the sequence check and before resources,
+ * length and key (9.7.5.1; rxe's check_op_valid): an RDMA WRITE, READ or atomic request
+ * needs the QP's REMOTE_WRITE, _READ or _ATOMIC access. 0 or -EACCES (RC: NAK Invalid
+ * Request; UC: the message is dropped). */
+int rnic_dp_op_check(const struct rnic_dp_qp *qp, uint8_t opcode);
 /* The responder's payload length check (9.7.7.1): FIRST and MIDDLE carry exactly one PMTU,
  * LAST 1 to PMTU bytes, ONLY 0 to PMTU. 0 or -EMSGSIZE (NAK Invalid Request). */
 int rnic_dp_len_check(const struct rnic_dp_qp *qp, uint8_t opcode, uint32_t plen);

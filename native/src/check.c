@@ -54,6 +54,16 @@ int rnic_dp_seq_check(const struct rnic_dp_qp *qp, uint8_t opcode)
     return kind && kind == oi->kind ? 0 : -EPROTO;
 }
 
+int rnic_dp_op_check(const struct rnic_dp_qp *qp, uint8_t opcode)
+{
+    uint32_t kind = rnic_op_table[opcode].kind;
+    uint32_t need = kind == RNIC_KIND_WRITE ? RNIC_DP_ACC_REMOTE_WRITE
+                    : kind == RNIC_KIND_READ_REQ ? RNIC_DP_ACC_REMOTE_READ
+                    : kind == RNIC_KIND_ATOMIC ? RNIC_DP_ACC_REMOTE_ATOMIC : 0;
+
+    return (qp->access & need) == need ? 0 : -EACCES;
+}
+
 int rnic_dp_len_check(const struct rnic_dp_qp *qp, uint8_t opcode, uint32_t plen)
 {
     uint32_t pos = rnic_op_table[opcode].flags & (RNIC_OPF_FIRST | RNIC_OPF_LAST);

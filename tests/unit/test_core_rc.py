@@ -2,7 +2,7 @@
 import random
 
 import pytest
-from rc_harness import Host, connect, run
+from rc_harness import ALL_ACCESS, Host, connect, run
 
 from rnicd.wire import abi
 
@@ -288,3 +288,24 @@ def test_deregistering_the_mr_a_send_is_received_into(pair):
     assert qb.state == abi.IBV_QPS_ERR and qb.dp.msg == 0
     for data, _ in packets[1:]:
         b.dev.receive(data, a.dev.ip, 4791, 0.0)   # dropped: the QP is in error
+
+
+@pytest.mark.parametrize("opcode,missing", [
+    (abi.IBV_WR_RDMA_WRITE, abi.IBV_ACCESS_REMOTE_WRITE),
+    (abi.IBV_WR_RDMA_READ, abi.IBV_ACCESS_REMOTE_READ),
+    (abi.IBV_WR_ATOMIC_FETCH_AND_ADD, abi.IBV_ACCESS_REMOTE_ATOMIC)],
+    ids=["write", "read", "atomic"])
+def test_operation_the_qp_does_not_allow_is_an_invalid_request(pair, opcode, missing):
+    """IBTA 9.7.5.1's opcode-validity check (rxe's check_op_valid) comes before the key
+    check: a request the responder QP's access flags do not enable is NAKed Invalid
+    Request, even with a bad rkey too, and the requester completes IBV_WC_REM_INV_REQ_ERR."""
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb, access=ALL_ACCESS & ~missing)
+    ma = a.mr(4096)
+    mb = b.mr(4096)                       # the MR allows everything: only the QP does not
+    length = 8 if opcode == abi.IBV_WR_ATOMIC_FETCH_AND_ADD else 200
+    a.post_send(qa, 1, opcode, [ma.sge(0, length)], rkey=mb.rkey ^ 0x55, raddr=mb.iova)
+    run(a, b)
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, S.IBV_WC_REM_INV_REQ_ERR)]
+    assert b.dev.counters["rcvd_op_not_enabled"] == 1
+    assert qb.state == abi.IBV_QPS_ERR

@@ -314,3 +314,20 @@ def test_in_sequence_bad_last_keeps_wqe_for_the_fast_path(pair):
     assert b.dev.dp.fast_pkts == fast + 1 and not qb.dp.recv_held
     assert [(w["wr_id"], w["byte_len"]) for w in b.poll(cb)] == [(100, 100)]
     assert mb.buf[:256] == b"C" * 100 + b"A" * 156
+
+
+def test_write_to_a_qp_without_remote_write_is_dropped(pair):
+    """UC has no NAK: an RDMA WRITE the responder QP's access flags do not enable is dropped,
+    all its packets (rxe's check_op_valid), and the SEND after it still arrives."""
+    a, b, ca, cb, qa, qb = pair
+    connect_uc(a, qa, b, qb, mtu=abi.IBV_MTU_256, access=abi.IBV_ACCESS_LOCAL_WRITE)
+    ma, mb = a.mr(1 << 16), b.mr(1 << 16)
+    ma.buf[:1000] = b"\xab" * 1000
+    _recv_all(b, qb, mb, 1)
+    a.post_send(qa, 1, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 1000)], rkey=mb.rkey,
+                raddr=mb.iova + 0x8000)                             # PSN 100..103
+    a.post_send(qa, 2, abi.IBV_WR_SEND, [ma.sge(0, 100)])          # PSN 104
+    run(a, b)
+    assert [(w["wr_id"], w["byte_len"]) for w in b.poll(cb)] == [(100, 100)]
+    assert bytes(mb.buf[0x8000:0x8000 + 1000]) == bytes(1000)
+    assert qb.counters["rcvd_op_not_enabled"] == 1 and qb.counters["uc_dropped_pkts"] == 4

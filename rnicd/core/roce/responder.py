@@ -136,9 +136,13 @@ class Responder:
             msg = MSG_KIND.get(self.dp.msg)
             return self._invalid(pkt, now, f"{info.name} without a FIRST" if msg is None
                                  else f"{info.name} inside a {msg.value} message")
+        if lib.rnic_dp_op_check(self.dp, pkt.opcode) < 0:       # 3. opcode validity
+            qp.counters.inc("rcvd_op_not_enabled")
+            return self._invalid(pkt, now, f"{info.name}: the QP's access flags do not "
+                                 "allow it")
         if not self._target(pkt, info, now):             # XRC: the XRCETH's SRQ (A14)
             return
-        HANDLERS[info.kind](self, pkt, info, now)       # 3.. resources, length, key
+        HANDLERS[info.kind](self, pkt, info, now)       # 4.. resources, length, key
 
     def _target(self, pkt, info, now) -> bool:
         """Where the request is served: an RC QP serves it itself (XRC overrides this)."""

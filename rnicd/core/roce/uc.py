@@ -62,6 +62,10 @@ class UCResponder(Responder):
             if dp.msg != MSG_DROP:
                 qp.counters.inc("uc_bad_opcode_seq")
             return self._drop(pkt)
+        if native.lib.rnic_dp_op_check(dp, pkt.opcode) < 0:
+            # a WRITE to a QP without REMOTE_WRITE: its message is dropped (as rxe)
+            qp.counters.inc("rcvd_op_not_enabled")
+            return self._drop(pkt)
         if qp.state == QPState.IBV_QPS_RTR:
             qp.counters.inc("comm_est")
         HANDLERS[info.kind](self, pkt, info, now)     # resources, length, key, placement
