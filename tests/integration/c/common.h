@@ -37,6 +37,18 @@ static inline void say(const char *fmt, unsigned v)
     fflush(stdout);
 }
 
+/* The first device (rnicd's rnic0 through `rnic exec`), opened. */
+static inline struct ibv_context *open_first_device(void)
+{
+    int n;
+    struct ibv_device **devs = ibv_get_device_list(&n);
+    CHECK(devs && n > 0);
+    struct ibv_context *ctx = ibv_open_device(devs[0]);
+    CHECK(ctx);
+    ibv_free_device_list(devs);
+    return ctx;
+}
+
 static inline void to_init(struct ibv_qp *qp)
 {
     struct ibv_qp_attr a = {.qp_state = IBV_QPS_INIT, .port_num = 1,
