@@ -130,6 +130,15 @@ struct rnic_hdr {
  * for an opcode not in the table. The one header writer of the data plane. */
 uint32_t rnic_hdr_build(uint8_t *out, const struct rnic_hdr *h);
 
+/* ---- steer.c -------------------------------------------------------------------------- */
+
+/* Most sockets (engines) one steering program spreads over. */
+#define RNIC_STEER_MAX 1024
+/* Attach to fd's SO_REUSEPORT group the program that sends each datagram to socket
+ * (DestQP mod nsocks), counting the group's sockets in the order they were bound: an engine
+ * owns the QPs whose number is its index modulo nsocks (docs/engines.md). 0 or -errno. */
+int rnic_steer_by_qpn(int fd, uint32_t nsocks);
+
 /* ---- rx.c: the responder's fast path (IBTA 9.7.3-9.7.5) --------------------------------- */
 
 /* rnic_dp_mr.flags */
