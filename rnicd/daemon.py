@@ -223,8 +223,8 @@ class Daemon:
 
     def _drain(self):
         d = self.device
-        if d.fault.spec.active() or d.tx:
-            # faults (or a spill) take the per-datagram path through the injector
+        if d.tx:
+            # a spill takes the per-datagram path, through the injector (in order)
             send, fault = self.port.send, d.fault
             for data, addr in d.take_tx():
                 for delay, dgram in fault.apply(data):
@@ -233,7 +233,11 @@ class Daemon:
                     else:
                         send(dgram, addr)
         elif d.dp.ntx:
-            self.port.send_queued(d.dp)
+            if d.fault.spec.active():        # faults in C on the buffer; held ones later
+                for delay, dgram, addr in d.fault_tx_buffer():
+                    self.loop.call_later(delay, self.port.send, dgram, addr)
+            if d.dp.ntx:
+                self.port.send_queued(d.dp)
         if d.reading and not self._producing:
             # READ responses in progress: more once the loop has served other events
             self._producing = True

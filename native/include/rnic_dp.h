@@ -130,15 +130,6 @@ struct rnic_hdr {
  * for an opcode not in the table. The one header writer of the data plane. */
 uint32_t rnic_hdr_build(uint8_t *out, const struct rnic_hdr *h);
 
-/* ---- steer.c -------------------------------------------------------------------------- */
-
-/* Most sockets (engines) one steering program spreads over. */
-#define RNIC_STEER_MAX 1024
-/* Attach to fd's SO_REUSEPORT group the program that sends each datagram to socket
- * (DestQP mod nsocks), counting the group's sockets in the order they were bound: an engine
- * owns the QPs whose number is its index modulo nsocks (docs/engines.md). 0 or -errno. */
-int rnic_steer_by_qpn(int fd, uint32_t nsocks);
-
 /* ---- rx.c: the responder's fast path (IBTA 9.7.3-9.7.5) --------------------------------- */
 
 /* rnic_dp_mr.flags */
@@ -443,5 +434,41 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
 uint32_t rnic_dp_rx_batch(struct rnic_dp_dev *dev, const uint8_t *bufs, uint32_t buf_size,
                           const uint32_t *lens, const uint32_t *addrs_be,
                           const uint16_t *ports, uint32_t n, uint32_t *slow);
+
+/* ---- fault.c -------------------------------------------------------------------------- */
+
+/* Fault injection state (rnicd/core/fault.py fills it): each rate as a threshold out of
+ * 2^32 (0: never, 2^32: always), the generator, and what it did. */
+struct rnic_fault {
+    uint64_t drop, dup, reorder, delay, corrupt;
+    uint64_t rng;
+    uint64_t n_drop, n_dup, n_reorder, n_delay, n_corrupt;
+};
+/* rnic_fault_mark's marks */
+#define RNIC_FAULT_SEND 0
+#define RNIC_FAULT_DROP 1
+#define RNIC_FAULT_DELAY 2      /* held back delay_ms */
+#define RNIC_FAULT_REORDER 3    /* held back reorder_ms: later datagrams overtake it */
+#define RNIC_FAULT_HOLD 2       /* the bit DELAY and REORDER share */
+#define RNIC_FAULT_DUP 4        /* or'ed: sent twice */
+/* Decide each queued datagram's fate (marks[i]) in FaultInjector's order: drop; corrupt
+ * (one bit flipped in place); delay, else reorder; duplicate. The indices of the held ones
+ * (delay, reorder) go to held[], up to held_cap (beyond, they are sent now); returns how
+ * many. The caller copies them out before rnic_fault_compact. */
+uint32_t rnic_fault_mark(struct rnic_dp_dev *dev, struct rnic_fault *f, uint8_t *marks,
+                         uint32_t *held, uint32_t held_cap);
+/* Remove the dropped and held datagrams from the transmit buffer and append a copy of each
+ * duplicated one that is sent now, while there is room; returns the duplicates that found
+ * none. */
+uint32_t rnic_fault_compact(struct rnic_dp_dev *dev, const uint8_t *marks);
+
+/* ---- steer.c -------------------------------------------------------------------------- */
+
+/* Most sockets (engines) one steering program spreads over. */
+#define RNIC_STEER_MAX 1024
+/* Attach to fd's SO_REUSEPORT group the program that sends each datagram to socket
+ * (DestQP mod nsocks), counting the group's sockets in the order they were bound: an engine
+ * owns the QPs whose number is its index modulo nsocks (docs/engines.md). 0 or -errno. */
+int rnic_steer_by_qpn(int fd, uint32_t nsocks);
 
 #endif /* RNIC_DP_H */

@@ -415,6 +415,12 @@ class Device:
             data = ffi.buffer(dp.tx_bufs + i * TX_BUF, dp.tx_lens[i])[:]
             yield data, (_ip_str(dp.tx_addrs_be[i]), ROCEV2_PORT)
 
+    def fault_tx_buffer(self) -> list[tuple[float, bytes, tuple[str, int]]]:
+        """Fault injection on the transmit buffer in place (native/src/fault.c): what is
+        left goes out with it; the delayed and reordered datagrams are returned as (delay
+        seconds, datagram, address) to send later."""
+        return self.fault.apply_buffer(self.dp, lambda be: (_ip_str(be), ROCEV2_PORT))
+
     def take_tx(self) -> list[tuple[bytes, tuple[str, int]]]:
         """Every datagram to send, in order, as (bytes, address); empties the queues."""
         out, self.tx = self.tx, []
