@@ -308,7 +308,7 @@ static struct cma_event *translate(const struct rev *r)
     const msgpack_object *ud = mo_get(m, "ud_param");
     if (ud && ud->type == MSGPACK_OBJECT_MAP) {
         struct rdma_ud_param *u = &ev->ev.param.ud;
-        cma_ah_attr_from(mo_get(ud, "ah_attr"), &u->ah_attr);
+        mo_ah_attr(mo_get(ud, "ah_attr"), &u->ah_attr);
         u->qp_num = (uint32_t)mo_u64(ud, "qp_num", 0);
         u->qkey = (uint32_t)mo_u64(ud, "qkey", 0);
     } else {

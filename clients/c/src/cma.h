@@ -87,6 +87,5 @@ void cma_fill_route(struct cma_id *id);
 
 /* cma_qp.c */
 void cma_qp_attr_from(const msgpack_object *m, struct ibv_qp_attr *attr);
-void cma_ah_attr_from(const msgpack_object *m, struct ibv_ah_attr *ah);
 
 #endif

@@ -73,6 +73,16 @@ static int ud_ps(struct rdma_cm_id *id)
     return id->ps == RDMA_PS_UDP || id->ps == RDMA_PS_IPOIB;
 }
 
+/* connect and accept name the id and its QP (null: an external QP, conn_param.qp_num) */
+static void id_qp_args(struct rargs *a, struct rdma_cm_id *id)
+{
+    ra_uint(a, "id", cid(id)->handle);
+    if (id->qp)
+        ra_uint(a, "qp", id->qp->handle);
+    else
+        ra_nil(a, "qp");
+}
+
 CMA_EXPORT int rdma_connect(struct rdma_cm_id *id, struct rdma_conn_param *conn_param)
 {
     if (!id)
@@ -87,11 +97,7 @@ CMA_EXPORT int rdma_connect(struct rdma_cm_id *id, struct rdma_conn_param *conn_
     struct rargs a;
     struct rreply rep;
     rargs_init(&a);
-    ra_uint(&a, "id", c->handle);
-    if (id->qp)
-        ra_uint(&a, "qp", id->qp->handle);
-    else
-        ra_nil(&a, "qp");
+    id_qp_args(&a, id);
     ra_str(&a, "dst_ip", dst);
     ra_uint(&a, "port", ntohs(id->route.addr.dst_sin.sin_port));
     if (conn_param_args(&a, conn_param, ud_ps(id) ? 180 : 56)) {
@@ -112,11 +118,7 @@ CMA_EXPORT int rdma_accept(struct rdma_cm_id *id, struct rdma_conn_param *conn_p
     struct cma_id *c = cid(id);
     struct rargs a;
     rargs_init(&a);
-    ra_uint(&a, "id", c->handle);
-    if (id->qp)
-        ra_uint(&a, "qp", id->qp->handle);
-    else
-        ra_nil(&a, "qp");
+    id_qp_args(&a, id);
     if (conn_param_args(&a, conn_param, ud_ps(id) ? 136 : 196)) {
         rargs_free(&a);
         return -1;

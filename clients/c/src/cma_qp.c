@@ -8,30 +8,6 @@
 #include <string.h>
 
 /* ---- attributes from rnicd (cm_init_qp_attr's map, modify_qp's field names) ------------ */
-void cma_ah_attr_from(const msgpack_object *m, struct ibv_ah_attr *ah)
-{
-    memset(ah, 0, sizeof(*ah));
-    if (!m || m->type != MSGPACK_OBJECT_MAP)
-        return;
-    ah->is_global = (uint8_t)mo_u64(m, "is_global", 0);
-    ah->port_num = (uint8_t)mo_u64(m, "port_num", 1);
-    ah->sl = (uint8_t)mo_u64(m, "sl", 0);
-    ah->dlid = (uint16_t)mo_u64(m, "dlid", 0);
-    ah->src_path_bits = (uint8_t)mo_u64(m, "src_path_bits", 0);
-    ah->static_rate = (uint8_t)mo_u64(m, "static_rate", 0);
-    const msgpack_object *g = mo_get(m, "grh");
-    if (g && g->type == MSGPACK_OBJECT_MAP) {
-        uint32_t l = 0;
-        const char *dgid = mo_bin(g, "dgid", &l);
-        if (dgid && l == 16)
-            memcpy(ah->grh.dgid.raw, dgid, 16);
-        ah->grh.flow_label = (uint32_t)mo_u64(g, "flow_label", 0);
-        ah->grh.sgid_index = (uint8_t)mo_u64(g, "sgid_index", 0);
-        ah->grh.hop_limit = (uint8_t)mo_u64(g, "hop_limit", 64);
-        ah->grh.traffic_class = (uint8_t)mo_u64(g, "traffic_class", 0);
-    }
-}
-
 void cma_qp_attr_from(const msgpack_object *m, struct ibv_qp_attr *a)
 {
     if (!m || m->type != MSGPACK_OBJECT_MAP)
@@ -43,7 +19,7 @@ void cma_qp_attr_from(const msgpack_object *m, struct ibv_qp_attr *a)
     I(min_rnr_timer); I(port_num); I(timeout); I(retry_cnt); I(rnr_retry);
 #undef I
     if (mo_get(m, "ah_attr"))
-        cma_ah_attr_from(mo_get(m, "ah_attr"), &a->ah_attr);
+        mo_ah_attr(mo_get(m, "ah_attr"), &a->ah_attr);
 }
 
 /* ---- CQs the id creates when the attributes name none (ucma_create_cqs) -------------- */

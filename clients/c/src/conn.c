@@ -131,6 +131,30 @@ const char *mo_bin(const msgpack_object *map, const char *key, uint32_t *len)
     return NULL;
 }
 
+void mo_ah_attr(const msgpack_object *m, struct ibv_ah_attr *ah)
+{
+    memset(ah, 0, sizeof(*ah));
+    if (!m || m->type != MSGPACK_OBJECT_MAP)
+        return;
+    ah->is_global = (uint8_t)mo_u64(m, "is_global", 0);
+    ah->port_num = (uint8_t)mo_u64(m, "port_num", 1);
+    ah->sl = (uint8_t)mo_u64(m, "sl", 0);
+    ah->dlid = (uint16_t)mo_u64(m, "dlid", 0);
+    ah->src_path_bits = (uint8_t)mo_u64(m, "src_path_bits", 0);
+    ah->static_rate = (uint8_t)mo_u64(m, "static_rate", 0);
+    const msgpack_object *g = mo_get(m, "grh");
+    if (g && g->type == MSGPACK_OBJECT_MAP) {
+        uint32_t l = 0;
+        const char *dgid = mo_bin(g, "dgid", &l);
+        if (dgid && l == 16)
+            memcpy(ah->grh.dgid.raw, dgid, 16);
+        ah->grh.flow_label = (uint32_t)mo_u64(g, "flow_label", 0);
+        ah->grh.sgid_index = (uint8_t)mo_u64(g, "sgid_index", 0);
+        ah->grh.hop_limit = (uint8_t)mo_u64(g, "hop_limit", 0);  /* rnicd always sends it */
+        ah->grh.traffic_class = (uint8_t)mo_u64(g, "traffic_class", 0);
+    }
+}
+
 /* ---- the connection ----------------------------------------------------------------- */
 const char *rconn_socket_path(char *buf, size_t len)
 {

@@ -10,6 +10,7 @@
 #ifndef RNIC_CONN_H
 #define RNIC_CONN_H
 
+#include <infiniband/verbs.h>
 #include <msgpack.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -92,6 +93,9 @@ int mo_int(const msgpack_object *map, const char *key, int64_t *out);   /* 0 or 
 uint64_t mo_u64(const msgpack_object *map, const char *key, uint64_t dflt);
 /* bytes/str value of key: pointer and length, or NULL */
 const char *mo_bin(const msgpack_object *map, const char *key, uint32_t *len);
+/* An address vector as rnicd sends it (the fields of struct ibv_ah_attr, its GRH a map of
+ * its own): both libraries read one this way (query_qp; the CM's UD and QP attributes). */
+void mo_ah_attr(const msgpack_object *m, struct ibv_ah_attr *ah);
 
 void rnic_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

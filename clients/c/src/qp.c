@@ -67,30 +67,6 @@ void rnic_ah_attr_args(struct rargs *a, const char *key, const struct ibv_ah_att
     ra_map(a, key, &m);
 }
 
-static void ah_attr_from(const msgpack_object *m, struct ibv_ah_attr *ah)
-{
-    memset(ah, 0, sizeof(*ah));
-    if (!m)
-        return;
-    ah->port_num = (uint8_t)mo_u64(m, "port_num", 1);
-    ah->is_global = (uint8_t)mo_u64(m, "is_global", 0);
-    ah->sl = (uint8_t)mo_u64(m, "sl", 0);
-    ah->src_path_bits = (uint8_t)mo_u64(m, "src_path_bits", 0);
-    ah->dlid = (uint16_t)mo_u64(m, "dlid", 0);
-    ah->static_rate = (uint8_t)mo_u64(m, "static_rate", 0);
-    const msgpack_object *g = mo_get(m, "grh");
-    if (g) {
-        uint32_t n = 0;
-        const char *d = mo_bin(g, "dgid", &n);
-        if (d && n == 16)
-            memcpy(ah->grh.dgid.raw, d, 16);
-        ah->grh.flow_label = (uint32_t)mo_u64(g, "flow_label", 0);
-        ah->grh.sgid_index = (uint8_t)mo_u64(g, "sgid_index", 0);
-        ah->grh.hop_limit = (uint8_t)mo_u64(g, "hop_limit", 0);
-        ah->grh.traffic_class = (uint8_t)mo_u64(g, "traffic_class", 0);
-    }
-}
-
 static void cap_args(struct rargs *a, const struct ibv_qp_cap *cap)
 {
     struct rargs m;
@@ -327,8 +303,8 @@ RNIC_EXPORT int ibv_query_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int 
         if (mo_int(r, QP_FIELDS[i].name, &v) == 0)
             set_n(attr, QP_FIELDS[i].off, QP_FIELDS[i].size, (uint64_t)v);
     }
-    ah_attr_from(mo_get(r, "ah_attr"), &attr->ah_attr);
-    ah_attr_from(mo_get(r, "alt_ah_attr"), &attr->alt_ah_attr);
+    mo_ah_attr(mo_get(r, "ah_attr"), &attr->ah_attr);
+    mo_ah_attr(mo_get(r, "alt_ah_attr"), &attr->alt_ah_attr);
     attr->cap = qp->cap;
     cap_from(mo_get(r, "cap"), &attr->cap);
     if (mo_get(r, "qp_state"))
