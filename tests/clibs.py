@@ -37,19 +37,6 @@ def rnic_exec(socket_path: str, *cmd) -> list:
     return [sys.executable, "-m", "rnic.tool", "exec", "--socket", socket_path, "--", *cmd]
 
 
-def wait_cm_listening(socket_path: str, port: int, server: subprocess.Popen, timeout=20.0):
-    """Wait until the daemon behind socket_path has an rdma_cm listener on port (rdma_cm
-    listens inside rnicd: the server program has no socket of its own to look at)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if int(port) in cm_listening(socket_path):
-            return
-        if server.poll() is not None:
-            pytest.fail(f"the server exited before it listened: {server.stdout.read()}")
-        assert time.monotonic() < deadline, f"nothing listened on rdma_cm port {port}"
-        time.sleep(0.05)
-
-
 def cm_listening(socket_path: str) -> list:
     """The rdma_cm ports the daemon behind socket_path has listeners on."""
     from rnic.device import Context
@@ -70,12 +57,14 @@ def tcp_listening(pid: int, port: int) -> bool:
     return False
 
 
-def server_then_client(server_argv, client_argv, ready, timeout: float = 90, env=None):
+def server_then_client(server_argv, client_argv, ready, timeout: float = 90, env=None,
+                       server_env=None, client_env=None):
     """Start the server, wait until ready(server process) holds (its port listens: a fixed
     sleep flakes under load), run the client: (client CompletedProcess, server exit code,
-    server output). The server is killed on every way out."""
+    server output). The server is killed on every way out. env is both sides' environment
+    unless server_env / client_env say otherwise."""
     srv = subprocess.Popen(server_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env=env)
+                           text=True, env=server_env or env)
     try:
         deadline = time.monotonic() + 20
         while not ready(srv):
@@ -84,7 +73,7 @@ def server_then_client(server_argv, client_argv, ready, timeout: float = 90, env
             assert time.monotonic() < deadline, f"{server_argv}: never listened"
             time.sleep(0.05)
         cl = subprocess.run(client_argv, capture_output=True, text=True, timeout=timeout,
-                            env=env)
+                            env=client_env or env)
         try:                  # a failed client leaves its server waiting: a short grace
             sout, _ = srv.communicate(timeout=timeout if cl.returncode == 0 else 5)
         except subprocess.TimeoutExpired:

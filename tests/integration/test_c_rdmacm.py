@@ -6,7 +6,6 @@ the synchronous mode), perftest over rdma_cm (-R), and the `rnic` Python client'
 talking to the C library across daemons."""
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 
@@ -17,7 +16,6 @@ from clibs import (
     need_clib,
     perftest_cm_runs,
     server_then_client,
-    wait_cm_listening,
 )
 from clibs import rnic_exec as _exec
 from rnic import clib
@@ -192,19 +190,17 @@ def test_python_cmid_server_with_c_rdma_client(librdmacm, two_daemons, tmp_path)
     script.write_text(PY_SERVER)
     env = clib.exec_env(a.socket)
     env["PYTHONPATH"] = os.path.join(ROOT, "clients", "python")
-    server = subprocess.Popen([sys.executable, str(script), a.ip, port], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert server.stdout.readline().strip() == "listening"
-        client = subprocess.run(rnic_exec(b, "rdma_client", "-s", a.ip, "-p", port),
-                                capture_output=True, text=True, timeout=TIMEOUT)
-        sout, _ = server.communicate(timeout=TIMEOUT)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+
+    def listening(server):
+        line = server.stdout.readline()
+        assert line.strip() == "listening", line
+        return True
+    client, src, sout = server_then_client(
+        [sys.executable, str(script), a.ip, port],
+        rnic_exec(b, "rdma_client", "-s", a.ip, "-p", port), listening, timeout=TIMEOUT,
+        server_env=env)
     assert client.returncode == 0 and "rdma_client: end 0" in client.stdout, client
-    assert server.returncode == 0 and "python server: end 0" in sout, sout
+    assert src == 0 and "python server: end 0" in sout, sout
 
 
 def test_c_rdma_server_with_python_cmid_client(librdmacm, two_daemons, tmp_path):
@@ -214,19 +210,11 @@ def test_c_rdma_server_with_python_cmid_client(librdmacm, two_daemons, tmp_path)
     script.write_text(PY_CLIENT)
     env = clib.exec_env(b.socket)
     env["PYTHONPATH"] = os.path.join(ROOT, "clients", "python")
-    server = subprocess.Popen(rnic_exec(a, "rdma_server", "-p", port),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_cm_listening(a.socket, port, server)
-        client = subprocess.run([sys.executable, str(script), a.ip, port],
-                                env=env, capture_output=True, text=True, timeout=TIMEOUT)
-        sout, _ = server.communicate(timeout=TIMEOUT)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+    client, src, sout = server_then_client(
+        rnic_exec(a, "rdma_server", "-p", port), [sys.executable, str(script), a.ip, port],
+        lambda server: int(port) in cm_listening(a.socket), timeout=TIMEOUT, client_env=env)
     assert client.returncode == 0 and "python client: end 0" in client.stdout, client
-    assert server.returncode == 0 and "rdma_server: end 0" in sout, sout
+    assert src == 0 and "rdma_server: end 0" in sout, sout
 
 
 def test_write_bw_with_faults_on_both_daemons(librdmacm, rnicd):
