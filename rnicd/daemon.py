@@ -223,21 +223,14 @@ class Daemon:
 
     def _drain(self):
         d = self.device
-        if d.tx:
-            # a spill takes the per-datagram path, through the injector (in order)
-            send, fault = self.port.send, d.fault
+        d.inject_faults()
+        if d.tx:                             # a spill: one datagram at a time, in order
             for data, addr in d.take_tx():
-                for delay, dgram in fault.apply(data):
-                    if delay:
-                        self.loop.call_later(delay, send, dgram, addr)
-                    else:
-                        send(dgram, addr)
+                self.port.send(data, addr)
         elif d.dp.ntx:
-            if d.fault.spec.active():        # faults in C on the buffer; held ones later
-                for delay, dgram, addr in d.fault_tx_buffer():
-                    self.loop.call_later(delay, self.port.send, dgram, addr)
-            if d.dp.ntx:
-                self.port.send_queued(d.dp)
+            self.port.send_queued(d.dp)
+        for delay, dgram, addr in d.take_later():
+            self.loop.call_later(delay, self.port.send, dgram, addr)
         if d.reading and not self._producing:
             # READ responses in progress: more once the loop has served other events
             self._producing = True

@@ -113,6 +113,7 @@ class Device:
         self.fault = FaultInjector(fault or FaultSpec(), self.counters)
         # outputs, drained by the io layer (datagrams: see take_tx)
         self.tx: list[tuple[bytes, tuple[str, int]]] = []     # spilled from dp's tx buffer
+        self.tx_later: list[tuple[float, bytes, tuple[str, int]]] = []  # held by faults
         self.notify: set = set()
         self.events: list[tuple[object, dict]] = []
         self._acks: set = set()
@@ -405,21 +406,29 @@ class Device:
             lib.rnic_dp_tx_push(self.dp, data, len(data), ip_be)
 
     def spill_tx(self):
-        """The transmit buffer is full in the middle of a call: move it to `tx`."""
+        """The transmit buffer is full in the middle of a call: move it to `tx` (through
+        fault injection first, like every datagram)."""
+        self.inject_faults()
         self.tx.extend(self._tx_buffered())
         self.dp.ntx = 0
+
+    def inject_faults(self):
+        """Fault injection on the transmit buffer in place (native/src/fault.c): what is
+        left goes out with it; the delayed and reordered datagrams wait in `tx_later`."""
+        if self.dp.ntx and self.fault.spec.active():
+            self.tx_later += self.fault.apply_buffer(self.dp,
+                                                     lambda be: (_ip_str(be), ROCEV2_PORT))
+
+    def take_later(self) -> list[tuple[float, bytes, tuple[str, int]]]:
+        """(delay seconds, datagram, address) of the datagrams faults held back."""
+        out, self.tx_later = self.tx_later, []
+        return out
 
     def _tx_buffered(self):
         dp, ffi = self.dp, native.ffi
         for i in range(dp.ntx):
             data = ffi.buffer(dp.tx_bufs + i * TX_BUF, dp.tx_lens[i])[:]
             yield data, (_ip_str(dp.tx_addrs_be[i]), ROCEV2_PORT)
-
-    def fault_tx_buffer(self) -> list[tuple[float, bytes, tuple[str, int]]]:
-        """Fault injection on the transmit buffer in place (native/src/fault.c): what is
-        left goes out with it; the delayed and reordered datagrams are returned as (delay
-        seconds, datagram, address) to send later."""
-        return self.fault.apply_buffer(self.dp, lambda be: (_ip_str(be), ROCEV2_PORT))
 
     def take_tx(self) -> list[tuple[bytes, tuple[str, int]]]:
         """Every datagram to send, in order, as (bytes, address); empties the queues."""

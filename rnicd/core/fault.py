@@ -1,6 +1,6 @@
 """Built-in fault injection (netem is not available here): per device, on transmit.
 
-Each outgoing datagram independently may be dropped, corrupted (one byte flipped: the peer's
+Each outgoing datagram independently may be dropped, corrupted (one bit flipped: the peer's
 ICRC check catches it), duplicated, delayed, or reordered (held back so that later datagrams
 overtake it). Seeded, so a run can be repeated.
 """
@@ -60,8 +60,8 @@ _C_COUNTERS = (("n_drop", "fault_drop"), ("n_dup", "fault_dup"), ("n_reorder", "
 
 
 class FaultInjector:
-    """The data plane's transmit buffer goes through the C injector (native/src/fault.c:
-    apply_buffer); a datagram core/ spilled out of it, through apply (the same rules)."""
+    """Every datagram goes through the C injector (native/src/fault.c) on the data plane's
+    transmit buffer, before it is sent or spilled (Device.inject_faults)."""
 
     def __init__(self, spec: FaultSpec, counters):
         self.counters = counters
@@ -72,11 +72,10 @@ class FaultInjector:
 
     def configure(self, spec: FaultSpec):
         self.spec = spec
-        self.rng = random.Random(spec.seed)
         c = self.c
         for k in KINDS:                      # a rate as a threshold out of 2^32
             setattr(c, k, round(getattr(spec, k) * (1 << 32)))
-        c.rng = self.rng.getrandbits(64)     # from the seed (or random without one)
+        c.rng = random.Random(spec.seed).getrandbits(64)     # the seed's (or a random) state
         c.n_drop = c.n_dup = c.n_reorder = c.n_delay = c.n_corrupt = 0
 
     def apply_buffer(self, dp, address_of) -> list[tuple[float, bytes, object]]:
@@ -105,30 +104,3 @@ class FaultInjector:
             if getattr(c, field) != was:
                 self.counters.inc(name, getattr(c, field) - was)
         return later
-
-    def apply(self, datagram: bytes) -> list[tuple[float, bytes]]:
-        """-> [(delay_seconds, datagram), ...] to actually send."""
-        s, r = self.spec, self.rng
-        if not s.active():
-            return [(0.0, datagram)]
-        if s.drop and r.random() < s.drop:
-            self.counters.inc("fault_drop")
-            return []
-        if s.corrupt and r.random() < s.corrupt:
-            self.counters.inc("fault_corrupt")
-            b = bytearray(datagram)
-            i = r.randrange(len(b))
-            b[i] ^= 1 << r.randrange(8)
-            datagram = bytes(b)
-        delay = 0.0
-        if s.delay and r.random() < s.delay:
-            self.counters.inc("fault_delay")
-            delay = s.delay_ms / 1000
-        elif s.reorder and r.random() < s.reorder:
-            self.counters.inc("fault_reorder")
-            delay = s.reorder_ms / 1000
-        out = [(delay, datagram)]
-        if s.dup and r.random() < s.dup:
-            self.counters.inc("fault_dup")
-            out.append((delay, datagram))
-        return out
