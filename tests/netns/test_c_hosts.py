@@ -46,7 +46,7 @@ def pair():
 
 def exec_on(host, *cmd):
     """cmd inside host's namespace, on host's rnicd, through `rnic exec`."""
-    return ["ip", "netns", "exec", host.netns, *rnic_exec(host.socket, *cmd)]
+    return host.argv(*rnic_exec(host.socket, *cmd))
 
 
 def server_client(server, client, server_cmd, client_cmd, tcp_port=None, cm_port=None):
