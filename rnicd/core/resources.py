@@ -199,10 +199,6 @@ class RecvWQE:
     sges: list = field(default_factory=list)     # (addr, length, lkey), at most the cap
     num_sge: int = 0            # as the client wrote it: more than the cap is a bad WQE
 
-    @property
-    def too_many_sges(self) -> bool:
-        return self.num_sge > len(self.sges)
-
 
 class RecvQueue:
     """An RQ or SRQ ring read by the device (the client produces)."""
