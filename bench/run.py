@@ -111,9 +111,26 @@ class Daemon:
             return f.read()[-n:]
 
     def cpu_s(self):
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the daemon and of its engines (its child processes)."""
+        total = 0.0
+        for pid in [self.proc.pid] + self.engine_pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def engine_pids(self):
+        pids = []
+        try:
+            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return pids
 
     def rss_kib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:

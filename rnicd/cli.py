@@ -20,6 +20,11 @@ def parse_args(argv=None):
     p.add_argument("--ctl-socket", help="control socket path (default: $RNIC_SOCKET, "
                    "$XDG_RUNTIME_DIR/rnicd/rnicd.sock, /run/rnicd/rnicd.sock)")
     p.add_argument("--fault", help="fault injection, e.g. drop=0.05,reorder=0.02,dup=0.01,seed=7")
+    p.add_argument("--engines", help="engine processes running the data plane: a number, "
+                   "'auto' (default: one per CPU the daemon may run on) or 0 (none: the "
+                   "daemon's own loop runs it)")
+    p.add_argument("--engine-spin-us", type=float, help="how long an engine keeps polling "
+                   "after its last work before it sleeps (default 50)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -28,7 +33,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = Config.load(args.config, device=args.device, bind=args.bind, port=args.port,
-                          ctl_socket=args.ctl_socket, fault=args.fault, log_level=args.log_level)
+                          ctl_socket=args.ctl_socket, fault=args.fault, log_level=args.log_level,
+                          engines=args.engines, engine_spin_us=args.engine_spin_us)
     except (OSError, ValueError) as exc:
         print(f"rnicd: bad configuration: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,10 @@ class Config:
     ctl_socket: str = field(default_factory=default_socket_path)
     fault: FaultSpec = field(default_factory=FaultSpec)
     log_level: str = "info"
+    # engines (docs/engines.md): None is one per CPU the daemon may run on; 0 keeps the
+    # data plane inside the daemon's loop
+    engines: int | None = None
+    engine_spin_us: float = 50.0
 
     @classmethod
     def load(cls, path: str | None = None, **overrides) -> "Config":
@@ -55,6 +59,14 @@ class Config:
                 setattr(self, key, str(value))
             elif key == "port":
                 self.port = int(value)
+            elif key == "engines":
+                self.engines = None if value in (None, "auto") else int(value)
+                if self.engines is not None and not 0 <= self.engines <= 256:
+                    raise ValueError(f"engines={value}: need 0..256 (or 'auto')")
+            elif key == "engine_spin_us":
+                self.engine_spin_us = float(value)
+                if not 0 <= self.engine_spin_us <= 1e6:
+                    raise ValueError(f"engine_spin_us={value}: need 0..1000000")
             else:
                 raise ValueError(f"unknown configuration key '{key}'")
 

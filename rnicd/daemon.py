@@ -7,6 +7,7 @@ asynchronous events, and re-arms the one timer for the earliest deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -19,6 +20,8 @@ from rnicd.config import Config
 from rnicd.core.device import Device
 from rnicd.errors import VerbsError
 from rnicd.io.control import ControlServer
+from rnicd.io.engines import Engines
+from rnicd.io.engines import default_count as default_engines
 from rnicd.io.netif import LinkWatcher, interface_of
 from rnicd.io.shm import SharedMemory
 from rnicd.io.systemd import listen_socket, sd_notify, watchdog_interval
@@ -58,6 +61,7 @@ class Daemon:
         self._producing = False             # a call to _produce is scheduled
         self._stopped = asyncio.Event()
         self.port: RocePort | None = None
+        self.engines: Engines | None = None
         self.control: ControlServer | None = None
         self.watcher: LinkWatcher | None = None
 
@@ -68,14 +72,25 @@ class Daemon:
         if link is not None:
             self._link_changed(link)
             self.watcher = LinkWatcher(self.loop, self.config.bind, self._link_changed)
-        sock = open_roce_socket(self.config.bind, self.config.port)
-        self.port = RocePort(self.loop, sock, self.device, self._after_batch)
+        n = self.config.engines
+        n = default_engines() if n is None else n
+        if n:
+            # the engines' sockets join the port's group first: steering picks among them
+            self.engines = Engines(self.loop, self.device, self.shm, self.config.bind,
+                                   self.config.port, n, self.config.engine_spin_us,
+                                   self._engine_events)
+        sock = open_roce_socket(self.config.bind, self.config.port,
+                                reuseport=self.engines is not None)
+        self.port = RocePort(self.loop, sock, self.device, self._after_batch, self._held)
+        if self.engines:
+            self.engines.start()
         self.control = ControlServer(self.loop, self.config.ctl_socket, self._handle,
                                      self._connection_closed, self._sent_fds, listen_sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
-        log.info("rnicd: device %s on %s:%d, control socket %s", self.device.name,
-                 self.config.bind, self.config.port, self.config.ctl_socket)
+        log.info("rnicd: device %s on %s:%d, control socket %s, %s", self.device.name,
+                 self.config.bind, self.config.port, self.config.ctl_socket,
+                 f"{n} engines" if self.engines else "no engines")
         sd_notify("READY=1\nSTATUS=serving " + self.device.name)
 
     def _link_changed(self, link):
@@ -86,7 +101,12 @@ class Daemon:
                  link.ifname, link.mtu, 128 << self.device.active_mtu,
                  "up" if link.up else "down", len(link.addrs))
         if self.port:
-            self._drain()
+            with self._held():
+                self._drain()
+
+    def _held(self):
+        """core/ works on the data plane's state: the engines wait at a safe point."""
+        return self.engines.held() if self.engines else contextlib.nullcontext()
 
     async def serve(self, listen_sock=None):
         self.start(listen_sock if listen_sock is not None else listen_socket())
@@ -107,7 +127,10 @@ class Daemon:
     def shutdown(self):
         sd_notify("STOPPING=1")
         if self.control:
-            self.control.close()          # closes every session: releases all objects
+            with self._held():
+                self.control.close()      # closes every session: releases all objects
+        if self.engines:
+            self.engines.stop()
         if self.port:
             self.port.close()
         if self.watcher:
@@ -142,13 +165,15 @@ class Daemon:
             self.sessions[conn] = session
             self.primary[session] = conn
             conn.session = session
-            self.loop.add_reader(session.doorbell_fd, self._doorbell, session)
+            if not self.engines:            # else the engines wait on the doorbells
+                self.loop.add_reader(session.doorbell_fd, self._doorbell, session)
         session.caller = conn
-        try:
-            result, out_fds = session.call(method, args, fds, now)
-        finally:
-            session.caller = None
-            self._drain()
+        with self._held():
+            try:
+                result, out_fds = session.call(method, args, fds, now)
+            finally:
+                session.caller = None
+                self._drain()
         self._ring_fds.update(fd for fd in out_fds if fd not in self._eventfds(session))
         return result, out_fds
 
@@ -188,15 +213,18 @@ class Daemon:
         if session in self.sessions.values():   # an imported context still holds it open
             if self.primary.get(session) is conn:
                 self.primary[session] = next(c for c, s in self.sessions.items() if s is session)
-            session.drop_route(conn, self.loop.time())
-            self._drain()
+            with self._held():
+                session.drop_route(conn, self.loop.time())
+                self._drain()
             return
         self.primary.pop(session, None)
-        self.loop.remove_reader(session.doorbell_fd)
+        if not self.engines:
+            self.loop.remove_reader(session.doorbell_fd)
         log.info("client %s gone: releasing %d QPs, %d MRs", session.pid or "?",
                  len(session.qps), len(session.mrs))
-        session.close(self.loop.time())
-        self._drain()
+        with self._held():
+            session.close(self.loop.time())
+            self._drain()
 
     # ---- data path events ----------------------------------------------------------------
     def _doorbell(self, session):
@@ -208,18 +236,25 @@ class Daemon:
         self._drain()
 
     def _after_batch(self):
-        self.device.end_batch(self.loop.time())
+        self.device.end_batch(self.loop.time())      # RocePort holds the engines
         self._drain()
+
+    def _engine_events(self):
+        with self._held():
+            self.engines.handle_events(self.loop.time())
+            self._drain()
 
     def _produce(self):
         self._producing = False
-        self.device.produce(self.loop.time())
-        self._drain()
+        with self._held():
+            self.device.produce(self.loop.time())
+            self._drain()
 
     def _on_timer(self):
         self._timer = self._timer_at = None
-        self.device.on_timer(self.loop.time())
-        self._drain()
+        with self._held():
+            self.device.on_timer(self.loop.time())
+            self._drain()
 
     def _drain(self):
         d = self.device

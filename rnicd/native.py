@@ -14,13 +14,20 @@ from rnicd._native import ffi, lib
 
 __all__ = [
     "ffi", "lib", "region", "crc32", "crc32c", "roce_icrc", "icrc_bytes", "ring_bytes",
-    "ring_init", "RingView", "atomic_cas64", "atomic_faa64", "copy_in", "copy_out", "ipv4_be",
+    "ring_init", "RingView", "shared_new", "atomic_cas64", "atomic_faa64", "copy_in",
+    "copy_out", "ipv4_be",
 ]
 
 BTH_LEN = 12  # IBTA 9.2: the ICRC covers at least a whole BTH
 ICRC_LEN = 4
 _PSEUDO_HDRS = 20 + 8  # IPv4 + UDP headers counted in the IP total length (Annex A17.3.3)
 _MAX_PKT = 0xFFFF - _PSEUDO_HDRS - ICRC_LEN
+
+
+# ffi.new for the data plane's records: the same, but in the state arena (native/src/arena.c),
+# which the engine processes share, so every record has one copy at one address.
+shared_new = ffi.new_allocator(alloc=lib.rnic_arena_alloc, free=lib.rnic_arena_free,
+                               should_clear_after_alloc=True)
 
 
 def region(buf, writable: bool = True):

@@ -84,6 +84,8 @@ class DaemonProcess:
         self.log_path = tmp_path / f"{name}.log"
         args = [sys.executable, "-m", "rnicd.cli", "--bind", self.ip, "--ctl-socket",
                 self.socket, "--log-level", "info", *extra]
+        if os.environ.get("RNIC_TEST_ENGINES") and "--engines" not in extra:
+            args += ["--engines", os.environ["RNIC_TEST_ENGINES"]]    # test_engines.py
         if fault:
             args += ["--fault", fault]
         self.log = open(self.log_path, "w")
@@ -97,6 +99,20 @@ class DaemonProcess:
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def engine_pids(self) -> list[int]:
+        """The daemon's engine processes (its children, docs/engines.md)."""
+        pids = []
+        for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+            with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        return pids
+
+    def signal_host(self, sig) -> None:
+        """Signal the daemon and its engines: the whole emulated host (SIGSTOP: it stops
+        answering)."""
+        for pid in [self.proc.pid, *self.engine_pids()]:
+            os.kill(pid, sig)
 
     def stop(self, timeout=10.0) -> int:
         if self.proc.poll() is None:

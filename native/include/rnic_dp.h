@@ -242,6 +242,16 @@ struct rnic_dp_qp {
      * with immediate only, one packet: at most mtu bytes) and receives with
      * rnic_dp_recv_begin/_place; the data plane never serves it (fast stays 0) */
     uint32_t ud;
+    /* engines (engine.c): the engine that serves it (the send CQ's, docs/engines.md), and
+     * that engine's soft bookkeeping: core/ was asked to pump / run the timer (core/ clears
+     * the flag when it has), the ring indices last looked at, and the event index after the
+     * last datagram handed to core/ (its later ones follow it there, in order) */
+    uint32_t engine;
+    uint32_t eng_pump_posted;
+    uint32_t eng_timer_posted;
+    uint32_t eng_seen_sq;
+    uint32_t eng_seen_rq;
+    uint32_t eng_last_slow;
 };
 
 /* A completion queue as the data plane writes it (the ring of rnic_abi.h). */
@@ -252,6 +262,10 @@ struct rnic_dp_cq {
     uint32_t id;            /* core/'s handle, reported in rnic_dp_dev.notify */
     uint32_t overflow;      /* set when a CQE was lost to overrun (IBV_EVENT_CQ_ERR) */
     uint32_t has_channel;   /* a completion channel may be signalled */
+    uint32_t lock;          /* CQE writers of several engines take turns (rnic_dp_cq_push) */
+    int32_t chan_fd;        /* the channel's eventfd, as the daemon numbers it; -1: none */
+    uint32_t engine;        /* the engine of its comp_vector */
+    uint32_t _rsvd;
 };
 
 /* A send WQE in flight, fetched and validated by core/ (slot = SQ index & swqe_mask).
@@ -307,6 +321,10 @@ struct rnic_dp_dev {
     uint32_t notify_cap;
     uint32_t *notify;               /* ids of CQs to signal, or that overran */
     uint32_t nnotify;
+    int32_t *notify_fds;            /* engines: notify[i]'s channel fd here, -1: core/'s */
+    int32_t *fdmap;                 /* engines: daemon fd number -> this process's fd + 1
+                                     * (0: none) */
+    uint32_t fdmap_len;             /* 0: the daemon's own table (core/ signals channels) */
     uint32_t pumps_cap;
     uint32_t *pumps;                /* QPNs that need core/: requester (fetch, READ, ...)
                                      * or READ responses still to produce */
@@ -470,5 +488,117 @@ uint32_t rnic_fault_compact(struct rnic_dp_dev *dev, const uint8_t *marks);
  * (DestQP mod nsocks), counting the group's sockets in the order they were bound: an engine
  * owns the QPs whose number is its index modulo nsocks (docs/engines.md). 0 or -errno. */
 int rnic_steer_by_qpn(int fd, uint32_t nsocks);
+
+/* ---- arena.c: the state arena (shared with the engines) ------------------------------- */
+
+/* The arena's mapping in this process, created on first use (NULL if that failed). */
+void *rnic_arena_base(void);
+/* size bytes (64-byte aligned, 4096 from 4032 bytes up) of the arena, or NULL; not zeroed. */
+void *rnic_arena_alloc(size_t size);
+void rnic_arena_free(void *p);
+/* Bytes in live blocks. */
+uint64_t rnic_arena_used(void);
+
+/* ---- engine.c: the engines (docs/engines.md) ------------------------------------------ */
+
+/* rnic_engine.state */
+#define RNIC_ENGINE_RUN 0       /* working or spinning */
+#define RNIC_ENGINE_SLEEP 1     /* in epoll_wait, or about to be */
+#define RNIC_ENGINE_HELD 2      /* stopped at a safe point while core/ works */
+#define RNIC_ENGINE_EXITED 3
+
+/* rnic_engine_event.kind: what an engine hands to core/ */
+#define RNIC_EV_PACKET 1        /* a datagram for the slow path: data[len] from src:sport */
+#define RNIC_EV_PUMP 2          /* QP id needs core/'s requester (READ/atomic WQEs, a QP not
+                                 * in RTS, UD, XRC, a bad WQE) */
+#define RNIC_EV_TIMER 3         /* the retransmit timer of QP id expired */
+#define RNIC_EV_NOTIFY 4        /* CQ id overran, or its channel is core/'s to signal */
+/* largest datagram an event carries (a 4096-byte payload with every RoCE header) */
+#define RNIC_EV_DATA 4224
+
+struct rnic_engine_event {
+    uint32_t kind;
+    uint32_t id;
+    uint32_t len;
+    uint32_t src_ip_be;
+    uint16_t sport;
+    uint16_t _rsvd0;
+    uint32_t _rsvd1[3];
+    uint8_t data[4224];         /* RNIC_EV_DATA (cffi's cdef takes only a literal here) */
+};
+
+/* rnic_engine_cmd.op: the daemon's commands, on the engine's command socket */
+#define RNIC_ENGINE_CMD_MAP 1       /* map the passed memfd at addr (len bytes from off) */
+#define RNIC_ENGINE_CMD_UNMAP 2     /* unmap [addr, addr + len) */
+#define RNIC_ENGINE_CMD_FD 3        /* keep the passed fd as the daemon's number dfd */
+#define RNIC_ENGINE_CMD_CLOSE_FD 4  /* forget dfd */
+#define RNIC_ENGINE_FD_DOORBELL 1   /* CMD_FD flags: a doorbell eventfd to wait on */
+
+struct rnic_engine_cmd {
+    uint32_t op;
+    int32_t dfd;
+    uint32_t flags;
+    uint32_t _rsvd;
+    uint64_t addr;
+    uint64_t len;
+    uint64_t off;
+};
+
+/* One engine, in the arena: what the daemon and the engine share. */
+struct rnic_engine {
+    uint32_t id;
+    int32_t cpu;            /* the CPU it is pinned to, -1: none */
+    int32_t pid;
+    uint32_t state;         /* RNIC_ENGINE_* */
+    uint32_t pause_req;     /* core/ asks it to hold at its next safe point */
+    uint32_t hold_waiting;  /* it waits in poll for the hold to end */
+    uint32_t stop;
+    uint32_t ev_overflow;   /* an event was lost: core/ looks at every QP and CQ */
+    uint32_t ev_prod;       /* events: the engine produces ... */
+    uint32_t ev_cons;       /* ... core/ consumes once it has handled one */
+    uint32_t ev_cap;        /* a power of two */
+    uint32_t nqps;          /* the QPs it serves: qpns[0..nqps) */
+    uint32_t qps_cap;
+    uint32_t fault_on;
+    uint32_t *qpns;
+    struct rnic_engine_event *events;
+    struct rnic_dp_dev *dev;    /* its own transmit buffer and lists; the shared tables */
+    struct rnic_fault fault;
+    double fault_delay_s;
+    double fault_reorder_s;
+    double spin_s;          /* spin this long after the last work, then sleep */
+    double started;         /* CLOCK_MONOTONIC seconds */
+    int32_t sock_fd;        /* its UDP socket in the port's SO_REUSEPORT group */
+    int32_t cmd_fd;         /* command socket (SOCK_SEQPACKET) */
+    int32_t resume_fd;      /* eventfd: the hold is over */
+    int32_t wake_fd;        /* eventfd: events wait for core/ */
+    uint16_t peer_port;     /* UDP port of the peers (4791) */
+    uint16_t _rsvd0;
+    uint32_t _rsvd1;
+    uint64_t rx_pkts;
+    uint64_t tx_pkts;
+    uint64_t events_posted;
+    uint64_t ev_dropped;
+    uint64_t wakeups;
+    uint64_t loops;
+    uint64_t busy_ns;
+    uint64_t tx_dropped_busy;
+    uint64_t tx_errors;
+    uint64_t rx_drop_oversize;
+    uint64_t fault_no_room;
+    uint64_t channel_events;    /* completion channels it signalled itself */
+};
+
+/* CLOCK_MONOTONIC in seconds (asyncio's loop.time() on Linux). */
+double rnic_monotonic(void);
+/* Fork the engine: the child runs it (C only) until stop or the daemon's death; returns the
+ * child's pid, or -errno. */
+int rnic_engine_spawn(struct rnic_engine *e);
+/* Hold the engine at a safe point (it then touches no QP, CQ or MR state) so that core/ may
+ * work: 0, -ESRCH (it exited) or -ETIMEDOUT. rnic_engine_release lets it go on. */
+int rnic_engine_hold(struct rnic_engine *e, double timeout_s);
+void rnic_engine_release(struct rnic_engine *e);
+/* Send a command (with fd, or -1) and wait for the engine's answer: 0 or -errno. */
+int rnic_engine_command(int sock, const struct rnic_engine_cmd *c, int fd, double timeout_s);
 
 #endif /* RNIC_DP_H */

@@ -47,17 +47,38 @@ static inline int local_op(uint32_t op) { return op == WR_LOCAL_INV || op == WR_
 static inline int uc_op(uint32_t op) { return op <= WR_SEND_IMM; }
 
 
+/* Note that cq needs its channel signalled (or, overrun, core/): in an engine, with the
+ * channel's eventfd when the engine holds it (dev->fdmap), else by core/ from notify[]. */
+static void cq_note(struct rnic_dp_dev *dev, const struct rnic_dp_cq *cq, int for_core)
+{
+    int32_t fd = -1;
+
+    if (dev->nnotify >= dev->notify_cap)
+        return;
+    if (!for_core && dev->fdmap_len && cq->chan_fd >= 0 && (uint32_t)cq->chan_fd < dev->fdmap_len)
+        fd = dev->fdmap[cq->chan_fd] - 1;    /* stored + 1: 0 is none */
+    if (dev->notify_fds)
+        dev->notify_fds[dev->nnotify] = fd;
+    dev->notify[dev->nnotify++] = cq->id;
+}
+
 int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
                     uint32_t solicited)
 {
     struct rnic_ring_hdr *h = cq->hdr;
-    uint32_t prod = h->prod;                        /* only the daemon writes prod */
+    uint32_t prod;
+    int rc = 0;
 
+    /* QPs of two engines may complete into one CQ (a receive CQ on another vector): the
+     * writers take turns; uncontended this is one atomic exchange */
+    while (__atomic_exchange_n(&cq->lock, 1, __ATOMIC_ACQUIRE))
+        __builtin_ia32_pause();
+    prod = h->prod;                                 /* only the lock holder writes prod */
     if (prod - rnic_load_acquire(&h->cons) >= cq->mask) {  /* one slot is kept free */
         cq->overflow = 1;
-        if (dev->nnotify < dev->notify_cap)
-            dev->notify[dev->nnotify++] = cq->id;
-        return -ENOSPC;
+        cq_note(dev, cq, 1);
+        rc = -ENOSPC;
+        goto out;
     }
     memcpy(cq->entries + (size_t)(prod & cq->mask) * RNIC_CQE_SIZE, e, sizeof(*e));
     rnic_store_release(&h->prod, prod + 1);
@@ -70,11 +91,12 @@ int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct
             rnic_xchg(&h->arm, arm);                /* not for this arm: re-arm */
         } else if (arm != RNIC_CQ_DISARMED) {
             rnic_fetch_add(&h->events, 1);
-            if (dev->nnotify < dev->notify_cap)
-                dev->notify[dev->nnotify++] = cq->id;
+            cq_note(dev, cq, 0);
         }
     }
-    return 0;
+out:
+    __atomic_store_n(&cq->lock, 0, __ATOMIC_RELEASE);
+    return rc;
 }
 
 uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)

@@ -42,7 +42,6 @@ PORT_CAP_FLAGS = 1 << 16 | 1 << 26           # IBV_PORT_CM_SUP | IBV_PORT_IP_BAS
 PAGE = 4096               # the page size of the client's memfd segments
 REREG_FLAGS = (ReregFlags.IBV_REREG_MR_CHANGE_TRANSLATION | ReregFlags.IBV_REREG_MR_CHANGE_PD
                | ReregFlags.IBV_REREG_MR_CHANGE_ACCESS)
-NUM_COMP_VECTORS = 64     # a CQ's comp_vector is 0..63 (ibv_context.num_comp_vectors)
 # IBV_ACCESS_MW_BIND permits binding memory windows to the MR (core/mw.py, C10-73).
 MR_ACCESS = (RC_ACCESS | Access.IBV_ACCESS_MW_BIND | Access.IBV_ACCESS_ZERO_BASED
              | Access.IBV_ACCESS_RELAXED_ORDERING)
@@ -71,7 +70,7 @@ class Session(CMVerbs):
         self.cm_ids: dict[int, CMId] = {}
         self.parked_rings: dict[int, tuple[dict, list[int]]] = {}   # offloaded QPs' rings
         self._next_handle = 1
-        self.doorbell_fd = shm.new_eventfd()
+        self.doorbell_fd = shm.new_eventfd(doorbell=True)
         # inodes of its clients' command sockets (each passed its own end by SCM_RIGHTS at
         # hello): import_context recognises a context by one of them
         self.sockets: set[int] = set()
@@ -107,7 +106,7 @@ class Session(CMVerbs):
     # ---- device --------------------------------------------------------------------------
     def m_hello(self, args, fds, now):
         return {"version": ctl.PROTOCOL_VERSION, "device": self.device.name,
-                "num_comp_vectors": NUM_COMP_VECTORS}, [self.doorbell_fd]
+                "num_comp_vectors": self.device.comp_vectors}, [self.doorbell_fd]
 
     def m_query_device(self, args, fds, now):
         return device_attr(self.device), []
@@ -151,6 +150,8 @@ class Session(CMVerbs):
         except (TypeError, ValueError) as exc:
             raise einval(f"set_fault: {exc}") from None
         self.device.fault.configure(spec)
+        if self.device.engines is not None:
+            self.device.engines.configure_faults()
         log.info("fault injection on %s: %s", self.device.name, spec.to_dict())
         return {"spec": spec.to_dict()}, []
 
@@ -173,6 +174,11 @@ class Session(CMVerbs):
                 row.update(sq_psn=qp.psn)
             rows.append(row)
         return {"qps": rows}, []
+
+    def m_get_engines(self, args, fds, now):
+        """The engines (`rnic engine`): none when the daemon's loop runs the data plane."""
+        engines = self.device.engines
+        return {"engines": engines.info(now) if engines is not None else []}, []
 
     def m_get_objects(self, args, fds, now):
         # with the rdma_cm ports listened on: what a script waits for before its client
@@ -384,7 +390,8 @@ class Session(CMVerbs):
     def m_create_cq(self, args, fds, now):
         lim = self.device.limits
         cqe = arg_int(args, "cqe", 1, lim.max_cqe)
-        comp_vector = arg_int(args, "comp_vector", 0, NUM_COMP_VECTORS - 1, 0)
+        # one completion vector per engine (seed 000): vector k's CQEs are engine k's
+        comp_vector = arg_int(args, "comp_vector", 0, self.device.comp_vectors - 1, 0)
         channel = None
         if args.get("channel") is not None:
             channel = self._get(self.channels, args, "channel", "completion channel")
@@ -549,7 +556,7 @@ class Session(CMVerbs):
             rq = RecvQueue(ring, c.max_recv_sge)
             out_fds.append(rq_fd)
         kind = UDQP if qp_type == QPType.IBV_QPT_UD else RCQP     # RCQP: RC and UC
-        qp = kind(self.device, self, self._handle(), self.device.allocate_qpn(), pd, scq, rcq,
+        qp = kind(self.device, self, self._handle(), self.device.allocate_qpn(scq), pd, scq, rcq,
                   srq, sq, rq, c, bool(args.get("sq_sig_all")), qp_type)
         for ref in (pd, scq, rcq, srq):
             if ref is not None:
@@ -590,7 +597,7 @@ class Session(CMVerbs):
             sq, fd, _size = self.shm.new_ring(RingKind.SQ, SEND_WQE_HDR + SGE_SIZE, 1, 0, 0)
             self.shm.close_fd(fd)
             out_fds, sq_size = [], 0
-        qp = XRCQP(self.device, self, self._handle(), self.device.allocate_qpn(), pd, scq,
+        qp = XRCQP(self.device, self, self._handle(), self.device.allocate_qpn(scq), pd, scq,
                    xrcd, sq, c, bool(args.get("sq_sig_all")), qp_type)
         qp.held = tuple(r for r in (pd, scq, xrcd) if r is not None)
         for ref in qp.held:

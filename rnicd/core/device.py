@@ -96,19 +96,24 @@ class Device:
         # the data plane's view of this device: our address, QP and MR tables, ACKs owed
         ffi = native.ffi
         self._dp_arrays = dict(
-            qps=ffi.new("struct rnic_dp_qp *[]", QP_TABLE),
+            qps=native.shared_new("struct rnic_dp_qp *[]", QP_TABLE),
             acks=ffi.new("uint32_t[]", ACKS_PER_BATCH),
             pumps=ffi.new("uint32_t[]", ACKS_PER_BATCH),
             notify=ffi.new("uint32_t[]", NOTIFY_CAP),
             tx_bufs=ffi.new("uint8_t[]", TX_CAP * TX_BUF),
             tx_lens=ffi.new("uint32_t[]", TX_CAP),
             tx_addrs_be=ffi.new("uint32_t[]", TX_CAP))
-        self.dp = ffi.new("struct rnic_dp_dev *", dict(
+        self.dp = native.shared_new("struct rnic_dp_dev *", dict(
             self._dp_arrays, ip_be=native.ipv4_be(ip), port=port, qps_len=QP_TABLE,
             mrs=self.keys.dp, mrs_len=MR_TABLE, acks_len=ACKS_PER_BATCH,
             pumps_cap=ACKS_PER_BATCH, notify_cap=NOTIFY_CAP, tx_buf_size=TX_BUF,
             tx_cap=TX_CAP))
         self.cqs: dict[int, CQ] = {}        # by uid, to resolve the data plane's reports
+        # engines (io/engines.py, docs/engines.md): comp vector k is engine k's; a QP is
+        # served by its send CQ's engine, and its number is that engine's modulo the count
+        # (the kernel steers its datagrams by it). None: no engines, the io layer calls us.
+        self.comp_vectors = 1
+        self.engines = None
         self._gone = Counters()             # data-plane counts of destroyed QPs
         self.fault = FaultInjector(fault or FaultSpec(), self.counters)
         # outputs, drained by the io layer (datagrams: see take_tx)
@@ -165,19 +170,30 @@ class Device:
         return int.from_bytes(b"\x02\x00\x5e\xff\xfe" + a[1:], "big")
 
     # ---- QP table ------------------------------------------------------------------------
-    def allocate_qpn(self) -> int:
+    def engine_of(self, send_cq) -> int:
+        """The engine that serves a QP: its send CQ's (XRC TGT QPs have none: engine 0)."""
+        return send_cq.comp_vector % self.comp_vectors if send_cq is not None else 0
+
+    def allocate_qpn(self, send_cq=None) -> int:
+        """A free QPN that is the QP's engine modulo the engine count (the steering rule)."""
+        n, want = self.comp_vectors, self.engine_of(send_cq)
         for _ in range(QP_TABLE):
             qpn = self._next_qpn
             self._next_qpn = 0x11 if self._next_qpn >= QP_TABLE - 1 else self._next_qpn + 1
-            if qpn not in self.qps:
+            if qpn % n == want and qpn not in self.qps:
                 return qpn
         raise OverflowError("no free QP number")
 
     def add_qp(self, qp):
         self.qps[qp.qp_num] = qp
+        qp.dp.engine = self.engine_of(qp.send_cq)
         self._dp_arrays["qps"][qp.qp_num] = qp.dp
+        if self.engines is not None:
+            self.engines.add_qp(qp)
 
     def remove_qp(self, qp):
+        if self.engines is not None:
+            self.engines.remove_qp(qp)
         mw.forget_qp(self, qp)
         self.qps.pop(qp.qp_num, None)
         self._dp_arrays["qps"][qp.qp_num] = native.ffi.NULL
@@ -368,9 +384,14 @@ class Device:
         for name in ("sent_pkts", "retransmitted_pkts"):
             snap[name] = snap.get(name, 0) + self._gone[name] + sum(
                 getattr(qp.dp, name) for qp in self.qps.values())
-        snap["rcvd_pkts"] = self.dp.fast_pkts + self.dp.slow_pkts
-        snap["dp_fast_pkts"] = self.dp.fast_pkts
-        snap["slow_path_events"] = self.dp.slow_pkts
+        dps = [self.dp] + (self.engines.dps if self.engines is not None else [])
+        fast, slow = sum(d.fast_pkts for d in dps), sum(d.slow_pkts for d in dps)
+        snap["rcvd_pkts"] = fast + slow
+        snap["dp_fast_pkts"] = fast
+        snap["slow_path_events"] = slow
+        if self.engines is not None:
+            for name, value in self.engines.counters().items():
+                snap[name] = snap.get(name, 0) + value
         return dict(sorted(snap.items()))
 
     def doorbell(self, owner, now: float):
@@ -449,18 +470,23 @@ class Device:
         """Completion channels to signal since the last call; CQ overruns become events."""
         dp = self.dp
         for i in range(dp.nnotify):
-            cq = self.cqs.get(dp.notify[i])
-            if cq is None:
-                continue
-            if cq.dp.overflow:
-                cq.dp.overflow = 0
-                self.counters.inc("cq_overflow")
-                log.warning("CQ %d overrun: completions were lost", cq.handle)
-                self.post_event(cq.owner, {"type": int(EventType.IBV_EVENT_CQ_ERR),
-                                           "cq": cq.handle})
-            if cq.channel is not None:
-                self.notify.add(cq.channel)
+            self.notify_cq(dp.notify[i])
         dp.nnotify = 0
+
+    def notify_cq(self, uid: int):
+        """The data plane (here or in an engine) reported CQ uid: signal its channel, and
+        an overrun becomes IBV_EVENT_CQ_ERR."""
+        cq = self.cqs.get(uid)
+        if cq is None:
+            return
+        if cq.dp.overflow:
+            cq.dp.overflow = 0
+            self.counters.inc("cq_overflow")
+            log.warning("CQ %d overrun: completions were lost", cq.handle)
+            self.post_event(cq.owner, {"type": int(EventType.IBV_EVENT_CQ_ERR),
+                                       "cq": cq.handle})
+        if cq.channel is not None:
+            self.notify.add(cq.channel)
 
     def post_event(self, owner, ev: dict):
         """An asynchronous event for owner's client; owner None: for every client. owner may

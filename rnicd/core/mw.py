@@ -44,7 +44,7 @@ class MW:
         self.lkey = None
         self.mr = None          # the MR it is bound to, None while not bound
         self.qp = None          # type 2B: the QP it is bound to
-        self.dp = ffi.new("struct rnic_dp_mr *", {
+        self.dp = native.shared_new("struct rnic_dp_mr *", {
             "base": ffi.NULL, "pd": pd.uid, "rkey": rkey, "flags": KEY_MW | KEY_INVALID})
 
     @property

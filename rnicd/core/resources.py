@@ -42,7 +42,7 @@ class MR:
         self.access = Access(access)
         self.lkey = lkey
         self.rkey = rkey
-        self.dp = native.ffi.new("struct rnic_dp_mr *", {
+        self.dp = native.shared_new("struct rnic_dp_mr *", {
             "pd": pd.uid, "rkey": rkey, "access": int(access)})
         self._attach(mapping, start, iova, length)
 
@@ -99,7 +99,7 @@ class KeyTable:
         self._next_index = 1
         self.windows = 0            # memory windows among the entries
         self.size = size
-        self.dp = native.ffi.new("struct rnic_dp_mr *[]", size)
+        self.dp = native.shared_new("struct rnic_dp_mr *[]", size)
 
     def allocate(self) -> tuple[int, int]:
         """A key whose index slot is free (index 0 is never used: key 0 is no key)."""
@@ -172,8 +172,9 @@ class CQ:
         self.comp_vector = comp_vector
         self.refs = 0            # QPs using it
         self.uid = next(CQ._uids)   # device-wide identity, what the data plane reports
-        self.dp = native.ffi.new("struct rnic_dp_cq *", {
-            "id": self.uid, "has_channel": int(channel is not None)})
+        self.dp = native.shared_new("struct rnic_dp_cq *", {
+            "id": self.uid, "has_channel": int(channel is not None),
+            "chan_fd": channel.fd if channel is not None else -1, "engine": comp_vector})
         self.ring = ring
 
     @property

@@ -67,11 +67,11 @@ class UDQP:
         ffi = native.ffi
         n, sge = sq_ring.num_entries, max(1, cap.max_send_sge)
         rsge = (srq.rq if srq is not None else rq).max_sge
-        self._swqes = ffi.new("struct rnic_dp_swqe[]", n)
-        self._pieces = ffi.new("struct rnic_dp_piece[]", n * sge)
-        self._recv_pieces = ffi.new("struct rnic_dp_piece[]", max(1, rsge))
+        self._swqes = native.shared_new("struct rnic_dp_swqe[]", n)
+        self._pieces = native.shared_new("struct rnic_dp_piece[]", n * sge)
+        self._recv_pieces = native.shared_new("struct rnic_dp_piece[]", max(1, rsge))
         self._hdr = ffi.new("struct rnic_send_wqe *")     # the header rnic_dp_swqe_load copied
-        self.dp = ffi.new("struct rnic_dp_qp *", {
+        self.dp = native.shared_new("struct rnic_dp_qp *", {
             "qpn": qp_num, "ud": 1, "pd": pd.uid, "swqes": self._swqes, "swqe_mask": n - 1,
             "sq_entries": ffi.cast("uint8_t *", sq_ring.hdr) + sq_ring.hdr_size,
             "sq_entry_size": sq_ring.entry_size, "sq_pieces": self._pieces,

@@ -46,26 +46,78 @@ def _map_segments(fds, segments, total) -> mmap.mmap:
     return mm
 
 
+def _address(mm: mmap.mmap) -> int:
+    anchor = ctypes.c_char.from_buffer(mm)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor
+
+
+class NoMirror:
+    """What SharedMemory tells the engines (io/engines.py) when there are none."""
+
+    def map(self, addr: int, length: int, fd: int, offset: int) -> None:
+        pass
+
+    def unmap(self, addr: int, length: int) -> None:
+        pass
+
+    def add_fd(self, fd: int, doorbell: bool) -> None:
+        pass
+
+    def forget_fd(self, fd: int) -> None:
+        pass
+
+
 class SharedMemory:
     def __init__(self):
         self._maps: dict[int, mmap.mmap] = {}   # id(RingView) -> its mapping
         self.open_fds = 0
         self.mapped_bytes = 0
         self.sessions: list = []                # set by the daemon, for object_counts()
+        # the engines map what we map, at the same address, before the data plane may
+        # follow a pointer into it; they hold the eventfds they signal or wait on
+        self.mirror = NoMirror()
+        self._mirrored: dict[int, int] = {}     # address of a mapping -> its length
 
     # ---- eventfds ------------------------------------------------------------------------
-    def new_eventfd(self) -> int:
+    def new_eventfd(self, doorbell: bool = False) -> int:
         """Non-blocking, and it stays so: the flag is shared with the client through
         SCM_RIGHTS, and a client that wrote the counter near its maximum must not be able to
-        block the daemon's next write (the client libraries wait with poll/epoll)."""
+        block the daemon's next write (the client libraries wait with poll/epoll). Every
+        engine gets it: a doorbell to wait on, else a completion channel to signal."""
         fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.open_fds += 1
+        try:
+            self.mirror.add_fd(fd, doorbell)
+        except OSError:
+            self.close_fd(fd)
+            raise
         return fd
 
     def close_fd(self, fd: int):
         if fd >= 0:
+            self.mirror.forget_fd(fd)
             os.close(fd)
             self.open_fds -= 1
+
+    def _mirror(self, mm: mmap.mmap, pieces) -> None:
+        """Map pieces (address, length, fd, offset) of mm in the engines too."""
+        try:
+            for addr, length, fd, off in pieces:
+                self.mirror.map(addr, length, fd, off)
+        except OSError as exc:
+            self.mirror.unmap(_address(mm), len(mm))
+            mm.close()
+            raise VerbsError(exc.errno or errno.EIO, f"an engine could not map: {exc}") from None
+        self._mirrored[_address(mm)] = len(mm)
+
+    def _unmirror(self, mm: mmap.mmap) -> None:
+        addr = _address(mm)
+        length = self._mirrored.pop(addr, None)
+        if length is not None:
+            self.mirror.unmap(addr, length)
 
     # ---- rings ---------------------------------------------------------------------------
     def new_ring(self, kind, entry_size, n, max_sge, max_inline):
@@ -80,6 +132,11 @@ class SharedMemory:
             os.close(fd)
             raise
         native.ring_init(mm, kind, entry_size, n, max_sge, max_inline)
+        try:
+            self._mirror(mm, [(_address(mm), size, fd, 0)])
+        except VerbsError:
+            os.close(fd)
+            raise
         ring = native.RingView(mm)
         self._maps[id(ring)] = mm
         self.mapped_bytes += size
@@ -91,6 +148,7 @@ class SharedMemory:
         ring.release()
         if mm is not None:
             self.mapped_bytes -= len(mm)
+            self._unmirror(mm)
             mm.close()
 
     # ---- memory regions ------------------------------------------------------------------
@@ -122,11 +180,17 @@ class SharedMemory:
                 mm = _map_segments(fds, segments, total)
         except OSError as exc:
             raise VerbsError(exc.errno or errno.ENOMEM, f"reg_mr: mmap failed: {exc}") from None
+        base, pieces = _address(mm), []
+        for i, off, n in segments:
+            pieces.append((base, n, fds[i], off))
+            base += n
+        self._mirror(mm, pieces)
         self.mapped_bytes += total
         return mm
 
     def unmap(self, mm: mmap.mmap):
         self.mapped_bytes -= len(mm)
+        self._unmirror(mm)
         try:
             mm.close()          # also closes the fd mmap keeps
         except BufferError:

@@ -1,6 +1,7 @@
 """The RoCEv2 port: one UDP socket on (bind address, 4791), read in batches."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -21,9 +22,12 @@ RECV_BUF = 9216             # bytes per datagram buffer: a 4096-MTU RoCE packet 
 BATCHES_PER_WAKEUP = 8      # then yield to the loop (doorbells, timers, control verbs)
 
 
-def open_roce_socket(ip: str, port: int) -> socket.socket:
+def open_roce_socket(ip: str, port: int, reuseport: bool = False) -> socket.socket:
+    """reuseport: one of the port's SO_REUSEPORT group (the engines', io/engines.py)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # DF set and IP ID 0 on an unconnected socket: the ICRC covers the IP ID (A17.3.3)
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
@@ -44,8 +48,10 @@ class RocePort:
     """Receives in batches (recvmmsg); the data plane handles what it can of each batch, and
     only the rest — the slow-path events — reaches Python, one datagram at a time."""
 
-    def __init__(self, loop, sock: socket.socket, device, on_batch_end):
+    def __init__(self, loop, sock: socket.socket, device, on_batch_end,
+                 guard=contextlib.nullcontext):
         self.loop = loop
+        self.guard = guard          # held around every call into the device (the engines)
         self.sock = sock
         self.device = device
         self.on_batch_end = on_batch_end
@@ -60,6 +66,10 @@ class RocePort:
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self):
+        with self.guard():
+            self._read()
+
+    def _read(self):
         lib, ffi, dev = native.lib, native.ffi, self.device
         bufs, lens, addrs, ports, slow = (self._bufs, self._lens, self._addrs, self._ports,
                                           self._slow)

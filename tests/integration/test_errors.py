@@ -51,13 +51,13 @@ def test_silent_peer_gives_retry_exceeded(rnicd):
     assert poll_n(a.cq, 1)[0].status == S_OK
     time.sleep(0.05)
     retries_before = a.ctx.get_counters().get("timeout_retries", 0)
-    db.proc.send_signal(signal.SIGSTOP)             # the peer host stops answering
+    db.signal_host(signal.SIGSTOP)                  # the peer host stops answering
     try:
         a.qp.post_send(write_wr(2, a, 10, b.mr.rkey, b.mr.buf))
         a.qp.post_send(write_wr(3, a, 10, b.mr.rkey, b.mr.buf))
         wcs = poll_n(a.cq, 2)
     finally:
-        db.proc.send_signal(signal.SIGCONT)
+        db.signal_host(signal.SIGCONT)
     assert [(w.wr_id, w.status) for w in wcs] == [(2, e.IBV_WC_RETRY_EXC_ERR), (3, S_FLUSH)]
     c = a.ctx.get_counters()
     assert c.get("timeout_retries", 0) - retries_before == 3

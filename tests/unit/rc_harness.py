@@ -24,7 +24,7 @@ class FakeShm:
         self._tok = itertools.count(1000)
         self.sessions = []
 
-    def new_eventfd(self):
+    def new_eventfd(self, doorbell=False):
         return next(self._tok)
 
     def close_fd(self, fd):

@@ -59,6 +59,9 @@ void rring_unmap(struct rring *r)
 /* New WQEs wait: 8 bytes to the doorbell eventfd, unless the daemon flagged that it polls. */
 void rnic_doorbell(struct rnic_ctx *c, struct rring *r)
 {
+    /* The WQE's index store must be visible before the flag is read: an engine clears the
+     * flag, then looks at the rings once more, then sleeps (native/src/engine.c) */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (r && ld_acq(&r->hdr->polling))
         return;
     uint64_t one = 1;

@@ -84,7 +84,7 @@ class Ring:
         self.entry_size = self.rv.entry_size
         self.limit = self.num_entries   # QP/SRQ lower it to the max_wr rnicd granted
         self._polling = n.ffi.addressof(self.hdr, "polling")
-        self._load = n.lib.rnic_load_acquire
+        self._fetch_add = n.lib.rnic_fetch_add
 
     def _check(self, n, kind: int, size: int) -> None:
         h = self.rv.hdr
@@ -119,7 +119,9 @@ class Ring:
         return used
 
     def polling(self) -> bool:
-        return bool(self._load(self._polling))
+        # a full barrier with the read (an atomic add of 0): the index just stored must be
+        # visible before the flag is read, as the engine clears it and looks once more
+        return bool(self._fetch_add(self._polling, 0))
 
     def error(self) -> int:
         return self.hdr.error

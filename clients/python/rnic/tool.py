@@ -1,4 +1,4 @@
-"""`rnic`: talk to a running rnicd (devinfo, stat, qp, fault, perf, ping), like ibv_devinfo,
+"""`rnic`: talk to a running rnicd (devinfo, stat, qp, engine, fault, perf, ping), like ibv_devinfo,
 rdma-statistic, perftest and rping; `rnic lab` makes many hosts (rnic.lab)."""
 from __future__ import annotations
 
@@ -85,6 +85,24 @@ def cmd_qp(args) -> int:
     return 0
 
 
+def cmd_engine(args) -> int:
+    with _context(args) as ctx:
+        rows = ctx._call("get_engines", {})[0]["engines"]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no engines: the daemon's own loop runs the data plane (rnicd --engines 0)")
+        return 0
+    print(f"{'id':>3} {'pid':>7} {'cpu':>4} {'state':<8} {'qps':>5} {'cqs':>5} "
+          f"{'restarts':>8} {'rx_pkts':>12} {'tx_pkts':>12} {'slow':>9} {'busy%':>6}")
+    for r in rows:
+        print(f"{r['id']:>3} {r['pid']:>7} {r['cpu']:>4} {r['state']:<8} {r['qps']:>5} "
+              f"{r['cqs']:>5} {r['restarts']:>8} {r['rx_pkts']:>12} {r['tx_pkts']:>12} "
+              f"{r['slow_pkts']:>9} {r['busy_pct']:>6}")
+    return 0
+
+
 def cmd_fault(args) -> int:
     from rnicd.core.fault import FaultSpec
     with _context(args) as ctx:
@@ -144,6 +162,13 @@ def parser() -> argparse.ArgumentParser:
                        "the peer (address/QPN) and the owning process.")
     s.add_argument("--json", action="store_true", help="one JSON array")
     s.set_defaults(func=cmd_qp)
+    s = sub.add_parser("engine", help="the engines: pid, CPU, state, QPs, CQs, packets",
+                       description="The daemon's engine processes (docs/engines.md): id, "
+                       "pid, the CPU each is pinned to, state, the QPs and CQs it serves, "
+                       "restarts, packets received and sent, datagrams handed to the "
+                       "daemon's slow path, and busy %% (time not asleep) since start.")
+    s.add_argument("--json", action="store_true", help="one JSON array of objects")
+    s.set_defaults(func=cmd_engine)
     s = sub.add_parser("perf", help="perftest for rnicd: bandwidth and latency",
                        description="Client/server like perftest: without HOST it waits for "
                        "one client; with HOST it connects and measures; --local runs both.")

@@ -68,9 +68,9 @@ class RCQP:
         # MSN and message in progress live there, and nowhere else
         ffi = device.native.ffi
         recv_sge = srq.max_sge if srq is not None else cap.max_recv_sge   # may be 0
-        self._recv_pieces = ffi.new("struct rnic_dp_piece[]", max(1, recv_sge))
+        self._recv_pieces = device.native.shared_new("struct rnic_dp_piece[]", max(1, recv_sge))
         self.reliable = qp_type != QPType.IBV_QPT_UC      # RC and XRC (UC: 9.8)
-        self.dp = ffi.new("struct rnic_dp_qp *", {
+        self.dp = device.native.shared_new("struct rnic_dp_qp *", {
             "qpn": qp_num, "pd": pd.uid if pd is not None else 0,
             "mtu": mtu_bytes(self.attr["path_mtu"]), "unreliable": int(not self.reliable),
             "recv_pieces": self._recv_pieces, "recv_max_sge": recv_sge,

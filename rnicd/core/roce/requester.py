@@ -76,8 +76,8 @@ class Requester:
         n = ring.num_entries
         self._mask = n - 1
         self._sge = max(1, qp.cap.max_send_sge)
-        self._swqes = ffi.new("struct rnic_dp_swqe[]", n)
-        self._pieces = ffi.new("struct rnic_dp_piece[]", n * self._sge)
+        self._swqes = native.shared_new("struct rnic_dp_swqe[]", n)
+        self._pieces = native.shared_new("struct rnic_dp_piece[]", n * self._sge)
         self._slots: list[InFlight | None] = [None] * n
         self._pruned = 0
         self._hdr = ffi.new("struct rnic_send_wqe *")     # the header rnic_dp_swqe_load copied

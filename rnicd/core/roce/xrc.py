@@ -88,7 +88,7 @@ class XRCQP(RCQP):
         if qp_type == XRC_TGT:
             # receive WQEs come from the XRC SRQs: room for the largest SGE list one can hold
             n = device.limits.max_srq_sge
-            self._recv_pieces = device.native.ffi.new("struct rnic_dp_piece[]", n)
+            self._recv_pieces = device.native.shared_new("struct rnic_dp_piece[]", n)
             self.dp.recv_pieces, self.dp.recv_max_sge = self._recv_pieces, n
             self.responder = XRCResponder(self)
 

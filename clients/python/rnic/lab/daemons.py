@@ -104,6 +104,9 @@ def _scan(match) -> list[int]:
         if not d.isdigit():
             continue
         try:
+            with open(f"/proc/{d}/comm", "rb") as f:
+                if f.read().startswith(b"rnicd-engine"):
+                    continue            # a daemon's engine: forked, so same command line
             with open(f"/proc/{d}/cmdline", "rb") as f:
                 args = f.read().split(b"\0")
         except OSError:

@@ -1,0 +1,307 @@
+"""The engines of a device: C processes that run the data plane's steady state
+(native/src/engine.c, docs/engines.md). This module starts them, tells them what the daemon
+maps, holds them while core/ works, and hands their events to core/.
+
+Each engine has a UDP socket in the port's SO_REUSEPORT group (the kernel steers a datagram
+to engine DestQP mod N, rnic_steer_by_qpn), a command socket (SOCK_SEQPACKET: memfds and
+eventfds by SCM_RIGHTS), and two eventfds: `wake` (it has events for core/) and `resume`
+(its hold is over). Its records live in the state arena, so both sides share them.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import socket
+import struct
+
+from rnicd import native
+
+log = logging.getLogger("rnicd.engines")
+
+EVENTS = 1024               # event ring entries per engine
+HOLD_TIMEOUT = 2.0          # seconds an engine may take to reach a safe point
+COMMAND_TIMEOUT = 2.0
+QP_CAP = 1 << 15            # QPs one engine may serve (the QP table's size)
+
+
+def default_count() -> int:
+    """One engine per CPU the daemon may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class Engine:
+    """One engine: its shared record and the daemon's ends of its channels."""
+
+    def __init__(self, index: int, cpu: int, sock: socket.socket, device, spin_s: float,
+                 peer_port: int, tables):
+        new = native.shared_new
+        self.index, self.cpu, self.sock = index, cpu, sock
+        self.restarts = 0
+        cap, tx = tables["tx_cap"], tables["tx_buf"]
+        self.arrays = dict(
+            acks=new("uint32_t[]", tables["acks_len"]),
+            pumps=new("uint32_t[]", tables["acks_len"]),
+            notify=new("uint32_t[]", tables["notify_cap"]),
+            notify_fds=new("int32_t[]", tables["notify_cap"]),
+            tx_bufs=new("uint8_t[]", cap * tx),
+            tx_lens=new("uint32_t[]", cap),
+            tx_addrs_be=new("uint32_t[]", cap))
+        d = device.dp
+        self.dev = new("struct rnic_dp_dev *", dict(
+            self.arrays, ip_be=d.ip_be, port=d.port, qps=d.qps, qps_len=d.qps_len,
+            mrs=d.mrs, mrs_len=d.mrs_len, acks_len=tables["acks_len"],
+            pumps_cap=tables["acks_len"], notify_cap=tables["notify_cap"], tx_buf_size=tx,
+            tx_cap=cap))
+        self.events = new("struct rnic_engine_event[]", EVENTS)
+        self.qpns = new("uint32_t[]", QP_CAP)
+        self.cmd, child_cmd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.resume_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.rec = new("struct rnic_engine *", dict(
+            id=index, cpu=cpu, ev_cap=EVENTS, qps_cap=QP_CAP, qpns=self.qpns,
+            events=self.events, dev=self.dev, spin_s=spin_s, sock_fd=sock.fileno(),
+            cmd_fd=child_cmd.fileno(), resume_fd=self.resume_fd, wake_fd=self.wake_fd,
+            peer_port=peer_port))
+        self._child_cmd = child_cmd
+        self.slot = {}                      # qpn -> index in qpns
+        self.qps_served: list = []
+
+    def configure_faults(self, spec, fault_c) -> None:
+        """The device's fault knobs, with this engine's own generator (seeded from the
+        device's seed and the engine's index, so a seeded run repeats)."""
+        f = self.rec.fault
+        for k in ("drop", "dup", "reorder", "delay", "corrupt"):
+            setattr(f, k, getattr(fault_c, k))
+        f.rng = (fault_c.rng + 0x9E3779B97F4A7C15 * (self.index + 1)) & (2**64 - 1)
+        self.rec.fault_delay_s = spec.delay_ms / 1000
+        self.rec.fault_reorder_s = spec.reorder_ms / 1000
+        self.rec.fault_on = int(spec.active())
+
+    def spawn(self) -> int:
+        pid = native.lib.rnic_engine_spawn(self.rec)
+        if pid < 0:
+            raise OSError(-pid, f"starting engine {self.index}: {os.strerror(-pid)}")
+        self.pid = pid
+        return pid
+
+    def command(self, op: int, fd: int = -1, dfd: int = -1, addr: int = 0, length: int = 0,
+                off: int = 0, flags: int = 0) -> None:
+        c = native.ffi.new("struct rnic_engine_cmd *", dict(
+            op=op, dfd=dfd, flags=flags, addr=addr, len=length, off=off))
+        rc = native.lib.rnic_engine_command(self.cmd.fileno(), c, fd, COMMAND_TIMEOUT)
+        if rc < 0:
+            raise OSError(-rc, f"engine {self.index}: {os.strerror(-rc)}")
+
+
+class Engines:
+    """The device's engines (`rnicd --engines N`)."""
+
+    def __init__(self, loop, device, shm, ip: str, port: int, count: int, spin_us: float,
+                 on_events):
+        from rnicd.io.udp import open_roce_socket
+        self.loop, self.device, self.shm = loop, device, shm
+        self.on_events = on_events
+        lib = native.lib
+        cpus = sorted(os.sched_getaffinity(0))
+        socks = [open_roce_socket(ip, port, reuseport=True) for _ in range(count)]
+        rc = lib.rnic_steer_by_qpn(socks[0].fileno(), count)
+        if rc < 0:
+            raise OSError(-rc, f"steering datagrams to the engines: {os.strerror(-rc)}")
+        d = device.dp
+        tables = dict(acks_len=d.acks_len, notify_cap=d.notify_cap, tx_cap=d.tx_cap,
+                      tx_buf=d.tx_buf_size)
+        self.engines = [Engine(k, cpus[k % len(cpus)], socks[k], device, spin_us / 1e6,
+                               4791, tables) for k in range(count)]
+        self.dps = [e.dev for e in self.engines]
+        self._depth = 0
+        self.configure_faults()
+        device.comp_vectors = count
+        device.engines = self
+
+    def start(self) -> None:
+        for e in self.engines:
+            e.spawn()
+            e._child_cmd.close()            # the engine has its end
+            self.loop.add_reader(e.wake_fd, self._woken, e)
+            log.info("engine %d: pid %d on CPU %d", e.index, e.pid, e.cpu)
+        self.shm.mirror = self
+
+    def stop(self) -> None:
+        for e in self.engines:
+            e.rec.stop = 1
+            self.loop.remove_reader(e.wake_fd)
+        for e in self.engines:
+            native.lib.rnic_engine_release(e.rec)
+            os.write(e.resume_fd, (1).to_bytes(8, "little"))
+            e.cmd.close()                   # an engine that reads EOF exits as well
+        for e in self.engines:
+            try:
+                os.waitpid(e.pid, 0)
+            except ChildProcessError:
+                pass
+            e.sock.close()
+            os.close(e.wake_fd)
+            os.close(e.resume_fd)
+
+    def configure_faults(self) -> None:
+        for e in self.engines:
+            e.configure_faults(self.device.fault.spec, self.device.fault.c)
+
+    # ---- holding -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def held(self):
+        """Every engine at a safe point while core/ works (nests)."""
+        if self._depth == 0:
+            for e in self.engines:
+                rc = native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT)
+                if rc < 0:
+                    log.error("engine %d (pid %d) did not stop at a safe point: %s",
+                              e.index, e.pid, os.strerror(-rc))
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                for e in self.engines:
+                    native.lib.rnic_engine_release(e.rec)
+
+    # ---- what the daemon maps, the engines map (SharedMemory.mirror) ----------------------
+    def map(self, addr: int, length: int, fd: int, offset: int) -> None:
+        for e in self.engines:
+            e.command(native.lib.RNIC_ENGINE_CMD_MAP, fd, addr=addr, length=length, off=offset)
+
+    def unmap(self, addr: int, length: int) -> None:
+        for e in self.engines:
+            try:
+                e.command(native.lib.RNIC_ENGINE_CMD_UNMAP, addr=addr, length=length)
+            except OSError as exc:
+                log.warning("%s", exc)
+
+    def add_fd(self, fd: int, doorbell: bool) -> None:
+        flags = native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell else 0
+        for e in self.engines:
+            e.command(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd, flags=flags)
+
+    def forget_fd(self, fd: int) -> None:
+        for e in self.engines:
+            try:
+                e.command(native.lib.RNIC_ENGINE_CMD_CLOSE_FD, dfd=fd)
+            except OSError as exc:
+                log.warning("%s", exc)
+
+    # ---- which QPs each engine serves (called with the engines held) ----------------------
+    def add_qp(self, qp) -> None:
+        e = self.engines[qp.dp.engine]
+        n = e.rec.nqps
+        e.qpns[n] = qp.qp_num
+        e.slot[qp.qp_num] = n
+        e.rec.nqps = n + 1
+
+    def remove_qp(self, qp) -> None:
+        e = self.engines[qp.dp.engine]
+        i = e.slot.pop(qp.qp_num, None)
+        if i is None:
+            return
+        last = e.rec.nqps - 1
+        if i != last:
+            moved = e.qpns[last]
+            e.qpns[i] = moved
+            e.slot[moved] = i
+        e.rec.nqps = last
+
+    # ---- events ----------------------------------------------------------------------------
+    def _woken(self, e: Engine) -> None:
+        try:
+            os.read(e.wake_fd, 8)
+        except BlockingIOError:
+            pass
+        self.on_events()
+
+    def handle_events(self, now: float) -> None:
+        """Every engine's events, in order (with the engines held)."""
+        lib, ffi, dev = native.lib, native.ffi, self.device
+        for e in self.engines:
+            rec = e.rec
+            prod, cons, mask = rec.ev_prod, rec.ev_cons, rec.ev_cap - 1
+            cons_p = ffi.addressof(rec, "ev_cons")
+            while cons != prod:
+                ev = e.events[cons & mask]
+                kind, ident = ev.kind, ev.id
+                if kind == lib.RNIC_EV_PACKET:
+                    self._packet(ffi.buffer(ev.data, ev.len)[:], ev.src_ip_be, ev.sport, now)
+                elif kind == lib.RNIC_EV_PUMP:
+                    qp = dev.qps.get(ident)
+                    if qp is not None:
+                        qp.dp.eng_pump_posted = 0
+                        qp.pump(now)
+                elif kind == lib.RNIC_EV_TIMER:
+                    qp = dev.qps.get(ident)
+                    if qp is not None:
+                        qp.dp.eng_timer_posted = 0
+                        qp.on_timer(now)
+                elif kind == lib.RNIC_EV_NOTIFY:
+                    dev.notify_cq(ident)
+                cons = (cons + 1) & 0xFFFFFFFF
+                lib.rnic_store_release(cons_p, cons)
+                prod = rec.ev_prod
+            if rec.ev_overflow:             # something was lost: look at everything
+                rec.ev_overflow = 0
+                dev.counters.inc("engine_event_overflow")
+                for qp in list(dev.qps.values()):
+                    qp.dp.eng_pump_posted = qp.dp.eng_timer_posted = 0
+                    qp.pump(now)
+                dev.on_timer(now)
+                for cq in list(dev.cqs.values()):
+                    dev.notify_cq(cq.uid)
+        dev.end_batch(now)
+
+    def _packet(self, data: bytes, ip_be: int, sport: int, now: float) -> None:
+        """A datagram an engine handed over: the data plane first (a packet that only
+        followed an earlier one of its QP here is often in order by now), else core/."""
+        dev = self.device
+        dev.dp.now = now
+        if not native.lib.rnic_dp_rx_one(dev.dp, data, len(data), ip_be, sport):
+            dev.receive_slow(data, _ip_str(ip_be), sport, now)
+
+    # ---- `rnic engine` ---------------------------------------------------------------------
+    def info(self, now: float) -> list[dict]:
+        out = []
+        for e in self.engines:
+            r = e.rec
+            up = max(now - r.started, 1e-9) if r.started else 0.0
+            state = {native.lib.RNIC_ENGINE_EXITED: "exited"}.get(r.state, "running")
+            out.append(dict(
+                id=e.index, pid=e.pid, cpu=e.cpu, state=state, qps=r.nqps,
+                cqs=sum(1 for cq in self.device.cqs.values() if cq.dp.engine == e.index),
+                restarts=e.restarts, rx_pkts=r.rx_pkts, tx_pkts=r.tx_pkts,
+                fast_pkts=e.dev.fast_pkts, slow_pkts=e.dev.slow_pkts,
+                events=r.events_posted, wakeups=r.wakeups, channel_events=r.channel_events,
+                busy_pct=round(100.0 * r.busy_ns / 1e9 / up, 1) if up else 0.0))
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """The engines' own counters, summed (rnic stat)."""
+        names = (("tx_dropped_busy", "tx_dropped_busy"), ("tx_errors", "tx_error"),
+                 ("rx_drop_oversize", "rx_drop_oversize"), ("ev_dropped", "engine_event_drop"),
+                 ("fault_no_room", "fault_dup_no_room"))
+        faults = (("n_drop", "fault_drop"), ("n_dup", "fault_dup"),
+                  ("n_reorder", "fault_reorder"), ("n_delay", "fault_delay"),
+                  ("n_corrupt", "fault_corrupt"))
+        out: dict[str, int] = {}
+        for e in self.engines:
+            for field, name in names:
+                if v := getattr(e.rec, field):
+                    out[name] = out.get(name, 0) + v
+            for field, name in faults:
+                if v := getattr(e.rec.fault, field):
+                    out[name] = out.get(name, 0) + v
+        return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _ip_str(addr_be: int) -> str:
+    return socket.inet_ntoa(struct.pack("=I", addr_be))
+
