@@ -169,6 +169,8 @@ class Daemon:
                 self.loop.add_reader(session.doorbell_fd, self._doorbell, session)
         session.caller = conn
         with self._held():
+            if self.engines:
+                self.engines.before_verb(session, now)
             try:
                 result, out_fds = session.call(method, args, fds, now)
             finally:

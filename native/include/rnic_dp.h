@@ -574,7 +574,7 @@ struct rnic_engine {
     int32_t wake_fd;        /* eventfd: events wait for core/ */
     uint16_t peer_port;     /* UDP port of the peers (4791) */
     uint16_t _rsvd0;
-    uint32_t _rsvd1;
+    uint32_t rx_backlog;    /* datagrams received and not handled yet (core/'s ring full) */
     uint64_t rx_pkts;
     uint64_t tx_pkts;
     uint64_t events_posted;

@@ -410,22 +410,32 @@ static double timers(double now)
 
 /* ---- receive ------------------------------------------------------------------------------ */
 
+/* Datagrams received and not yet handled: a batch stops where core/'s event ring is full
+ * and goes on from there once core/ has made room (back-pressure: the socket buffer holds
+ * the rest; nothing is dropped for want of an event). */
+static uint32_t rx_pos, rx_n;
+
+static int rx_backlog(void) { return rx_pos < rx_n; }
+
 static int rx(double now)
 {
     int total = 0;
 
+    D->now = now;
     for (int b = 0; b < RX_BATCHES; b++) {
-        int n = rnic_recv_batch(E->sock_fd, rxbufs, RX_BUF, RNIC_MAX_BATCH, rxlens, rxaddrs,
-                                rxports);
+        if (!rx_backlog()) {
+            int n = rnic_recv_batch(E->sock_fd, rxbufs, RX_BUF, RNIC_MAX_BATCH, rxlens,
+                                    rxaddrs, rxports);
 
-        if (n <= 0)
-            break;
-        total += n;
-        E->rx_pkts += (uint32_t)n;
-        D->now = now;
-        for (int i = 0; i < n; i++) {
+            if (n <= 0)
+                break;
+            rx_pos = 0;
+            rx_n = (uint32_t)n;
+            E->rx_pkts += (uint32_t)n;
+        }
+        for (; rx_pos < rx_n; rx_pos++) {
+            uint32_t i = rx_pos, len = rxlens[i];
             const uint8_t *pkt = rxbufs + (size_t)i * RX_BUF;
-            uint32_t len = rxlens[i];
             struct rnic_dp_qp *qp = NULL;
 
             if (len > RX_BUF) {
@@ -437,14 +447,21 @@ static int rx(double now)
                 qp = own_qp(dp_be24(pkt + 5));
             if (qp && !slow_pending(qp) && rnic_dp_rx_one(D, pkt, len, rxaddrs[i], rxports[i])) {
                 D->fast_pkts++;
+                total++;
                 continue;
             }
+            if (E->ev_prod - ld(&E->ev_cons) >= E->ev_cap) {
+                events_waiting = 1;     /* core/ is behind: wait for it, drop nothing */
+                break;
+            }
             D->slow_pkts++;
+            total++;
             hand_up(qp, pkt, len, rxaddrs[i], rxports[i]);
         }
-        if (n < RNIC_MAX_BATCH)
+        if (rx_backlog() || rx_n < RNIC_MAX_BATCH)
             break;
     }
+    E->rx_backlog = rx_n - rx_pos;
     if (!total)
         return 0;
     /* one coalesced ACK per QP that came to owe one (9.7.5.1.2) */
@@ -689,7 +706,7 @@ static void engine_loop(void)
         E->loops++;
         now = mono();
         D->now = now;
-        work |= rx(now) > 0;
+        work |= rx(now) > 0 || rx_backlog();
         work |= scan_qps(now, doorbell_rung);
         doorbell_rung = 0;
         if (nreading)
@@ -712,7 +729,7 @@ static void engine_loop(void)
             sleep_until(now, next_timer);
             busy_from = idle_since = mono();
         } else {
-            __builtin_ia32_pause();
+            sched_yield();              /* spinning, but a runnable app here goes first */
         }
     }
 }

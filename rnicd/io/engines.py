@@ -10,11 +10,13 @@ eventfds by SCM_RIGHTS), and two eventfds: `wake` (it has events for core/) and 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
 import socket
 import struct
+import termios
 
 from rnicd import native
 
@@ -24,11 +26,21 @@ EVENTS = 1024               # event ring entries per engine
 HOLD_TIMEOUT = 2.0          # seconds an engine may take to reach a safe point
 COMMAND_TIMEOUT = 2.0
 QP_CAP = 1 << 15            # QPs one engine may serve (the QP table's size)
+_GSI_QPN = b"\x00\x00\x01"  # BTH DestQP of CM MADs (IBTA 13.5.1)
 
 
 def default_count() -> int:
     """One engine per CPU the daemon may run on."""
     return len(os.sched_getaffinity(0))
+
+
+def engine_cpus(ip: str) -> list[int]:
+    """The CPUs engine 0, 1, ... are pinned to: the daemon's, starting at one chosen by its
+    address, so that several daemons on one host (network namespaces, loopback pairs) put
+    their busiest engine, 0, on different CPUs instead of all on the first."""
+    cpus = sorted(os.sched_getaffinity(0))
+    start = int.from_bytes(socket.inet_aton(ip), "big") % len(cpus)
+    return cpus[start:] + cpus[:start]
 
 
 class Engine:
@@ -104,7 +116,7 @@ class Engines:
         self.loop, self.device, self.shm = loop, device, shm
         self.on_events = on_events
         lib = native.lib
-        cpus = sorted(os.sched_getaffinity(0))
+        cpus = engine_cpus(ip)
         socks = [open_roce_socket(ip, port, reuseport=True) for _ in range(count)]
         rc = lib.rnic_steer_by_qpn(socks[0].fileno(), count)
         if rc < 0:
@@ -116,6 +128,7 @@ class Engines:
                                4791, tables) for k in range(count)]
         self.dps = [e.dev for e in self.engines]
         self._depth = 0
+        self._mad_since = None      # when a CM MAD began waiting for the others' sockets
         self.configure_faults()
         device.comp_vectors = count
         device.engines = self
@@ -231,7 +244,10 @@ class Engines:
                 ev = e.events[cons & mask]
                 kind, ident = ev.kind, ev.id
                 if kind == lib.RNIC_EV_PACKET:
-                    self._packet(ffi.buffer(ev.data, ev.len)[:], ev.src_ip_be, ev.sport, now)
+                    data = ffi.buffer(ev.data, ev.len)[:]
+                    if data[5:8] == _GSI_QPN and not self._others_caught_up(e):
+                        break               # a CM MAD waits: see _others_caught_up
+                    self._packet(data, ev.src_ip_be, ev.sport, now)
                 elif kind == lib.RNIC_EV_PUMP:
                     qp = dev.qps.get(ident)
                     if qp is not None:
@@ -257,6 +273,40 @@ class Engines:
                 for cq in list(dev.cqs.values()):
                     dev.notify_cq(cq.uid)
         dev.end_batch(now)
+
+    def before_verb(self, session, now: float) -> None:
+        """A control verb of session is next (with the engines held). What its program did
+        before it sent the verb must have happened first, as on hardware, where posted work
+        is under way at once: the events the engines handed up, then the WQEs of its QPs
+        that no engine has looked at yet (a program that posts and then resizes its CQ
+        finds the completions there: rdma-core's test_resize_cq)."""
+        self.handle_events(now)
+        lib, ffi = native.lib, native.ffi
+        for qp in list(session.qps.values()):
+            dp = qp.dp
+            if dp.sq != ffi.NULL and lib.rnic_load_acquire(
+                    ffi.addressof(dp.sq, "prod")) != dp.eng_seen_sq:
+                qp.pump(now)
+
+    def _others_caught_up(self, e: Engine) -> bool:
+        """A CM MAD (QP 1) reached engine e, but its connection's datagrams are steered to
+        the QP's engine: one the peer sent before the MAD (the ACK of the last WRITE before
+        a DREQ) may still wait in that engine's socket. On one port hardware handles
+        packets in arrival order, so the MAD waits until no other engine holds anything
+        unread. (Held, every engine is at a safe point: what it took from its socket is
+        handled; what it has not is in the socket, or in its backlog.)"""
+        for o in self.engines:
+            if o is e:
+                continue
+            unread = fcntl.ioctl(o.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            if unread != b"\0\0\0\0" or o.rec.rx_backlog:
+                if self._mad_since is None:
+                    self._mad_since = self.loop.time()
+                if self.loop.time() - self._mad_since < 0.05:
+                    self.loop.call_later(0.0002, self.on_events)    # once it has read it
+                    return False
+        self._mad_since = None
+        return True
 
     def _packet(self, data: bytes, ip_be: int, sport: int, now: float) -> None:
         """A datagram an engine handed over: the data plane first (a packet that only

@@ -16,6 +16,8 @@ from rnic.cq import CQ, CompChannel
 from rnic.qp import QP, QPCap, QPInitAttr
 from rnic.wr import SGE, RecvWR, SendWR
 
+from rnicd.io.engines import engine_cpus
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -41,8 +43,9 @@ def test_rnic_engine_lists_pinned_children(rnicd):
         with open(f"/proc/{r['pid']}/comm") as f:
             assert f.read().strip() == f"rnicd-engine-{r['id']}"
     assert sorted(r["pid"] for r in rows) == sorted(d.engine_pids())
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = engine_cpus(d.ip)          # rotated by the address: daemons spread their engines
     assert [r["cpu"] for r in rows] == [cpus[k % len(cpus)] for k in range(2)]
+    assert set(cpus) == os.sched_getaffinity(0)
     table = rnic(d, "engine")
     assert table.returncode == 0 and "restarts" in table.stdout.splitlines()[0]
     none = rnicd("b", extra=("--engines", "0"))

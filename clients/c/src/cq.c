@@ -285,6 +285,8 @@ int rnic_poll_cq(struct ibv_cq *ibcq, int num, struct ibv_wc *wc)
     if (k)
         st_rel(&h->cons, cons + (uint32_t)k);
     pthread_spin_unlock(&cq->lock);
+    if (!k)
+        rnic_poll_idle();
     return k;
 }
 

@@ -42,8 +42,11 @@ static int start_poll(struct ibv_cq_ex *c, struct ibv_poll_cq_attr *attr)
         return EINVAL;        /* ibv_poll_cq_attr.comp_mask: no fields defined */
     pthread_spin_lock(&cq->lock);
     int rc = take(cq);
-    if (rc)                   /* ibv_create_cq_ex(3): no end_poll after a failed start_poll */
+    if (rc) {                 /* ibv_create_cq_ex(3): no end_poll after a failed start_poll */
         pthread_spin_unlock(&cq->lock);
+        if (rc == ENOENT)
+            rnic_poll_idle();
+    }
     return rc;
 }
 

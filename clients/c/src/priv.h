@@ -133,6 +133,8 @@ static inline uint32_t cqe_imm(const struct rnic_cqe *e)
     return (e->wc_flags & IBV_WC_WITH_IMM) ? (uint32_t)htobe32(e->imm_data) : e->imm_data;
 }
 void rnic_doorbell(struct rnic_ctx *c, struct rring *r);
+/* An empty poll: give the CPU to a runnable engine (docs/engines.md, polite polling). */
+void rnic_poll_idle(void);
 
 /* device.c */
 void robj_add(struct rnic_ctx *c, int kind, uint32_t handle, void *obj);

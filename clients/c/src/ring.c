@@ -1,7 +1,9 @@
 /* ring.c — mapping rings from rnicd (native/include/rnic_abi.h) and ringing the doorbell. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -68,4 +70,21 @@ void rnic_doorbell(struct rnic_ctx *c, struct rring *r)
     if (write(c->doorbell_fd, &one, sizeof(one)) < 0) {
         /* EAGAIN: the counter is saturated, a wake-up is pending anyway */
     }
+}
+
+/* A program that spins on an empty CQ (perftest does) holds its CPU until the scheduler's
+ * tick preempts it, milliseconds later, while the engine that would produce its completion
+ * waits for that CPU: with more spinners than CPUs (2 vCPUs: two programs, two engines) an
+ * empty poll yields, so spinners on one CPU take turns in microseconds. RNIC_POLL_YIELD=0
+ * turns it off. */
+void rnic_poll_idle(void)
+{
+    static int mode = -1;       /* -1: not read yet */
+
+    if (mode < 0) {
+        const char *v = getenv("RNIC_POLL_YIELD");
+        mode = !(v && v[0] == '0');
+    }
+    if (mode)
+        sched_yield();
 }

@@ -21,6 +21,10 @@ from .base import RnicCM
 from .device import need_int
 from .errors import RnicError
 
+# An empty poll yields the CPU (to an engine waiting for it on a 2-vCPU box); RNIC_POLL_YIELD=0
+# turns it off.
+_POLL_YIELD = os.environ.get("RNIC_POLL_YIELD", "1") != "0"
+
 _BACKOFF_START, _BACKOFF_MAX = 50e-6, 5e-3
 
 
@@ -268,6 +272,8 @@ class CQ(RnicCM):
         wcs = [from_cqe(cqe(cons + i)) for i in range(k)]
         if k:
             rv.store_cons((cons + k) & U32)
+        elif _POLL_YIELD:
+            os.sched_yield()      # polite polling, as the C library (docs/engines.md)
         return k, wcs
 
     def _clean(self, qp_num: int) -> int:

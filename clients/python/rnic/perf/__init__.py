@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-socket", help="--local: the server side's daemon "
                    "(default: the same daemon as the client)")
     p.add_argument("--samples", help="latency tests: write every one-way sample (us) here")
+    p.add_argument("--spread", action="store_true", help="bandwidth tests: a CQ per QP, "
+                   "QP q on completion vector q mod num_comp_vectors (one engine each)")
 
 
 def _positive(text: str) -> int:
@@ -84,13 +86,15 @@ def params_from(args) -> Params:
         sizes = [8]
     if args.test == "write_lat" and min(sizes) < 1:
         raise ValueError("write_lat needs at least 1 byte")
+    if args.spread and (not bw or args.event):
+        raise ValueError("--spread is for bandwidth tests, without --event")
     tx = args.tx_depth or (128 if bw else 1)
     if args.post_list > tx:
         raise ValueError(f"--post-list {args.post_list} exceeds --tx-depth {tx}")
     return Params(test=args.test, sizes=sizes, iters=args.iters or (5000 if bw else 1000),
                   duration=args.duration, qps=args.qps, tx_depth=tx,
                   post_list=args.post_list, inline=args.inline_size, mtu=args.mtu,
-                  event=args.event)
+                  event=args.event, spread=args.spread)
 
 
 def run(args, socket_path: str | None, device: str | None) -> int:

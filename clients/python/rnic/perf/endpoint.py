@@ -40,6 +40,7 @@ class Params:
     inline: int = 0
     mtu: int = 0                   # 0: the port's active MTU (perftest's default)
     event: bool = False
+    spread: bool = False           # a CQ per QP, on comp vectors 0, 1, ... (an engine each)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -102,12 +103,19 @@ class Endpoint:
         self.mr = MR(self.pd, self.slot * p.qps, ACCESS)
         self.channel = CompChannel(self.ctx) if p.event else None
         depth = max(p.tx_depth, 1)
-        self.cq = CQ(self.ctx, 2 * max(depth, 32) * p.qps + 16, None, self.channel, 0)
+        if p.spread:               # QP q completes on vector q mod num_comp_vectors
+            vectors = self.ctx.num_comp_vectors
+            self.cqs = [CQ(self.ctx, 2 * max(depth, 32) + 16, None, self.channel, q % vectors)
+                        for q in range(p.qps)]
+        else:
+            self.cqs = [CQ(self.ctx, 2 * max(depth, 32) * p.qps + 16, None, self.channel, 0)]
+        self.cq = self.cqs[0]
         room = max(depth, 32)          # latency tests keep one in flight, but reap lazily
         cap = QPCap(max_send_wr=room, max_recv_wr=room, max_send_sge=1, max_recv_sge=1,
                     max_inline_data=p.inline)
-        self.qps = [QP(self.pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq, rcq=self.cq,
-                                           cap=cap, sq_sig_all=0)) for _ in range(p.qps)]
+        self.qps = [QP(self.pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=cq, rcq=cq, cap=cap,
+                                           sq_sig_all=0))
+                    for cq in (self.cqs[q % len(self.cqs)] for q in range(p.qps))]
         self.index = {qp.qp_num: i for i, qp in enumerate(self.qps)}
         self.psn = random.randrange(1 << 24)
         self.peer: dict = {}
@@ -143,11 +151,19 @@ class Endpoint:
     def remote(self, i: int) -> int:
         return self.peer["addr"] + i * self.peer["slot"]
 
+    def poll_any(self, n: int = 64):
+        """(count, completions) of the first CQ that has any; (0, []) if none has."""
+        for cq in self.cqs:
+            got, wcs = cq.poll(n)
+            if got:
+                return got, wcs
+        return 0, []
+
     def poll(self, n: int = 64) -> list:
         """Completions, waiting for at least one (busy polling, or the completion channel
         with --event). A completion in error ends the run."""
         while True:
-            got, wcs = self.cq.poll(n)
+            got, wcs = self.poll_any(n)
             if not got and self.channel is not None:
                 self.cq.req_notify()
                 got, wcs = self.cq.poll(n)
