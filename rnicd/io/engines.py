@@ -78,7 +78,8 @@ class Engine:
             peer_port=peer_port))
         self._child_cmd = child_cmd
         self.slot = {}                      # qpn -> index in qpns
-        self.qps_served: list = []
+        self.dead = False                   # it exited (failover is issue 23's)
+        self.pidfd = -1
 
     def configure_faults(self, spec, fault_c) -> None:
         """The device's fault knobs, with this engine's own generator (seeded from the
@@ -138,13 +139,43 @@ class Engines:
             e.spawn()
             e._child_cmd.close()            # the engine has its end
             self.loop.add_reader(e.wake_fd, self._woken, e)
+            e.pidfd = os.pidfd_open(e.pid)  # readable the moment it exits
+            self.loop.add_reader(e.pidfd, self._exited, e)
             log.info("engine %d: pid %d on CPU %d", e.index, e.pid, e.cpu)
         self.shm.mirror = self
+
+    def _exited(self, e: Engine) -> None:
+        """An engine died. Nothing holds it or sends it commands any more, so the daemon and
+        the other engines go on; its QPs stop (replacing it is the failover issue's)."""
+        self.loop.remove_reader(e.pidfd)
+        os.close(e.pidfd)
+        e.pidfd = -1
+        try:
+            _, status = os.waitpid(e.pid, os.WNOHANG)
+        except ChildProcessError:
+            status = 0
+        e.dead = True
+        native.lib.rnic_engine_release(e.rec)
+        e.rec.state = native.lib.RNIC_ENGINE_EXITED
+        how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"status {os.waitstatus_to_exitcode(status)}")
+        if not e.rec.stop:
+            log.error("engine %d (pid %d) exited (%s): its %d QPs stop", e.index, e.pid, how,
+                      e.rec.nqps)
+            self.device.counters.inc("engine_deaths")
+
+    @property
+    def live(self) -> list[Engine]:
+        return [e for e in self.engines if not e.dead]
 
     def stop(self) -> None:
         for e in self.engines:
             e.rec.stop = 1
             self.loop.remove_reader(e.wake_fd)
+            if e.pidfd >= 0:
+                self.loop.remove_reader(e.pidfd)
+                os.close(e.pidfd)
+                e.pidfd = -1
         for e in self.engines:
             native.lib.rnic_engine_release(e.rec)
             os.write(e.resume_fd, (1).to_bytes(8, "little"))
@@ -167,7 +198,7 @@ class Engines:
     def held(self):
         """Every engine at a safe point while core/ works (nests)."""
         if self._depth == 0:
-            for e in self.engines:
+            for e in self.live:
                 rc = native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT)
                 if rc < 0:
                     log.error("engine %d (pid %d) did not stop at a safe point: %s",
@@ -178,16 +209,16 @@ class Engines:
         finally:
             self._depth -= 1
             if self._depth == 0:
-                for e in self.engines:
+                for e in self.live:
                     native.lib.rnic_engine_release(e.rec)
 
     # ---- what the daemon maps, the engines map (SharedMemory.mirror) ----------------------
     def map(self, addr: int, length: int, fd: int, offset: int) -> None:
-        for e in self.engines:
+        for e in self.live:
             e.command(native.lib.RNIC_ENGINE_CMD_MAP, fd, addr=addr, length=length, off=offset)
 
     def unmap(self, addr: int, length: int) -> None:
-        for e in self.engines:
+        for e in self.live:
             try:
                 e.command(native.lib.RNIC_ENGINE_CMD_UNMAP, addr=addr, length=length)
             except OSError as exc:
@@ -195,11 +226,11 @@ class Engines:
 
     def add_fd(self, fd: int, doorbell: bool) -> None:
         flags = native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell else 0
-        for e in self.engines:
+        for e in self.live:
             e.command(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd, flags=flags)
 
     def forget_fd(self, fd: int) -> None:
-        for e in self.engines:
+        for e in self.live:
             try:
                 e.command(native.lib.RNIC_ENGINE_CMD_CLOSE_FD, dfd=fd)
             except OSError as exc:
@@ -295,7 +326,7 @@ class Engines:
         packets in arrival order, so the MAD waits until no other engine holds anything
         unread. (Held, every engine is at a safe point: what it took from its socket is
         handled; what it has not is in the socket, or in its backlog.)"""
-        for o in self.engines:
+        for o in self.live:
             if o is e:
                 continue
             unread = fcntl.ioctl(o.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
@@ -322,7 +353,7 @@ class Engines:
         for e in self.engines:
             r = e.rec
             up = max(now - r.started, 1e-9) if r.started else 0.0
-            state = {native.lib.RNIC_ENGINE_EXITED: "exited"}.get(r.state, "running")
+            state = "dead" if e.dead else "running"
             out.append(dict(
                 id=e.index, pid=e.pid, cpu=e.cpu, state=state, qps=r.nqps,
                 cqs=sum(1 for cq in self.device.cqs.values() if cq.dp.engine == e.index),
