@@ -27,7 +27,7 @@ _MAX_PKT = 0xFFFF - _PSEUDO_HDRS - ICRC_LEN
 # ffi.new for the data plane's records: the same, but in the state arena (native/src/arena.c),
 # which the engine processes share, so every record has one copy at one address.
 shared_new = ffi.new_allocator(alloc=lib.rnic_arena_alloc, free=lib.rnic_arena_free,
-                               should_clear_after_alloc=True)
+                               should_clear_after_alloc=False)     # it comes zeroed
 
 
 def region(buf, writable: bool = True):

@@ -493,7 +493,9 @@ int rnic_steer_by_qpn(int fd, uint32_t nsocks);
 
 /* The arena's mapping in this process, created on first use (NULL if that failed). */
 void *rnic_arena_base(void);
-/* size bytes (64-byte aligned, 4096 from 4032 bytes up) of the arena, or NULL; not zeroed. */
+/* size bytes (64-byte aligned, 4096 from 4032 bytes up) of the arena, zeroed, or NULL.
+ * Pages never used are not touched (they read as zeros): a large table costs no memory
+ * until it is written. */
 void *rnic_arena_alloc(size_t size);
 void rnic_arena_free(void *p);
 /* Bytes in live blocks. */

@@ -35,6 +35,8 @@ struct block_hdr {
     uint32_t magic;
     uint32_t shift;
     uint64_t next_free;             /* while free: offset of the next free block */
+    uint64_t dirty;                 /* while free: payload bytes from the start that may be
+                                     * non-zero (the rest had its pages removed) */
 };
 
 static uint8_t *arena_base;
@@ -85,7 +87,8 @@ void *rnic_arena_alloc(size_t size)
     if (off) {
         b = (struct block_hdr *)(base + off);
         m->free_head[shift] = b->next_free;
-    } else {
+        memset((uint8_t *)b + HDR, 0, b->dirty);
+    } else {                        /* never used: the memfd's pages read as zeros */
         uint64_t bytes = 1ull << shift, align = bytes < 4096 ? HDR : 4096;
 
         off = (m->next + HDR + align - 1) / align * align - HDR;   /* payload aligned */
@@ -116,8 +119,13 @@ void rnic_arena_free(void *p)
     if (off >= ARENA_BYTES || b->magic != MAGIC || b->shift > MAX_SHIFT)
         return;                     /* not ours, or freed twice: leave it */
     m = (struct arena_meta *)arena_base;
-    if (b->shift >= 16)             /* give the pages back; they read as zeros again */
-        madvise((uint8_t *)p, ((1ull << b->shift) - HDR) & ~4095ull, MADV_REMOVE);
+    uint64_t payload = (1ull << b->shift) - HDR, whole = payload & ~4095ull;
+    b->dirty = payload;
+    /* give the pages back (they read as zeros again); the partial last page stays dirty */
+    if (b->shift >= 16 && madvise((uint8_t *)p, whole, MADV_REMOVE) == 0) {
+        memset((uint8_t *)p + whole, 0, payload - whole);
+        b->dirty = 0;
+    }
     lock(m);
     b->magic = 0;
     b->next_free = m->free_head[b->shift];
