@@ -600,6 +600,11 @@ int rnic_engine_spawn(struct rnic_engine *e);
  * work: 0, -ESRCH (it exited) or -ETIMEDOUT. rnic_engine_release lets it go on. */
 int rnic_engine_hold(struct rnic_engine *e, double timeout_s);
 void rnic_engine_release(struct rnic_engine *e);
+/* core/'s side of the event ring, with the engine held: the datagrams at its head that the
+ * fast path takes now (on dev, core/'s own; usually those that only followed an earlier
+ * slow one of their QP), consumed in order; stops at the first it does not take, or at any
+ * other event, which core/ then handles. Returns how many it took. */
+uint32_t rnic_engine_take_fast(struct rnic_engine *e, struct rnic_dp_dev *dev);
 /* Send a command (with fd, or -1) and wait for the engine's answer: 0 or -errno. */
 int rnic_engine_command(int sock, const struct rnic_engine_cmd *c, int fd, double timeout_s);
 

@@ -269,9 +269,14 @@ class Engines:
         lib, ffi, dev = native.lib, native.ffi, self.device
         for e in self.engines:
             rec = e.rec
-            prod, cons, mask = rec.ev_prod, rec.ev_cons, rec.ev_cap - 1
+            mask = rec.ev_cap - 1
             cons_p = ffi.addressof(rec, "ev_cons")
-            while cons != prod:
+            dev.dp.now = now
+            while True:
+                lib.rnic_engine_take_fast(rec, dev.dp)      # runs of datagrams: in C
+                prod, cons = rec.ev_prod, rec.ev_cons
+                if cons == prod:
+                    break
                 ev = e.events[cons & mask]
                 kind, ident = ev.kind, ev.id
                 if kind == lib.RNIC_EV_PACKET:
@@ -291,9 +296,7 @@ class Engines:
                         qp.on_timer(now)
                 elif kind == lib.RNIC_EV_NOTIFY:
                     dev.notify_cq(ident)
-                cons = (cons + 1) & 0xFFFFFFFF
-                lib.rnic_store_release(cons_p, cons)
-                prod = rec.ev_prod
+                lib.rnic_store_release(cons_p, (cons + 1) & 0xFFFFFFFF)
             if rec.ev_overflow:             # something was lost: look at everything
                 rec.ev_overflow = 0
                 dev.counters.inc("engine_event_overflow")
@@ -340,12 +343,8 @@ class Engines:
         return True
 
     def _packet(self, data: bytes, ip_be: int, sport: int, now: float) -> None:
-        """A datagram an engine handed over: the data plane first (a packet that only
-        followed an earlier one of its QP here is often in order by now), else core/."""
-        dev = self.device
-        dev.dp.now = now
-        if not native.lib.rnic_dp_rx_one(dev.dp, data, len(data), ip_be, sport):
-            dev.receive_slow(data, _ip_str(ip_be), sport, now)
+        """A datagram the fast path did not take (rnic_engine_take_fast tried it): core/'s."""
+        self.device.receive_slow(data, _ip_str(ip_be), sport, now)
 
     # ---- `rnic engine` ---------------------------------------------------------------------
     def info(self, now: float) -> list[dict]:
