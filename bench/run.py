@@ -112,8 +112,9 @@ class Daemon:
 
     def cpu_s(self):
         """CPU seconds of the daemon and of its engines (its child processes)."""
+        from rnic.lab.daemons import children
         total = 0.0
-        for pid in [self.proc.pid] + self.engine_pids():
+        for pid in [self.proc.pid] + children(self.proc.pid):
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
@@ -122,15 +123,6 @@ class Daemon:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
-    def engine_pids(self):
-        pids = []
-        try:
-            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
-                    pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
-        return pids
 
     def rss_kib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:

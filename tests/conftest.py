@@ -102,11 +102,8 @@ class DaemonProcess:
 
     def engine_pids(self) -> list[int]:
         """The daemon's engine processes (its children, docs/engines.md)."""
-        pids = []
-        for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-            with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        return pids
+        from rnic.lab.daemons import children
+        return children(self.proc.pid)
 
     def signal_host(self, sig) -> None:
         """Signal the daemon and its engines: the whole emulated host (SIGSTOP: it stops

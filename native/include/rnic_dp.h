@@ -461,6 +461,7 @@ struct rnic_fault {
     uint64_t drop, dup, reorder, delay, corrupt;
     uint64_t rng;
     uint64_t n_drop, n_dup, n_reorder, n_delay, n_corrupt;
+    double delay_s, reorder_s;  /* how long a delayed / a reordered datagram is held */
 };
 /* rnic_fault_mark's marks */
 #define RNIC_FAULT_SEND 0
@@ -479,6 +480,9 @@ uint32_t rnic_fault_mark(struct rnic_dp_dev *dev, struct rnic_fault *f, uint8_t 
  * duplicated one that is sent now, while there is room; returns the duplicates that found
  * none. */
 uint32_t rnic_fault_compact(struct rnic_dp_dev *dev, const uint8_t *marks);
+/* A held datagram (mark with RNIC_FAULT_HOLD): how many copies wait (2 if duplicated) and,
+ * in *hold_s, for how long. */
+uint32_t rnic_fault_held(const struct rnic_fault *f, uint8_t mark, double *hold_s);
 
 /* ---- steer.c -------------------------------------------------------------------------- */
 
@@ -566,8 +570,6 @@ struct rnic_engine {
     struct rnic_engine_event *events;
     struct rnic_dp_dev *dev;    /* its own transmit buffer and lists; the shared tables */
     struct rnic_fault fault;
-    double fault_delay_s;
-    double fault_reorder_s;
     double spin_s;          /* spin this long after the last work, then sleep */
     double started;         /* CLOCK_MONOTONIC seconds */
     int32_t sock_fd;        /* its UDP socket in the port's SO_REUSEPORT group */

@@ -175,9 +175,11 @@ static struct rnic_dp_qp *own_qp(uint32_t qpn)
     return qp && qp->qpn == qpn && qp->engine == E->id ? qp : NULL;
 }
 
+static int ev_full(void) { return E->ev_prod - ld(&E->ev_cons) >= E->ev_cap; }
+
 static struct rnic_engine_event *ev_slot(void)
 {
-    if (E->ev_prod - ld(&E->ev_cons) >= E->ev_cap) {
+    if (ev_full()) {
         st(&E->ev_overflow, 1);         /* core/ then looks at everything */
         E->ev_dropped++;
         events_waiting = 1;
@@ -274,9 +276,9 @@ static void flush_tx(double now)
         uint32_t nh = rnic_fault_mark(D, &E->fault, marks, held_idx, HELD_CAP - nheld);
 
         for (uint32_t k = 0; k < nh; k++) {
-            uint32_t i = held_idx[k], copies = (marks[i] & RNIC_FAULT_DUP) ? 2 : 1;
-            double wait = (marks[i] & ~RNIC_FAULT_DUP) == RNIC_FAULT_DELAY
-                ? E->fault_delay_s : E->fault_reorder_s;
+            uint32_t i = held_idx[k];
+            double wait;
+            uint32_t copies = rnic_fault_held(&E->fault, marks[i], &wait);
 
             for (uint32_t c = 0; c < copies && nheld < HELD_CAP; c++) {
                 struct held *h = &held[nheld++];
@@ -322,16 +324,21 @@ static void note_reading(struct rnic_dp_qp *qp)
         reading[nreading++] = qp->qpn;
 }
 
+/* Queue READ responses while the transmit buffer has room (flushing a full one first);
+ * returns how many are still to go. */
+static uint32_t produce_reads(struct rnic_dp_qp *qp, double now)
+{
+    if (D->ntx >= D->tx_cap)
+        flush_tx(now);
+    return rnic_dp_read_continue(D, qp);
+}
+
 /* What core/'s requester loop does for a QP, as far as the data plane can: READ responses
  * still to go, then SEND/WRITE WQEs; the rest is core/'s. */
 static void pump_qp(struct rnic_dp_qp *qp, double now)
 {
-    if (qp->rd_npkts) {
-        if (D->ntx >= D->tx_cap)
-            flush_tx(now);
-        if (rnic_dp_read_continue(D, qp))
-            note_reading(qp);
-    }
+    if (qp->rd_npkts && produce_reads(qp, now))
+        note_reading(qp);
     if (!(qp->fast && qp->send_ok)) {
         if (rnic_dp_sq_pending(qp) != 0)
             post_pump(qp);
@@ -362,11 +369,7 @@ static int continue_reads(double now)
     for (uint32_t i = 0; i < n; i++) {
         struct rnic_dp_qp *qp = own_qp(reading[i]);
 
-        if (!qp || !qp->rd_npkts)
-            continue;
-        if (D->ntx >= D->tx_cap)
-            flush_tx(now);
-        if (rnic_dp_read_continue(D, qp))
+        if (qp && qp->rd_npkts && produce_reads(qp, now))
             reading[kept++] = qp->qpn;
     }
     nreading = kept;
@@ -468,7 +471,7 @@ static int rx(double now)
                 total++;
                 continue;
             }
-            if (E->ev_prod - ld(&E->ev_cons) >= E->ev_cap) {
+            if (ev_full()) {
                 events_waiting = 1;     /* core/ is behind: wait for it, drop nothing */
                 break;
             }
@@ -743,8 +746,7 @@ static void engine_loop(void)
         } else if (now - idle_since >= E->spin_s) {
             E->busy_ns += (uint64_t)((now - busy_from) * 1e9);
             next_timer = timers(now);
-            flush_all(now);
-            sleep_until(now, next_timer);
+            sleep_until(now, next_timer);   /* it flushes after its last look */
             busy_from = idle_since = mono();
         } else {
             sched_yield();              /* spinning, but a runnable app here goes first */

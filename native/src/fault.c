@@ -100,3 +100,9 @@ uint32_t rnic_fault_compact(struct rnic_dp_dev *dev, const uint8_t *marks)
     dev->ntx = end;
     return lost;
 }
+
+uint32_t rnic_fault_held(const struct rnic_fault *f, uint8_t mark, double *hold_s)
+{
+    *hold_s = (mark & ~RNIC_FAULT_DUP) == RNIC_FAULT_DELAY ? f->delay_s : f->reorder_s;
+    return (mark & RNIC_FAULT_DUP) ? 2 : 1;
+}

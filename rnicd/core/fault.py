@@ -55,7 +55,8 @@ class FaultSpec:
         return asdict(self)
 
 
-_C_COUNTERS = (("n_drop", "fault_drop"), ("n_dup", "fault_dup"), ("n_reorder", "fault_reorder"),
+# the C counters and the names `rnic stat` gives them (also the engines': io/engines.py)
+C_COUNTERS = (("n_drop", "fault_drop"), ("n_dup", "fault_dup"), ("n_reorder", "fault_reorder"),
                ("n_delay", "fault_delay"), ("n_corrupt", "fault_corrupt"))
 
 
@@ -68,6 +69,7 @@ class FaultInjector:
         ffi = native.ffi
         self.c = ffi.new("struct rnic_fault *")
         self._marks = self._held = ()        # sized by the transmit buffer, on first use
+        self._hold_s = ffi.new("double *")
         self.configure(spec)
 
     def configure(self, spec: FaultSpec):
@@ -76,31 +78,29 @@ class FaultInjector:
         for k in KINDS:                      # a rate as a threshold out of 2^32
             setattr(c, k, round(getattr(spec, k) * (1 << 32)))
         c.rng = random.Random(spec.seed).getrandbits(64)     # the seed's (or a random) state
+        c.delay_s, c.reorder_s = spec.delay_ms / 1000, spec.reorder_ms / 1000
         c.n_drop = c.n_dup = c.n_reorder = c.n_delay = c.n_corrupt = 0
 
     def apply_buffer(self, dp, address_of) -> list[tuple[float, bytes, object]]:
         """Faults on the data plane's transmit buffer, in place: dropped datagrams leave it,
         duplicates join it; the delayed and reordered ones are returned as (delay_seconds,
         datagram, address_of(ip_be)) for the caller to send later."""
-        lib, ffi, s, c = native.lib, native.ffi, self.spec, self.c
+        lib, ffi, c = native.lib, native.ffi, self.c
         if len(self._marks) < dp.tx_cap:
             self._marks, self._held = (ffi.new("uint8_t[]", dp.tx_cap),
                                        ffi.new("uint32_t[]", dp.tx_cap))
-        before = [getattr(c, f) for f, _ in _C_COUNTERS]
+        before = [getattr(c, f) for f, _ in C_COUNTERS]
         n = lib.rnic_fault_mark(dp, c, self._marks, self._held, len(self._held))
         later = []
         for k in range(n):
             i = self._held[k]
-            m = self._marks[i]
-            delay = (s.delay_ms if m & ~lib.RNIC_FAULT_DUP == lib.RNIC_FAULT_DELAY
-                     else s.reorder_ms) / 1000
+            copies = lib.rnic_fault_held(c, self._marks[i], self._hold_s)
             data = ffi.buffer(dp.tx_bufs + i * dp.tx_buf_size, dp.tx_lens[i])[:]
-            addr = address_of(dp.tx_addrs_be[i])
-            later += [(delay, data, addr)] * (2 if m & lib.RNIC_FAULT_DUP else 1)
+            later += [(self._hold_s[0], data, address_of(dp.tx_addrs_be[i]))] * copies
         lost = lib.rnic_fault_compact(dp, self._marks)
         if lost:
             self.counters.inc("fault_dup_no_room", lost)
-        for (field, name), was in zip(_C_COUNTERS, before, strict=True):
+        for (field, name), was in zip(C_COUNTERS, before, strict=True):
             if getattr(c, field) != was:
                 self.counters.inc(name, getattr(c, field) - was)
         return later

@@ -19,6 +19,8 @@ import struct
 import termios
 
 from rnicd import native
+from rnicd.core.fault import C_COUNTERS
+from rnicd.wire.roce import ROCEV2_PORT
 
 log = logging.getLogger("rnicd.engines")
 
@@ -82,14 +84,13 @@ class Engine:
         self.pidfd = -1
 
     def configure_faults(self, spec, fault_c) -> None:
-        """The device's fault knobs, with this engine's own generator (seeded from the
-        device's seed and the engine's index, so a seeded run repeats)."""
+        """The device's fault knobs and hold times (its own counters go on), with this
+        engine's own generator (seeded from the device's and the engine's index, so a
+        seeded run repeats)."""
         f = self.rec.fault
-        for k in ("drop", "dup", "reorder", "delay", "corrupt"):
+        for k in ("drop", "dup", "reorder", "delay", "corrupt", "delay_s", "reorder_s"):
             setattr(f, k, getattr(fault_c, k))
         f.rng = (fault_c.rng + 0x9E3779B97F4A7C15 * (self.index + 1)) & (2**64 - 1)
-        self.rec.fault_delay_s = spec.delay_ms / 1000
-        self.rec.fault_reorder_s = spec.reorder_ms / 1000
         self.rec.fault_on = int(spec.active())
 
     def spawn(self) -> int:
@@ -126,7 +127,7 @@ class Engines:
         tables = dict(acks_len=d.acks_len, notify_cap=d.notify_cap, tx_cap=d.tx_cap,
                       tx_buf=d.tx_buf_size)
         self.engines = [Engine(k, cpus[k % len(cpus)], socks[k], device, spin_us / 1e6,
-                               4791, tables) for k in range(count)]
+                               ROCEV2_PORT, tables) for k in range(count)]
         self.dps = [e.dev for e in self.engines]
         self._depth = 0
         self._mad_since = None      # when a CM MAD began waiting for the others' sockets
@@ -367,15 +368,12 @@ class Engines:
         names = (("tx_dropped_busy", "tx_dropped_busy"), ("tx_errors", "tx_error"),
                  ("rx_drop_oversize", "rx_drop_oversize"), ("ev_dropped", "engine_event_drop"),
                  ("fault_no_room", "fault_dup_no_room"))
-        faults = (("n_drop", "fault_drop"), ("n_dup", "fault_dup"),
-                  ("n_reorder", "fault_reorder"), ("n_delay", "fault_delay"),
-                  ("n_corrupt", "fault_corrupt"))
         out: dict[str, int] = {}
         for e in self.engines:
             for field, name in names:
                 if v := getattr(e.rec, field):
                     out[name] = out.get(name, 0) + v
-            for field, name in faults:
+            for field, name in C_COUNTERS:
                 if v := getattr(e.rec.fault, field):
                     out[name] = out.get(name, 0) + v
         return out

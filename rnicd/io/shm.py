@@ -25,16 +25,21 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _MAP_FIXED = 0x10
 
 
+def _address(mm: mmap.mmap) -> int:
+    anchor = ctypes.c_char.from_buffer(mm)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor
+
+
 def _map_segments(fds, segments, total) -> mmap.mmap:
     """One contiguous mapping of several memfd pieces: reserve the range as an anonymous
     mmap object (which owns it and unmaps all of it on close), then map each piece over its
     place with MAP_FIXED."""
     mm = mmap.mmap(-1, total, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                    mmap.PROT_READ | mmap.PROT_WRITE)
-    anchor = ctypes.c_char.from_buffer(mm)
-    base = ctypes.addressof(anchor)
-    del anchor
-    pos = 0
+    base, pos = _address(mm), 0
     for i, off, n in segments:
         p = _libc.mmap(base + pos, n, mmap.PROT_READ | mmap.PROT_WRITE,
                        mmap.MAP_SHARED | _MAP_FIXED, fds[i], off)
@@ -44,14 +49,6 @@ def _map_segments(fds, segments, total) -> mmap.mmap:
             raise OSError(err, os.strerror(err))
         pos += n
     return mm
-
-
-def _address(mm: mmap.mmap) -> int:
-    anchor = ctypes.c_char.from_buffer(mm)
-    try:
-        return ctypes.addressof(anchor)
-    finally:
-        del anchor
 
 
 class NoMirror:

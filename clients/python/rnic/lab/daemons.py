@@ -150,6 +150,18 @@ def stop(pids: list[int], procs=(), timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of pid (a daemon's are its engines: docs/engines.md)."""
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
 def proc_stats(pid: int | None) -> dict:
     """CPU seconds (utime + stime) and VmRSS of a running daemon, from /proc."""
     out = {"cpu_s": None, "rss_kib": None}
