@@ -252,6 +252,33 @@ struct rnic_dp_qp {
     uint32_t eng_seen_sq;
     uint32_t eng_seen_rq;
     uint32_t eng_last_slow;
+    /* loss recovery (rnic_dp_psn_check, rnic_dp_go_back, rnic_dp_timer) */
+    uint32_t nak_high;      /* responder: the highest PSN seen since its sequence NAK */
+    uint32_t oos_since_nak; /* responder: out-of-sequence packets since that NAK */
+    uint32_t resp_queued;   /* responder: core/ holds responses behind the READ being
+                             * answered; nothing may overtake them */
+    uint32_t _rsvd2;
+    double rewind_holdoff;  /* requester: an implied NAK goes back again only after this */
+    /* what recovery did, under rxe's counter names (core/ adds them to the QP's) */
+    uint64_t out_of_seq_request;    /* responder: requests past ePSN, dropped */
+    uint64_t duplicate_request;     /* responder: requests before ePSN */
+    uint64_t rcvd_seq_err;          /* requester: sequence NAKs received */
+    uint64_t nak_seq_retries;       /* requester: go-back-N rounds they started */
+    uint64_t timeout_retries;       /* requester: rounds the retransmit timer started */
+    uint64_t implied_nak_seq_err;   /* requester: rounds a lost READ/atomic response started */
+    uint64_t early_retransmits;     /* requester: rounds the probe started (rnic_dp_timer) */
+    uint64_t duplicate_response;    /* requester: ACKs and responses before una, dropped */
+    uint64_t out_of_seq_response;   /* requester: rounds a READ response gap started */
+    /* requester soft state (lost in a failover, rebuilt from the next ACKs): the smoothed
+     * round trip, the one PSN being timed (Karn: never a resent one), the probe deadline */
+    double srtt;            /* seconds, 0: no sample yet */
+    double rtt_sent;        /* when rtt_psn was sent */
+    double probe_at;        /* 0: not armed */
+    double probe_s;         /* the probe's interval, doubled each time it fires */
+    uint32_t rtt_psn;
+    uint32_t rtt_timing;    /* rtt_psn is being timed */
+    uint32_t cut_psn;       /* high_psn when the window was last cut: losses below it ... */
+    uint32_t cut_valid;     /* ... do not cut it again (rnic_dp_go_back) */
 };
 
 /* A completion queue as the data plane writes it (the ring of rnic_abi.h). */
@@ -377,6 +404,57 @@ int rnic_dp_swqe_commit(struct rnic_dp_qp *qp);
 int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
 /* Transmit what the window allows from send_psn, fetching as it goes (RNIC_DP_PUMP_*). */
 int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
+/* rnic_dp_resp_psn_check results */
+#define RNIC_DP_RESP_STALE 1    /* before una: a duplicate or an old round's, counted */
+#define RNIC_DP_RESP_BAD 2      /* beyond every request sent */
+/* The completer's PSN check: an ACK or response for psn answers a request in flight,
+ * [una, next_psn) (9.7.5.1.2). 0, or why it is dropped. */
+int rnic_dp_resp_psn_check(struct rnic_dp_qp *qp, uint32_t psn);
+/* An RDMA READ response for psn, in flight (rnic_dp_resp_psn_check), with n payload bytes
+ * (9.7.5.1.3): it implicitly acknowledges the requests before its READ; in sequence (psn is
+ * una) it is placed and the last one completes the WQE; after a gap the READ is asked again
+ * from una (rnic_dp_go_back, forced by a LAST: it ends a lossy round). 0, or -ENOENT (no
+ * unfinished READ holds psn: nothing changed), -EMSGSIZE (not the length the READ expects
+ * there: IBV_WC_BAD_RESP_ERR for the WQE). The caller then calls rnic_dp_progress, _retire,
+ * _pump. */
+int rnic_dp_read_resp(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, int last,
+                      const uint8_t *data, uint32_t n);
+/* Go back N (IBTA 9.7.5.1): retransmit from psn, halve the window, stop the timer. Rounds
+ * that several packets of one loss would start (implied NAKs, response gaps) go back once per
+ * una, or again a quarter of the ACK timeout later; force goes back regardless (a sequence NAK,
+ * the timer). Returns 1 if it went back, 0 if held off. */
+int rnic_dp_go_back(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, int force);
+/* rnic_dp_ack, and an unanswered READ or atomic that psn covers lost its response (an
+ * implied NAK, 9.7.5.1.3): go back N to it (rnic_dp_go_back, not forced), so that the pump
+ * re-issues it. */
+void rnic_dp_ack_through(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn);
+/* A sequence NAK for psn received (9.7.5.2.3): everything before psn is acknowledged
+ * (rnic_dp_ack_through), then go back N to psn, unless an earlier READ/atomic is being
+ * re-issued. The caller then calls rnic_dp_progress, _retire and _pump, as for an ACK. */
+void rnic_dp_nak_seq(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn);
+/* The probe: requests outstanding this long without progress (a lost NAK or ACK, the tail
+ * of a burst) go back N before the ACK timeout, without spending a retry: PROBE_RTTS
+ * smoothed round trips, at least PROBE_MIN_US, doubled each time it fires without progress
+ * (rnic_dp_deadline takes it only while it comes before the ACK timeout). Not while the
+ * responses of the oldest request, a READ, are arriving: they come at the responder's pace. */
+#define RNIC_DP_PROBE_RTTS 4
+#define RNIC_DP_PROBE_MIN_US 1000
+/* The request packet psn (taking PSNs up to next) went out: count a resend (below high_psn),
+ * time a fresh one if none is being timed, start the timers. pump calls it, and core/ for
+ * the READ and atomic requests it sends. */
+void rnic_dp_sent(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, uint32_t next);
+/* Start the retransmit timer and the probe unless they run (requests are outstanding). */
+void rnic_dp_arm_timer(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
+/* When rnic_dp_timer has something to do next (the probe or the ACK timeout); 0: nothing. */
+double rnic_dp_deadline(const struct rnic_dp_qp *qp);
+/* rnic_dp_timer results */
+#define RNIC_DP_TIMER_IDLE 0        /* not expired, or nothing outstanding (timer stopped) */
+#define RNIC_DP_TIMER_RETRY 1       /* went back N to una: pump */
+#define RNIC_DP_TIMER_EXCEEDED 2    /* retry_cnt exhausted (9.7.6.1.3): fail the head WQE */
+/* The timers at dev->now. The retransmit timer (IBTA 9.7.6.1.3): an expired deadline with
+ * requests outstanding spends one retry and goes back N to una. Before it, the probe goes
+ * back N once without spending one (the ACK timeout runs on). The RNR timer is core/'s. */
+int rnic_dp_timer(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
 /* Queue an ACKNOWLEDGE packet (AETH: syndrome, the QP's MSN) for psn (IBTA 9.7.5.2).
  * 0, or -ENOSPC when the transmit buffer is full. */
 int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t syndrome,
@@ -425,6 +503,18 @@ int rnic_dp_mr_check(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
  * a MIDDLE or LAST only inside a message of its kind (qp->msg). 0 or -EPROTO (RC: NAK
  * Invalid Request; UC: the packet is dropped). */
 int rnic_dp_seq_check(const struct rnic_dp_qp *qp, uint8_t opcode);
+/* rnic_dp_psn_check results */
+#define RNIC_DP_PSN_NEW 0       /* psn is ePSN: the next checks decide */
+#define RNIC_DP_PSN_DUP 1       /* a duplicate (9.7.5.1.4): a SEND or WRITE is acknowledged
+                                 * again, a READ re-executed, an atomic replayed */
+#define RNIC_DP_PSN_NAK 2       /* out of sequence, and a sequence NAK for ePSN is due now */
+#define RNIC_DP_PSN_DROP 3      /* out of sequence, dropped silently */
+/* The responder's first check, the PSN (9.7.5.1, RC): counts duplicates and out-of-sequence
+ * requests, and decides the sequence NAK: one per gap (9.7.5.2.3), again when the PSNs go
+ * backwards (the requester began a new round that lost ePSN too), and again after
+ * RNIC_DP_RENAK_AFTER more out-of-sequence packets (the NAK itself may have been lost). */
+int rnic_dp_psn_check(struct rnic_dp_qp *qp, uint32_t psn);
+#define RNIC_DP_RENAK_AFTER 16
 /* The responder's opcode-validity check, after the sequence check and before resources,
  * length and key (9.7.5.1; rxe's check_op_valid): an RDMA WRITE, READ or atomic request
  * needs the QP's REMOTE_WRITE, _READ or _ATOMIC access. 0 or -EACCES (RC: NAK Invalid

@@ -30,6 +30,7 @@
 #define RNIC_DEFAULT_PKEY 0xffff    /* bytes 2..3 (10.9.1.1: the default partition) */
 #define RNIC_AETH_KIND_SHIFT 5      /* syndrome bits 7..5: 0 ACK, 1 RNR NAK, 3 NAK */
 #define RNIC_AETH_ACK 0x1f          /* ACK with the "invalid" credit count: no credits */
+#define RNIC_AETH_NAK_SEQ 0x60      /* NAK, PSN sequence error (9.7.5.2.4, code 0) */
 
 /* Transport bits 7..5 of the opcode (9.2; XRC A14.4.1) */
 #define RNIC_OPT_RC 0x00

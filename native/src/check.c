@@ -1,7 +1,7 @@
 /*
  * check.c — the checks the data plane makes and core/ calls for the same decision (the slow
  * path never re-implements them): the memory-key check (IBTA 10.6.3.2, 10.6.7.2), and the
- * responder's opcode-sequence and length checks and RDMA WRITE bookkeeping (9.7.5.1, 9.7.7.1).
+ * responder's PSN, opcode-sequence and length checks and RDMA WRITE bookkeeping (9.7.5.1, 9.7.7.1).
  * They change nothing when they fail; the caller turns the reason into its NAK, drop or
  * completion status.
  */
@@ -38,6 +38,31 @@ int rnic_dp_mr_check(const struct rnic_dp_dev *dev, const struct rnic_dp_qp *qp,
         return -ERANGE;
     *ptr = mr->base + (addr - mr->iova);
     return 0;
+}
+
+int rnic_dp_psn_check(struct rnic_dp_qp *qp, uint32_t psn)
+{
+    int32_t d = dp_psn_diff(psn, qp->epsn);
+    int nak;
+
+    if (d == 0) {
+        qp->nak_sent = 0;
+        return RNIC_DP_PSN_NEW;
+    }
+    if (d < 0) {
+        qp->duplicate_request++;
+        return RNIC_DP_PSN_DUP;
+    }
+    qp->out_of_seq_request++;
+    qp->oos_since_nak++;
+    nak = !qp->nak_sent || dp_psn_diff(psn, qp->nak_high) <= 0
+          || qp->oos_since_nak >= RNIC_DP_RENAK_AFTER;
+    if (nak) {
+        qp->nak_sent = 1;
+        qp->oos_since_nak = 0;
+    }
+    qp->nak_high = psn;
+    return nak ? RNIC_DP_PSN_NAK : RNIC_DP_PSN_DROP;
 }
 
 int rnic_dp_seq_check(const struct rnic_dp_qp *qp, uint8_t opcode)

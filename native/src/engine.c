@@ -408,23 +408,35 @@ static int scan_qps(double now, int doorbell)
     return work;
 }
 
-/* Expired retransmit timers go to core/; returns the earliest one still ahead (0: none). */
+/* Expired timers (the probe, the retransmit timer): the common case (requests outstanding,
+ * retries left) goes back N here (rnic_dp_timer, the decision core/ calls too); the rest is
+ * core/'s: RNR waits, an exhausted retry count (the head WQE fails), a QP not in RTS, or one
+ * whose datagrams wait in core/'s queue (they came first). Returns the earliest deadline still
+ * ahead (0: none). */
 static double timers(double now)
 {
     double next = 0;
 
+    D->now = now;
     for (uint32_t i = 0; i < E->nqps; i++) {
         struct rnic_dp_qp *qp = own_qp(E->qpns[i]);
         double t;
 
-        if (!qp || (t = qp->retrans_at) <= 0)
+        if (!qp || (t = rnic_dp_deadline(qp)) <= 0)
             continue;
         if (t <= now) {
-            if (!qp->eng_timer_posted && post(RNIC_EV_TIMER, qp->qpn) == 0)
+            if (qp->fast && qp->send_ok && !qp->rnr_wait && qp->retry_left > 0
+                && !qp->eng_timer_posted && !slow_pending(qp)) {
+                if (rnic_dp_timer(D, qp) == RNIC_DP_TIMER_RETRY)
+                    pump_qp(qp, now);               /* which arms the timer again */
+            } else if (!qp->eng_timer_posted && post(RNIC_EV_TIMER, qp->qpn) == 0) {
                 qp->eng_timer_posted = 1;
-        } else if (next == 0 || t < next) {
-            next = t;
+            }
+            if ((t = rnic_dp_deadline(qp)) <= now)
+                continue;
         }
+        if (next == 0 || t < next)
+            next = t;
     }
     return next;
 }

@@ -46,7 +46,7 @@ static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const
     int n;
 
     if (len != (uint32_t)(RNIC_BTH_LEN + rnic_op_table[pkt[0]].hdr_len + RNIC_ICRC_LEN)
-        || bth_pad(pkt) || psn != qp->epsn || rnic_dp_seq_check(qp, pkt[0]) < 0 || qp->rd_npkts
+        || bth_pad(pkt) || rnic_dp_seq_check(qp, pkt[0]) < 0 || qp->rd_npkts
         || !icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
     dlen = dp_be32(reth + 12);
@@ -65,32 +65,28 @@ static int rx_read_request(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const
     return 1;
 }
 
-/* An in-order RDMA READ response for the READ at the head of what is unanswered: place it;
- * the last one completes the WQE (9.7.5.1.3). Gaps, stale or odd responses are core/'s. */
+/* An RDMA READ response (9.7.5.1.3): rnic_dp_read_resp decides; stale ones are counted and
+ * dropped; impossible, unmatched or wrong-length ones are core/'s. */
 static int rx_read_response(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
                             uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
 {
     const struct rnic_opinfo *oi = &rnic_op_table[pkt[0]];
-    uint32_t hdr = RNIC_BTH_LEN + oi->hdr_len, pad = bth_pad(pkt), plen, k, expect, old = qp->una;
-    struct rnic_dp_swqe *w;
+    uint32_t hdr = RNIC_BTH_LEN + oi->hdr_len, pad = bth_pad(pkt), old = qp->una;
+    int rc;
 
-    if (!qp->send_ok || psn != qp->una || len < hdr + RNIC_ICRC_LEN + pad)
+    if (!qp->send_ok || len < hdr + RNIC_ICRC_LEN + pad)
         return 0;
     if ((oi->hdrs & RNIC_HDR_AETH) && (pkt[RNIC_BTH_LEN] >> RNIC_AETH_KIND_SHIFT) != 0)
         return 0;                                   /* only a positive AETH */
-    w = dp_wqe_at(qp, psn);
-    if (!w || w->opcode != RX_WR_RDMA_READ || w->status >= 0)
-        return 0;
     if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
-    k = (uint32_t)dp_psn_diff(psn, w->first_psn);
-    plen = len - hdr - RNIC_ICRC_LEN - pad;
-    expect = w->length - k * qp->mtu < qp->mtu ? w->length - k * qp->mtu : qp->mtu;
-    if (plen != expect || rnic_dp_swqe_place(w, (uint64_t)k * qp->mtu, pkt + hdr, plen) < 0)
+    if ((rc = rnic_dp_resp_psn_check(qp, psn)) != 0) {
+        if (rc != RNIC_DP_RESP_STALE)
+            return 0;
+    } else if (rnic_dp_read_resp(dev, qp, psn, (oi->flags & RNIC_OPF_LAST) != 0, pkt + hdr,
+                                 len - hdr - RNIC_ICRC_LEN - pad) < 0) {
         return 0;
-    qp->una = (psn + 1) & 0xffffff;
-    if (k == w->npkts - 1)
-        w->status = 0;                              /* IBV_WC_SUCCESS */
+    }
     rnic_dp_progress(dev, qp, old);
     rnic_dp_retire(dev, qp);
     if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
@@ -99,30 +95,82 @@ static int rx_read_response(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, cons
     return 1;
 }
 
-/* A positive ACK for our requests (9.7.5.1.2): acknowledge, retire, send more. NAKs, stale
- * or impossible PSNs, and ACKs that reveal a lost READ response are core/'s. */
+/* A positive ACK or a sequence NAK for our requests (9.7.5.1.2, 9.7.5.2.3): acknowledge,
+ * go back N on a NAK or on a lost READ/atomic response, retire, send more. RNR and other
+ * NAKs, and stale or impossible PSNs, are core/'s. */
 static int rx_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
                   uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
 {
-    uint32_t old = qp->una;
-    int32_t d;
-    int64_t lost;
+    uint32_t old = qp->una, syndrome = pkt[RNIC_BTH_LEN];
+    int rc;
 
-    if (len != RNIC_BTH_LEN + RNIC_AETH_LEN + RNIC_ICRC_LEN || bth_pad(pkt)
-        || (pkt[RNIC_BTH_LEN] >> RNIC_AETH_KIND_SHIFT) != 0 || !qp->send_ok)
+    if (len != RNIC_BTH_LEN + RNIC_AETH_LEN + RNIC_ICRC_LEN || bth_pad(pkt) || !qp->send_ok
+        || ((syndrome >> RNIC_AETH_KIND_SHIFT) != 0 && syndrome != RNIC_AETH_NAK_SEQ)
+        || !icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
-    d = dp_psn_diff(psn, qp->una);                 /* requests in flight: [una, next_psn) */
-    if (d < 0 || d >= dp_psn_diff(qp->next_psn, qp->una))
-        return 0;
-    if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
-        return 0;
-    lost = rnic_dp_ack(dev, qp, psn);
+    if ((rc = rnic_dp_resp_psn_check(qp, psn)) != 0) {
+        if (rc != RNIC_DP_RESP_STALE)
+            return 0;                               /* core/ counts the impossible one */
+        qp->fast_pkts++;                            /* an old round's: counted, dropped */
+        return 1;
+    }
+    if (syndrome == RNIC_AETH_NAK_SEQ)
+        rnic_dp_nak_seq(dev, qp, psn);
+    else
+        rnic_dp_ack_through(dev, qp, psn);
     rnic_dp_progress(dev, qp, old);
     rnic_dp_retire(dev, qp);
-    if (lost >= 0)
-        return 0;           /* core/ re-issues the READ/atomic (it repeats the ack harmlessly) */
     if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
         dev->pumps[dev->npumps++] = qp->qpn;
+    qp->fast_pkts++;
+    return 1;
+}
+
+/* A datagram's lengths as 9.3.1 has them: payload and pad a multiple of 4, no payload where
+ * the opcode carries none, pad only on the last packet of a message and within it. */
+static int well_formed(const struct rnic_opinfo *oi, const uint8_t *pkt, uint32_t len)
+{
+    uint32_t hdr = RNIC_BTH_LEN + oi->hdr_len, body, pad = bth_pad(pkt);
+
+    if (len < hdr + RNIC_ICRC_LEN)
+        return 0;
+    body = len - hdr - RNIC_ICRC_LEN;
+    if (body & 3)
+        return 0;
+    if (!(oi->flags & RNIC_OPF_PAYLOAD))
+        return body == 0 && pad == 0;
+    return !pad || ((oi->flags & RNIC_OPF_LAST) && pad <= body);
+}
+
+/* An RC request at a PSN other than ePSN (9.7.5.1): the PSN check (rnic_dp_psn_check)
+ * decides. Out of sequence: dropped, with a sequence NAK when one is due; a duplicate SEND or
+ * WRITE: acknowledged again. Duplicate READs (re-executed) and atomics (replayed) are core/'s,
+ * and so is everything while responses wait behind a READ (nothing may overtake them). */
+static int rx_unexpected_psn(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                             uint32_t len, const struct rnic_opinfo *oi, uint32_t psn,
+                             uint32_t src_ip_be, uint16_t sport)
+{
+    if (qp->unreliable || qp->rd_npkts || qp->resp_queued || dev->ntx >= dev->tx_cap)
+        return 0;
+    if (dp_psn_diff(psn, qp->epsn) < 0
+        && (oi->kind == RNIC_KIND_READ_REQ || oi->kind == RNIC_KIND_ATOMIC))
+        return 0;
+    if (!well_formed(oi, pkt, len) || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+        return 0;
+    switch (rnic_dp_psn_check(qp, psn)) {
+    case RNIC_DP_PSN_NAK:
+        rnic_dp_send_aeth(dev, qp, RNIC_AETH_NAK_SEQ, qp->epsn);
+        break;
+    case RNIC_DP_PSN_DUP:                           /* an ACK for epsn - 1 is owed */
+        if (!qp->ack_pending) {
+            qp->ack_pending = 1;
+            if (dev->nacks < dev->acks_len)
+                dev->acks[dev->nacks++] = qp->qpn;
+        }
+        break;
+    default:
+        break;
+    }
     qp->fast_pkts++;
     return 1;
 }
@@ -260,6 +308,10 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
     if (!(oi->flags & RNIC_OPF_VALID) || (pkt[0] & RNIC_OPT_MASK) != qp_transport(qp))
         return 0;
     psn = dp_be24(pkt + 9);
+    if ((oi->flags & RNIC_OPF_REQUEST) && qp->resp_queued)
+        return 0;                       /* core/'s responses wait: nothing may overtake them */
+    if ((oi->flags & RNIC_OPF_REQUEST) && psn != qp->epsn)
+        return rx_unexpected_psn(dev, qp, pkt, len, oi, psn, src_ip_be, sport);
     switch (oi->kind) {
     case RNIC_KIND_ACK:
         return rx_ack(dev, qp, pkt, len, psn, src_ip_be, sport);
@@ -276,7 +328,7 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
     /* core/'s too: SEND with Invalidate (a window), WRITE with immediate (a receive WQE) */
     if ((oi->hdrs & RNIC_HDR_IETH) || (oi->kind == RNIC_KIND_WRITE && (oi->hdrs & RNIC_HDR_IMMDT)))
         return 0;
-    if (psn != qp->epsn || rnic_dp_seq_check(qp, pkt[0]) < 0)
+    if (rnic_dp_seq_check(qp, pkt[0]) < 0)
         return 0;
     hdr = RNIC_BTH_LEN + oi->hdr_len;
     pad = bth_pad(pkt);

@@ -171,9 +171,169 @@ void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t o
     qp->rewound = 0;
     qp->retry_left = qp->retry_cnt;
     qp->rnr_left = qp->rnr_retry;
+    if (qp->rtt_timing && dp_psn_diff(qp->una, qp->rtt_psn) > 0) {
+        double sample = dev->now - qp->rtt_sent;    /* RFC 6298's smoothing, alpha 1/8 */
+
+        qp->srtt = qp->srtt > 0 ? qp->srtt + (sample - qp->srtt) / 8 : sample;
+        qp->rtt_timing = 0;
+    }
     qp->retrans_at = 0;
-    if (qp->una != qp->send_psn && qp->timeout_s > 0)
-        qp->retrans_at = dev->now + qp->timeout_s;
+    if (qp->una != qp->send_psn)
+        rnic_dp_arm_timer(dev, qp);
+}
+
+void rnic_dp_sent(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, uint32_t next)
+{
+    if (dp_psn_diff(psn, qp->high_psn) < 0) {
+        qp->retransmitted_pkts++;
+    } else if (!qp->rtt_timing) {
+        qp->rtt_timing = 1;
+        qp->rtt_psn = psn;
+        qp->rtt_sent = dev->now;
+    }
+    if (dp_psn_diff(next, qp->high_psn) > 0)
+        qp->high_psn = next;
+    rnic_dp_arm_timer(dev, qp);
+}
+
+void rnic_dp_arm_timer(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    double probe = RNIC_DP_PROBE_RTTS * qp->srtt;
+
+    if (qp->retrans_at != 0 || qp->timeout_s <= 0)
+        return;
+    qp->retrans_at = dev->now + qp->timeout_s;
+    qp->probe_s = probe < RNIC_DP_PROBE_MIN_US * 1e-6 ? RNIC_DP_PROBE_MIN_US * 1e-6 : probe;
+    qp->probe_at = qp->srtt > 0 ? dev->now + qp->probe_s : 0;
+}
+
+double rnic_dp_deadline(const struct rnic_dp_qp *qp)
+{
+    return qp->probe_at > 0 && qp->retrans_at > 0 && qp->probe_at < qp->retrans_at
+           ? qp->probe_at : qp->retrans_at;
+}
+
+int rnic_dp_resp_psn_check(struct rnic_dp_qp *qp, uint32_t psn)
+{
+    int32_t d = dp_psn_diff(psn, qp->una);          /* requests in flight: [una, next_psn) */
+
+    if (d < 0) {
+        qp->duplicate_response++;
+        return RNIC_DP_RESP_STALE;
+    }
+    return d < dp_psn_diff(qp->next_psn, qp->una) ? 0 : RNIC_DP_RESP_BAD;
+}
+
+int rnic_dp_read_resp(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, int last,
+                      const uint8_t *data, uint32_t n)
+{
+    struct rnic_dp_swqe *w = dp_wqe_at(qp, psn);
+    uint32_t k;
+    uint64_t off;
+
+    if (!w || w->opcode != WR_READ || w->status >= 0)
+        return -ENOENT;
+    if (dp_psn_diff(w->first_psn, qp->una) > 0)     /* implicitly, the requests before it */
+        rnic_dp_ack_through(dev, qp, dp_psn_add(w->first_psn, -1));
+    if (psn != qp->una) {
+        /* a response was lost: ask again from una. Every READ request's stream ends in one
+         * LAST/ONLY, so a LAST after a gap ends a lossy round: go back even if this una was
+         * gone back to already. */
+        if (rnic_dp_go_back(dev, qp, qp->una, last))
+            qp->out_of_seq_response++;
+        return 0;
+    }
+    k = (uint32_t)dp_psn_diff(psn, w->first_psn);
+    off = (uint64_t)k * qp->mtu;
+    if (w->length && n != (w->length - off < qp->mtu ? w->length - off : qp->mtu))
+        return -EMSGSIZE;
+    if (w->length)
+        rnic_dp_swqe_place(w, off, data, n);
+    qp->una = dp_psn_add(psn, 1);
+    if (k == w->npkts - 1)
+        w->status = 0;                              /* IBV_WC_SUCCESS */
+    return 0;
+}
+
+int rnic_dp_go_back(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, int force)
+{
+    double hold;
+
+    if (!force && qp->rewound && dev->now < qp->rewind_holdoff)
+        return 0;
+    qp->rewound = 1;                                /* rnic_dp_progress clears it */
+    /* what the old round still provokes arrives within about a round trip */
+    hold = qp->timeout_s > 0 ? qp->timeout_s / 4 : 0.001;
+    if (qp->srtt > 0 && 2 * qp->srtt < hold)
+        hold = 2 * qp->srtt;
+    qp->rewind_holdoff = dev->now + hold;
+    if (dp_psn_diff(psn, qp->send_psn) < 0)
+        qp->send_psn = psn;
+    /* go-back-N resends a whole window per loss: a lossy path wants a smaller one. Once per
+     * window (RFC 6582's recovery point): losses among the PSNs sent before the last cut
+     * are the same congestion event. */
+    if (!qp->cut_valid || dp_psn_diff(psn, qp->cut_psn) >= 0) {
+        qp->cwnd = qp->cwnd / 2 < RNIC_DP_MIN_WINDOW ? RNIC_DP_MIN_WINDOW : qp->cwnd / 2;
+        qp->cut_psn = qp->high_psn;
+        qp->cut_valid = 1;
+    }
+    qp->retrans_at = qp->probe_at = 0;
+    qp->rtt_timing = 0;                             /* Karn: resent PSNs time nothing */
+    return 1;
+}
+
+void rnic_dp_ack_through(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn)
+{
+    if (rnic_dp_ack(dev, qp, psn) >= 0 && rnic_dp_go_back(dev, qp, qp->una, 0))
+        qp->implied_nak_seq_err++;                  /* re-issue the READ/atomic at una */
+}
+
+void rnic_dp_nak_seq(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn)
+{
+    qp->rcvd_seq_err++;
+    rnic_dp_ack_through(dev, qp, dp_psn_add(psn, -1));
+    if (qp->una != psn)
+        return;             /* an earlier READ/atomic is re-issued: that round comes first */
+    /* the responder NAKs once a gap, and again for every RENAK_AFTER packets of the old
+     * round still arriving: a round trip after going back, only a new gap counts */
+    if (rnic_dp_go_back(dev, qp, psn, 0))
+        qp->nak_seq_retries++;
+}
+
+int rnic_dp_timer(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    if (qp->retrans_at <= 0)
+        return RNIC_DP_TIMER_IDLE;
+    if (dev->now < qp->retrans_at) {
+        double ack_timeout = qp->retrans_at;
+
+        struct rnic_dp_swqe *head;
+
+        if (qp->probe_at <= 0 || dev->now < qp->probe_at || qp->una == qp->send_psn)
+            return RNIC_DP_TIMER_IDLE;
+        head = dp_wqe_at(qp, qp->una);
+        if (head && !sends_data(head->opcode) && qp->una != head->first_psn) {
+            /* a READ's responses come at the responder's pace once they have begun, and
+             * going back would make it start over: only the ACK timeout decides there */
+            qp->probe_at = 0;
+            return RNIC_DP_TIMER_IDLE;
+        }
+        qp->early_retransmits++;
+        rnic_dp_go_back(dev, qp, qp->una, 1);
+        qp->retrans_at = ack_timeout;               /* it runs on: retries count there */
+        qp->probe_s *= 2;                           /* and the probe backs off */
+        qp->probe_at = dev->now + qp->probe_s;
+        return RNIC_DP_TIMER_RETRY;
+    }
+    qp->retrans_at = 0;
+    if (qp->una == qp->send_psn)
+        return RNIC_DP_TIMER_IDLE;                  /* nothing outstanding */
+    if (qp->retry_left == 0)
+        return RNIC_DP_TIMER_EXCEEDED;
+    qp->retry_left--;
+    qp->timeout_retries++;
+    rnic_dp_go_back(dev, qp, qp->una, 1);
+    return RNIC_DP_TIMER_RETRY;
 }
 
 int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,
@@ -414,19 +574,15 @@ static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
         if (dev->ntx >= dev->tx_cap)
             return RNIC_DP_PUMP_TX_FULL;
         build(dev, qp, w, (uint32_t)dp_psn_diff(psn, w->first_psn), psn);
-        if (dp_psn_diff(psn, qp->high_psn) < 0)
-            qp->retransmitted_pkts++;
         qp->send_psn = dp_psn_add(psn, 1);
-        if (dp_psn_diff(qp->send_psn, qp->high_psn) > 0)
-            qp->high_psn = qp->send_psn;
         if (qp->unreliable) {
             /* UC: nothing is acknowledged or resent; the WQE is done once its last
              * packet is sent (IBTA 9.8) */
-            qp->una = qp->send_psn;
+            qp->una = qp->high_psn = qp->send_psn;
             if (qp->send_psn == dp_psn_add(w->first_psn, (int32_t)w->npkts))
                 w->status = 0;                      /* IBV_WC_SUCCESS */
-        } else if (qp->retrans_at == 0 && qp->timeout_s > 0) {
-            qp->retrans_at = dev->now + qp->timeout_s;
+        } else {
+            rnic_dp_sent(dev, qp, psn, qp->send_psn);
         }
     }
     return RNIC_DP_PUMP_IDLE;

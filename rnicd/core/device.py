@@ -22,6 +22,7 @@ from rnicd.core.counters import Counters
 from rnicd.core.fault import FaultInjector, FaultSpec
 from rnicd.core.qp_state import QPLimits
 from rnicd.core.resources import CQ, SRQ, CQEntry, KeyTable, XRCDomain
+from rnicd.core.roce.dpstate import DP_COUNTERS
 from rnicd.errors import VerbsError
 from rnicd.wire import mad, roce
 from rnicd.wire import opcodes as op
@@ -199,8 +200,8 @@ class Device:
         self._dp_arrays["qps"][qp.qp_num] = native.ffi.NULL
         self._acks.discard(qp)
         self.reading.discard(qp)
-        self._gone.inc("sent_pkts", qp.dp.sent_pkts)
-        self._gone.inc("retransmitted_pkts", qp.dp.retransmitted_pkts)
+        for name in DP_COUNTERS:
+            self._gone.inc(name, getattr(qp.dp, name))
 
     # ---- XRC domains and SRQs (Annex A14.2) ----------------------------------------------
     def open_xrc_domain(self, key, create: bool, exclusive: bool) -> XRCDomain:
@@ -381,9 +382,11 @@ class Device:
         """The named counters plus the data plane's: every datagram received is either
         handled by the fast path or a slow-path event."""
         snap = self.counters.snapshot()
-        for name in ("sent_pkts", "retransmitted_pkts"):
-            snap[name] = snap.get(name, 0) + self._gone[name] + sum(
-                getattr(qp.dp, name) for qp in self.qps.values())
+        for name in DP_COUNTERS:
+            if n := self._gone[name] + sum(getattr(qp.dp, name) for qp in self.qps.values()):
+                snap[name] = snap.get(name, 0) + n
+            elif name in ("sent_pkts", "retransmitted_pkts"):
+                snap.setdefault(name, 0)
         dps = [self.dp] + (self.engines.dps if self.engines is not None else [])
         fast, slow = sum(d.fast_pkts for d in dps), sum(d.slow_pkts for d in dps)
         snap["rcvd_pkts"] = fast + slow

@@ -8,6 +8,8 @@ not arrived means that response was lost, so the READ is re-issued from where it
 """
 from __future__ import annotations
 
+import errno
+
 from rnicd import native
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
@@ -15,7 +17,7 @@ from rnicd.wire.abi import QPState, WCStatus
 from rnicd.wire.roce import psn_add, psn_diff
 
 from .dpstate import dp_field
-from .requester import ATOMICS, InFlight, W
+from .requester import ATOMICS, InFlight
 
 lib = native.lib
 
@@ -35,7 +37,6 @@ class Completer:
         self.qp = qp
         self.dp = qp.dp
         self.rnr_until: float | None = None
-        self.rewind_holdoff = 0.0
 
     def reset_psn(self, psn: int):
         self.una = psn
@@ -55,12 +56,11 @@ class Completer:
 
     @property
     def deadline(self) -> float | None:
-        return self.rnr_until if self.rnr_until is not None else self.retrans_at
+        if self.rnr_until is not None:
+            return self.rnr_until
+        return lib.rnic_dp_deadline(self.dp) or None     # the probe or the ACK timeout
 
     # ---- timers ----------------------------------------------------------------------------
-    def arm_timer(self, now: float):
-        if self.retrans_at is None and self.dp.timeout_s:
-            self.retrans_at = now + self.dp.timeout_s
 
     def on_timer(self, now: float):
         qp = self.qp
@@ -73,27 +73,22 @@ class Completer:
             self._rnr_wait(None)
             req.pump(now)
             return
-        if self.retrans_at is None or now < self.retrans_at:
-            return
-        self.retrans_at = None
-        if self.una == req.send_psn:
-            return                              # nothing outstanding
-        if self.retry_left == 0:                # IBTA 9.7.6.1.3: retry count exhausted
+        qp.device.dp.now = now
+        rc = lib.rnic_dp_timer(qp.device.dp, self.dp)      # the data plane's timer
+        if rc == lib.RNIC_DP_TIMER_EXCEEDED:                # IBTA 9.7.6.1.3
             qp.counters.inc("retry_exceeded_err")
             self._fail_head(WCStatus.IBV_WC_RETRY_EXC_ERR, now, "transport retry exceeded")
-            return
-        self.retry_left -= 1
-        qp.counters.inc("timeout_retries")
-        self._go_back(self.una, now, None, force=True)
-        req.pump(now)
+        elif rc == lib.RNIC_DP_TIMER_RETRY:
+            req.pump(now)
 
     # ---- responses -------------------------------------------------------------------------
     def on_response(self, pkt: roce.Packet, info: op.OpInfo, now: float):
         qp = self.qp
         req = qp.requester
-        d = psn_diff(pkt.psn, self.una)        # requests in flight: [una, next_psn)
-        if d < 0 or d >= psn_diff(req.next_psn, self.una):
-            qp.counters.inc("duplicate_response" if d < 0 else "bad_response_psn")
+        rc = lib.rnic_dp_resp_psn_check(self.dp, pkt.psn)  # requests in flight only
+        if rc:
+            if rc == lib.RNIC_DP_RESP_BAD:
+                qp.counters.inc("bad_response_psn")
             return
         progress = self.una
         qp.device.dp.now = now
@@ -113,6 +108,10 @@ class Completer:
         if kind == roce.AETH_ACK:
             self._ack_through(pkt.psn, now)
             return
+        if kind == roce.AETH_NAK and value == roce.NAK_PSN_SEQUENCE:
+            # the responder NAKs once per round: obey each (the data plane's decision)
+            lib.rnic_dp_nak_seq(qp.device.dp, self.dp, pkt.psn)
+            return
         self._ack_through(psn_add(pkt.psn, -1), now)
         if self.una != pkt.psn:
             return          # an earlier READ/atomic is being re-issued: deal with it first
@@ -126,21 +125,17 @@ class Completer:
                     return
                 self.rnr_left -= 1
             self._rnr_wait(now + roce.RNR_TIMER_US[value] * 1e-6)
-            self.retrans_at = None
-            qp.requester.rewind(pkt.psn)
-        elif value == roce.NAK_PSN_SEQUENCE:
-            qp.counters.inc("rcvd_seq_err")    # the responder NAKs once per round: obey each
-            self._go_back(pkt.psn, now, "nak_seq_retries", force=True)
+            self._go_back(pkt.psn, now, None, force=True)
         else:
             qp.counters.inc("rcvd_nak_err")
             status = NAK_STATUS.get(value, WCStatus.IBV_WC_REM_OP_ERR)
             self._fail_head(status, now, f"peer NAK {value}")
 
     def _ack_through(self, psn: int, now: float):
-        """Every request PSN <= psn is acknowledged (the data plane's rnic_dp_ack); if that
-        covers a READ or atomic whose response is missing, re-issue it."""
-        if lib.rnic_dp_ack(self.qp.device.dp, self.dp, psn) >= 0:
-            self._go_back(self.una, now, "implied_nak_seq_err")
+        """Every request PSN <= psn is acknowledged; if that covers a READ or atomic whose
+        response is missing, go back to re-issue it (the data plane's rnic_dp_ack_through)."""
+        self.qp.device.dp.now = now
+        lib.rnic_dp_ack_through(self.qp.device.dp, self.dp, psn)
 
     def _head_for(self, psn: int, now: float) -> InFlight | None:
         """Implicitly acknowledge everything before the WQE holding psn and return it."""
@@ -152,30 +147,16 @@ class Completer:
         return w
 
     def _on_read_response(self, pkt, info, now):
+        """The data plane's rnic_dp_read_resp decides (placement, implicit ACK, gaps)."""
         qp = self.qp
-        w = self._head_for(pkt.psn, now)
-        if w is None or w.opcode != W.IBV_WR_RDMA_READ or w.status is not None:
+        payload = bytes(pkt.payload)
+        rc = lib.rnic_dp_read_resp(qp.device.dp, self.dp, pkt.psn, int(info.is_last), payload,
+                                   len(payload))
+        if rc == -errno.ENOENT:
             qp.counters.inc("bad_response")
-            return
-        if pkt.psn != self.una:
-            # A response packet was lost: ask again from una. Every READ request's response
-            # stream ends in one LAST/ONLY, so a LAST after a gap ends a lossy round: rewind
-            # then even if this una was already rewound to.
-            self._go_back(self.una, now, "out_of_seq_response", force=info.is_last)
-            return
-        k = psn_diff(pkt.psn, w.first_psn)
-        mtu = qp.mtu
-        expect = min(mtu, w.length - k * mtu)
-        if len(pkt.payload) != expect and w.length:
+        elif rc == -errno.EMSGSIZE:
             qp.counters.inc("bad_response_len")
             self._fail_head(WCStatus.IBV_WC_BAD_RESP_ERR, now, "READ response of wrong length")
-            return
-        if expect:
-            payload = bytes(pkt.payload)
-            lib.rnic_dp_swqe_place(w.d, k * mtu, payload, len(payload))
-        self.una = psn_add(pkt.psn, 1)
-        if k == w.npkts - 1:
-            w.status = WCStatus.IBV_WC_SUCCESS
 
     def _on_atomic_ack(self, pkt, now):
         qp = self.qp
@@ -189,17 +170,12 @@ class Completer:
 
     # ---- recovery ----------------------------------------------------------------------------
     def _go_back(self, psn: int, now: float, reason: str | None, force: bool = False):
-        """Rewind to psn. Implied NAKs and response gaps arrive once per packet of a lost
-        round, so they rewind once per una, or again after a quarter of the ACK timeout."""
-        if not force and self.dp.rewound and now < self.rewind_holdoff:
-            return
-        if reason:
+        """Go back N to psn, the data plane's rnic_dp_go_back (response gaps arrive once per
+        packet of a lost round: unless forced, once per una or a quarter timeout later)."""
+        dev = self.qp.device.dp
+        dev.now = now
+        if lib.rnic_dp_go_back(dev, self.dp, psn, int(force)) and reason:
             self.qp.counters.inc(reason)
-        self.dp.rewound = 1             # the data plane clears it on progress
-        t = roce.timeout_seconds(self.qp.attr["timeout"])
-        self.rewind_holdoff = now + (t / 4 if t else 0.001)
-        self.qp.requester.rewind(psn)
-        self.retrans_at = None
 
     def _fail_head(self, status: WCStatus, now: float, reason: str):
         for w in self.qp.requester.wqes:

@@ -6,3 +6,10 @@ def dp_field(name: str, doc: str, kind=int):
     """A property stored in self.dp.<name> (cffi struct field), converted with `kind`."""
     return property(lambda self: getattr(self.dp, name),
                     lambda self, v: setattr(self.dp, name, kind(v)), doc=doc)
+
+
+# Counters the data plane keeps in each QP's struct rnic_dp_qp (rxe's names), reported with
+# core/'s named counters (Device/QP.counter_snapshot).
+DP_COUNTERS = ("sent_pkts", "retransmitted_pkts", "out_of_seq_request", "duplicate_request",
+               "rcvd_seq_err", "nak_seq_retries", "timeout_retries", "implied_nak_seq_err",
+               "early_retransmits", "duplicate_response", "out_of_seq_response")

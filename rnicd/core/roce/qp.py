@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from rnicd.core.qp_state import ATTR_FIELD, check_modify
 from rnicd.core.resources import CQ, PD, SRQ, CQEntry, RecvQueue
 from rnicd.core.roce.completer import Completer
+from rnicd.core.roce.dpstate import DP_COUNTERS
 from rnicd.core.roce.requester import Requester
 from rnicd.core.roce.responder import Responder
 from rnicd.core.roce.uc import UCResponder
@@ -219,6 +220,9 @@ class RCQP:
     def counter_snapshot(self) -> dict[str, int]:
         snap = self.counters.snapshot()
         snap["dp_fast_pkts"] = self.dp.fast_pkts
+        for name in DP_COUNTERS:
+            if n := getattr(self.dp, name):
+                snap[name] = snap.get(name, 0) + n
         return dict(sorted(snap.items()))
 
     def query(self) -> dict:

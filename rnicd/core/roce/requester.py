@@ -19,7 +19,7 @@ from rnicd.wire.abi import QPState, SendFlags, WCStatus, WROpcode
 from rnicd.wire.roce import Packet, psn_add, psn_diff
 
 ffi, lib = native.ffi, native.lib
-WINDOW, MIN_WINDOW = lib.RNIC_DP_WINDOW, lib.RNIC_DP_MIN_WINDOW
+WINDOW = lib.RNIC_DP_WINDOW
 READ_CHUNK = 64       # response packets per READ request
 XRC_OPBASE = op.Transport.XRC << 5    # Annex A14.4.1: XRC opcodes are 0xA0 | RC's
 
@@ -182,13 +182,6 @@ class Requester:
         return True
 
     # ---- transmitting --------------------------------------------------------------------
-    def rewind(self, psn: int):
-        """Go back N: retransmit from `psn` (IBTA 9.7.5.1). A loss also halves the window:
-        go-back-N resends a whole window per loss, so a lossy path wants a small one."""
-        if psn_diff(psn, self.send_psn) < 0:
-            self.send_psn = psn
-        self.cwnd = max(MIN_WINDOW, self.cwnd / 2)
-
     def pump(self, now: float):
         """Send what the window allows. The data plane fetches and sends SEND/WRITE WQEs;
         this loop fetches the others (READ, atomic, fenced, bad) and sends READ/atomic
@@ -215,7 +208,6 @@ class Requester:
                     self.send_psn = self.next_psn
                     continue
                 self.send_psn = self._send_request(w, self.send_psn)
-                qp.completer.arm_timer(now)
             elif rc == lib.RNIC_DP_PUMP_TX_FULL:
                 dev.spill_tx()
             else:
@@ -246,10 +238,8 @@ class Requester:
         if self.dp.xrc:     # Annex A14.4: the same request under XRC's opcode, with XRCETH
             p.opcode, p.xrc_srqn = p.opcode | XRC_OPBASE, w.d.xrc_srqn
         qp.emit(p)
-        if psn_diff(psn, self.high_psn) < 0:
-            self.dp.retransmitted_pkts += 1
-        if psn_diff(nxt, self.high_psn) > 0:
-            self.high_psn = nxt
+        dev = qp.device.dp
+        lib.rnic_dp_sent(dev, self.dp, psn, nxt)
         return nxt
 
     # ---- retiring --------------------------------------------------------------------------

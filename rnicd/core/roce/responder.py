@@ -22,14 +22,13 @@ from rnicd.core.roce.dpstate import dp_field
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
 from rnicd.wire.abi import Access, QPState, WCOpcode, WCStatus
-from rnicd.wire.roce import psn_add, psn_diff
+from rnicd.wire.roce import psn_add
 
 K = op.Kind
 ffi, lib, NULL = native.ffi, native.lib, native.ffi.NULL
 MSG_NONE, MSG_SEND, MSG_WRITE, MSG_DROP = (
     native.lib.RNIC_DP_MSG_NONE, native.lib.RNIC_DP_MSG_SEND, native.lib.RNIC_DP_MSG_WRITE,
     native.lib.RNIC_DP_MSG_DROP)
-RENAK_AFTER = 16      # out-of-sequence packets after which a sequence NAK is repeated
 ACCEPTING = (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS, QPState.IBV_QPS_SQD)
 MAX_MSG = lib.RNIC_DP_MAX_MSG
 MSG_KIND = {MSG_SEND: K.SEND, MSG_WRITE: K.WRITE}
@@ -56,8 +55,7 @@ class Responder:
         self.dp.msg = MSG_NONE
         self.dp.recv_held = 0
         self.nak_sent = False
-        self.nak_high = psn            # highest PSN seen since the NAK was sent
-        self.oos_since_nak = 0
+        self.dp.nak_high, self.dp.oos_since_nak = psn, 0
         self.ack_pending = False
         self.atomic_cache: OrderedDict[int, int] = OrderedDict()   # psn -> original value
 
@@ -70,7 +68,7 @@ class Responder:
     def stop_reads(self):
         """Drop the READ being answered and what waits behind it (error, reset, or a
         requester that went back N: it asks again for what it still wants)."""
-        self.dp.rd_npkts = self.dp.rd_next = 0
+        self.dp.rd_npkts = self.dp.rd_next = self.dp.resp_queued = 0
         self.dp.rd_src = NULL
         self._after: deque = deque()    # callables that queue the responses behind the READ
 
@@ -84,6 +82,7 @@ class Responder:
             if not self._after:
                 break
             self._after.popleft()()
+            self.dp.resp_queued = int(bool(self._after))  # the data plane waits for them
         self.flush_ack()
         return False
 
@@ -91,6 +90,7 @@ class Responder:
         """Queue a response now, or behind the READ being answered."""
         if self.busy:
             self._after.append(lambda: fn(*args))
+            self.dp.resp_queued = 1
         else:
             fn(*args)
 
@@ -110,26 +110,16 @@ class Responder:
         if qp.state not in ACCEPTING:
             qp.counters.inc("rcvd_in_bad_state")
             return
-        d = psn_diff(pkt.psn, self.epsn)                 # 1. PSN
-        if d > 0:
-            # One sequence NAK per gap (9.7.5.2.3) -- and again when the PSNs go backwards,
-            # which means the requester started a new retransmission round that lost ePSN too.
-            # A NAK can be lost too: repeat it after RENAK_AFTER more out-of-sequence packets.
-            qp.counters.inc("out_of_seq_request")
-            self.oos_since_nak += 1
-            if (not self.nak_sent or psn_diff(pkt.psn, self.nak_high) <= 0
-                    or self.oos_since_nak >= RENAK_AFTER):
-                self.nak_sent = True
-                self.oos_since_nak = 0
-                self._nak(roce.aeth_nak(roce.NAK_PSN_SEQUENCE), self.epsn)
-            self.nak_high = pkt.psn
+        verdict = lib.rnic_dp_psn_check(self.dp, pkt.psn)  # 1. PSN: the data plane's check
+        if verdict == lib.RNIC_DP_PSN_NAK:
+            self._nak(roce.aeth_nak(roce.NAK_PSN_SEQUENCE), self.epsn)
             return
-        if d < 0:
-            qp.counters.inc("duplicate_request")
+        if verdict == lib.RNIC_DP_PSN_DROP:
+            return
+        if verdict == lib.RNIC_DP_PSN_DUP:
             if pkt.bad_len is None:     # a malformed copy of nothing we executed: dropped
                 self._duplicate(pkt, info, now)
             return
-        self.nak_sent = False
         if qp.state == QPState.IBV_QPS_RTR:
             qp.counters.inc("comm_est")
         if lib.rnic_dp_seq_check(self.dp, pkt.opcode) < 0:      # 2. opcode sequence
