@@ -29,7 +29,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = os.environ.get("RNIC_PEERS", os.path.join(ROOT, "..", "shared", "bench", "peers.py"))
-GROUPS = ("peers", "bw", "lat", "rate", "qps", "mem", "perftest", "lab")
+GROUPS = ("peers", "bw", "lat", "rate", "qps", "loss", "mem", "perftest", "lab")
+LOSS = "drop=0.01,seed=1"   # the loss case: this fault on both daemons, 64 KiB WRITE bw
 BW_TESTS = ("write_bw", "read_bw", "send_bw")
 LAT_TESTS = ("write_lat", "read_lat", "send_lat", "atomic_lat")
 SIZES, QUICK_SIZES = [64 << i for i in range(15)], [64, 4096, 65536, 1 << 20]   # 64 B..1 MiB
@@ -53,6 +54,10 @@ TARGETS = [
      "perftest_ib_send_lat s=64 q=1 l=1", "t_typical_us", 1, "ucx_tag_lat_64", "<=", 3.0),
     ("perftest_write_bw_64k", "perftest ib_write_bw 64 KiB (MB/s)",
      "perftest_ib_write_bw s=65536 q=1 l=1", "bw_avg_MBps", 1, "ucx_put_bw_64k", ">=", 1.0),
+    # against rnicd's own fault-free case of the same run (issue 22)
+    ("write_bw_64k_loss", f"64 KiB RDMA WRITE bw under {LOSS} (MB/s)",
+     "write_bw_loss s=65536 q=1 l=1", "bw_avg_MBps", 1, "rnicd:write_bw s=65536 q=1 l=1", ">=",
+     0.5),
 ]
 PERFTEST = [("ib_write_bw", 65536), ("ib_send_bw", 65536), ("ib_read_bw", 65536),
             ("ib_send_lat", 64), ("ib_write_lat", 64), ("ib_read_lat", 64)]
@@ -73,8 +78,9 @@ def key(test, size, qps=1, post_list=1):
 class Daemon:
     """One rnicd process ("host"): started, checked, measured through /proc, stopped by PID."""
 
-    def __init__(self, ip, tmp, env):
+    def __init__(self, ip, tmp, env, extra=()):
         self.ip, self.sock, self.env = ip, os.path.join(tmp, f"{ip}.sock"), env
+        self.extra = list(extra)
         self.log_path = os.path.join(tmp, f"{ip}.log")
         self.proc = None
         self.restarts = -1
@@ -83,7 +89,8 @@ class Daemon:
         with open(self.log_path, "a") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rnicd.cli", "--bind", self.ip, "--ctl-socket", self.sock,
-                 "--log-level", "warning"], stdout=logf, stderr=subprocess.STDOUT, env=self.env)
+                 "--log-level", "warning", *self.extra], stdout=logf, stderr=subprocess.STDOUT,
+                env=self.env)
         self.restarts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -375,7 +382,8 @@ def summarize(perf_runs, peer_runs):
     for name, label, k, metric, scale, case, op, target in TARGETS:
         mine = medians.get(k, {}).get(metric)
         mine = round(mine * scale, 3) if mine is not None else None
-        peer = peers.get(case, {}).get("median")
+        peer = (medians.get(case[6:], {}).get(metric) if case.startswith("rnicd:")
+                else peers.get(case, {}).get("median"))
         ratio = round(mine / peer, 3) if mine is not None and peer else None
         met = None if ratio is None else (ratio >= target if op == ">=" else ratio <= target)
         ratios.append({"name": name, "label": label, "rnicd_case": k, "rnicd_metric": metric,
@@ -470,6 +478,7 @@ def main(argv=None):
     matrix = list(dict.fromkeys(matrix))       # a case in two groups runs once per run
     tmp = tempfile.mkdtemp(prefix="rnic-bench-")
     daemons = [Daemon(ip, tmp, a.env) for ip in ("127.0.77.1", "127.0.77.2", "127.0.77.3")]
+    lossy = [Daemon(ip, tmp, a.env, ("--fault", LOSS)) for ip in ("127.0.77.4", "127.0.77.5")]
     try:
         if matrix or "perftest" in a.only:
             pair = (daemons[0].start(), daemons[1].start())
@@ -481,6 +490,16 @@ def main(argv=None):
                 if "perftest" in a.only:
                     doc["perf_runs"] += [run_perftest(a, pair, prog, size, run)
                                          for prog, size in PERFTEST]
+        if "loss" in a.only:                    # its own pair: faults on both daemons
+            for d in daemons[:2]:
+                d.stop()
+            pair = (lossy[0].start(), lossy[1].start())
+            for run in range(a.runs):
+                rec = run_perf(a, pair, "write_bw", 65536, run)
+                rec["key"] = key("write_bw_loss", 65536)
+                doc["perf_runs"].append(rec)
+            for d in lossy:
+                d.stop()
         if "mem" in a.only:
             d = daemons[2].start()
             doc["mem"] = [measure_rss(a, d, n) for n in MEM_QPS]
@@ -496,10 +515,10 @@ def main(argv=None):
         log(f"aborted: {exc!r}")
         doc["aborted"] = repr(exc)[-2000:]
     finally:
-        for d in daemons:
+        for d in daemons + lossy:
             d.stop()
-        doc["daemon_restarts"] = {d.ip: max(d.restarts, 0) for d in daemons}
-        doc["daemon_log_tails"] = {d.ip: t for d in daemons if (t := d.tail())}
+        doc["daemon_restarts"] = {d.ip: max(d.restarts, 0) for d in daemons + lossy}
+        doc["daemon_log_tails"] = {d.ip: t for d in daemons + lossy if (t := d.tail())}
         shutil.rmtree(tmp, ignore_errors=True)
     doc |= summarize(doc["perf_runs"], doc["peer_runs"])
     doc["qp_scaling"] = [{"qps": q, "bw_avg_MBps": doc["medians"].get(key("write_bw", 65536, q),

@@ -25,6 +25,9 @@ def parse_args(argv=None):
                    "daemon's own loop runs it)")
     p.add_argument("--engine-spin-us", type=float, help="how long an engine keeps polling "
                    "after its last work before it sleeps (default 50)")
+    p.add_argument("--udp-gso", choices=["on", "off"], help="engines send runs of equal-size "
+                   "datagrams with UDP GSO and receive with GRO (default on; a capture on "
+                   "the host then shows each run as one datagram)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -34,7 +37,8 @@ def main(argv=None) -> int:
     try:
         cfg = Config.load(args.config, device=args.device, bind=args.bind, port=args.port,
                           ctl_socket=args.ctl_socket, fault=args.fault, log_level=args.log_level,
-                          engines=args.engines, engine_spin_us=args.engine_spin_us)
+                          engines=args.engines, engine_spin_us=args.engine_spin_us,
+                          udp_gso=args.udp_gso)
     except (OSError, ValueError) as exc:
         print(f"rnicd: bad configuration: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ class Config:
     # data plane inside the daemon's loop
     engines: int | None = None
     engine_spin_us: float = 50.0
+    udp_gso: bool = True        # engines: UDP GSO sends, GRO receives (docs/engines.md)
 
     @classmethod
     def load(cls, path: str | None = None, **overrides) -> "Config":
@@ -67,6 +68,10 @@ class Config:
                 self.engine_spin_us = float(value)
                 if not 0 <= self.engine_spin_us <= 1e6:
                     raise ValueError(f"engine_spin_us={value}: need 0..1000000")
+            elif key == "udp_gso":
+                if value not in (True, False, "on", "off"):
+                    raise ValueError(f"udp_gso={value}: need on or off")
+                self.udp_gso = value in (True, "on")
             else:
                 raise ValueError(f"unknown configuration key '{key}'")
 

@@ -78,7 +78,7 @@ class Daemon:
             # the engines' sockets join the port's group first: steering picks among them
             self.engines = Engines(self.loop, self.device, self.shm, self.config.bind,
                                    self.config.port, n, self.config.engine_spin_us,
-                                   self._engine_events)
+                                   self._engine_events, self.config.udp_gso)
         sock = open_roce_socket(self.config.bind, self.config.port,
                                 reuseport=self.engines is not None)
         self.port = RocePort(self.loop, sock, self.device, self._after_batch, self._held)

@@ -77,6 +77,15 @@ def roce_icrc(pkt, src_ip: str, dst_ip: str, sport: int, dport: int) -> int:
     return lib.rnic_roce_icrc_v4(p, len(p), ipv4_be(src_ip), ipv4_be(dst_ip), sport, dport)
 
 
+def roce_icrc_ok(datagram, src_ip: str, dst_ip: str, sport: int, dport: int,
+                 ip_id: int = 0) -> bool:
+    """The ICRC ending a received datagram (BTH .. ICRC) matches, for IPv4 ID 0, ip_id (its
+    index in a GRO batch) or the IDs of GSO segments (rnic_roce_icrc_check_v4)."""
+    p = _cdata(datagram)
+    return bool(lib.rnic_roce_icrc_check_v4(p, len(p), ipv4_be(src_ip), ipv4_be(dst_ip), sport,
+                                            dport, ip_id))
+
+
 def icrc_bytes(value: int) -> bytes:
     """The 4 wire bytes of an ICRC value: least significant byte first (as scapy's
     ``BTH.pack_icrc`` and ``lib.rnic_roce_icrc_put``)."""

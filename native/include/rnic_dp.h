@@ -17,6 +17,10 @@
 
 /* Largest count rnic_recv_batch / rnic_send_batch accept in one call. */
 #define RNIC_MAX_BATCH 64
+/* Most segments of one UDP GSO send (the kernel's UDP_MAX_SEGMENTS), and most bytes (an
+ * IPv4 UDP datagram's payload). */
+#define RNIC_GSO_MAX_SEGS 64
+#define RNIC_GSO_MAX_BYTES 65507
 /* Largest message, and largest RDMA READ DMA length (IBTA 9.4.1: 2^31 bytes). */
 #define RNIC_DP_MAX_MSG 2147483648u
 
@@ -56,6 +60,17 @@ uint32_t rnic_cpu_features(void);
  * writes it in wire order. */
 uint32_t rnic_roce_icrc_v4(const uint8_t *pkt, size_t len, uint32_t src_ip_be,
                            uint32_t dst_ip_be, uint16_t sport, uint16_t dport);
+/* What to XOR into rnic_roce_icrc_v4's value (computed for IPv4 Identification 0) for the
+ * same packet of len bytes carried with Identification ip_id: segment k of a UDP GSO send
+ * carries ID k (icrc.c). */
+uint32_t rnic_roce_icrc_id_xor(size_t len, uint16_t ip_id);
+/* Check the ICRC ending pkt[0..len) (BTH .. ICRC) of a datagram received through a UDP
+ * socket, which cannot see the IPv4 header: accepted for Identification 0 (what every
+ * datagram rnicd sends alone carries), id_hint (the segment's index in a GRO batch, 0 if
+ * unknown), or 1..RNIC_GSO_MAX_SEGS-1 (a GSO segment split by a kernel or NIC on the way).
+ * Returns 1 if it matches. A corrupted packet passes with probability 64 / 2^32. */
+int rnic_roce_icrc_check_v4(const uint8_t *pkt, size_t len, uint32_t src_ip_be,
+                            uint32_t dst_ip_be, uint16_t sport, uint16_t dport, uint16_t id_hint);
 /* Store an ICRC value in its 4 wire bytes (least significant byte first). */
 void rnic_roce_icrc_put(uint8_t *dst, uint32_t icrc);
 
@@ -94,6 +109,17 @@ int rnic_copy_out(uint8_t *dst, const uint8_t *src, size_t src_len, size_t off, 
  * either may be NULL. Returns the number received, 0 if none is waiting, or -errno. */
 int rnic_recv_batch(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count,
                     uint32_t *lens, uint32_t *addrs_be, uint16_t *ports);
+/* The same from a socket with UDP_GRO on (buf_size at least 65535): segs[i] is the size of
+ * the segments buffer i holds (the last may be shorter), lens[i] when it holds one. */
+int rnic_recv_gro(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count, uint32_t *lens,
+                  uint32_t *segs, uint32_t *addrs_be, uint16_t *ports);
+/* rnic_send_batch for RoCEv2 datagrams to port, with UDP GSO: each run of consecutive
+ * datagrams of one length to one address (at most RNIC_GSO_MAX_SEGS, RNIC_GSO_MAX_BYTES)
+ * goes as one send the kernel segments; segment k of a run carries IPv4 Identification k,
+ * so its ICRC (computed for 0) is adjusted here (rnic_roce_icrc_id_xor). Returns the
+ * datagrams sent (0 if the socket buffer is full), or -errno. */
+int rnic_send_gso(int fd, uint8_t *bufs, uint32_t buf_size, const uint32_t *lens,
+                  uint32_t count, const uint32_t *addrs_be, uint16_t port);
 /* Send count (<= RNIC_MAX_BATCH) datagrams bufs[i * buf_size], lens[i] bytes each, to
  * addrs_be[i]:ports[i] (both NULL for a connected socket), without blocking. Returns the
  * number sent (0 if the socket buffer is full), or -errno. */
@@ -328,7 +354,8 @@ struct rnic_dp_swqe {
 struct rnic_dp_dev {
     uint32_t ip_be;                 /* our address, network order */
     uint16_t port;                  /* our UDP port (the ICRC covers it) */
-    uint16_t _rsvd0;
+    uint16_t rx_ip_id;              /* the datagram being received: its index in a GRO
+                                     * batch, its likely IPv4 ID (rnic_roce_icrc_check_v4) */
     struct rnic_dp_qp **qps;        /* indexed by QPN, qps_len entries */
     uint32_t qps_len;
     uint32_t mrs_len;
@@ -618,7 +645,7 @@ struct rnic_engine_event {
     uint32_t len;
     uint32_t src_ip_be;
     uint16_t sport;
-    uint16_t _rsvd0;
+    uint16_t ip_id;             /* the datagram's index in its GRO batch (ICRC check) */
     uint32_t _rsvd1[3];
     uint8_t data[4224];         /* RNIC_EV_DATA (cffi's cdef takes only a literal here) */
 };
@@ -656,6 +683,8 @@ struct rnic_engine {
     uint32_t nqps;          /* the QPs it serves: qpns[0..nqps) */
     uint32_t qps_cap;
     uint32_t fault_on;
+    uint32_t udp_gso;       /* send runs with UDP GSO, receive with GRO (off if refused) */
+    uint32_t _rsvd2;
     uint32_t *qpns;
     struct rnic_engine_event *events;
     struct rnic_dp_dev *dev;    /* its own transmit buffer and lists; the shared tables */

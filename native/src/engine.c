@@ -13,6 +13,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -28,7 +30,8 @@
 #include "dp_util.h"
 #include "rnic_dp.h"
 
-#define RX_BUF 9216             /* a datagram longer than this is truncated: dropped */
+#define RX_BUF 65536            /* a GRO batch of segments, at most an IPv4 datagram */
+#define RX_BATCH 32             /* buffers per recvmmsg */
 #define RX_BATCHES 8            /* recvmmsg batches per turn, then the rest of the loop */
 #define FDMAP_LEN (1 << 20)     /* the daemon raises its descriptor limit to this */
 #define HELD_CAP 256            /* datagrams faults hold back (delay, reorder) */
@@ -137,12 +140,14 @@ uint32_t rnic_engine_take_fast(struct rnic_engine *e, struct rnic_dp_dev *dev)
 
         if (ev->kind != RNIC_EV_PACKET || ev->len < RNIC_BTH_LEN
             || dp_be24(ev->data + 5) == 1   /* a CM MAD: core/ orders it (engines.py) */
-            || !rnic_dp_rx_one(dev, ev->data, ev->len, ev->src_ip_be, ev->sport))
+            || (dev->rx_ip_id = ev->ip_id,
+                !rnic_dp_rx_one(dev, ev->data, ev->len, ev->src_ip_be, ev->sport)))
             break;
         cons++;
         n++;
         __atomic_store_n(&e->ev_cons, cons, __ATOMIC_RELEASE);
     }
+    dev->rx_ip_id = 0;
     return n;
 }
 
@@ -152,8 +157,8 @@ static struct rnic_engine *E;
 static struct rnic_dp_dev *D;
 static int epfd;
 static int32_t fdmap[FDMAP_LEN];        /* daemon fd number -> ours + 1; 0: none */
-static uint8_t rxbufs[RNIC_MAX_BATCH * RX_BUF];
-static uint32_t rxlens[RNIC_MAX_BATCH], rxaddrs[RNIC_MAX_BATCH];
+static uint8_t rxbufs[RX_BATCH * RX_BUF];     /* pages untouched until a batch lands */
+static uint32_t rxlens[RX_BATCH], rxsegs[RX_BATCH], rxaddrs[RX_BATCH];
 static uint16_t rxports[RNIC_MAX_BATCH], txports[RNIC_MAX_BATCH];
 static uint32_t pumps[4096];
 static uint32_t reading[4096], nreading;
@@ -232,6 +237,7 @@ static void hand_up(struct rnic_dp_qp *qp, const uint8_t *pkt, uint32_t len, uin
     ev->len = len;
     ev->src_ip_be = ip_be;
     ev->sport = sport;
+    ev->ip_id = D->rx_ip_id;
     memcpy(ev->data, pkt, len);
     if (qp)
         qp->eng_last_slow = E->ev_prod + 1;
@@ -245,16 +251,23 @@ static int slow_pending(const struct rnic_dp_qp *qp)
 
 /* ---- transmit ----------------------------------------------------------------------------- */
 
-static void send_now(const uint8_t *bufs, uint32_t stride, const uint32_t *lens,
+static void send_now(uint8_t *bufs, uint32_t stride, const uint32_t *lens,
                      const uint32_t *addrs, uint32_t n)
 {
     uint32_t sent = 0;
 
     while (sent < n) {
         uint32_t k = n - sent < RNIC_MAX_BATCH ? n - sent : RNIC_MAX_BATCH;
-        int rc = rnic_send_batch(E->sock_fd, bufs + (size_t)sent * stride, stride, lens + sent,
-                                 k, addrs + sent, txports);
+        int rc = E->udp_gso
+                 ? rnic_send_gso(E->sock_fd, bufs + (size_t)sent * stride, stride, lens + sent,
+                                 k, addrs + sent, E->peer_port)
+                 : rnic_send_batch(E->sock_fd, bufs + (size_t)sent * stride, stride,
+                                   lens + sent, k, addrs + sent, txports);
 
+        if (E->udp_gso && (rc == -EIO || rc == -EINVAL)) {
+            E->udp_gso = 0;             /* the route cannot offload: plain sends from now */
+            continue;
+        }
         if (rc <= 0) {                  /* the rest is lost: the retransmit timers cover it */
             if (rc == 0)
                 E->tx_dropped_busy += n - sent;
@@ -446,9 +459,31 @@ static double timers(double now)
 /* Datagrams received and not yet handled: a batch stops where core/'s event ring is full
  * and goes on from there once core/ has made room (back-pressure: the socket buffer holds
  * the rest; nothing is dropped for want of an event). */
-static uint32_t rx_pos, rx_n;
+static uint32_t rx_pos, rx_n, rx_off, rx_k;    /* buffer; byte and segment in it */
 
 static int rx_backlog(void) { return rx_pos < rx_n; }
+
+/* One datagram (segment rx_k of its buffer): the fast path, else core/'s. 0: core/'s ring
+ * is full, try it again later. */
+static int rx_datagram(const uint8_t *pkt, uint32_t len, uint32_t addr_be, uint16_t port)
+{
+    struct rnic_dp_qp *qp = NULL;
+
+    D->rx_ip_id = (uint16_t)rx_k;      /* GSO numbered it so: its ICRC covers that */
+    if (len >= RNIC_BTH_LEN)
+        qp = own_qp(dp_be24(pkt + 5));
+    if (qp && !slow_pending(qp) && rnic_dp_rx_one(D, pkt, len, addr_be, port)) {
+        D->fast_pkts++;
+        return 1;
+    }
+    if (ev_full()) {
+        events_waiting = 1;             /* core/ is behind: wait for it, drop nothing */
+        return 0;
+    }
+    D->slow_pkts++;
+    hand_up(qp, pkt, len, addr_be, port);
+    return 1;
+}
 
 static int rx(double now)
 {
@@ -457,43 +492,44 @@ static int rx(double now)
     D->now = now;
     for (int b = 0; b < RX_BATCHES; b++) {
         if (!rx_backlog()) {
-            int n = rnic_recv_batch(E->sock_fd, rxbufs, RX_BUF, RNIC_MAX_BATCH, rxlens,
-                                    rxaddrs, rxports);
+            int n = E->udp_gso
+                    ? rnic_recv_gro(E->sock_fd, rxbufs, RX_BUF, RX_BATCH, rxlens, rxsegs,
+                                    rxaddrs, rxports)
+                    : rnic_recv_batch(E->sock_fd, rxbufs, RX_BUF, RX_BATCH, rxlens, rxaddrs,
+                                      rxports);
 
             if (n <= 0)
                 break;
-            rx_pos = 0;
+            rx_pos = rx_off = rx_k = 0;
             rx_n = (uint32_t)n;
-            E->rx_pkts += (uint32_t)n;
+            if (!E->udp_gso)
+                memcpy(rxsegs, rxlens, sizeof(rxlens[0]) * rx_n);
         }
-        for (; rx_pos < rx_n; rx_pos++) {
-            uint32_t i = rx_pos, len = rxlens[i];
-            const uint8_t *pkt = rxbufs + (size_t)i * RX_BUF;
-            struct rnic_dp_qp *qp = NULL;
+        for (; rx_pos < rx_n; rx_pos++, rx_off = rx_k = 0) {
+            uint32_t i = rx_pos, total_len = rxlens[i], seg = rxsegs[i] ? rxsegs[i] : 1;
+            const uint8_t *buf = rxbufs + (size_t)i * RX_BUF;
 
-            if (len > RX_BUF) {
+            if (total_len > RX_BUF) {
                 D->slow_pkts++;
                 E->rx_drop_oversize++;
                 continue;
             }
-            if (len >= RNIC_BTH_LEN)
-                qp = own_qp(dp_be24(pkt + 5));
-            if (qp && !slow_pending(qp) && rnic_dp_rx_one(D, pkt, len, rxaddrs[i], rxports[i])) {
-                D->fast_pkts++;
+            do {                        /* an empty datagram is one too */
+                uint32_t len = total_len - rx_off < seg ? total_len - rx_off : seg;
+
+                if (!rx_datagram(buf + rx_off, len, rxaddrs[i], rxports[i]))
+                    goto stop;
+                E->rx_pkts++;
                 total++;
-                continue;
-            }
-            if (ev_full()) {
-                events_waiting = 1;     /* core/ is behind: wait for it, drop nothing */
-                break;
-            }
-            D->slow_pkts++;
-            total++;
-            hand_up(qp, pkt, len, rxaddrs[i], rxports[i]);
+                rx_off += len;
+                rx_k++;
+            } while (rx_off < total_len);
         }
-        if (rx_backlog() || rx_n < RNIC_MAX_BATCH)
+        if (rx_n < RX_BATCH)
             break;
     }
+stop:
+    D->rx_ip_id = 0;
     E->rx_backlog = rx_n - rx_pos;
     if (!total)
         return 0;
@@ -816,6 +852,12 @@ static void engine_main(struct rnic_engine *e, pid_t parent)
     }
     for (int i = 0; i < RNIC_MAX_BATCH; i++)
         txports[i] = e->peer_port;
+    if (e->udp_gso) {                   /* GRO: a GSO send arrives as the one buffer it was */
+        int one = 1;
+
+        if (setsockopt(e->sock_fd, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) < 0)
+            e->udp_gso = 0;
+    }
     D->fdmap = fdmap;
     D->fdmap_len = FDMAP_LEN;
     epfd = epoll_create1(EPOLL_CLOEXEC);

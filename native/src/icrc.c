@@ -68,6 +68,76 @@ uint32_t rnic_roce_icrc_v4(const uint8_t *pkt, size_t len, uint32_t src_ip_be,
     return rnic_crc32(crc, pkt + bth_part, len - bth_part);
 }
 
+/* ---- the IPv4 Identification of UDP GSO segments --------------------------------------
+ * The ICRC covers the IPv4 Identification, and the kernel numbers the segments of a UDP GSO
+ * send k = 0, 1, ... from the ID it gives the send (0 for an unconnected socket with DF,
+ * what every datagram of ours carries). CRC-32 is linear: for two messages of one length,
+ * crc(A) ^ crc(B) is the raw CRC (register from 0, no final inversion) of A ^ B, here two ID
+ * bytes followed by everything after them, which is the raw CRC of the two bytes multiplied
+ * by x^(8q) modulo the polynomial, q the bytes after them. */
+
+/* a * b modulo the CRC-32 polynomial, both in the reflected form (bit 31 is x^0) */
+static uint32_t crc_mulmod(uint32_t a, uint32_t b)
+{
+    uint32_t p = 0;
+
+    for (int i = 0; i < 32; i++) {
+        if (a & (0x80000000u >> i))
+            p ^= b;
+        b = (b & 1) ? (b >> 1) ^ 0xEDB88320u : b >> 1;     /* b * x */
+    }
+    return p;
+}
+
+/* x^(8n) modulo the polynomial: what n zero bytes do to the register */
+static uint32_t crc_zeros(uint64_t n)
+{
+    uint32_t r = 0x80000000u, base = 0x00800000u;        /* 1 and x^8 */
+
+    for (; n; n >>= 1) {
+        if (n & 1)
+            r = crc_mulmod(r, base);
+        base = crc_mulmod(base, base);
+    }
+    return r;
+}
+
+uint32_t rnic_roce_icrc_id_xor(size_t len, uint16_t ip_id)
+{
+    static size_t cached_len = (size_t)-1;
+    static uint32_t cached_zeros;
+    uint8_t id[2], zero[2] = {0, 0};
+
+    if (ip_id == 0)
+        return 0;
+    if (len != cached_len) {        /* a run of segments shares its length */
+        /* after the ID: the rest of the IPv4 header, UDP, pkt (BTH..pad) */
+        cached_zeros = crc_zeros(IPV4_HDR_LEN - 6 + UDP_HDR_LEN + (uint64_t)len);
+        cached_len = len;
+    }
+    put_be16(id, ip_id);
+    return crc_mulmod(rnic_crc32(0, id, 2) ^ rnic_crc32(0, zero, 2), cached_zeros);
+}
+
+int rnic_roce_icrc_check_v4(const uint8_t *pkt, size_t len, uint32_t src_ip_be,
+                            uint32_t dst_ip_be, uint16_t sport, uint16_t dport, uint16_t id_hint)
+{
+    uint32_t got, crc;
+
+    if (len < ICRC_LEN)
+        return 0;
+    len -= ICRC_LEN;
+    got = (uint32_t)pkt[len] | (uint32_t)pkt[len + 1] << 8 | (uint32_t)pkt[len + 2] << 16
+          | (uint32_t)pkt[len + 3] << 24;
+    crc = rnic_roce_icrc_v4(pkt, len, src_ip_be, dst_ip_be, sport, dport);
+    if (got == crc || (id_hint && got == (crc ^ rnic_roce_icrc_id_xor(len, id_hint))))
+        return 1;
+    for (uint16_t id = 1; id < RNIC_GSO_MAX_SEGS; id++)
+        if (id != id_hint && got == (crc ^ rnic_roce_icrc_id_xor(len, id)))
+            return 1;
+    return 0;
+}
+
 /* The ICRC goes on the wire least significant byte first, as scapy.contrib.roce's
  * BTH.pack_icrc does (struct.pack("!I", icrc)[::-1]); tests check it against scapy. */
 void rnic_roce_icrc_put(uint8_t *dst, uint32_t icrc)

@@ -29,8 +29,8 @@ static inline uint32_t bth_pad(const uint8_t *pkt) { return (pkt[1] >> RNIC_BTH_
 static int icrc_ok(const struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
                    uint32_t src_ip_be, uint16_t sport)
 {
-    return dp_le32(pkt + len - RNIC_ICRC_LEN)
-        == rnic_roce_icrc_v4(pkt, len - RNIC_ICRC_LEN, src_ip_be, dev->ip_be, sport, dev->port);
+    return rnic_roce_icrc_check_v4(pkt, len, src_ip_be, dev->ip_be, sport, dev->port,
+                                   dev->rx_ip_id);
 }
 
 /* An in-order RDMA READ request (9.7.4.1.5): start answering it from the region; what the

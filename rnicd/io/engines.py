@@ -49,7 +49,7 @@ class Engine:
     """One engine: its shared record and the daemon's ends of its channels."""
 
     def __init__(self, index: int, cpu: int, sock: socket.socket, device, spin_s: float,
-                 peer_port: int, tables):
+                 peer_port: int, tables, udp_gso: bool):
         new = native.shared_new
         self.index, self.cpu, self.sock = index, cpu, sock
         self.restarts = 0
@@ -77,7 +77,7 @@ class Engine:
             id=index, cpu=cpu, ev_cap=EVENTS, qps_cap=QP_CAP, qpns=self.qpns,
             events=self.events, dev=self.dev, spin_s=spin_s, sock_fd=sock.fileno(),
             cmd_fd=child_cmd.fileno(), resume_fd=self.resume_fd, wake_fd=self.wake_fd,
-            peer_port=peer_port))
+            peer_port=peer_port, udp_gso=int(udp_gso)))
         self._child_cmd = child_cmd
         self.slot = {}                      # qpn -> index in qpns
         self.dead = False                   # it exited (failover is issue 23's)
@@ -113,7 +113,7 @@ class Engines:
     """The device's engines (`rnicd --engines N`)."""
 
     def __init__(self, loop, device, shm, ip: str, port: int, count: int, spin_us: float,
-                 on_events):
+                 on_events, udp_gso: bool = True):
         from rnicd.io.udp import open_roce_socket
         self.loop, self.device, self.shm = loop, device, shm
         self.on_events = on_events
@@ -127,7 +127,7 @@ class Engines:
         tables = dict(acks_len=d.acks_len, notify_cap=d.notify_cap, tx_cap=d.tx_cap,
                       tx_buf=d.tx_buf_size)
         self.engines = [Engine(k, cpus[k % len(cpus)], socks[k], device, spin_us / 1e6,
-                               ROCEV2_PORT, tables) for k in range(count)]
+                               ROCEV2_PORT, tables, udp_gso) for k in range(count)]
         self.dps = [e.dev for e in self.engines]
         self._depth = 0
         self._mad_since = None      # when a CM MAD began waiting for the others' sockets
@@ -284,7 +284,7 @@ class Engines:
                     data = ffi.buffer(ev.data, ev.len)[:]
                     if data[5:8] == _GSI_QPN and not self._others_caught_up(e):
                         break               # a CM MAD waits: see _others_caught_up
-                    self._packet(data, ev.src_ip_be, ev.sport, now)
+                    self._packet(data, ev.src_ip_be, ev.sport, ev.ip_id, now)
                 elif kind == lib.RNIC_EV_PUMP:
                     qp = dev.qps.get(ident)
                     if qp is not None:
@@ -343,9 +343,9 @@ class Engines:
         self._mad_since = None
         return True
 
-    def _packet(self, data: bytes, ip_be: int, sport: int, now: float) -> None:
+    def _packet(self, data: bytes, ip_be: int, sport: int, ip_id: int, now: float) -> None:
         """A datagram the fast path did not take (rnic_engine_take_fast tried it): core/'s."""
-        self.device.receive_slow(data, _ip_str(ip_be), sport, now)
+        self.device.receive_slow(data, _ip_str(ip_be), sport, now, ip_id)
 
     # ---- `rnic engine` ---------------------------------------------------------------------
     def info(self, now: float) -> list[dict]:

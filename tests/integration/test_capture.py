@@ -23,9 +23,17 @@ def _need_capture():
         pytest.skip(f"scapy.contrib.roce not importable: {exc}")
 
 
-def test_capture_dissects_as_roce_and_icrc_verifies(two_daemons, tmp_path):
+@pytest.fixture
+def unsegmented(rnicd):
+    """Two daemons whose engines send each datagram alone: with UDP GSO a capture on lo
+    sees a run as the one datagram it was handed to the kernel as (tshark cannot split it;
+    test_gso_segments_on_the_wire checks what the segments look like)."""
+    return rnicd("a", extra=("--udp-gso", "off")), rnicd("b", extra=("--udp-gso", "off"))
+
+
+def test_capture_dissects_as_roce_and_icrc_verifies(unsegmented, tmp_path):
     _need_capture()
-    da, db = two_daemons
+    da, db = unsegmented
     pcap = tmp_path / "roce.pcap"
     with capture_on_lo(pcap, da.ip):
         a, b = Side(da), Side(db)
@@ -70,11 +78,11 @@ def test_capture_dissects_as_roce_and_icrc_verifies(two_daemons, tmp_path):
     b.close()
 
 
-def test_uc_capture_dissects_and_icrc_verifies(two_daemons, tmp_path):
+def test_uc_capture_dissects_and_icrc_verifies(unsegmented, tmp_path):
     """UC as captured: UC opcodes (0x20-0x2B) with AckReq clear, nothing coming back, ICRCs
     that scapy verifies."""
     _need_capture()
-    da, db = two_daemons
+    da, db = unsegmented
     pcap = tmp_path / "uc.pcap"
     with capture_on_lo(pcap, da.ip):
         a, b = Side(da, qp_type=e.IBV_QPT_UC), Side(db, qp_type=e.IBV_QPT_UC)

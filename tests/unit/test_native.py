@@ -226,6 +226,82 @@ def test_icrc_matches_scapy():
         assert value == icrc_reference(roce, src, dst, sport, 4791)
 
 
+def test_icrc_of_gso_segments_matches_scapy():
+    """Segment k of a UDP GSO send leaves with IPv4 Identification k: the ICRC computed for ID
+    0 with rnic_roce_icrc_id_xor(len, k) folded in is scapy's ICRC of that segment with its
+    real IP header; rnic_roce_icrc_check_v4 accepts it (ID 0, the hint, or a GSO ID) and
+    rejects a flipped bit."""
+    IP, UDP, BTH, Raw = _scapy()
+    rng = random.Random(8)
+    src, dst = "10.9.0.1", "10.9.0.2"
+    be = [struct.unpack("=I", socket.inet_aton(a))[0] for a in (src, dst)]
+    for i in range(40):
+        ip_id = rng.choice([1, 2, 15, 63, rng.randrange(1, 1 << 16)])
+        payload = rng.randbytes(rng.choice([0, 256, 1024, 4096]))
+        frame = (IP(src=src, dst=dst, flags="DF", id=ip_id) / UDP(sport=49999, dport=4791)
+                 / BTH(opcode=0x07, dqpn=rng.randrange(1 << 24), psn=rng.randrange(1 << 24))
+                 / Raw(payload))
+        wire = bytes(frame)[28:]
+        roce = wire[:-4]
+        value = native.roce_icrc(roce, src, dst, 49999, 4791)
+        assert native.icrc_bytes(value ^ lib.rnic_roce_icrc_id_xor(len(roce), ip_id)) \
+            == wire[-4:], i
+        check = lib.rnic_roce_icrc_check_v4
+        assert check(wire, len(wire), be[0], be[1], 49999, 4791, ip_id) == 1
+        if ip_id < lib.RNIC_GSO_MAX_SEGS:           # what a kernel's split can number
+            assert check(wire, len(wire), be[0], be[1], 49999, 4791, 0) == 1
+        bad = bytearray(wire)
+        bad[rng.choice([0, 5, 12, len(bad) - 5, len(bad) - 1])] ^= 1 << rng.randrange(8)
+        assert check(bytes(bad), len(bad), be[0], be[1], 49999, 4791, ip_id) == 0
+    assert lib.rnic_roce_icrc_id_xor(100, 0) == 0
+
+
+def test_gso_send_arrives_as_one_gro_batch_with_per_segment_icrcs():
+    """rnic_send_gso hands a run of equal-size datagrams to one address to the kernel as one
+    send; a socket with UDP_GRO (rnic_recv_gro) gets it back as one buffer with its segment
+    size, and segment k carries the ICRC of IPv4 ID k (the shorter run after it stays alone)."""
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", 0))
+    b.setsockopt(socket.IPPROTO_UDP, 104, 1)          # UDP_GRO
+    port = b.getsockname()[1]
+    size, n = 1040, 5
+    body = [bytes([0x07, 0, 0xFF, 0xFF, 0, 0, 0, 1, 0, 0, 0, k]) + os.urandom(size - 16)
+            for k in range(n)]
+    pkts = [p + native.icrc_bytes(native.roce_icrc(p, "127.0.0.1", "127.0.0.1",
+                                                   a.getsockname()[1], port))
+            for p in body] + [os.urandom(80)]
+    bufs = ffi.new("uint8_t[]", 2048 * len(pkts))
+    for i, p in enumerate(pkts):
+        ffi.memmove(bufs + 2048 * i, p, len(p))
+    lens = ffi.new("uint32_t[]", [len(p) for p in pkts])
+    addrs = ffi.new("uint32_t[]", [struct.unpack("=I", socket.inet_aton("127.0.0.1"))[0]]
+                    * len(pkts))
+    assert lib.rnic_send_gso(a.fileno(), bufs, 2048, lens, len(pkts), addrs, port) == len(pkts)
+    rb = ffi.new("uint8_t[]", 2 * 65536)
+    rl, rs = ffi.new("uint32_t[2]"), ffi.new("uint32_t[2]")
+    ra, rp = ffi.new("uint32_t[2]"), ffi.new("uint16_t[2]")
+    got = 0
+    for _ in range(100):
+        got += max(0, lib.rnic_recv_gro(b.fileno(), rb + 65536 * got, 65536, 2 - got,
+                                        rl + got, rs + got, ra + got, rp + got))
+        if got == 2:
+            break
+        time.sleep(0.01)
+    assert got == 2 and (rl[0], rs[0], rl[1], rs[1]) == (size * n, size, 80, 80)
+    batch = ffi.buffer(rb, size * n)[:]
+    be = struct.unpack("=I", socket.inet_aton("127.0.0.1"))[0]
+    for k in range(n):
+        seg = batch[k * size:(k + 1) * size]
+        assert seg[:-4] == pkts[k][:-4]
+        crc = native.roce_icrc(seg[:-4], "127.0.0.1", "127.0.0.1", a.getsockname()[1], port)
+        assert struct.unpack("<I", seg[-4:])[0] == crc ^ lib.rnic_roce_icrc_id_xor(size - 4, k)
+        assert lib.rnic_roce_icrc_check_v4(seg, size, be, be, a.getsockname()[1], port, k)
+    a.close()
+    b.close()
+
+
 # ---- rings -----------------------------------------------------------------------------
 
 def test_abi_layout_seen_by_cffi():
