@@ -305,6 +305,17 @@ struct rnic_dp_qp {
     uint32_t rtt_timing;    /* rtt_psn is being timed */
     uint32_t cut_psn;       /* high_psn when the window was last cut: losses below it ... */
     uint32_t cut_valid;     /* ... do not cut it again (rnic_dp_go_back) */
+    uint32_t max_rd_atomic; /* READs and atomics in flight at most (attribute; 0 counts as 1) */
+    /* responder: the results of the last atomics executed, replayed to duplicates, never
+     * executed twice (9.7.5.1.4); max_dest_rd_atomic of them (0 counts as 1) */
+    uint32_t max_dest_rd_atomic;
+    uint32_t atomic_next;   /* the slot the next result takes */
+    uint32_t _rsvd3;
+    struct rnic_dp_atomic_result {
+        uint32_t psn;
+        uint32_t valid;
+        uint64_t orig;
+    } atomics[16];          /* RNIC_DP_ATOMIC_RESULTS (cffi's cdef takes only a literal) */
 };
 
 /* A completion queue as the data plane writes it (the ring of rnic_abi.h). */
@@ -343,8 +354,15 @@ struct rnic_dp_swqe {
     uint32_t npieces;       /* gather list of a SEND/WRITE payload ... */
     uint32_t xrc_srqn;      /* XRC: the XRCETH's SRQ number (rnic_send_wqe.remote_srqn) */
     struct rnic_dp_piece *pieces;   /* ... in the QP's piece array (sq_piece_stride a slot) */
+    uint64_t compare_add;   /* atomics: compare (CMP_AND_SWP) or add (FETCH_AND_ADD) */
+    uint64_t swap;          /* CMP_AND_SWP: the swap value */
 };
 
+/* Atomic results a QP keeps for duplicates: the device's max_qp_rd_atom. */
+#define RNIC_DP_ATOMIC_RESULTS 16
+/* Response packets one READ request asks for at most: a READ goes out as requests of this
+ * many, so that a responder never bursts more than the window (docs/architecture.md). */
+#define RNIC_DP_READ_CHUNK 64
 /* Largest congestion window, smallest one, and how often a long message asks for an ACK. */
 #define RNIC_DP_WINDOW 128
 #define RNIC_DP_MIN_WINDOW 4
@@ -392,7 +410,7 @@ struct rnic_dp_dev {
 /* rnic_dp_pump results */
 #define RNIC_DP_PUMP_IDLE 0         /* window full, nothing to send, or not allowed to send */
 #define RNIC_DP_PUMP_FETCH 1        /* every fetched WQE is sent: core/ may fetch more */
-#define RNIC_DP_PUMP_SLOW 2         /* the WQE at send_psn is core/'s (READ, atomic) */
+#define RNIC_DP_PUMP_SLOW 2         /* the WQE at send_psn is core/'s (none is today) */
 #define RNIC_DP_PUMP_TX_FULL 3      /* the transmit buffer is full: drain it, call again */
 
 /* Append one CQE; signal the channel when armed (IBTA 11.4.2.2). 0, or -ENOSPC on overrun
@@ -425,9 +443,11 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
  * -EAGAIN (nothing taken) while its last PSN would be 2^23 or more past una: PSN distance
  * is only defined below that (IBTA 9.7.1). */
 int rnic_dp_swqe_commit(struct rnic_dp_qp *qp);
-/* Fetch SEND and RDMA WRITE WQEs (rnic_dp_swqe_load, _commit). Stops at an empty ring, when
- * the window is covered, or at a WQE core/ must fetch (READ, atomic, fence, anything wrong,
- * a corrupt index): returns how many it fetched, or -1 in that last case (before any). */
+/* Fetch WQEs (rnic_dp_swqe_load, _commit). Stops at an empty ring, when the window is
+ * covered, at a WQE that must wait for responses (a READ or atomic beyond max_rd_atomic, a
+ * fenced WQE behind READs/atomics: IBTA 10.8.3.3; PSNs 2^23 past una), or at one core/ must
+ * fetch (BIND_MW, LOCAL_INV, anything wrong, a corrupt index): returns how many it fetched,
+ * or before any, -EAGAIN (wait) or -1 (core/'s). */
 int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
 /* Transmit what the window allows from send_psn, fetching as it goes (RNIC_DP_PUMP_*). */
 int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
@@ -446,6 +466,12 @@ int rnic_dp_resp_psn_check(struct rnic_dp_qp *qp, uint32_t psn);
  * _pump. */
 int rnic_dp_read_resp(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, int last,
                       const uint8_t *data, uint32_t n);
+/* An atomic ACK for psn, in flight, with the original remote value orig (9.7.5.1.3): it
+ * implicitly acknowledges the requests before its atomic; the value goes to the WQE's buffer
+ * (host order) and completes it. 0, or -ENOENT (not an unfinished atomic at una: nothing
+ * placed). The caller then calls rnic_dp_progress, _retire, _pump. */
+int rnic_dp_atomic_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
+                       uint64_t orig);
 /* Go back N (IBTA 9.7.5.1): retransmit from psn, halve the window, stop the timer. Rounds
  * that several packets of one loss would start (implied NAKs, response gaps) go back once per
  * una, or again a quarter of the ACK timeout later; force goes back regardless (a sequence NAK,
@@ -505,6 +531,21 @@ int rnic_dp_swqe_place(struct rnic_dp_swqe *w, uint64_t off, const uint8_t *data
 int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,
                     uint32_t dst_ip_be);
 
+/* Execute the in-order atomic request at psn (9.4.5, after the PSN, sequence and opcode
+ * checks; its length checked): 8-aligned va (else -EINVAL: NAK Invalid Request), the rkey
+ * for REMOTE_ATOMIC (rnic_dp_mr_check's reason: NAK Remote Access Error), then the
+ * operation, its result kept for duplicates, ePSN and MSN advanced. 0 with *orig the
+ * original value, or the reason (nothing changed). */
+int rnic_dp_atomic(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, int cas,
+                   uint64_t va, uint32_t rkey, uint64_t swap_add, uint64_t compare,
+                   uint64_t *orig);
+/* The kept result of the atomic at psn, for a duplicate: 0 with *orig, or -ENOENT (evicted:
+ * the requester went back further than max_dest_rd_atomic allows). */
+int rnic_dp_atomic_replay(const struct rnic_dp_qp *qp, uint32_t psn, uint64_t *orig);
+/* Queue the ATOMIC ACKNOWLEDGE for psn (AETH: ACK, the QP's MSN; AtomicAckETH: orig).
+ * 0, or -ENOSPC when the transmit buffer is full. */
+int rnic_dp_send_atomic_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
+                            uint64_t orig);
 /* Start receiving a SEND into the buffers of a receive WQE (IBTA 10.6.3.2: each lkey an MR
  * of the QP's PD with LOCAL_WRITE, covering its range). 0, or -EACCES (the WQE completes
  * with IBV_WC_LOC_PROT_ERR), -EINVAL (more SGEs than the QP allows). */

@@ -65,6 +65,46 @@ int rnic_dp_psn_check(struct rnic_dp_qp *qp, uint32_t psn)
     return nak ? RNIC_DP_PSN_NAK : RNIC_DP_PSN_DROP;
 }
 
+int rnic_dp_atomic(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, int cas,
+                   uint64_t va, uint32_t rkey, uint64_t swap_add, uint64_t compare,
+                   uint64_t *orig)
+{
+    uint32_t keep = qp->max_dest_rd_atomic ? qp->max_dest_rd_atomic : 1;
+    struct rnic_dp_atomic_result *r;
+    uint8_t *p;
+    int rc;
+
+    if (va % 8)
+        return -EINVAL;                             /* 9.4.5: naturally aligned */
+    if ((rc = rnic_dp_mr_check(dev, qp, qp->pd, rkey, va, 8, RNIC_DP_ACC_REMOTE_ATOMIC, &p)) < 0)
+        return rc;
+    /* a zero-based window can make an aligned VA a misaligned address */
+    rc = cas ? rnic_atomic_cas64(p, 8, 0, compare, swap_add, orig)
+             : rnic_atomic_faa64(p, 8, 0, swap_add, orig);
+    if (rc < 0)
+        return -EINVAL;
+    if (keep > RNIC_DP_ATOMIC_RESULTS)
+        keep = RNIC_DP_ATOMIC_RESULTS;
+    r = &qp->atomics[qp->atomic_next % keep];
+    r->psn = psn;
+    r->orig = *orig;
+    r->valid = 1;
+    qp->atomic_next = (qp->atomic_next + 1) % keep;
+    qp->epsn = (psn + 1) & 0xffffff;
+    qp->msn = (qp->msn + 1) & 0xffffff;
+    return 0;
+}
+
+int rnic_dp_atomic_replay(const struct rnic_dp_qp *qp, uint32_t psn, uint64_t *orig)
+{
+    for (uint32_t i = 0; i < RNIC_DP_ATOMIC_RESULTS; i++)
+        if (qp->atomics[i].valid && qp->atomics[i].psn == psn) {
+            *orig = qp->atomics[i].orig;
+            return 0;
+        }
+    return -ENOENT;
+}
+
 int rnic_dp_seq_check(const struct rnic_dp_qp *qp, uint8_t opcode)
 {
     const struct rnic_opinfo *oi = &rnic_op_table[opcode];

@@ -95,6 +95,55 @@ static int rx_read_response(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, cons
     return 1;
 }
 
+/* An in-order atomic request (9.4.5, 9.7.5.1): executed, its ATOMIC ACKNOWLEDGE queued.
+ * One that fails a check, or arrives while responses wait behind a READ, is core/'s (it NAKs
+ * or queues with the same C functions). */
+static int rx_atomic(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                     uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
+{
+    const uint8_t *eth = pkt + RNIC_BTH_LEN;
+    uint64_t orig;
+
+    if (len != RNIC_BTH_LEN + RNIC_ATOMICETH_LEN + RNIC_ICRC_LEN || bth_pad(pkt)
+        || qp->rd_npkts || dev->ntx >= dev->tx_cap || rnic_dp_seq_check(qp, pkt[0]) < 0
+        || rnic_dp_op_check(qp, pkt[0]) < 0 || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+        return 0;
+    if (rnic_dp_atomic(dev, qp, psn, (pkt[0] & RNIC_OP_MASK) == RNIC_OP_COMPARE_SWAP,
+                       dp_be64(eth), dp_be32(eth + 8), dp_be64(eth + 12), dp_be64(eth + 20),
+                       &orig) < 0)
+        return 0;
+    qp->nak_sent = 0;
+    rnic_dp_send_atomic_ack(dev, qp, psn, orig);
+    qp->fast_pkts++;
+    return 1;
+}
+
+/* An ATOMIC ACKNOWLEDGE for our atomic (9.7.5.1.3): rnic_dp_atomic_ack places the value. */
+static int rx_atomic_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                         uint32_t len, uint32_t psn, uint32_t src_ip_be, uint16_t sport)
+{
+    uint32_t old = qp->una;
+    int rc;
+
+    if (len != RNIC_BTH_LEN + RNIC_AETH_LEN + RNIC_ATOMICACKETH_LEN + RNIC_ICRC_LEN
+        || bth_pad(pkt) || !qp->send_ok || (pkt[RNIC_BTH_LEN] >> RNIC_AETH_KIND_SHIFT) != 0
+        || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+        return 0;
+    if ((rc = rnic_dp_resp_psn_check(qp, psn)) != 0) {
+        if (rc != RNIC_DP_RESP_STALE)
+            return 0;
+    } else if (rnic_dp_atomic_ack(dev, qp, psn,
+                                  dp_be64(pkt + RNIC_BTH_LEN + RNIC_AETH_LEN)) < 0) {
+        return 0;
+    }
+    rnic_dp_progress(dev, qp, old);
+    rnic_dp_retire(dev, qp);
+    if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
+        dev->pumps[dev->npumps++] = qp->qpn;
+    qp->fast_pkts++;
+    return 1;
+}
+
 /* A positive ACK or a sequence NAK for our requests (9.7.5.1.2, 9.7.5.2.3): acknowledge,
  * go back N on a NAK or on a lost READ/atomic response, retire, send more. RNR and other
  * NAKs, and stale or impossible PSNs, are core/'s. */
@@ -150,10 +199,14 @@ static int rx_unexpected_psn(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, con
                              uint32_t len, const struct rnic_opinfo *oi, uint32_t psn,
                              uint32_t src_ip_be, uint16_t sport)
 {
+    uint64_t orig = 0;
+    int dup = dp_psn_diff(psn, qp->epsn) < 0;
+
     if (qp->unreliable || qp->rd_npkts || qp->resp_queued || dev->ntx >= dev->tx_cap)
         return 0;
-    if (dp_psn_diff(psn, qp->epsn) < 0
-        && (oi->kind == RNIC_KIND_READ_REQ || oi->kind == RNIC_KIND_ATOMIC))
+    /* a duplicate READ is re-executed by core/; an atomic is replayed, not executed again */
+    if (dup && (oi->kind == RNIC_KIND_READ_REQ
+                || (oi->kind == RNIC_KIND_ATOMIC && rnic_dp_atomic_replay(qp, psn, &orig) < 0)))
         return 0;
     if (!well_formed(oi, pkt, len) || !icrc_ok(dev, pkt, len, src_ip_be, sport))
         return 0;
@@ -161,8 +214,12 @@ static int rx_unexpected_psn(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, con
     case RNIC_DP_PSN_NAK:
         rnic_dp_send_aeth(dev, qp, RNIC_AETH_NAK_SEQ, qp->epsn);
         break;
-    case RNIC_DP_PSN_DUP:                           /* an ACK for epsn - 1 is owed */
-        if (!qp->ack_pending) {
+    case RNIC_DP_PSN_DUP:
+        if (oi->kind == RNIC_KIND_ATOMIC) {
+            rnic_dp_send_atomic_ack(dev, qp, psn, orig);
+            break;
+        }
+        if (!qp->ack_pending) {                     /* an ACK for epsn - 1 is owed */
             qp->ack_pending = 1;
             if (dev->nacks < dev->acks_len)
                 dev->acks[dev->nacks++] = qp->qpn;
@@ -319,11 +376,15 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
         return rx_read_request(dev, qp, pkt, len, psn, src_ip_be, sport);
     case RNIC_KIND_READ_RESP:
         return rx_read_response(dev, qp, pkt, len, psn, src_ip_be, sport);
+    case RNIC_KIND_ATOMIC:
+        return rx_atomic(dev, qp, pkt, len, psn, src_ip_be, sport);
+    case RNIC_KIND_ATOMIC_ACK:
+        return rx_atomic_ack(dev, qp, pkt, len, psn, src_ip_be, sport);
     case RNIC_KIND_SEND:
     case RNIC_KIND_WRITE:
         break;
     default:
-        return 0;                                   /* atomics: core/'s */
+        return 0;
     }
     /* core/'s too: SEND with Invalidate (a window), WRITE with immediate (a receive WQE) */
     if ((oi->hdrs & RNIC_HDR_IETH) || (oi->kind == RNIC_KIND_WRITE && (oi->hdrs & RNIC_HDR_IMMDT)))

@@ -255,6 +255,23 @@ int rnic_dp_read_resp(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t p
     return 0;
 }
 
+int rnic_dp_atomic_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
+                       uint64_t orig)
+{
+    struct rnic_dp_swqe *w = dp_wqe_at(qp, psn);
+
+    if (!w || (w->opcode != WR_CAS && w->opcode != WR_FAA) || w->status >= 0)
+        return -ENOENT;
+    if (dp_psn_diff(w->first_psn, qp->una) > 0)     /* implicitly, the requests before it */
+        rnic_dp_ack_through(dev, qp, dp_psn_add(w->first_psn, -1));
+    if (psn != qp->una)
+        return -ENOENT;         /* an earlier READ is asked again first */
+    rnic_dp_swqe_place(w, 0, (const uint8_t *)&orig, sizeof(orig));    /* host order */
+    w->status = 0;                                  /* IBV_WC_SUCCESS */
+    qp->una = dp_psn_add(psn, 1);
+    return 0;
+}
+
 int rnic_dp_go_back(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn, int force)
 {
     double hold;
@@ -407,16 +424,19 @@ static void build(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const struct r
 }
 
 /* An unfinished READ or atomic is in flight (a fenced WQE must wait for it, 10.8.3.3). */
-static int rd_atomic_in_flight(const struct rnic_dp_qp *qp)
+static uint32_t rd_atomic_count(const struct rnic_dp_qp *qp)
 {
+    uint32_t n = 0;
+
     for (uint32_t i = qp->sq_head; i != qp->sq_next; i++) {
         const struct rnic_dp_swqe *w = &qp->swqes[i & qp->swqe_mask];
 
-        if (w->status < 0 && !sends_data(w->opcode))
-            return 1;
+        n += w->status < 0 && !sends_data(w->opcode) && !local_op(w->opcode);
     }
-    return 0;
+    return n;
 }
+
+static int rd_atomic_in_flight(const struct rnic_dp_qp *qp) { return rd_atomic_count(qp) > 0; }
 
 int32_t rnic_psn_diff(uint32_t a, uint32_t b) { return dp_psn_diff(a, b); }
 
@@ -462,6 +482,8 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
     d->npieces = 0;
     d->pieces = pieces;
     d->xrc_srqn = qp->xrc ? w.remote_srqn & 0xffffff : 0;
+    d->compare_add = w.compare_add;
+    d->swap = w.swap;
     /* an opcode the QP's transport does not carry (UC 9.8, UD 9.8.3: SENDs only) */
     if (op > WR_SEND_INV || (qp->unreliable && !uc_op(op))
         || (qp->ud && op != WR_SEND && op != WR_SEND_IMM)) {
@@ -545,17 +567,60 @@ int rnic_dp_swqe_commit(struct rnic_dp_qp *qp)
 int rnic_dp_fetch(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
     int pending = rnic_dp_sq_pending(qp), fetched = 0;
+    uint32_t max_rd = qp->max_rd_atomic ? qp->max_rd_atomic : 1;
 
     while (fetched < pending && dp_psn_diff(qp->next_psn, qp->send_psn) < qp->cwnd) {
         const struct rnic_dp_swqe *d = &qp->swqes[qp->sq_next & qp->swqe_mask];
+        int rd_atomic;
 
         rnic_dp_swqe_load(dev, qp, NULL);
-        if (d->status >= 0 || !sends_data(d->opcode)
-            || ((d->flags & SF_FENCE) && rd_atomic_in_flight(qp)) || rnic_dp_swqe_commit(qp) < 0)
+        rd_atomic = !sends_data(d->opcode) && !local_op(d->opcode);
+        if (d->status < 0 && (((d->flags & SF_FENCE) && rd_atomic_in_flight(qp))
+                              || (rd_atomic && rd_atomic_count(qp) >= max_rd)))
+            return fetched ? fetched : -EAGAIN;     /* a response lets it go (10.8.3.3) */
+        if (d->status >= 0 || local_op(d->opcode))
             return fetched ? fetched : -1;          /* core/'s: it loads the WQE again */
+        if (rnic_dp_swqe_commit(qp) < 0)
+            return fetched ? fetched : -EAGAIN;     /* its PSNs wait for ACKs */
         fetched++;
     }
     return pending < 0 ? -1 : fetched;              /* a corrupt index: core/ fails the QP */
+}
+
+/* Queue the request of READ or atomic WQE w at psn; returns the PSN after it. A READ goes
+ * out as requests of RNIC_DP_READ_CHUNK response packets; a re-issued one asks only for the
+ * rest of its original request (the responder may never have seen the next one, and must
+ * not answer PSNs beyond its ePSN as a duplicate: 9.7.4.1.4). */
+static uint32_t build_rd_atomic(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
+                                const struct rnic_dp_swqe *w, uint32_t psn)
+{
+    struct rnic_hdr h;
+    uint32_t npkts = 1;
+
+    memset(&h, 0, sizeof(h));
+    h.psn = psn;
+    h.ackreq = 1;
+    h.xrc_srqn = w->xrc_srqn;
+    h.rkey = w->rkey;
+    if (w->opcode == WR_READ) {
+        uint32_t k = (uint32_t)dp_psn_diff(psn, w->first_psn);
+        uint64_t off = (uint64_t)k * qp->mtu, n = w->length - off,
+                 chunk = (uint64_t)(RNIC_DP_READ_CHUNK - k % RNIC_DP_READ_CHUNK) * qp->mtu;
+
+        n = n < chunk ? n : chunk;
+        h.opcode = (uint8_t)(opbase(qp) | RNIC_OP_RDMA_READ_REQUEST);
+        h.va = w->remote_addr + off;
+        h.dma_len = (uint32_t)n;
+        npkts = n ? (uint32_t)((n + qp->mtu - 1) / qp->mtu) : 1;
+    } else {                                        /* 9.4.5: AtomicETH */
+        h.opcode = (uint8_t)(opbase(qp) | (w->opcode == WR_CAS ? RNIC_OP_COMPARE_SWAP
+                                                                : RNIC_OP_FETCH_ADD));
+        h.va = w->remote_addr;
+        h.swap_add = w->opcode == WR_CAS ? w->swap : w->compare_add;
+        h.compare = w->compare_add;
+    }
+    tx_packet(dev, qp, &h, NULL, 0, 0, 0);
+    return dp_psn_add(psn, (int32_t)npkts);
 }
 
 static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
@@ -566,13 +631,24 @@ static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
         struct rnic_dp_swqe *w;
         uint32_t psn = qp->send_psn;
 
-        if (psn == qp->next_psn && rnic_dp_fetch(dev, qp) <= 0)
-            return RNIC_DP_PUMP_FETCH;              /* empty, or the next WQE is core/'s */
+        if (psn == qp->next_psn) {
+            int n = rnic_dp_fetch(dev, qp);
+
+            if (n == -EAGAIN)
+                return RNIC_DP_PUMP_IDLE;           /* a response or ACK pumps again */
+            if (n <= 0)
+                return RNIC_DP_PUMP_FETCH;          /* empty, or the next WQE is core/'s */
+        }
         w = dp_wqe_at(qp, psn);
-        if (!w || !sends_data(w->opcode))
+        if (!w || local_op(w->opcode))
             return RNIC_DP_PUMP_SLOW;
         if (dev->ntx >= dev->tx_cap)
             return RNIC_DP_PUMP_TX_FULL;
+        if (!sends_data(w->opcode)) {               /* READ, atomic: one request */
+            qp->send_psn = build_rd_atomic(dev, qp, w, psn);
+            rnic_dp_sent(dev, qp, psn, qp->send_psn);
+            continue;
+        }
         build(dev, qp, w, (uint32_t)dp_psn_diff(psn, w->first_psn), psn);
         qp->send_psn = dp_psn_add(psn, 1);
         if (qp->unreliable) {
@@ -612,6 +688,23 @@ int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t s
     h.psn = psn & 0xffffff;
     h.syndrome = (uint8_t)syndrome;
     h.msn = qp->msn;
+    tx_packet(dev, qp, &h, NULL, 0, 0, 0);
+    return 0;
+}
+
+int rnic_dp_send_atomic_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
+                            uint64_t orig)
+{
+    struct rnic_hdr h;
+
+    if (dev->ntx >= dev->tx_cap)
+        return -ENOSPC;
+    memset(&h, 0, sizeof(h));
+    h.opcode = (uint8_t)(opbase(qp) | RNIC_OP_ATOMIC_ACKNOWLEDGE);
+    h.psn = psn & 0xffffff;
+    h.syndrome = RNIC_AETH_ACK;
+    h.msn = qp->msn;
+    h.orig = orig;
     tx_packet(dev, qp, &h, NULL, 0, 0, 0);
     return 0;
 }

@@ -176,7 +176,7 @@ def test_graceful_disconnect_completes_or_flushes_every_write(two_daemons):
     """Closure semantics: WRITEs in flight when the DREQ goes out each end with a
     completion, IBV_WC_SUCCESS or IBV_WC_WR_FLUSH_ERR, none lost."""
     da, db = two_daemons
-    size, n = 64 * 1024, 256
+    size, n = 1 << 20, 256          # 256 MiB: far from done 5 ms in, even at GB/s
     info = {}
 
     def serve(cid):

@@ -192,10 +192,12 @@ def connect_to(h: Host, q, peer_ip: str, peer_qpn: int, mtu=abi.IBV_MTU_1024, my
                   sq_psn=my_psn, max_rd_atomic=4), h.now)
 
 
-def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=None):
+def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=None,
+        tick=0.0):
     """Deliver datagrams until both sides are idle; jump the clock to the next deadline when
     nothing is in flight. `net(src, data) -> list of datagrams` may drop/dup/reorder.
-    `until`: also return (without error) when the next deadline lies beyond that time."""
+    `until`: also return (without error) when the next deadline lies beyond that time.
+    `tick`: each delivery round takes this long (round trips then measure above zero)."""
     hosts = {a.dev.ip: a, b.dev.ip: b}
     held = []
     for _ in range(max_rounds):
@@ -212,6 +214,7 @@ def run(a: Host, b: Host, net=None, max_time=60.0, max_rounds=1_000_000, until=N
                 moved = True
             a.dev.end_batch(a.now)
             b.dev.end_batch(b.now)
+            a.now = b.now = a.now + tick
         if (moved or a.dev.tx or b.dev.tx or a.dev.dp.ntx or b.dev.dp.ntx or a.dev.reading
                 or b.dev.reading):
             continue

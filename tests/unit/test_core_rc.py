@@ -130,6 +130,40 @@ def test_remote_access_errors_then_flush(pair, case):
     assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(4, S.IBV_WC_WR_FLUSH_ERR)]
 
 
+def test_lost_nak_is_recovered_by_the_probe_not_the_ack_timeout(pair):
+    """A lost packet whose sequence NAK is lost too: the responder drops what follows, and
+    nothing comes back. The probe (4 smoothed round trips, at least 1 ms) goes back N long
+    before the 67 ms ACK timeout and spends no retry (docs/architecture.md)."""
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb, timeout=14, retry_cnt=1)
+    ma, mb = a.mr(1 << 16), b.mr(1 << 16)
+    a.post_send(qa, 1, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 64)], rkey=mb.rkey, raddr=mb.iova)
+    run(a, b, tick=1e-5)                        # a round trip is measured
+    lost = {"data": 0, "nak": 0}
+
+    def net(src, data):
+        if src is a and data[0] == 0x07 and not lost["data"]:     # a WRITE MIDDLE
+            lost["data"] = 1
+            return []
+        if src is b and data[0] == 0x11 and data[12] == 0x60 and not lost["nak"]:
+            lost["nak"] = 1                     # the sequence NAK
+            return []
+        return [data]
+
+    ma.buf[:8192] = random.Random(3).randbytes(8192)
+    start = a.now
+    a.post_send(qa, 2, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 8192)], rkey=mb.rkey,
+                raddr=mb.iova + 4096)
+    run(a, b, net=net, tick=1e-5)
+    assert lost == {"data": 1, "nak": 1}
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [
+        (1, S.IBV_WC_SUCCESS), (2, S.IBV_WC_SUCCESS)]
+    assert mb.buf[4096:4096 + 8192] == ma.buf[:8192]
+    c = a.dev.counter_snapshot()
+    assert c["early_retransmits"] >= 1 and c.get("timeout_retries", 0) == 0
+    assert a.now - start < 0.01                 # the ACK timeout is 67 ms
+
+
 def test_silent_peer_gives_retry_exceeded(pair):
     a, b, ca, cb, qa, qb = pair
     connect(a, qa, b, qb, timeout=5, retry_cnt=3)

@@ -14,10 +14,9 @@ from rnicd import native
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
 from rnicd.wire.abi import QPState, WCStatus
-from rnicd.wire.roce import psn_add, psn_diff
+from rnicd.wire.roce import psn_add
 
 from .dpstate import dp_field
-from .requester import ATOMICS, InFlight
 
 lib = native.lib
 
@@ -137,15 +136,6 @@ class Completer:
         self.qp.device.dp.now = now
         lib.rnic_dp_ack_through(self.qp.device.dp, self.dp, psn)
 
-    def _head_for(self, psn: int, now: float) -> InFlight | None:
-        """Implicitly acknowledge everything before the WQE holding psn and return it."""
-        w = self.qp.requester.wqe_at(psn)
-        if w is None:
-            return None
-        if psn_diff(w.first_psn, self.una) > 0:
-            self._ack_through(psn_add(w.first_psn, -1), now)
-        return w
-
     def _on_read_response(self, pkt, info, now):
         """The data plane's rnic_dp_read_resp decides (placement, implicit ACK, gaps)."""
         qp = self.qp
@@ -159,14 +149,10 @@ class Completer:
             self._fail_head(WCStatus.IBV_WC_BAD_RESP_ERR, now, "READ response of wrong length")
 
     def _on_atomic_ack(self, pkt, now):
-        qp = self.qp
-        w = self._head_for(pkt.psn, now)
-        if w is None or w.opcode not in ATOMICS or w.status is not None or pkt.psn != self.una:
-            qp.counters.inc("bad_response")
-            return
-        lib.rnic_dp_swqe_place(w.d, 0, pkt.atomic_orig.to_bytes(8, "little"), 8)  # host order
-        w.status = WCStatus.IBV_WC_SUCCESS
-        self.una = psn_add(pkt.psn, 1)
+        """The data plane's rnic_dp_atomic_ack decides (implicit ACK, placement)."""
+        if lib.rnic_dp_atomic_ack(self.qp.device.dp, self.dp, pkt.psn,
+                                  pkt.atomic_orig & 0xFFFFFFFFFFFFFFFF) < 0:
+            self.qp.counters.inc("bad_response")
 
     # ---- recovery ----------------------------------------------------------------------------
     def _go_back(self, psn: int, now: float, reason: str | None, force: bool = False):

@@ -107,6 +107,8 @@ class RCQP:
         dp.access = self.attr["qp_access_flags"]
         dp.dest_qpn = self.attr["dest_qp_num"]
         dp.retry_cnt, dp.rnr_retry = self.attr["retry_cnt"], self.attr["rnr_retry"]
+        dp.max_rd_atomic = self.attr["max_rd_atomic"]
+        dp.max_dest_rd_atomic = self.attr["max_dest_rd_atomic"]
         # UC has no ACK timeout: nothing is ever resent (IBTA 9.8)
         dp.timeout_s = (timeout_seconds(self.attr["timeout"]) or 0.0) if self.reliable else 0.0
         if self.peer_ip is not None:

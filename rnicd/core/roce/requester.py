@@ -1,27 +1,24 @@
 """RC requester: turns send WQEs into request packets (IBTA 9.7.1-9.7.2, segmentation 9.7.7).
 
-core/ fetches every WQE from the SQ ring, validates it, and fills its descriptor
-(struct rnic_dp_swqe, one per SQ slot) with the PSN range it gets; the data plane's
-rnic_dp_pump segments SEND and WRITE WQEs into packets, and the READ and atomic requests are
-built here. `send_psn` walks the PSN ranges and is rewound to the oldest unacknowledged PSN
-for go-back-N (9.7.5.1). READs are issued as requests of at most READ_CHUNK response
-packets, so that the responder never bursts more than the window; a re-issued READ asks for
-the rest of its original request only (9.7.4.1.4).
+The data plane's rnic_dp_pump fetches WQEs from the SQ ring (rnic_dp_fetch: each copied out
+once, validated into its descriptor, struct rnic_dp_swqe, one per SQ slot, and given its PSN
+range, with the rd_atomic limit and fences), segments SEND and WRITE WQEs into packets and
+sends READ and atomic requests (a READ as requests of at most RNIC_DP_READ_CHUNK response
+packets). core/ fetches what it leaves: BIND_MW and LOCAL_INV (run at fetch), bad WQEs (the
+QP fails), a corrupt ring. `send_psn` walks the PSN ranges and is rewound to the oldest
+unacknowledged PSN for go-back-N (9.7.5.1).
 """
 from __future__ import annotations
 
 from rnicd import native
 from rnicd.core import mw
 from rnicd.core.roce.dpstate import dp_field
-from rnicd.wire import opcodes as op
 from rnicd.wire.abi import WC_OPCODE_OF_WR as WC_OPCODE
-from rnicd.wire.abi import QPState, SendFlags, WCStatus, WROpcode
-from rnicd.wire.roce import Packet, psn_add, psn_diff
+from rnicd.wire.abi import QPState, WCStatus, WROpcode
+from rnicd.wire.roce import psn_diff
 
 ffi, lib = native.ffi, native.lib
 WINDOW = lib.RNIC_DP_WINDOW
-READ_CHUNK = 64       # response packets per READ request
-XRC_OPBASE = op.Transport.XRC << 5    # Annex A14.4.1: XRC opcodes are 0xA0 | RC's
 
 W = WROpcode
 ATOMICS = {W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD}
@@ -33,12 +30,11 @@ class InFlight:
     """core/'s handle on an in-flight send WQE: its descriptor `d` (the data plane's copy,
     validated by rnic_dp_swqe_load), plus the atomic operands, which only core/ uses."""
 
-    __slots__ = ("d", "idx", "compare_add", "swap")
+    __slots__ = ("d", "idx")
 
     def __init__(self, d, idx: int):
         self.d = d                  # struct rnic_dp_swqe * (its slot in the QP's array)
         self.idx = idx              # the SQ index it was made for (slots are reused)
-        self.compare_add = self.swap = 0
 
     wr_id = property(lambda self: self.d.wr_id)
     opcode = property(lambda self: self.d.opcode)
@@ -140,13 +136,9 @@ class Requester:
         return False
 
     # ---- fetching ------------------------------------------------------------------------
-    def _outstanding_rd_atomic(self) -> int:
-        return sum(1 for w in self.wqes if w.is_read_or_atomic and w.status is None)
-
     def fetch(self) -> bool:
-        """Fetch the next WQE with the data plane's functions (copied out of the ring once,
-        validated, given PSNs). False if none can be fetched now (ring empty, rd_atomic
-        limit, fence, PSN span) or the QP failed."""
+        """Fetch the WQE rnic_dp_fetch left to core/ (its limits and fences passed) with
+        the data plane's functions. False if none can be fetched now or the QP failed."""
         qp, dp = self.qp, self.dp
         pending = lib.rnic_dp_sq_pending(dp)
         if pending < 0:
@@ -158,12 +150,6 @@ class Requester:
         slot = dp.sq_next & self._mask
         lib.rnic_dp_swqe_load(qp.device.dp, dp, self._hdr)
         w = InFlight(self._swqes + slot, dp.sq_next)
-        if w.status is None and w.is_read_or_atomic:
-            if self._outstanding_rd_atomic() >= max(1, qp.attr["max_rd_atomic"]):
-                return False
-        if w.status is None and w.flags & SendFlags.IBV_SEND_FENCE and \
-                self._outstanding_rd_atomic():
-            return False       # IBTA 10.8.3.3: fence waits for prior READs/atomics
         if lib.rnic_dp_swqe_commit(dp) < 0:
             return False       # its PSNs would be 2^23 past una: wait for ACKs
         self._slots[slot] = w
@@ -177,15 +163,12 @@ class Requester:
         if w.status is not None:
             qp.fatal(f"bad send WQE wr_id={w.wr_id}: {w.status.name}", 0.0)
             return False
-        if w.opcode in ATOMICS:
-            w.compare_add, w.swap = int(self._hdr.compare_add), int(self._hdr.swap)
         return True
 
     # ---- transmitting --------------------------------------------------------------------
     def pump(self, now: float):
-        """Send what the window allows. The data plane fetches and sends SEND/WRITE WQEs;
-        this loop fetches the others (READ, atomic, fenced, bad) and sends READ/atomic
-        requests, once per WQE."""
+        """Send what the window allows: the data plane's rnic_dp_pump, and core/'s fetch
+        for the WQEs it leaves."""
         qp, dp = self.qp, self.dp
         if qp.state == QPState.IBV_QPS_ERR:
             self.flush()
@@ -201,46 +184,14 @@ class Requester:
                     break
                 if qp.state != QPState.IBV_QPS_RTS:
                     return
-            elif rc == lib.RNIC_DP_PUMP_SLOW:
-                w = self.wqe_at(self.send_psn)
-                if w is None:       # cannot happen: send_psn is always inside a fetched WQE
-                    dev.counters.inc("internal_psn_error")
-                    self.send_psn = self.next_psn
-                    continue
-                self.send_psn = self._send_request(w, self.send_psn)
+            elif rc == lib.RNIC_DP_PUMP_SLOW:   # cannot happen: no WQE at send_psn
+                dev.counters.inc("internal_psn_error")
+                self.send_psn = self.next_psn
             elif rc == lib.RNIC_DP_PUMP_TX_FULL:
                 dev.spill_tx()
             else:
                 break
         self._prune()
-
-    def _send_request(self, w: InFlight, psn: int) -> int:
-        """Emit the READ or atomic request of w at psn; return the PSN after it."""
-        qp = self.qp
-        p = Packet(opcode=0, dest_qp=qp.attr["dest_qp_num"], psn=psn, ackreq=True)
-        if w.opcode == W.IBV_WR_RDMA_READ:
-            # A READ goes out as requests of READ_CHUNK packets. A re-issued one ends at its
-            # original request's end: the responder may never have seen the next request,
-            # and must not answer PSNs beyond its own expected PSN as a "duplicate".
-            k, mtu = psn_diff(psn, w.first_psn), qp.mtu
-            off = k * mtu
-            n = min(w.length - off, (READ_CHUNK - k % READ_CHUNK) * mtu)
-            p.opcode = op.Opcode.RC_RDMA_READ_REQUEST
-            p.reth_va, p.reth_rkey, p.reth_len = w.remote_addr + off, w.rkey, n
-            nxt = psn_add(psn, max(1, -(-n // mtu)))
-        else:
-            cas = w.opcode == W.IBV_WR_ATOMIC_CMP_AND_SWP
-            p.opcode = op.Opcode.RC_COMPARE_SWAP if cas else op.Opcode.RC_FETCH_ADD
-            p.atomic_va, p.atomic_rkey = w.remote_addr, w.rkey
-            p.atomic_swap_add = w.swap if cas else w.compare_add
-            p.atomic_compare = w.compare_add
-            nxt = psn_add(psn, 1)
-        if self.dp.xrc:     # Annex A14.4: the same request under XRC's opcode, with XRCETH
-            p.opcode, p.xrc_srqn = p.opcode | XRC_OPBASE, w.d.xrc_srqn
-        qp.emit(p)
-        dev = qp.device.dp
-        lib.rnic_dp_sent(dev, self.dp, psn, nxt)
-        return nxt
 
     # ---- retiring --------------------------------------------------------------------------
     def retire(self):

@@ -14,7 +14,7 @@ that the peer sees responses in PSN order (IBTA 9.7.5.1.2: an ACK covers every e
 from __future__ import annotations
 
 import errno
-from collections import OrderedDict, deque
+from collections import deque
 
 from rnicd import native
 from rnicd.core import mw
@@ -57,7 +57,9 @@ class Responder:
         self.nak_sent = False
         self.dp.nak_high, self.dp.oos_since_nak = psn, 0
         self.ack_pending = False
-        self.atomic_cache: OrderedDict[int, int] = OrderedDict()   # psn -> original value
+        self.dp.atomic_next = 0             # the data plane's kept atomic results: none
+        for r in self.dp.atomics:
+            r.valid = 0
 
     # ---- READ responses, produced as the transmit buffer drains ---------------------------
     @property
@@ -237,29 +239,20 @@ class Responder:
         self._respond(self._start_read, psn, length, src, msn, (pkt.reth_rkey, pkt.reth_va))
 
     def _atomic(self, pkt, info, now):
-        qp = self.qp
+        """The data plane's rnic_dp_atomic decides (alignment, key, the operation, the kept
+        result, ePSN and MSN)."""
         if pkt.bad_len is not None:
             return self._invalid(pkt, now, "atomic request of a bad length")
-        if pkt.atomic_va % 8:
-            return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, "misaligned atomic")
-        dst = self._remote(pkt.atomic_rkey, pkt.atomic_va, 8, Access.IBV_ACCESS_REMOTE_ATOMIC)
-        if dst is None:
-            return self._access_error(pkt, now)
         res, m = ffi.new("uint64_t *"), 0xFFFFFFFFFFFFFFFF
-        if pkt.opcode & 0x1F == op.Opcode.RC_COMPARE_SWAP:     # RC's or XRC's
-            rc = lib.rnic_atomic_cas64(dst, 8, 0, pkt.atomic_compare & m,
-                                       pkt.atomic_swap_add & m, res)
-        else:
-            rc = lib.rnic_atomic_faa64(dst, 8, 0, pkt.atomic_swap_add & m, res)
-        if rc < 0:      # a zero-based window can make an aligned VA a misaligned address
+        cas = pkt.opcode & 0x1F == op.Opcode.RC_COMPARE_SWAP     # RC's or XRC's
+        rc = lib.rnic_dp_atomic(self.qp.device.dp, self.dp, pkt.psn, int(cas), pkt.atomic_va,
+                                pkt.atomic_rkey, pkt.atomic_swap_add & m,
+                                pkt.atomic_compare & m, res)
+        if rc == -errno.EINVAL:
             return self._fatal_nak(pkt, roce.NAK_INVALID_REQUEST, now, "misaligned atomic")
-        orig = res[0]
-        self.atomic_cache[pkt.psn] = orig
-        while len(self.atomic_cache) > max(1, qp.attr["max_dest_rd_atomic"]):
-            self.atomic_cache.popitem(last=False)
-        self._respond(self._atomic_ack, pkt.psn, orig)
-        self.epsn = psn_add(self.epsn, 1)
-        self._message_done()
+        if rc < 0:
+            return self._access_error(pkt, now)
+        self._respond(self._atomic_ack, pkt.psn, res[0])
 
     # ---- duplicates (IBTA 9.7.5.1.4) ---------------------------------------------------------
     def _duplicate(self, pkt, info, now):
@@ -271,11 +264,11 @@ class Responder:
                 self.stop_reads()
                 self._start_read(pkt.psn, pkt.reth_len, src, self.msn)
         elif info.kind == K.ATOMIC:
-            orig = self.atomic_cache.get(pkt.psn)
-            if orig is None:
+            orig = ffi.new("uint64_t *")
+            if lib.rnic_dp_atomic_replay(self.dp, pkt.psn, orig) < 0:
                 self.qp.counters.inc("duplicate_atomic_evicted")
             else:
-                self._respond(self._atomic_ack, pkt.psn, orig)   # replayed, not redone
+                self._respond(self._atomic_ack, pkt.psn, orig[0])   # replayed, not redone
         else:
             self.ack_pending = True                     # re-acknowledge SEND/WRITE
 
@@ -319,11 +312,10 @@ class Responder:
             dev.reading.add(self.qp)
 
     def _atomic_ack(self, psn, orig):
-        p = roce.Packet(opcode=op.Opcode.RC_ATOMIC_ACKNOWLEDGE | (op.Transport.XRC << 5
-                                                                  if self.dp.xrc else 0),
-                        dest_qp=self.qp.attr["dest_qp_num"], psn=psn,
-                        aeth_syndrome=roce.aeth_ack(), aeth_msn=self.msn, atomic_orig=orig)
-        self.qp.emit(p)
+        dev = self.qp.device
+        if lib.rnic_dp_send_atomic_ack(dev.dp, self.dp, psn, orig) < 0:
+            dev.spill_tx()
+            lib.rnic_dp_send_atomic_ack(dev.dp, self.dp, psn, orig)
 
     def _advance(self, pkt):
         self.epsn = psn_add(self.epsn, 1)
