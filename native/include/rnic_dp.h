@@ -401,7 +401,9 @@ struct rnic_dp_dev {
     uint32_t *pumps;                /* QPNs that need core/: requester (fetch, READ, ...)
                                      * or READ responses still to produce */
     uint32_t npumps;
-    uint32_t _rsvd1;
+    uint32_t lock_id;               /* what this writer puts in the CQ locks it takes (an
+                                     * engine: its pid; core/: 1), so that the locks of an
+                                     * engine that died can be broken (rnic_dp_cq_unlock) */
     double now;                     /* the time of the current call, set by core/ */
 };
 
@@ -414,9 +416,11 @@ struct rnic_dp_dev {
 #define RNIC_DP_PUMP_TX_FULL 3      /* the transmit buffer is full: drain it, call again */
 
 /* Append one CQE; signal the channel when armed (IBTA 11.4.2.2). 0, or -ENOSPC on overrun
- * (the CQE is lost and cq->overflow set). */
+ * (the CQE is lost and cq->overflow set). Writers take the CQ's lock with their lock_id. */
 int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
                     uint32_t solicited);
+/* Break the CQ's lock if the writer lock_id (an engine that died) holds it: 1 if it did. */
+int rnic_dp_cq_unlock(struct rnic_dp_cq *cq, uint32_t lock_id);
 /* Complete finished WQEs from the head of the SQ, in order (IBTA 10.8.3); returns how
  * many were retired. */
 uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
@@ -751,7 +755,12 @@ struct rnic_engine {
     uint64_t rx_drop_oversize;
     uint64_t fault_no_room;
     uint64_t channel_events;    /* completion channels it signalled itself */
+    uint64_t heartbeat;         /* counts up at least every RNIC_ENGINE_BEAT_MS, held or not:
+                                 * one that stops is hung (docs/engines.md) */
 };
+
+/* An engine's heartbeat comes at least this often (its longest sleep, its held poll). */
+#define RNIC_ENGINE_BEAT_MS 250
 
 /* CLOCK_MONOTONIC in seconds (asyncio's loop.time() on Linux). */
 double rnic_monotonic(void);

@@ -36,7 +36,7 @@
 #define FDMAP_LEN (1 << 20)     /* the daemon raises its descriptor limit to this */
 #define HELD_CAP 256            /* datagrams faults hold back (delay, reorder) */
 #define TIMER_EVERY 0.001       /* look at the retransmit timers this often while busy */
-#define SLEEP_MAX_MS 1000
+#define SLEEP_MAX_MS RNIC_ENGINE_BEAT_MS      /* it beats at least this often */
 
 _Static_assert(sizeof(((struct rnic_engine_event *)0)->data) == RNIC_EV_DATA, "event size");
 
@@ -676,6 +676,7 @@ static void hold(void)
             continue;
         }
         commands();
+        E->heartbeat++;                 /* held, not hung */
         st(&E->hold_waiting, 1);
         if (ld(&E->pause_req)) {
             struct pollfd p[2] = {{.fd = E->cmd_fd, .events = POLLIN},
@@ -773,6 +774,7 @@ static void engine_loop(void)
         if (ld(&E->stop))
             _exit(0);
         E->loops++;
+        E->heartbeat++;
         now = mono();
         D->now = now;
         work |= rx(now) > 0 || rx_backlog();
@@ -860,6 +862,20 @@ static void engine_main(struct rnic_engine *e, pid_t parent)
     }
     D->fdmap = fdmap;
     D->fdmap_len = FDMAP_LEN;
+    D->lock_id = (uint32_t)getpid();
+    /* A substitute for an engine that died starts from the hard state in the arena: what
+     * the dead one had queued (datagrams, ACKs owed, lists) is soft and gone; it looks at
+     * every ring again and goes on with the READ responses left to produce. */
+    D->ntx = D->nacks = D->npumps = D->nnotify = 0;
+    for (uint32_t i = 0; i < e->nqps; i++) {
+        struct rnic_dp_qp *qp = own_qp(e->qpns[i]);
+
+        if (!qp)
+            continue;
+        qp->eng_seen_sq = qp->eng_seen_rq = 0;
+        if (qp->rd_npkts)
+            note_reading(qp);
+    }
     epfd = epoll_create1(EPOLL_CLOEXEC);
     ev = (struct epoll_event){.events = EPOLLIN, .data.u64 = TAG_SOCK};
     epoll_ctl(epfd, EPOLL_CTL_ADD, e->sock_fd, &ev);

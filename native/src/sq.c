@@ -66,13 +66,17 @@ int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct
                     uint32_t solicited)
 {
     struct rnic_ring_hdr *h = cq->hdr;
-    uint32_t prod;
+    uint32_t prod, free_ = 0, me = dev->lock_id ? dev->lock_id : 1;
     int rc = 0;
 
     /* QPs of two engines may complete into one CQ (a receive CQ on another vector): the
-     * writers take turns; uncontended this is one atomic exchange */
-    while (__atomic_exchange_n(&cq->lock, 1, __ATOMIC_ACQUIRE))
+     * writers take turns, each leaving its lock_id (a dead engine's is broken); uncontended
+     * this is one compare-and-swap */
+    while (!__atomic_compare_exchange_n(&cq->lock, &free_, me, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED)) {
+        free_ = 0;
         __builtin_ia32_pause();
+    }
     prod = h->prod;                                 /* only the lock holder writes prod */
     if (prod - rnic_load_acquire(&h->cons) >= cq->mask) {  /* one slot is kept free */
         cq->overflow = 1;
@@ -97,6 +101,12 @@ int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct
 out:
     __atomic_store_n(&cq->lock, 0, __ATOMIC_RELEASE);
     return rc;
+}
+
+int rnic_dp_cq_unlock(struct rnic_dp_cq *cq, uint32_t lock_id)
+{
+    return __atomic_compare_exchange_n(&cq->lock, &lock_id, 0, 0, __ATOMIC_RELEASE,
+                                       __ATOMIC_RELAXED);
 }
 
 uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)

@@ -180,6 +180,17 @@ class Session(CMVerbs):
         engines = self.device.engines
         return {"engines": engines.info(now) if engines is not None else []}, []
 
+    def m_restart_engine(self, args, fds, now):
+        """`rnic engine restart [ID|all]`: replace engines with fresh processes."""
+        engines = self.device.engines
+        if engines is None:
+            raise VerbsError(errno.EOPNOTSUPP, "no engines: the daemon's loop runs the data "
+                             "plane (rnicd --engines 0)")
+        which = args.get("id")
+        if which is not None and not any(e.index == which for e in engines.engines):
+            raise VerbsError(errno.EINVAL, f"no engine {which}")
+        return {"restarted": engines.restart(which)}, []
+
     def m_get_objects(self, args, fds, now):
         # with the rdma_cm ports listened on: what a script waits for before its client
         # (rdma_cm has no socket of its own to look at)

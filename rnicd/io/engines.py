@@ -10,13 +10,16 @@ eventfds by SCM_RIGHTS), and two eventfds: `wake` (it has events for core/) and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import logging
 import os
+import signal
 import socket
 import struct
 import termios
+import time
 
 from rnicd import native
 from rnicd.core.fault import C_COUNTERS
@@ -25,7 +28,10 @@ from rnicd.wire.roce import ROCEV2_PORT
 log = logging.getLogger("rnicd.engines")
 
 EVENTS = 1024               # event ring entries per engine
-HOLD_TIMEOUT = 2.0          # seconds an engine may take to reach a safe point
+HOLD_TIMEOUT = 1.0          # seconds an engine may take to reach a safe point, else hung
+WATCH_EVERY = 0.25          # the daemon looks at the heartbeats this often, and an engine
+HUNG_LOOKS = 5              # beats at least once in each (RNIC_ENGINE_BEAT_MS): this many
+                            # looks in a row without a beat is a hung engine
 COMMAND_TIMEOUT = 2.0
 QP_CAP = 1 << 15            # QPs one engine may serve (the QP table's size)
 _GSI_QPN = b"\x00\x00\x01"  # BTH DestQP of CM MADs (IBTA 13.5.1)
@@ -80,8 +86,11 @@ class Engine:
             peer_port=peer_port, udp_gso=int(udp_gso)))
         self._child_cmd = child_cmd
         self.slot = {}                      # qpn -> index in qpns
-        self.dead = False                   # it exited (failover is issue 23's)
+        self.dead = False                   # it exited, and no substitute runs yet
         self.pidfd = -1
+        self.beat, self.still = -1, 0       # the heartbeat last seen; looks it has not moved
+        self.failed_at: float | None = None       # the last death seen (time.monotonic)
+        self.blackout_ms: float | None = None     # from it to the substitute's start
 
     def configure_faults(self, spec, fault_c) -> None:
         """The device's fault knobs and hold times (its own counters go on), with this
@@ -98,6 +107,7 @@ class Engine:
         if pid < 0:
             raise OSError(-pid, f"starting engine {self.index}: {os.strerror(-pid)}")
         self.pid = pid
+        self.beat, self.still = self.rec.heartbeat, 0
         return pid
 
     def command(self, op: int, fd: int = -1, dfd: int = -1, addr: int = 0, length: int = 0,
@@ -130,6 +140,7 @@ class Engines:
                                ROCEV2_PORT, tables, udp_gso) for k in range(count)]
         self.dps = [e.dev for e in self.engines]
         self._depth = 0
+        self.fds: dict[int, bool] = {}      # descriptors the engines hold: fd -> doorbell
         self._mad_since = None      # when a CM MAD began waiting for the others' sockets
         self.configure_faults()
         device.comp_vectors = count
@@ -144,32 +155,119 @@ class Engines:
             self.loop.add_reader(e.pidfd, self._exited, e)
             log.info("engine %d: pid %d on CPU %d", e.index, e.pid, e.cpu)
         self.shm.mirror = self
+        self._watch_timer = self.loop.call_later(WATCH_EVERY, self._watch)
 
     def _exited(self, e: Engine) -> None:
-        """An engine died. Nothing holds it or sends it commands any more, so the daemon and
-        the other engines go on; its QPs stop (replacing it is the failover issue's)."""
-        self.loop.remove_reader(e.pidfd)
-        os.close(e.pidfd)
-        e.pidfd = -1
+        """An engine died (its pidfd): a substitute takes over."""
         try:
             _, status = os.waitpid(e.pid, os.WNOHANG)
         except ChildProcessError:
             status = 0
+        self._lost(e, f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                   else f"status {os.waitstatus_to_exitcode(status)}")
+
+    def _fence(self, e: Engine, why: str) -> None:
+        """A hung engine (no heartbeat, no safe point) is killed and reaped before anything
+        else touches its QPs: after a SIGSTOP and SIGCONT it cannot write again."""
+        log.error("engine %d (pid %d) is hung (%s): fenced", e.index, e.pid, why)
+        self.device.counters.inc("engine_fenced")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(e.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(e.pid, 0)
+        self._lost(e, "fenced")
+
+    def restart(self, which: int | None = None) -> list[int]:
+        """Planned restart (`rnic engine restart`): engine `which`, or every one in turn, is
+        replaced by a fresh process, as an upgraded engine binary would be rolled out. Called
+        with the engines held: each is killed at a safe point, then failed over."""
+        done = []
+        for e in [x for x in self.live if which is None or x.index == which]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(e.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(e.pid, 0)
+            self._lost(e, "restarted", planned=True)
+            done.append(e.index)
+        return done
+
+    def _lost(self, e: Engine, how: str, planned: bool = False) -> None:
+        """Nothing holds the dead engine or sends it commands any more; locks it held on CQs
+        are broken; unless the daemon is stopping, a substitute resumes its QPs from their
+        hard state in the arena (docs/engines.md)."""
+        if e.pidfd >= 0:
+            self.loop.remove_reader(e.pidfd)
+            os.close(e.pidfd)
+            e.pidfd = -1
         e.dead = True
         native.lib.rnic_engine_release(e.rec)
         e.rec.state = native.lib.RNIC_ENGINE_EXITED
-        how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
-               else f"status {os.waitstatus_to_exitcode(status)}")
-        if not e.rec.stop:
-            log.error("engine %d (pid %d) exited (%s): its %d QPs stop", e.index, e.pid, how,
-                      e.rec.nqps)
+        for cq in list(self.device.cqs.values()):
+            if native.lib.rnic_dp_cq_unlock(cq.dp, e.pid):
+                log.warning("engine %d died holding CQ %d's lock: broken", e.index, cq.uid)
+        if e.rec.stop:
+            return
+        e.failed_at = time.monotonic()
+        (log.info if planned else log.error)(
+            "engine %d (pid %d) %s: a substitute takes its %d QPs", e.index, e.pid,
+            how if planned else f"exited ({how})", e.rec.nqps)
+        if not planned:
             self.device.counters.inc("engine_deaths")
+        self._substitute(e, planned)
+
+    def _substitute(self, e: Engine, planned: bool = False) -> None:
+        """Fork a fresh engine into the dead one's slot (same record, socket, CPU), give it
+        the descriptors the daemon shares (it inherits the mappings), and count it."""
+        e.cmd.close()
+        e.cmd, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        e.rec.cmd_fd, e.rec.hold_waiting = child.fileno(), 0
+        e.rec.pause_req = int(self._depth > 0)     # core/ works now: it starts held
+        try:
+            e.spawn()
+        except OSError as exc:
+            log.error("engine %d: no substitute: %s", e.index, exc)
+            return
+        finally:
+            child.close()
+        e.dead = False
+        e.restarts += 1
+        e.pidfd = os.pidfd_open(e.pid)
+        self.loop.add_reader(e.pidfd, self._exited, e)
+        for fd, doorbell in self.fds.items():
+            e.command(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd,
+                      flags=native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell else 0)
+        if self._depth:
+            native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT)
+        self.device.counters.inc("engine_restarts" if planned else "engine_failovers")
+        log.warning("engine %d: substitute pid %d on CPU %d (restart %d)", e.index, e.pid,
+                    e.cpu, e.restarts)
+
+    def _watch(self) -> None:
+        """Heartbeats: one that has not moved in HUNG_LOOKS looks is a hung engine, fenced
+        within (HUNG_LOOKS + 1) * WATCH_EVERY = 1.5 s. Looks, not seconds: a daemon that was
+        stopped itself (SIGSTOP of the whole host) does not take its engines' pause for a
+        hang. Also logs the last failover's blackout."""
+        for e in self.live:
+            beat = e.rec.heartbeat
+            if e.failed_at is not None and e.rec.started >= e.failed_at:
+                e.blackout_ms = round((e.rec.started - e.failed_at) * 1000, 1)
+                log.warning("engine %d: blackout %.1f ms (death seen to substitute running)",
+                            e.index, e.blackout_ms)
+                e.failed_at = None
+            if beat != e.beat:
+                e.beat, e.still = beat, 0
+            else:
+                e.still += 1
+                if e.still >= HUNG_LOOKS:
+                    self._fence(e, f"no heartbeat in {e.still * WATCH_EVERY:.2f} s")
+        self._watch_timer = self.loop.call_later(WATCH_EVERY, self._watch)
 
     @property
     def live(self) -> list[Engine]:
         return [e for e in self.engines if not e.dead]
 
     def stop(self) -> None:
+        self._watch_timer.cancel()
         for e in self.engines:
             e.rec.stop = 1
             self.loop.remove_reader(e.wake_fd)
@@ -201,9 +299,8 @@ class Engines:
         if self._depth == 0:
             for e in self.live:
                 rc = native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT)
-                if rc < 0:
-                    log.error("engine %d (pid %d) did not stop at a safe point: %s",
-                              e.index, e.pid, os.strerror(-rc))
+                if rc == -errno.ETIMEDOUT:
+                    self._fence(e, f"no safe point in {HOLD_TIMEOUT} s")
         self._depth += 1
         try:
             yield
@@ -214,28 +311,38 @@ class Engines:
                     native.lib.rnic_engine_release(e.rec)
 
     # ---- what the daemon maps, the engines map (SharedMemory.mirror) ----------------------
-    def map(self, addr: int, length: int, fd: int, offset: int) -> None:
+    def _tell(self, op: int, fd: int = -1, **kw) -> None:
+        """A command to every live engine; one that does not answer in COMMAND_TIMEOUT is
+        hung and fenced (its substitute, forked now, inherits the daemon's mappings and is
+        given self.fds)."""
         for e in self.live:
-            e.command(native.lib.RNIC_ENGINE_CMD_MAP, fd, addr=addr, length=length, off=offset)
+            try:
+                e.command(op, fd, **kw)
+            except OSError as exc:
+                if exc.errno != errno.ETIMEDOUT:
+                    raise
+                self._fence(e, f"no answer to a command in {COMMAND_TIMEOUT} s")
+
+    def map(self, addr: int, length: int, fd: int, offset: int) -> None:
+        self._tell(native.lib.RNIC_ENGINE_CMD_MAP, fd, addr=addr, length=length, off=offset)
 
     def unmap(self, addr: int, length: int) -> None:
-        for e in self.live:
-            try:
-                e.command(native.lib.RNIC_ENGINE_CMD_UNMAP, addr=addr, length=length)
-            except OSError as exc:
-                log.warning("%s", exc)
+        try:
+            self._tell(native.lib.RNIC_ENGINE_CMD_UNMAP, addr=addr, length=length)
+        except OSError as exc:
+            log.warning("%s", exc)
 
     def add_fd(self, fd: int, doorbell: bool) -> None:
+        self.fds[fd] = doorbell
         flags = native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell else 0
-        for e in self.live:
-            e.command(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd, flags=flags)
+        self._tell(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd, flags=flags)
 
     def forget_fd(self, fd: int) -> None:
-        for e in self.live:
-            try:
-                e.command(native.lib.RNIC_ENGINE_CMD_CLOSE_FD, dfd=fd)
-            except OSError as exc:
-                log.warning("%s", exc)
+        self.fds.pop(fd, None)
+        try:
+            self._tell(native.lib.RNIC_ENGINE_CMD_CLOSE_FD, dfd=fd)
+        except OSError as exc:
+            log.warning("%s", exc)
 
     # ---- which QPs each engine serves (called with the engines held) ----------------------
     def add_qp(self, qp) -> None:
@@ -357,7 +464,8 @@ class Engines:
             out.append(dict(
                 id=e.index, pid=e.pid, cpu=e.cpu, state=state, qps=r.nqps,
                 cqs=sum(1 for cq in self.device.cqs.values() if cq.dp.engine == e.index),
-                restarts=e.restarts, rx_pkts=r.rx_pkts, tx_pkts=r.tx_pkts,
+                restarts=e.restarts, blackout_ms=e.blackout_ms, rx_pkts=r.rx_pkts,
+                tx_pkts=r.tx_pkts,
                 fast_pkts=e.dev.fast_pkts, slow_pkts=e.dev.slow_pkts,
                 events=r.events_posted, wakeups=r.wakeups, channel_events=r.channel_events,
                 busy_pct=round(100.0 * r.busy_ns / 1e9 / up, 1) if up else 0.0))

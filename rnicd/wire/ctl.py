@@ -31,6 +31,7 @@ METHODS = (
     "create_srq", "modify_srq", "query_srq", "destroy_srq",
     "create_qp", "modify_qp", "query_qp", "destroy_qp",
     "get_counters", "set_fault", "get_fault", "get_objects", "get_qps", "get_engines",
+    "restart_engine",
     "cm_create_id", "cm_destroy_id", "cm_listen", "cm_connect", "cm_accept", "cm_reject",
     "cm_disconnect", "cm_establish", "cm_set_option", "cm_init_qp_attr", "cm_migrate_id",
     "open_qp",

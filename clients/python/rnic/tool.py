@@ -86,6 +86,12 @@ def cmd_qp(args) -> int:
 
 
 def cmd_engine(args) -> int:
+    if args.action == "restart":
+        which = None if args.target in (None, "all") else int(args.target)
+        with _context(args) as ctx:
+            done = ctx._call("restart_engine", {"id": which})[0]["restarted"]
+        print("restarted: " + (" ".join(map(str, done)) or "none"))
+        return 0
     with _context(args) as ctx:
         rows = ctx._call("get_engines", {})[0]["engines"]
     if args.json:
@@ -166,7 +172,11 @@ def parser() -> argparse.ArgumentParser:
                        description="The daemon's engine processes (docs/engines.md): id, "
                        "pid, the CPU each is pinned to, state, the QPs and CQs it serves, "
                        "restarts, packets received and sent, datagrams handed to the "
-                       "daemon's slow path, and busy %% (time not asleep) since start.")
+                       "daemon's slow path, and busy %% (time not asleep) since start. "
+                       "`rnic engine restart [ID|all]` replaces engines with fresh processes "
+                       "one by one (the QPs go on).")
+    s.add_argument("action", nargs="?", choices=["restart"], help="restart engines")
+    s.add_argument("target", nargs="?", help="the engine to restart: an id or all (default)")
     s.add_argument("--json", action="store_true", help="one JSON array of objects")
     s.set_defaults(func=cmd_engine)
     s = sub.add_parser("perf", help="perftest for rnicd: bandwidth and latency",
