@@ -19,12 +19,17 @@
 
 #include "rnic_dp.h"
 
-int rnic_recv_batch(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count,
-                    uint32_t *lens, uint32_t *addrs_be, uint16_t *ports)
+/* recvmmsg into count buffers; with segs, each buffer's GRO segment size (UDP_GRO). */
+static int recv_some(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count, uint32_t *lens,
+                     uint32_t *segs, uint32_t *addrs_be, uint16_t *ports)
 {
     struct mmsghdr msgs[RNIC_MAX_BATCH];
     struct iovec iov[RNIC_MAX_BATCH];
     struct sockaddr_in from[RNIC_MAX_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl[RNIC_MAX_BATCH];
 
     if (count > RNIC_MAX_BATCH || !lens || (count && !bufs))
         return -EINVAL;
@@ -38,21 +43,45 @@ int rnic_recv_batch(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count,
         msgs[i].msg_hdr.msg_iovlen = 1;
         msgs[i].msg_hdr.msg_name = &from[i];
         msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
+        if (segs) {
+            msgs[i].msg_hdr.msg_control = ctl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
+        }
     }
     /* MSG_TRUNC: msg_len is the datagram's real length, so the caller can see truncation. */
     int n = recvmmsg(fd, msgs, count, MSG_DONTWAIT | MSG_TRUNC, NULL);
     if (n < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
     for (int i = 0; i < n; i++) {
-        int v4 = msgs[i].msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) &&
-                 from[i].sin_family == AF_INET;
+        struct msghdr *h = &msgs[i].msg_hdr;
+        int v4 = h->msg_namelen >= sizeof(struct sockaddr_in) && from[i].sin_family == AF_INET;
+
         lens[i] = msgs[i].msg_len;
+        if (segs) {
+            segs[i] = lens[i];
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+                int size;
+
+                if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO
+                    && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                    memcpy(&size, CMSG_DATA(c), sizeof(size));
+                    if (size > 0)
+                        segs[i] = (uint32_t)size;
+                }
+            }
+        }
         if (addrs_be)
             addrs_be[i] = v4 ? from[i].sin_addr.s_addr : 0;
         if (ports)
             ports[i] = v4 ? ntohs(from[i].sin_port) : 0;
     }
     return n;
+}
+
+int rnic_recv_batch(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count,
+                    uint32_t *lens, uint32_t *addrs_be, uint16_t *ports)
+{
+    return recv_some(fd, bufs, buf_size, count, lens, NULL, addrs_be, ports);
 }
 
 int rnic_send_batch(int fd, const uint8_t *bufs, uint32_t buf_size, const uint32_t *lens,
@@ -92,54 +121,7 @@ int rnic_send_batch(int fd, const uint8_t *bufs, uint32_t buf_size, const uint32
 int rnic_recv_gro(int fd, uint8_t *bufs, uint32_t buf_size, uint32_t count, uint32_t *lens,
                   uint32_t *segs, uint32_t *addrs_be, uint16_t *ports)
 {
-    struct mmsghdr msgs[RNIC_MAX_BATCH];
-    struct iovec iov[RNIC_MAX_BATCH];
-    struct sockaddr_in from[RNIC_MAX_BATCH];
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } ctl[RNIC_MAX_BATCH];
-
-    if (count > RNIC_MAX_BATCH || !lens || !segs || (count && !bufs))
-        return -EINVAL;
-    if (count == 0)
-        return 0;
-    memset(msgs, 0, sizeof(msgs[0]) * count);
-    for (uint32_t i = 0; i < count; i++) {
-        iov[i].iov_base = bufs + (size_t)i * buf_size;
-        iov[i].iov_len = buf_size;
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &from[i];
-        msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
-        msgs[i].msg_hdr.msg_control = ctl[i].buf;
-        msgs[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
-    }
-    int n = recvmmsg(fd, msgs, count, MSG_DONTWAIT | MSG_TRUNC, NULL);
-    if (n < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
-    for (int i = 0; i < n; i++) {
-        struct msghdr *h = &msgs[i].msg_hdr;
-        int v4 = h->msg_namelen >= sizeof(struct sockaddr_in) && from[i].sin_family == AF_INET;
-
-        lens[i] = msgs[i].msg_len;
-        segs[i] = lens[i];
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
-            int size;
-
-            if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO
-                && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
-                memcpy(&size, CMSG_DATA(c), sizeof(size));
-                if (size > 0)
-                    segs[i] = (uint32_t)size;
-            }
-        }
-        if (addrs_be)
-            addrs_be[i] = v4 ? from[i].sin_addr.s_addr : 0;
-        if (ports)
-            ports[i] = v4 ? ntohs(from[i].sin_port) : 0;
-    }
-    return n;
+    return segs ? recv_some(fd, bufs, buf_size, count, lens, segs, addrs_be, ports) : -EINVAL;
 }
 
 /* Datagrams from i on that one GSO send can carry: one length, one address. */

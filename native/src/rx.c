@@ -33,6 +33,31 @@ static int icrc_ok(const struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t l
                                    dev->rx_ip_id);
 }
 
+/* What follows a response the completer took (9.7.5.1): window and timers, the WQEs it
+ * finished into the CQ, more requests (or core/'s part of them). */
+static int responded(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t old_una)
+{
+    rnic_dp_progress(dev, qp, old_una);
+    rnic_dp_retire(dev, qp);
+    if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
+        dev->pumps[dev->npumps++] = qp->qpn;
+    qp->fast_pkts++;
+    return 1;
+}
+
+/* The completer's PSN check on a response that passed its other checks: 1 to go on, 0 for
+ * core/ (beyond what was sent); a stale one is counted and dropped here (-1). */
+static int response_in_flight(struct rnic_dp_qp *qp, uint32_t psn)
+{
+    int rc = rnic_dp_resp_psn_check(qp, psn);
+
+    if (rc == RNIC_DP_RESP_STALE) {
+        qp->fast_pkts++;
+        return -1;
+    }
+    return rc == 0;
+}
+
 /* An in-order RDMA READ request (9.7.4.1.5): start answering it from the region; what the
  * transmit buffer cannot take now core/ produces as it drains (dev->pumps). Duplicates (they
  * are re-executed), zero-length, oversized and bad ones are core/'s, and so is any READ
@@ -78,21 +103,14 @@ static int rx_read_response(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, cons
         return 0;
     if ((oi->hdrs & RNIC_HDR_AETH) && (pkt[RNIC_BTH_LEN] >> RNIC_AETH_KIND_SHIFT) != 0)
         return 0;                                   /* only a positive AETH */
-    if (!icrc_ok(dev, pkt, len, src_ip_be, sport))
+    if (!icrc_ok(dev, pkt, len, src_ip_be, sport) || (rc = response_in_flight(qp, psn)) == 0)
         return 0;
-    if ((rc = rnic_dp_resp_psn_check(qp, psn)) != 0) {
-        if (rc != RNIC_DP_RESP_STALE)
-            return 0;
-    } else if (rnic_dp_read_resp(dev, qp, psn, (oi->flags & RNIC_OPF_LAST) != 0, pkt + hdr,
-                                 len - hdr - RNIC_ICRC_LEN - pad) < 0) {
+    if (rc < 0)
+        return 1;
+    if (rnic_dp_read_resp(dev, qp, psn, (oi->flags & RNIC_OPF_LAST) != 0, pkt + hdr,
+                          len - hdr - RNIC_ICRC_LEN - pad) < 0)
         return 0;
-    }
-    rnic_dp_progress(dev, qp, old);
-    rnic_dp_retire(dev, qp);
-    if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
-        dev->pumps[dev->npumps++] = qp->qpn;
-    qp->fast_pkts++;
-    return 1;
+    return responded(dev, qp, old);
 }
 
 /* An in-order atomic request (9.4.5, 9.7.5.1): executed, its ATOMIC ACKNOWLEDGE queued.
@@ -127,21 +145,13 @@ static int rx_atomic_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const u
 
     if (len != RNIC_BTH_LEN + RNIC_AETH_LEN + RNIC_ATOMICACKETH_LEN + RNIC_ICRC_LEN
         || bth_pad(pkt) || !qp->send_ok || (pkt[RNIC_BTH_LEN] >> RNIC_AETH_KIND_SHIFT) != 0
-        || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+        || !icrc_ok(dev, pkt, len, src_ip_be, sport) || (rc = response_in_flight(qp, psn)) == 0)
         return 0;
-    if ((rc = rnic_dp_resp_psn_check(qp, psn)) != 0) {
-        if (rc != RNIC_DP_RESP_STALE)
-            return 0;
-    } else if (rnic_dp_atomic_ack(dev, qp, psn,
-                                  dp_be64(pkt + RNIC_BTH_LEN + RNIC_AETH_LEN)) < 0) {
+    if (rc < 0)
+        return 1;
+    if (rnic_dp_atomic_ack(dev, qp, psn, dp_be64(pkt + RNIC_BTH_LEN + RNIC_AETH_LEN)) < 0)
         return 0;
-    }
-    rnic_dp_progress(dev, qp, old);
-    rnic_dp_retire(dev, qp);
-    if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
-        dev->pumps[dev->npumps++] = qp->qpn;
-    qp->fast_pkts++;
-    return 1;
+    return responded(dev, qp, old);
 }
 
 /* A positive ACK or a sequence NAK for our requests (9.7.5.1.2, 9.7.5.2.3): acknowledge,
@@ -155,24 +165,15 @@ static int rx_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t 
 
     if (len != RNIC_BTH_LEN + RNIC_AETH_LEN + RNIC_ICRC_LEN || bth_pad(pkt) || !qp->send_ok
         || ((syndrome >> RNIC_AETH_KIND_SHIFT) != 0 && syndrome != RNIC_AETH_NAK_SEQ)
-        || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+        || !icrc_ok(dev, pkt, len, src_ip_be, sport) || (rc = response_in_flight(qp, psn)) == 0)
         return 0;
-    if ((rc = rnic_dp_resp_psn_check(qp, psn)) != 0) {
-        if (rc != RNIC_DP_RESP_STALE)
-            return 0;                               /* core/ counts the impossible one */
-        qp->fast_pkts++;                            /* an old round's: counted, dropped */
+    if (rc < 0)
         return 1;
-    }
     if (syndrome == RNIC_AETH_NAK_SEQ)
         rnic_dp_nak_seq(dev, qp, psn);
     else
         rnic_dp_ack_through(dev, qp, psn);
-    rnic_dp_progress(dev, qp, old);
-    rnic_dp_retire(dev, qp);
-    if (rnic_dp_pump(dev, qp) != RNIC_DP_PUMP_IDLE && dev->npumps < dev->pumps_cap)
-        dev->pumps[dev->npumps++] = qp->qpn;
-    qp->fast_pkts++;
-    return 1;
+    return responded(dev, qp, old);
 }
 
 /* A datagram's lengths as 9.3.1 has them: payload and pad a multiple of 4, no payload where

@@ -686,37 +686,35 @@ int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
     return rc;
 }
 
-int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t syndrome,
-                      uint32_t psn)
+/* An ACKNOWLEDGE or ATOMIC ACKNOWLEDGE (9.7.5.2, 9.3.7) of the QP's transport for psn: AETH
+ * with syndrome and the QP's MSN, and for the second the original remote value. */
+static int send_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint8_t op,
+                    uint32_t syndrome, uint32_t psn, uint64_t orig)
 {
     struct rnic_hdr h;
 
     if (dev->ntx >= dev->tx_cap)
         return -ENOSPC;
     memset(&h, 0, sizeof(h));
-    h.opcode = (uint8_t)(opbase(qp) | RNIC_OP_ACKNOWLEDGE);   /* RC or XRC */
+    h.opcode = (uint8_t)(opbase(qp) | op);          /* RC or XRC */
     h.psn = psn & 0xffffff;
     h.syndrome = (uint8_t)syndrome;
     h.msn = qp->msn;
+    h.orig = orig;
     tx_packet(dev, qp, &h, NULL, 0, 0, 0);
     return 0;
+}
+
+int rnic_dp_send_aeth(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t syndrome,
+                      uint32_t psn)
+{
+    return send_ack(dev, qp, RNIC_OP_ACKNOWLEDGE, syndrome, psn, 0);
 }
 
 int rnic_dp_send_atomic_ack(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
                             uint64_t orig)
 {
-    struct rnic_hdr h;
-
-    if (dev->ntx >= dev->tx_cap)
-        return -ENOSPC;
-    memset(&h, 0, sizeof(h));
-    h.opcode = (uint8_t)(opbase(qp) | RNIC_OP_ATOMIC_ACKNOWLEDGE);
-    h.psn = psn & 0xffffff;
-    h.syndrome = RNIC_AETH_ACK;
-    h.msn = qp->msn;
-    h.orig = orig;
-    tx_packet(dev, qp, &h, NULL, 0, 0, 0);
-    return 0;
+    return send_ack(dev, qp, RNIC_OP_ATOMIC_ACKNOWLEDGE, RNIC_AETH_ACK, psn, orig);
 }
 
 uint32_t rnic_dp_flush_acks(struct rnic_dp_dev *dev)
