@@ -29,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = os.environ.get("RNIC_PEERS", os.path.join(ROOT, "..", "shared", "bench", "peers.py"))
-GROUPS = ("peers", "bw", "lat", "rate", "qps", "loss", "mem", "perftest", "lab")
+GROUPS = ("peers", "bw", "lat", "rate", "qps", "loss", "failover", "mem", "perftest", "lab")
 LOSS = "drop=0.01,seed=1"   # the loss case: this fault on both daemons, 64 KiB WRITE bw
 BW_TESTS = ("write_bw", "read_bw", "send_bw")
 LAT_TESTS = ("write_lat", "read_lat", "send_lat", "atomic_lat")
@@ -479,6 +479,7 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="rnic-bench-")
     daemons = [Daemon(ip, tmp, a.env) for ip in ("127.0.77.1", "127.0.77.2", "127.0.77.3")]
     lossy = [Daemon(ip, tmp, a.env, ("--fault", LOSS)) for ip in ("127.0.77.4", "127.0.77.5")]
+    failing = [Daemon(ip, tmp, a.env, ("--engines", "2")) for ip in ("127.0.77.6", "127.0.77.7")]
     try:
         if matrix or "perftest" in a.only:
             pair = (daemons[0].start(), daemons[1].start())
@@ -500,6 +501,15 @@ def main(argv=None):
                 doc["perf_runs"].append(rec)
             for d in lossy:
                 d.stop()
+        if "failover" in a.only:                # engines killed under a WRITE stream
+            pair = (failing[0].start(), failing[1].start())
+            p = subprocess.run([sys.executable, os.path.join(HERE, "failover.py"),
+                                pair[0].sock, pair[1].sock, "--kills", "5" if a.quick else "20"],
+                               capture_output=True, text=True, env=a.env, timeout=600)
+            doc["failover"] = (json_lines(p.stdout) or [{"error": p.stderr[-800:]}])[0]
+            log(f"failover: {doc['failover']}")
+            for d in failing:
+                d.stop()
         if "mem" in a.only:
             d = daemons[2].start()
             doc["mem"] = [measure_rss(a, d, n) for n in MEM_QPS]
@@ -515,9 +525,9 @@ def main(argv=None):
         log(f"aborted: {exc!r}")
         doc["aborted"] = repr(exc)[-2000:]
     finally:
-        for d in daemons + lossy:
+        for d in daemons + lossy + failing:
             d.stop()
-        doc["daemon_restarts"] = {d.ip: max(d.restarts, 0) for d in daemons + lossy}
+        doc["daemon_restarts"] = {d.ip: max(d.restarts, 0) for d in daemons + lossy + failing}
         doc["daemon_log_tails"] = {d.ip: t for d in daemons + lossy if (t := d.tail())}
         shutil.rmtree(tmp, ignore_errors=True)
     doc |= summarize(doc["perf_runs"], doc["peer_runs"])

@@ -765,11 +765,13 @@ struct rnic_engine {
 /* CLOCK_MONOTONIC in seconds (asyncio's loop.time() on Linux). */
 double rnic_monotonic(void);
 /* Fork the engine: the child runs it (C only) until stop or the daemon's death; returns the
- * child's pid, or -errno. */
+ * child's pid, or -errno. A pause_req set before (a substitute forked while core/ works)
+ * holds it at its first safe point. */
 int rnic_engine_spawn(struct rnic_engine *e);
 /* Hold the engine at a safe point (it then touches no QP, CQ or MR state) so that core/ may
- * work: 0, -ESRCH (it exited) or -ETIMEDOUT. rnic_engine_release lets it go on. */
-int rnic_engine_hold(struct rnic_engine *e, double timeout_s);
+ * work: 0, -ESRCH (it exited, or pidfd, -1 for none, shows it died) or -ETIMEDOUT (hung).
+ * rnic_engine_release lets it go on. */
+int rnic_engine_hold(struct rnic_engine *e, double timeout_s, int pidfd);
 void rnic_engine_release(struct rnic_engine *e);
 /* core/'s side of the event ring, with the engine held: the datagrams at its head that the
  * fast path takes now (on dev, core/'s own; usually those that only followed an earlier

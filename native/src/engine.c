@@ -57,9 +57,10 @@ static inline void st(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC
 
 /* ---- the daemon's side ------------------------------------------------------------------ */
 
-int rnic_engine_hold(struct rnic_engine *e, double timeout_s)
+int rnic_engine_hold(struct rnic_engine *e, double timeout_s, int pidfd)
 {
     double deadline = 0;
+    struct pollfd dead = {.fd = pidfd, .events = POLLIN};
 
     st(&e->pause_req, 1);
     for (uint32_t spins = 0;; spins++) {
@@ -77,6 +78,8 @@ int rnic_engine_hold(struct rnic_engine *e, double timeout_s)
             __builtin_ia32_pause();
             continue;
         }
+        if (pidfd >= 0 && poll(&dead, 1, 0) > 0)
+            return -ESRCH;              /* it died before core/ noticed */
         if (deadline == 0)
             deadline = mono() + timeout_s;
         else if (mono() > deadline)
@@ -891,7 +894,6 @@ int rnic_engine_spawn(struct rnic_engine *e)
     pid_t parent = getpid(), pid;
 
     e->state = RNIC_ENGINE_RUN;
-    e->pause_req = 0;
     e->stop = 0;
     pid = fork();
     if (pid < 0)

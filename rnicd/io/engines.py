@@ -171,11 +171,15 @@ class Engines:
         else touches its QPs: after a SIGSTOP and SIGCONT it cannot write again."""
         log.error("engine %d (pid %d) is hung (%s): fenced", e.index, e.pid, why)
         self.device.counters.inc("engine_fenced")
+        self._reap(e)
+        self._lost(e, "fenced")
+
+    @staticmethod
+    def _reap(e: Engine) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(e.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(e.pid, 0)
-        self._lost(e, "fenced")
 
     def restart(self, which: int | None = None) -> list[int]:
         """Planned restart (`rnic engine restart`): engine `which`, or every one in turn, is
@@ -183,10 +187,7 @@ class Engines:
         with the engines held: each is killed at a safe point, then failed over."""
         done = []
         for e in [x for x in self.live if which is None or x.index == which]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(e.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(e.pid, 0)
+            self._reap(e)
             self._lost(e, "restarted", planned=True)
             done.append(e.index)
         return done
@@ -237,7 +238,7 @@ class Engines:
             e.command(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd,
                       flags=native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell else 0)
         if self._depth:
-            native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT)
+            native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT, e.pidfd)
         self.device.counters.inc("engine_restarts" if planned else "engine_failovers")
         log.warning("engine %d: substitute pid %d on CPU %d (restart %d)", e.index, e.pid,
                     e.cpu, e.restarts)
@@ -298,8 +299,10 @@ class Engines:
         """Every engine at a safe point while core/ works (nests)."""
         if self._depth == 0:
             for e in self.live:
-                rc = native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT)
-                if rc == -errno.ETIMEDOUT:
+                rc = native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT, e.pidfd)
+                if rc == -errno.ESRCH and e.pidfd >= 0:
+                    self._exited(e)             # died just now: its pidfd says so
+                elif rc == -errno.ETIMEDOUT:
                     self._fence(e, f"no safe point in {HOLD_TIMEOUT} s")
         self._depth += 1
         try:
@@ -319,9 +322,13 @@ class Engines:
             try:
                 e.command(op, fd, **kw)
             except OSError as exc:
-                if exc.errno != errno.ETIMEDOUT:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET):    # it died just now
+                    self._reap(e)
+                    self._lost(e, "its command socket closed")
+                elif exc.errno == errno.ETIMEDOUT:
+                    self._fence(e, f"no answer to a command in {COMMAND_TIMEOUT} s")
+                else:
                     raise
-                self._fence(e, f"no answer to a command in {COMMAND_TIMEOUT} s")
 
     def map(self, addr: int, length: int, fd: int, offset: int) -> None:
         self._tell(native.lib.RNIC_ENGINE_CMD_MAP, fd, addr=addr, length=length, off=offset)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from clibs import ROOT, need_clib, server_then_client, tcp_listening
@@ -130,13 +131,34 @@ def test_bad_use_gets_documented_errors(bad_use, rnicd):
     assert r.returncode == 0 and r.stdout.rstrip().endswith("OK"), r.stdout + r.stderr
 
 
-def test_daemon_going_away_is_a_fatal_event_then_errors(bad_use, rnicd):
-    d = rnicd("a")
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its new parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_daemon_going_away_is_a_fatal_event_then_errors(bad_use, rnicd, how):
+    """The daemon stopped (SIGTERM) or SIGKILLed (its engines die with it): the program gets
+    IBV_EVENT_DEVICE_FATAL, then errors from its verbs, and does not hang."""
+    d = rnicd("a", extra=("--engines", "2"))
     p = subprocess.Popen(rnic_exec(d, bad_use, "fatal"), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
-        d.stop()
+        if how == "killed":
+            engines = d.engine_pids()
+            d.proc.kill()
+            d.proc.wait(10)
+            deadline = time.monotonic() + 10    # PDEATHSIG: no engine outlives its daemon
+            while any(_running(pid) for pid in engines):
+                assert time.monotonic() < deadline, "an engine outlived its daemon"
+                time.sleep(0.05)
+        else:
+            d.stop()
         out, _ = p.communicate("go\n", timeout=TIMEOUT)
     finally:
         if p.poll() is None:
