@@ -1,4 +1,5 @@
 """Every RC opcode between two real daemons, with the WC fields an app checks."""
+import errno
 import os
 
 import pytest
@@ -136,3 +137,23 @@ def test_bad_handles_and_transitions_give_clear_errors(pair):
     with pytest.raises(RnicError) as exc:
         a.qp.post_send(outside)
     assert exc.value.code == 22
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_polling_a_cq_fails_once_the_daemon_is_gone(rnicd, how):
+    """The daemon writes every completion: once it is gone (SIGTERM or SIGKILL) a program
+    polling its CQ gets an error (EIO) instead of polling forever."""
+    d = rnicd("a")
+    a = Side(d)
+    try:
+        if how == "killed":
+            d.proc.kill()
+            d.proc.wait(10)
+        else:
+            d.stop()
+        with pytest.raises(RnicError) as err:
+            for _ in range(1_000_000):
+                a.cq.poll(1)
+        assert err.value.args[0] == errno.EIO or "rnicd is gone" in str(err.value)
+    finally:
+        a.close()

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "priv.h"
@@ -251,6 +252,21 @@ RNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *ibcq)
 }
 
 /* ---- the data path -------------------------------------------------------------------------- */
+/* The daemon writes every completion: if it is gone, a program polling its CQ would spin
+ * forever. Every 4096 empty polls, a peek at the control socket (nothing consumed) tells:
+ * end of file is the daemon gone, a catastrophic error (IBTA 11.6.3), and the poll fails. */
+static int daemon_gone(struct rnic_cq *cq)
+{
+    struct rnic_ctx *c = rctx(cq->cq.context);
+    char b;
+
+    if (c->conn.dead)
+        return 1;
+    if (++cq->empty_polls % 4096)
+        return 0;
+    return recv(c->conn.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 int rnic_poll_cq(struct ibv_cq *ibcq, int num, struct ibv_wc *wc)
 {
     struct rnic_cq *cq = container(ibcq, struct rnic_cq, cq);
@@ -285,8 +301,11 @@ int rnic_poll_cq(struct ibv_cq *ibcq, int num, struct ibv_wc *wc)
     if (k)
         st_rel(&h->cons, cons + (uint32_t)k);
     pthread_spin_unlock(&cq->lock);
-    if (!k)
+    if (!k) {
+        if (daemon_gone(cq))
+            return -EIO;
         rnic_poll_idle();
+    }
     return k;
 }
 

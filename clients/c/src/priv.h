@@ -90,6 +90,8 @@ struct rnic_cq {
     uint32_t events_seen;         /* hdr->events when we last looked */
     int pending;                  /* an event noticed, not yet handed out */
     struct rnic_cqe cur;          /* extended CQ: the current completion (start/next_poll) */
+    uint32_t empty_polls;         /* polls that found nothing (rnic_poll_cq looks at the
+                                   * daemon every 4096 of them) */
 };
 
 struct rnic_srq {

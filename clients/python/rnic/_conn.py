@@ -281,6 +281,18 @@ class Connection:
     def closed(self) -> bool:
         return self._sock is None
 
+    def gone(self) -> bool:
+        """The daemon has closed the connection: end of file, peeked (nothing consumed)."""
+        sock = self._sock
+        if sock is None or self._dead is not None:
+            return True
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
 
 def _recv_fds(sock: socket.socket, block: bool):
     """recvmsg with SCM_RIGHTS (socket.recv_fds ignores its flags argument): the received

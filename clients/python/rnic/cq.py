@@ -228,6 +228,7 @@ class CQ(RnicCM):
             ctx._destroy("destroy_cq", {"cq": self.handle})
             raise
         self.context = ctx
+        self._empty_polls = 0    # poll() looks at the daemon every 4096 of them
         self.cq_context = cq_context
         self.channel = channel   # pyverbs: comp_channel (a property below)
         self.comp_vector = comp_vector
@@ -272,7 +273,14 @@ class CQ(RnicCM):
         wcs = [from_cqe(cqe(cons + i)) for i in range(k)]
         if k:
             rv.store_cons((cons + k) & U32)
-        elif _POLL_YIELD:
+            return k, wcs
+        # the daemon writes every completion: gone, a poller would wait forever (as the C
+        # library, docs/c-libraries.md)
+        self._empty_polls += 1
+        if self._empty_polls % 4096 == 0 and self.context._conn.gone():
+            raise RnicError(errno.EIO, f"CQ {self.handle}: rnicd is gone (the control "
+                            "connection is closed): no completion will come")
+        if _POLL_YIELD:
             os.sched_yield()      # polite polling, as the C library (docs/engines.md)
         return k, wcs
 

@@ -41,14 +41,25 @@ static int memfd_mappings(void)
 }
 
 /* `bad_use fatal`: the daemon goes away while a context is open (the test stops it when
- * this prints "ready" and then writes a line): one IBV_EVENT_DEVICE_FATAL, then errors. */
+ * this prints "ready" and then writes a line): a CQ being polled fails instead of spinning
+ * forever, one IBV_EVENT_DEVICE_FATAL, then errors. */
 static int fatal(struct ibv_context *ctx)
 {
+    struct ibv_cq *cq = ibv_create_cq(ctx, 16, NULL, NULL, 0);
+    if (!cq) {
+        printf("FAIL create_cq\n");
+        return 1;
+    }
     printf("ready\n");
     fflush(stdout);
     char line[16];
     if (!fgets(line, sizeof(line), stdin))
         return 1;
+    struct ibv_wc wc;
+    int n = 0;
+    for (long i = 0; i < 100000000 && n == 0; i++)
+        n = ibv_poll_cq(cq, 1, &wc);
+    CHECK(n < 0, "polling the CQ fails once the daemon is gone (%d)", n);
     struct ibv_async_event ev;
     int rc = ibv_get_async_event(ctx, &ev);
     CHECK(rc == 0 && ev.event_type == IBV_EVENT_DEVICE_FATAL,
