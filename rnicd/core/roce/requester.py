@@ -15,13 +15,11 @@ from rnicd.core import mw
 from rnicd.core.roce.dpstate import dp_field
 from rnicd.wire.abi import WC_OPCODE_OF_WR as WC_OPCODE
 from rnicd.wire.abi import QPState, WCStatus, WROpcode
-from rnicd.wire.roce import psn_diff
 
 ffi, lib = native.ffi, native.lib
 WINDOW = lib.RNIC_DP_WINDOW
 
 W = WROpcode
-ATOMICS = {W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD}
 LOCAL_OPS = {W.IBV_WR_BIND_MW, W.IBV_WR_LOCAL_INV}     # no packets: run at fetch (core/mw.py)
 IN_FLIGHT = -1        # rnic_dp_swqe.status while the WQE is not finished
 
@@ -53,10 +51,6 @@ class InFlight:
     @status.setter
     def status(self, value: WCStatus | None):
         self.d.status = IN_FLIGHT if value is None else int(value)
-
-    @property
-    def is_read_or_atomic(self) -> bool:
-        return self.opcode == W.IBV_WR_RDMA_READ or self.opcode in ATOMICS
 
 
 class Requester:
@@ -111,13 +105,6 @@ class Requester:
                                                              idx)
             out.append(w)
         return out
-
-    def wqe_at(self, psn: int) -> InFlight | None:
-        for w in self.wqes:
-            d = psn_diff(psn, w.first_psn)
-            if 0 <= d < w.npkts:
-                return w
-        return None
 
     def _prune(self):
         """Forget retired WQEs (the data plane retires without telling): their scatter lists
