@@ -20,7 +20,7 @@ INCLUDE_DIR = os.path.join(HERE, "include")
 SRC_DIR = os.path.join(HERE, "src")
 HEADERS = ("rnic_abi.h", "rnic_opcodes.h", "rnic_dp.h")
 SOURCES = ("opcodes.c", "crc.c", "icrc.c", "ring.c", "place.c", "batchio.c", "hdr.c", "check.c",
-           "rx.c", "sq.c", "steer.c", "fault.c", "arena.c", "engine.c")
+           "rx.c", "sq.c", "cq.c", "txn.c", "steer.c", "fault.c", "arena.c", "engine.c")
 
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _DEFINE = re.compile(r"#\s*define\s+([A-Za-z_]\w*)\s+\S")

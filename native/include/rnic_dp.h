@@ -184,8 +184,49 @@ struct rnic_dp_mr {
 #define RNIC_DP_MSG_WRITE 2 /* an RDMA WRITE, placed at write_ptr */
 #define RNIC_DP_MSG_DROP 3  /* UC: the rest of an abandoned message is dropped (IBTA 9.8)   */
 
+/* A result the responder keeps for duplicates of an atomic (9.7.5.1.4). */
+struct rnic_dp_atomic_result {
+    uint32_t psn;
+    uint32_t valid;
+    uint64_t orig;
+};
+
+/* rnic_dp_txn.state (txn.c; docs/failover.md has the order and the invariants) */
+#define RNIC_DP_TXN_NONE 0      /* the QP's record is consistent */
+#define RNIC_DP_TXN_OPEN 1      /* being changed: a crash rolls it back to snap */
+#define RNIC_DP_TXN_COMMIT 2    /* changed: a crash finishes the effects listed */
+/* rnic_dp_txn.effects: what a change does outside the QP's record, after it commits */
+#define RNIC_DP_FX_ATOMIC 1     /* store atomic_new at atomic_at (the atomic lock is held) */
+#define RNIC_DP_FX_SQ_CONS 2    /* publish the SQ's consumer index sq_cons */
+#define RNIC_DP_FX_RQ_CONS 4    /* publish the RQ's consumer index rq_cons */
+#define RNIC_DP_FX_CQE 8        /* push cqe to cq (cq_slotted: into slot cq_slot) */
+/* Bytes the checkpoint may take (the QP record from recv_held up to cwnd) */
+#define RNIC_DP_SNAP_BYTES 384
+
+/* The journal of one QP's record: an engine killed between any two instructions leaves
+ * either a consistent record, or one the daemon rolls back (OPEN) or forward (COMMIT) with
+ * rnic_dp_recover. Only the QP's own engine (or core/, with it held) writes it. */
+struct rnic_dp_txn {
+    uint32_t state;         /* RNIC_DP_TXN_* */
+    uint32_t effects;       /* RNIC_DP_FX_* */
+    uint32_t sq_cons;
+    uint32_t rq_cons;
+    uint32_t cq_slot;
+    uint32_t cq_slotted;    /* cq_slot is taken: the CQE is published once prod passes it */
+    uint32_t solicited;
+    uint32_t atomic_slot;   /* the replay-cache slot the atomic wrote, and what it held */
+    struct rnic_dp_atomic_result atomic_old;
+    struct rnic_dp_cq *cq;
+    uint64_t *atomic_at;
+    uint64_t atomic_new;
+    struct rnic_cqe cqe;
+    uint8_t snap[384];      /* RNIC_DP_SNAP_BYTES (cffi's cdef takes only a literal) */
+};
+
 /* Hard state of an RC or UC QP: the one copy, shared by the data plane and core/roce/,
- * which handles every packet the data plane hands back. */
+ * which handles every packet the data plane hands back. The fields from recv_held up to
+ * cwnd are what a change may touch (the journal's checkpoint, txn.c): hard state, and the
+ * configuration beside it, which only changes with the engine held. */
 struct rnic_dp_qp {
     uint32_t qpn;
     uint32_t fast;          /* non-zero: the data plane may handle in-order WRITEs */
@@ -220,7 +261,7 @@ struct rnic_dp_qp {
     uint32_t rd_msn;        /* the MSN its AETHs carry */
     uint32_t rd_next;       /* responses queued so far ... */
     uint32_t rd_npkts;      /* ... of this many; 0: no READ being answered */
-    uint32_t _rsvd1;
+    uint32_t atomic_next;   /* the slot of atomics[] the next result takes */
     struct rnic_dp_piece *recv_pieces;
     /* the receive queue the data plane takes WQEs from; NULL with an SRQ (core/ takes) */
     struct rnic_ring_hdr *rq;
@@ -309,13 +350,9 @@ struct rnic_dp_qp {
     /* responder: the results of the last atomics executed, replayed to duplicates, never
      * executed twice (9.7.5.1.4); max_dest_rd_atomic of them (0 counts as 1) */
     uint32_t max_dest_rd_atomic;
-    uint32_t atomic_next;   /* the slot the next result takes */
     uint32_t _rsvd3;
-    struct rnic_dp_atomic_result {
-        uint32_t psn;
-        uint32_t valid;
-        uint64_t orig;
-    } atomics[16];          /* RNIC_DP_ATOMIC_RESULTS (cffi's cdef takes only a literal) */
+    struct rnic_dp_atomic_result atomics[16];   /* RNIC_DP_ATOMIC_RESULTS (cffi: a literal) */
+    struct rnic_dp_txn txn;
 };
 
 /* A completion queue as the data plane writes it (the ring of rnic_abi.h). */
@@ -401,9 +438,11 @@ struct rnic_dp_dev {
     uint32_t *pumps;                /* QPNs that need core/: requester (fetch, READ, ...)
                                      * or READ responses still to produce */
     uint32_t npumps;
-    uint32_t lock_id;               /* what this writer puts in the CQ locks it takes (an
+    uint32_t lock_id;               /* what this writer puts in the locks it takes (an
                                      * engine: its pid; core/: 1), so that the locks of an
-                                     * engine that died can be broken (rnic_dp_cq_unlock) */
+                                     * engine that died can be broken (rnic_dp_lock_break) */
+    uint32_t *atomic_lock;          /* the device's one lock of RDMA atomics (shared by
+                                     * core/ and the engines; IBV_ATOMIC_HCA) */
     double now;                     /* the time of the current call, set by core/ */
 };
 
@@ -419,8 +458,19 @@ struct rnic_dp_dev {
  * (the CQE is lost and cq->overflow set). Writers take the CQ's lock with their lock_id. */
 int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
                     uint32_t solicited);
-/* Break the CQ's lock if the writer lock_id (an engine that died) holds it: 1 if it did. */
-int rnic_dp_cq_unlock(struct rnic_dp_cq *cq, uint32_t lock_id);
+/* Break a lock (a CQ's, the atomic lock) if lock_id (an engine that died) holds it: 1 if
+ * it did. */
+int rnic_dp_lock_break(uint32_t *lock, uint32_t lock_id);
+
+/* ---- txn.c: the journal that makes a QP's changes crash-consistent -------------------- */
+
+/* Make the record of a QP that the engine dead_id (its lock_id) was changing when it died
+ * consistent, before any lock that engine held is broken: an OPEN change is rolled back to
+ * its checkpoint (send WQEs it found acknowledged stay so: una moves past them), a
+ * COMMITted one has its effects finished. Returns the state it found (RNIC_DP_TXN_*); for
+ * any but NONE the caller breaks the locks, then retires the finished WQEs
+ * (rnic_dp_retire): their ACK will not come again. */
+uint32_t rnic_dp_recover(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t dead_id);
 /* Complete finished WQEs from the head of the SQ, in order (IBTA 10.8.3); returns how
  * many were retired. */
 uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);

@@ -69,29 +69,45 @@ int rnic_dp_atomic(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
                    uint64_t va, uint32_t rkey, uint64_t swap_add, uint64_t compare,
                    uint64_t *orig)
 {
-    uint32_t keep = qp->max_dest_rd_atomic ? qp->max_dest_rd_atomic : 1;
-    struct rnic_dp_atomic_result *r;
+    uint32_t keep = qp->max_dest_rd_atomic ? qp->max_dest_rd_atomic : 1, slot;
+    struct rnic_dp_txn *t = &qp->txn;
+    uint64_t *at, value;
     uint8_t *p;
-    int rc;
+    int rc, opened;
 
     if (va % 8)
         return -EINVAL;                             /* 9.4.5: naturally aligned */
     if ((rc = rnic_dp_mr_check(dev, qp, qp->pd, rkey, va, 8, RNIC_DP_ACC_REMOTE_ATOMIC, &p)) < 0)
         return rc;
-    /* a zero-based window can make an aligned VA a misaligned address */
-    rc = cas ? rnic_atomic_cas64(p, 8, 0, compare, swap_add, orig)
-             : rnic_atomic_faa64(p, 8, 0, swap_add, orig);
-    if (rc < 0)
-        return -EINVAL;
+    if ((uintptr_t)p % 8)
+        return -EINVAL;     /* a zero-based window can make an aligned VA a misaligned address */
     if (keep > RNIC_DP_ATOMIC_RESULTS)
         keep = RNIC_DP_ATOMIC_RESULTS;
-    r = &qp->atomics[qp->atomic_next % keep];
-    r->psn = psn;
-    r->orig = *orig;
-    r->valid = 1;
-    qp->atomic_next = (qp->atomic_next + 1) % keep;
+    slot = qp->atomic_next % keep;
+    at = (uint64_t *)(void *)p;
+    /* Executed exactly once even if the engine dies at any instruction (txn.c): under the
+     * device's atomic lock the original is read, the result kept and the QP advanced; the
+     * store of the new value is the change's effect, done (or, after a crash, done again)
+     * before the lock is let go. Atomic with respect to other RDMA atomics of the device
+     * only, as IBV_ATOMIC_HCA says. */
+    opened = dp_txn_open(qp);
+    dp_lock(dev, dev->atomic_lock);
+    *orig = __atomic_load_n(at, __ATOMIC_RELAXED);
+    value = cas ? (*orig == compare ? swap_add : *orig) : *orig + swap_add;
+    t->atomic_slot = slot;
+    t->atomic_old = qp->atomics[slot];
+    t->atomic_at = value != *orig ? at : NULL;
+    t->atomic_new = value;
+    dp_barrier();
+    t->effects |= RNIC_DP_FX_ATOMIC;
+    dp_barrier();
+    qp->atomics[slot].psn = psn;
+    qp->atomics[slot].orig = *orig;
+    qp->atomics[slot].valid = 1;
+    qp->atomic_next = (slot + 1) % keep;
     qp->epsn = (psn + 1) & 0xffffff;
     qp->msn = (qp->msn + 1) & 0xffffff;
+    dp_txn_close(dev, qp, opened);
     return 0;
 }
 

@@ -82,4 +82,28 @@ static inline struct rnic_dp_swqe *dp_wqe_at(struct rnic_dp_qp *qp, uint32_t psn
     return NULL;
 }
 
+/* Keep the compiler from moving stores across this point: the journal's order (txn.c) is
+ * program order, which x86 keeps for stores, and a killed process's stores stay. */
+static inline void dp_barrier(void) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+
+/* cq.c: locks with the writer's lock_id, and the CQ push a journal records (t may be NULL) */
+void dp_lock(struct rnic_dp_dev *dev, uint32_t *l);
+void dp_unlock(uint32_t *l);
+int dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
+               uint32_t solicited, struct rnic_dp_txn *t);
+void dp_cq_fill(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, uint32_t slot,
+                const struct rnic_cqe *e, uint32_t solicited);
+
+/* txn.c: a change of a QP's record. dp_txn_open takes the checkpoint and returns 1, or 0
+ * when a change of the QP is open already (the outer one commits); dp_txn_close commits
+ * what it opened and does its effects; dp_txn_checkpoint commits and opens again. The
+ * dp_fx_* note an effect (done at once when no change is open: core/'s direct calls). */
+int dp_txn_open(struct rnic_dp_qp *qp);
+void dp_txn_close(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, int opened);
+void dp_txn_checkpoint(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp);
+void dp_fx_sq_cons(struct rnic_dp_qp *qp, uint32_t cons);
+void dp_fx_rq_cons(struct rnic_dp_qp *qp, uint32_t cons);
+void dp_fx_cqe(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, struct rnic_dp_cq *cq,
+               const struct rnic_cqe *e, uint32_t solicited);
+
 #endif /* RNIC_DP_UTIL_H */

@@ -322,7 +322,7 @@ static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t
          * complete with IBV_WC_LOC_LEN_ERR, from the WQE still in the ring */
         if (!peek_recv(dev, qp) || plen > recv_capacity(qp))
             return 0;
-        rnic_store_release(&qp->rq->cons, qp->rq->cons + 1);
+        dp_fx_rq_cons(qp, qp->rq->cons + 1);       /* published when the packet commits */
         qp->msg = RNIC_DP_MSG_SEND;
     }
     if (rnic_dp_recv_place(qp, payload, plen) < 0)
@@ -342,25 +342,18 @@ static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t
         }
         qp->msg = RNIC_DP_MSG_NONE;
         qp->msn = (qp->msn + 1) & 0xffffff;
-        rnic_dp_cq_push(dev, qp->rcq, &c, (pkt[1] & RNIC_BTH_SE) != 0);
+        dp_fx_cqe(dev, qp, qp->rcq, &c, (pkt[1] & RNIC_BTH_SE) != 0);
     }
     return 1;
 }
 
-int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
-                   uint32_t src_ip_be, uint16_t sport)
+static int rx_qp(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                 uint32_t len, uint32_t src_ip_be, uint16_t sport)
 {
     const struct rnic_opinfo *oi;
-    struct rnic_dp_qp *qp;
-    uint32_t qpn, psn, pad, hdr, plen;
+    uint32_t qpn = qp->qpn, psn, pad, hdr, plen;
     const uint8_t *payload;
 
-    if (len < RNIC_BTH_LEN + RNIC_ICRC_LEN || (pkt[1] & RNIC_BTH_TVER_MASK) != 0)  /* 9.3.1 */
-        return 0;
-    qpn = dp_be24(pkt + 5);
-    if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
-        || qp->peer_ip_be != src_ip_be)
-        return 0;
     /* an opcode of the QP's transport (9.2; UC: SEND and RDMA WRITE only, 9.8) */
     oi = &rnic_op_table[pkt[0]];
     if (!(oi->flags & RNIC_OPF_VALID) || (pkt[0] & RNIC_OPT_MASK) != qp_transport(qp))
@@ -422,6 +415,27 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
     }
     qp->fast_pkts++;
     return 1;
+}
+
+int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
+                   uint32_t src_ip_be, uint16_t sport)
+{
+    struct rnic_dp_qp *qp;
+    uint32_t qpn;
+    int opened, rc;
+
+    if (len < RNIC_BTH_LEN + RNIC_ICRC_LEN || (pkt[1] & RNIC_BTH_TVER_MASK) != 0)  /* 9.3.1 */
+        return 0;
+    qpn = dp_be24(pkt + 5);
+    if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
+        || qp->peer_ip_be != src_ip_be)
+        return 0;
+    /* one packet is one change of the QP (txn.c): its ACK, CQE and consumer index go out
+     * only once it is committed */
+    opened = dp_txn_open(qp);
+    rc = rx_qp(dev, qp, pkt, len, src_ip_be, sport);
+    dp_txn_close(dev, qp, opened);
+    return rc;
 }
 
 uint32_t rnic_dp_rx_batch(struct rnic_dp_dev *dev, const uint8_t *bufs, uint32_t buf_size,

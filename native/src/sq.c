@@ -47,70 +47,9 @@ static inline int local_op(uint32_t op) { return op == WR_LOCAL_INV || op == WR_
 static inline int uc_op(uint32_t op) { return op <= WR_SEND_IMM; }
 
 
-/* Note that cq needs its channel signalled (or, overrun, core/): in an engine, with the
- * channel's eventfd when the engine holds it (dev->fdmap), else by core/ from notify[]. */
-static void cq_note(struct rnic_dp_dev *dev, const struct rnic_dp_cq *cq, int for_core)
-{
-    int32_t fd = -1;
-
-    if (dev->nnotify >= dev->notify_cap)
-        return;
-    if (!for_core && dev->fdmap_len && cq->chan_fd >= 0 && (uint32_t)cq->chan_fd < dev->fdmap_len)
-        fd = dev->fdmap[cq->chan_fd] - 1;    /* stored + 1: 0 is none */
-    if (dev->notify_fds)
-        dev->notify_fds[dev->nnotify] = fd;
-    dev->notify[dev->nnotify++] = cq->id;
-}
-
-int rnic_dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic_cqe *e,
-                    uint32_t solicited)
-{
-    struct rnic_ring_hdr *h = cq->hdr;
-    uint32_t prod, free_ = 0, me = dev->lock_id ? dev->lock_id : 1;
-    int rc = 0;
-
-    /* QPs of two engines may complete into one CQ (a receive CQ on another vector): the
-     * writers take turns, each leaving its lock_id (a dead engine's is broken); uncontended
-     * this is one compare-and-swap */
-    while (!__atomic_compare_exchange_n(&cq->lock, &free_, me, 0, __ATOMIC_ACQUIRE,
-                                        __ATOMIC_RELAXED)) {
-        free_ = 0;
-        __builtin_ia32_pause();
-    }
-    prod = h->prod;                                 /* only the lock holder writes prod */
-    if (prod - rnic_load_acquire(&h->cons) >= cq->mask) {  /* one slot is kept free */
-        cq->overflow = 1;
-        cq_note(dev, cq, 1);
-        rc = -ENOSPC;
-        goto out;
-    }
-    memcpy(cq->entries + (size_t)(prod & cq->mask) * RNIC_CQE_SIZE, e, sizeof(*e));
-    rnic_store_release(&h->prod, prod + 1);
-    if (cq->has_channel) {
-        /* The exchange is a full barrier after publishing prod: a client that arms and
-         * polls again cannot miss both the CQE and the event. */
-        uint32_t arm = rnic_xchg(&h->arm, RNIC_CQ_DISARMED);
-
-        if (arm == RNIC_CQ_ARM_SOLICITED && !solicited && e->status == 0) {
-            rnic_xchg(&h->arm, arm);                /* not for this arm: re-arm */
-        } else if (arm != RNIC_CQ_DISARMED) {
-            rnic_fetch_add(&h->events, 1);
-            cq_note(dev, cq, 0);
-        }
-    }
-out:
-    __atomic_store_n(&cq->lock, 0, __ATOMIC_RELEASE);
-    return rc;
-}
-
-int rnic_dp_cq_unlock(struct rnic_dp_cq *cq, uint32_t lock_id)
-{
-    return __atomic_compare_exchange_n(&cq->lock, &lock_id, 0, 0, __ATOMIC_RELEASE,
-                                       __ATOMIC_RELAXED);
-}
-
 uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
+    int opened = dp_txn_open(qp);
     uint32_t n = 0;
 
     while (qp->sq_head != qp->sq_next) {
@@ -121,6 +60,8 @@ uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 
         if (w->status < 0)
             break;
+        if (qp->txn.effects & RNIC_DP_FX_CQE)
+            dp_txn_checkpoint(dev, qp);             /* one completion a change */
         if (post) {
             memset(&c, 0, sizeof(c));
             c.wr_id = w->wr_id;
@@ -133,11 +74,12 @@ uint32_t rnic_dp_retire(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
         qp->sq_head++;
         /* The ring slot is free before its completion shows: an application that polled the
          * CQE may post into the slot at once (perftest keeps exactly the SQ depth in flight). */
-        rnic_store_release(&qp->sq->cons, qp->sq_head);
+        dp_fx_sq_cons(qp, qp->sq_head);
         if (post)
-            rnic_dp_cq_push(dev, qp->scq, &c, 0);
+            dp_fx_cqe(dev, qp, qp->scq, &c, 0);
         n++;
     }
+    dp_txn_close(dev, qp, opened);
     return n;
 }
 
@@ -676,13 +618,15 @@ static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 
 int rnic_dp_pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
-    int rc;
+    int rc, opened;
 
     if (!qp->send_ok || qp->rnr_wait)
         return RNIC_DP_PUMP_IDLE;
+    opened = dp_txn_open(qp);       /* WQEs fetched and PSNs given out: all, or none */
     rc = pump(dev, qp);
     if (qp->unreliable)
         rnic_dp_retire(dev, qp);                    /* what was sent is complete */
+    dp_txn_close(dev, qp, opened);
     return rc;
 }
 

@@ -104,6 +104,8 @@ class Device:
             tx_bufs=ffi.new("uint8_t[]", TX_CAP * TX_BUF),
             tx_lens=ffi.new("uint32_t[]", TX_CAP),
             tx_addrs_be=ffi.new("uint32_t[]", TX_CAP))
+        # the one lock of RDMA atomics, shared with the engines (IBV_ATOMIC_HCA)
+        self._dp_arrays["atomic_lock"] = native.shared_new("uint32_t[]", 1)
         self.dp = native.shared_new("struct rnic_dp_dev *", dict(
             self._dp_arrays, ip_be=native.ipv4_be(ip), port=port, qps_len=QP_TABLE,
             mrs=self.keys.dp, mrs_len=MR_TABLE, acks_len=ACKS_PER_BATCH,

@@ -37,6 +37,37 @@ QP_CAP = 1 << 15            # QPs one engine may serve (the QP table's size)
 _GSI_QPN = b"\x00\x00\x01"  # BTH DestQP of CM MADs (IBTA 13.5.1)
 
 
+def recover(device, qpns, dead_id: int, who: str) -> None:
+    """What the daemon does first for a writer that died (lock_id dead_id) serving the QPs
+    numbered qpns: the one it was changing is rolled back or forward from its journal
+    (rnic_dp_recover; docs/failover.md), then the locks it held are broken, the send WQEs
+    it found finished are completed, and every requester goes back N (what the dead
+    writer had queued to send is lost with it)."""
+    lib, ffi = native.lib, native.ffi
+    dev = device.dp
+    changed = []
+    for qpn in qpns:
+        qp = dev.qps[qpn]
+        if qp != ffi.NULL and (found := lib.rnic_dp_recover(dev, qp, dead_id)):
+            rolled = "back" if found == lib.RNIC_DP_TXN_OPEN else "forward"
+            device.counters.inc(f"engine_txn_rolled_{rolled}")
+            log.warning("%s died changing QP %d: rolled %s", who, qpn, rolled)
+            changed.append(qp)
+    if lib.rnic_dp_lock_break(dev.atomic_lock, dead_id):
+        log.warning("%s died holding the atomic lock: broken", who)
+    for cq in list(device.cqs.values()):
+        if lib.rnic_dp_lock_break(ffi.addressof(cq.dp, "lock"), dead_id):
+            log.warning("%s died holding CQ %d's lock: broken", who, cq.uid)
+    for qp in changed:      # WQEs it found acknowledged: their ACK will not come again
+        if qp.sq != ffi.NULL:
+            lib.rnic_dp_retire(dev, qp)
+    dev.now = time.monotonic()
+    for qpn in qpns:        # what it had queued to send is gone: resend from una at once
+        qp = dev.qps[qpn]
+        if qp != ffi.NULL and not qp.unreliable and qp.una != qp.send_psn:
+            lib.rnic_dp_go_back(dev, qp, qp.una, 1)
+
+
 def default_count() -> int:
     """One engine per CPU the daemon may run on."""
     return len(os.sched_getaffinity(0))
@@ -71,7 +102,7 @@ class Engine:
         d = device.dp
         self.dev = new("struct rnic_dp_dev *", dict(
             self.arrays, ip_be=d.ip_be, port=d.port, qps=d.qps, qps_len=d.qps_len,
-            mrs=d.mrs, mrs_len=d.mrs_len, acks_len=tables["acks_len"],
+            mrs=d.mrs, mrs_len=d.mrs_len, atomic_lock=d.atomic_lock, acks_len=tables["acks_len"],
             pumps_cap=tables["acks_len"], notify_cap=tables["notify_cap"], tx_buf_size=tx,
             tx_cap=cap))
         self.events = new("struct rnic_engine_event[]", EVENTS)
@@ -193,19 +224,25 @@ class Engines:
         return done
 
     def _lost(self, e: Engine, how: str, planned: bool = False) -> None:
-        """Nothing holds the dead engine or sends it commands any more; locks it held on CQs
-        are broken; unless the daemon is stopping, a substitute resumes its QPs from their
-        hard state in the arena (docs/engines.md)."""
+        """Nothing holds the dead engine or sends it commands any more; the QP it was
+        changing is rolled back or forward (its journal, rnic_dp_recover), then the locks it
+        held are broken and the completion channels it had yet to signal are signalled;
+        unless the daemon is stopping, a substitute resumes its QPs from their hard state in
+        the arena (docs/failover.md)."""
+        lib = native.lib
         if e.pidfd >= 0:
             self.loop.remove_reader(e.pidfd)
             os.close(e.pidfd)
             e.pidfd = -1
         e.dead = True
-        native.lib.rnic_engine_release(e.rec)
-        e.rec.state = native.lib.RNIC_ENGINE_EXITED
-        for cq in list(self.device.cqs.values()):
-            if native.lib.rnic_dp_cq_unlock(cq.dp, e.pid):
-                log.warning("engine %d died holding CQ %d's lock: broken", e.index, cq.uid)
+        lib.rnic_engine_release(e.rec)
+        e.rec.state = lib.RNIC_ENGINE_EXITED
+        recover(self.device, [e.qpns[i] for i in range(e.rec.nqps)], e.pid,
+                f"engine {e.index}")
+        for i in range(e.dev.nnotify):      # noted, perhaps not signalled: at most twice
+            self.device.notify_cq(e.dev.notify[i])
+        e.dev.nnotify = 0
+        self.loop.call_soon(self.on_events)
         if e.rec.stop:
             return
         e.failed_at = time.monotonic()

@@ -49,9 +49,9 @@ class FakeShm:
 
 
 class Host:
-    def __init__(self, ip, seed=1):
+    def __init__(self, ip, seed=1, shm=None):
         self.dev = Device("rnic0", ip, seed=seed)
-        self.shm = FakeShm()
+        self.shm = shm or FakeShm()
         self.s = Session(self.dev, self.shm)
         self.now = 0.0
         self.pd = self.call("alloc_pd")["pd"]
