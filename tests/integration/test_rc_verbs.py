@@ -5,6 +5,7 @@ import os
 import pytest
 import rnic.enums as e
 from rc_pair import Side, connect, poll_n
+from rnic.cq import CQ, CompChannel
 from rnic.errors import RnicError
 from rnic.qp import QP, QPAttr, QPCap, QPInitAttr
 from rnic.srq import SRQ, SrqAttr, SrqInitAttr
@@ -142,15 +143,22 @@ def test_bad_handles_and_transitions_give_clear_errors(pair):
 @pytest.mark.parametrize("how", ["stopped", "killed"])
 def test_polling_a_cq_fails_once_the_daemon_is_gone(rnicd, how):
     """The daemon writes every completion: once it is gone (SIGTERM or SIGKILL) a program
-    polling its CQ gets an error (EIO) instead of polling forever."""
+    waiting for a completion event or polling its CQ gets an error (EIO) instead of waiting
+    or polling forever."""
     d = rnicd("a")
     a = Side(d)
+    ch = CompChannel(a.ctx)
+    armed = CQ(a.ctx, 16, None, ch, 0)
+    armed.req_notify()
     try:
         if how == "killed":
             d.proc.kill()
             d.proc.wait(10)
         else:
             d.stop()
+        with pytest.raises(RnicError) as err:      # waiting for an event: an error, no hang
+            ch.get_cq_event(timeout=30)
+        assert err.value.errno == errno.EIO
         with pytest.raises(RnicError) as err:
             for _ in range(1_000_000):
                 a.cq.poll(1)

@@ -28,8 +28,11 @@ RNIC_EXPORT struct ibv_comp_channel *ibv_create_comp_channel(struct ibv_context 
      * block writing it), so the program gets an epoll fd over it: readable when it is, and
      * blocking or not as the program sets O_NONBLOCK on it (as the kernel's channel fd). */
     int ep = ch ? epoll_create1(EPOLL_CLOEXEC) : -1;
-    struct epoll_event ee = {.events = EPOLLIN};
-    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, rep.fds[0], &ee) < 0) {
+    struct epoll_event ee = {.events = EPOLLIN}, hup = {.events = EPOLLRDHUP};
+    /* and readable once the daemon is gone (its control socket hung up), so that a program
+     * waiting for a completion event gets an error instead of waiting forever */
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, rep.fds[0], &ee) < 0
+        || epoll_ctl(ep, EPOLL_CTL_ADD, rctx(ctx)->conn.fd, &hup) < 0) {
         int e = ch ? errno : ENOMEM;
         if (ep >= 0)
             close(ep);
@@ -69,9 +72,18 @@ RNIC_EXPORT int ibv_destroy_comp_channel(struct ibv_comp_channel *channel)
     return 0;
 }
 
+/* The daemon is gone: its control socket reads end of file (nothing is consumed). */
+static int channel_daemon_gone(struct ibv_comp_channel *channel)
+{
+    struct rnic_ctx *c = rctx(channel->context);
+    char b;
+
+    return c->conn.dead || recv(c->conn.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 /* ibv_get_cq_event: hand out every CQ of the channel whose ring `events` counter moved, one
  * per call; with none, consume the eventfd's count, or wait for it (epoll) unless the
- * program made channel->fd O_NONBLOCK (then EAGAIN). */
+ * program made channel->fd O_NONBLOCK (then EAGAIN); EIO once the daemon is gone. */
 RNIC_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *channel, struct ibv_cq **cq,
                                  void **cq_context)
 {
@@ -101,6 +113,10 @@ RNIC_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *channel, struct ibv_cq
             continue;
         if (errno != EAGAIN)
             return -1;
+        if (channel_daemon_gone(channel)) {
+            errno = EIO;        /* no completion event will ever come (IBTA 11.6.3) */
+            return -1;
+        }
         int fl = fcntl(channel->fd, F_GETFL);
         if (fl < 0)
             return -1;

@@ -98,9 +98,17 @@ class CompChannel(RnicCM):
     def _drain(self, timeout: float | None = 0) -> bool:
         """Wait up to ``timeout`` for the eventfd, read it and note the CQs whose ring
         ``events`` counter moved. The fd may be blocking or not (its flags are shared with
-        the daemon and are left alone), so it is only read once select says it is ready."""
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if not ready:
+        the daemon and are left alone), so it is only read once poll says it is ready. The
+        control socket hanging up is the daemon gone: no event will ever come (EIO)."""
+        conn = self.context._conn
+        p = select.poll()
+        p.register(self._fd, select.POLLIN)
+        if conn._sock is not None:
+            p.register(conn._sock.fileno(), select.POLLRDHUP)
+        ready = p.poll(None if timeout is None else timeout * 1000)
+        if any(fd != self._fd for fd, _ in ready) and conn.gone():
+            raise RnicError(errno.EIO, "get_cq_event: the daemon is gone")
+        if not any(fd == self._fd for fd, _ in ready):
             return False
         try:
             os.read(self._fd, 8)

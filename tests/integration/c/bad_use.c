@@ -41,8 +41,9 @@ static int memfd_mappings(void)
 }
 
 /* `bad_use fatal`: the daemon goes away while a context is open (the test stops it when
- * this prints "ready" and then writes a line): a CQ being polled fails instead of spinning
- * forever, one IBV_EVENT_DEVICE_FATAL, then errors. */
+ * this prints "ready" and then writes a line): a wait for a completion event and a CQ being
+ * polled fail instead of waiting or spinning forever, one IBV_EVENT_DEVICE_FATAL, then
+ * errors. */
 static int fatal(struct ibv_context *ctx)
 {
     struct ibv_cq *cq = ibv_create_cq(ctx, 16, NULL, NULL, 0);
@@ -50,11 +51,22 @@ static int fatal(struct ibv_context *ctx)
         printf("FAIL create_cq\n");
         return 1;
     }
+    struct ibv_comp_channel *ch = ibv_create_comp_channel(ctx);
+    struct ibv_cq *armed = ch ? ibv_create_cq(ctx, 16, NULL, ch, 0) : NULL;
+    if (!armed || ibv_req_notify_cq(armed, 0)) {
+        printf("FAIL channel\n");
+        return 1;
+    }
     printf("ready\n");
     fflush(stdout);
     char line[16];
     if (!fgets(line, sizeof(line), stdin))
         return 1;
+    struct ibv_cq *ev_cq;
+    void *ev_ctx;
+    errno = 0;
+    CHECK(ibv_get_cq_event(ch, &ev_cq, &ev_ctx) < 0 && errno == EIO,
+          "waiting for a completion event fails once the daemon is gone (errno %d)", errno);
     struct ibv_wc wc;
     int n = 0;
     for (long i = 0; i < 100000000 && n == 0; i++)
