@@ -327,3 +327,110 @@ def test_atomics_under_kills_execute_once(rnicd):
     finally:
         for s in (*a, b):
             s.close()
+
+
+def kill_all(*daemons) -> list:
+    """SIGKILL every engine of the daemons; returns (daemon, id, pid) of each."""
+    out = []
+    for d in daemons:
+        for row in engines(d):
+            os.kill(row["pid"], signal.SIGKILL)
+            out.append((d, row["id"], row["pid"]))
+    return out
+
+
+def test_a_kill_during_an_rnr_wait_recovers(rnicd):
+    """A SEND finds no receive posted (RNR NAK, rnr_retry 7: retried forever); every engine of
+    both daemons dies during the RNR wait; once the receive is posted the SEND completes with
+    success and its bytes arrive."""
+    da, db = rnicd("a", extra=("--engines", "2")), rnicd("b", extra=("--engines", "2"))
+    a, b = Side(da), Side(db)
+    try:
+        connect(a, b, min_rnr_timer=20)             # 10.24 ms between tries
+        a.mr.write(b"sent into an RNR wait", 21, 0)
+        a.qp.post_send(SendWR(wr_id=1, opcode=e.IBV_WR_SEND, num_sge=1,
+                              sg=[SGE(a.mr.buf, 21, a.mr.lkey)]))
+        deadline = time.monotonic() + 10
+        while a.ctx.get_counters().get("rcvd_rnr_err", 0) < 2:
+            assert time.monotonic() < deadline, a.ctx.get_counters()
+            time.sleep(0.01)
+        for d, k, pid in kill_all(da, db):
+            wait_replaced(d, k, pid)
+        assert a.cq.poll(1)[0] == 0                 # still waiting, not failed
+        b.qp.post_recv(RecvWR(wr_id=2, num_sge=1, sg=[SGE(b.mr.buf, 64, b.mr.lkey)]))
+        assert poll_n(a.cq, 1, timeout=20)[0].status == e.IBV_WC_SUCCESS
+        wc = poll_n(b.cq, 1, timeout=20)[0]
+        assert wc.status == e.IBV_WC_SUCCESS and wc.byte_len == 21
+        assert b.mr.read(21, 0) == b"sent into an RNR wait"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_kill_during_a_cm_handshake_recovers(rnicd):
+    """Every engine of both daemons dies between the server's REQ and its accept (REP and
+    RTU still to go): the connection is established all the same and carries a SEND."""
+    from test_cm import Listener, client
+    da, db = rnicd("a", extra=("--engines", "2")), rnicd("b", extra=("--engines", "2"))
+    kills = []
+
+    def serve(cid):
+        kills.extend(kill_all(da, db))
+        cid.create_qp(QPInitAttr(cap=QPCap(max_send_wr=8, max_recv_wr=8)))
+        mr = cid.reg_msgs(64)
+        cid.post_recv(mr)
+        cid.accept()
+        wc = cid.get_recv_comp(timeout=20)
+        got = mr.read(wc.byte_len, 0)
+        cid.close()
+        return wc.status, got
+
+    srv = Listener(db, 7481, serve)
+    with client(da, 7481, peer=db) as c:
+        c.connect()
+        mr = c.reg_msgs(64)
+        mr.write(b"connected through a failover", 28)
+        c.qp.post_send(SendWR(num_sge=1, sg=[SGE(mr.buf, 28, mr.lkey)]))
+        assert c.get_send_comp(timeout=20).status == e.IBV_WC_SUCCESS
+    assert srv.join()[0] == (e.IBV_WC_SUCCESS, b"connected through a failover")
+    assert len(kills) == 4
+    for d, k, pid in kills:
+        wait_replaced(d, k, pid)
+
+
+def test_a_kill_with_a_thousand_idle_qps_recovers(rnicd):
+    """The engine serving 1,000 idle QPs besides a busy one dies: its substitute takes all of
+    them (the busy stream goes on, and two of the idle QPs connected afterwards carry data)."""
+    da, db = rnicd("a", extra=("--engines", "2")), rnicd("b", extra=("--engines", "2"))
+    a, b = Side(da, mr_size=4 * MiB, cqe=256), Side(db, mr_size=4 * MiB, cqe=256)
+    try:
+        cap = QPCap(max_send_wr=4, max_recv_wr=4, max_send_sge=1, max_recv_sge=1)
+        idle = [QP(a.pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=a.cq, rcq=a.cq, cap=cap))
+                for _ in range(1000)]
+        connect(a, b, mtu=e.IBV_MTU_4096, timeout=14)
+        row = next(r for r in engines(da) if r["id"] == 0)
+        assert row["qps"] >= 1001, row
+        kills = []
+
+        def kill(done):
+            if done == 20:
+                pid = engine_pid(da, 0)
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+
+        write_stream(a, b, 16 * MiB, 64 * 1024, 8, kill)
+        wait_replaced(da, 0, kills[0])
+        assert next(r for r in engines(da) if r["id"] == 0)["qps"] == row["qps"]
+        b2 = Side(db, cqe=16)
+        x = types.SimpleNamespace(qp=idle[500], gid=a.gid, pd=a.pd, mr=a.mr, cq=a.cq)
+        connect(x, b2, psn=(0x500, 0x600))
+        w = SendWR(wr_id=7, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1,
+                   sg=[SGE(a.mr.buf, 4096, a.mr.lkey)], send_flags=e.IBV_SEND_SIGNALED)
+        w.set_wr_rdma(b2.mr.rkey, b2.mr.buf)
+        idle[500].post_send(w)
+        assert poll_n(a.cq, 1, timeout=20)[0].status == e.IBV_WC_SUCCESS
+        assert b2.mr.read(4096, 0) == a.mr.read(4096, 0)
+        b2.close()
+    finally:
+        a.close()
+        b.close()
