@@ -876,6 +876,7 @@ static void engine_main(struct rnic_engine *e, pid_t parent)
         if (!qp)
             continue;
         qp->eng_seen_sq = qp->eng_seen_rq = 0;
+        qp->ack_pending = 0;    /* else no later packet would list it for an ACK again */
         if (qp->rd_npkts)
             note_reading(qp);
     }

@@ -41,9 +41,9 @@ def recover(device, qpns, dead_id: int, who: str) -> None:
     """What the daemon does first for a writer that died (lock_id dead_id) serving the QPs
     numbered qpns: the one it was changing is rolled back or forward from its journal
     (rnic_dp_recover; docs/failover.md), then the locks it held are broken, the send WQEs
-    it found finished are completed, and what the dead writer had queued to send, lost with
-    it, is owed again: ACKs (the requester's probe brings a duplicate that gets one) and
-    requests (every requester goes back N)."""
+    it found finished are completed, and every requester goes back N: what the dead writer
+    had queued to send is lost with it (ACKs it owed: its substitute forgets them, and the
+    requester's probe brings a duplicate that gets one)."""
     lib, ffi = native.lib, native.ffi
     dev = device.dp
     changed = []
@@ -63,12 +63,9 @@ def recover(device, qpns, dead_id: int, who: str) -> None:
         if qp.sq != ffi.NULL:
             lib.rnic_dp_retire(dev, qp)
     dev.now = time.monotonic()
-    for qpn in qpns:        # what it had queued to send is gone with it:
+    for qpn in qpns:
         qp = dev.qps[qpn]
-        if qp == ffi.NULL:
-            continue
-        qp.ack_pending = 0  # an ACK it owed (else no later packet would list the QP again)
-        if not qp.unreliable and qp.una != qp.send_psn:
+        if qp != ffi.NULL and not qp.unreliable and qp.una != qp.send_psn:
             lib.rnic_dp_go_back(dev, qp, qp.una, 1)     # requests: resend from una at once
 
 
