@@ -471,7 +471,9 @@ class Engines:
         lib, ffi = native.lib, native.ffi
         for qp in list(session.qps.values()):
             dp = qp.dp
-            if dp.sq != ffi.NULL and lib.rnic_load_acquire(
+            if dp.ud:       # core/'s, and no engine watches its ring: only the doorbell,
+                qp.pump(now)    # which may not have woken one yet (a no-op if none posted)
+            elif dp.sq != ffi.NULL and lib.rnic_load_acquire(
                     ffi.addressof(dp.sq, "prod")) != dp.eng_seen_sq:
                 qp.pump(now)
 
