@@ -14,7 +14,7 @@ from rnicd._native import ffi, lib
 
 __all__ = [
     "ffi", "lib", "region", "crc32", "crc32c", "roce_icrc", "icrc_bytes", "ring_bytes",
-    "ring_init", "RingView", "shared_new", "atomic_cas64", "atomic_faa64", "copy_in",
+    "ring_init", "RingView", "shared_new", "copy_in",
     "copy_out", "ipv4_be",
 ]
 
@@ -172,21 +172,6 @@ class RingView:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def atomic_cas64(buf, off: int, compare: int, swap: int) -> int:
-    """IBTA CmpSwap on the host-order uint64 at buf[off]; returns the original value."""
-    p, orig = _cdata(buf, writable=True), ffi.new("uint64_t *")
-    m = 0xFFFFFFFFFFFFFFFF
-    _check(lib.rnic_atomic_cas64(p, len(p), off, compare & m, swap & m, orig))
-    return orig[0]
-
-
-def atomic_faa64(buf, off: int, add: int) -> int:
-    """IBTA FetchAdd (wrapping) on the host-order uint64 at buf[off]; returns the original."""
-    p, orig = _cdata(buf, writable=True), ffi.new("uint64_t *")
-    _check(lib.rnic_atomic_faa64(p, len(p), off, add & 0xFFFFFFFFFFFFFFFF, orig))
-    return orig[0]
 
 
 def copy_in(dst_buf, off: int, src) -> None:

@@ -92,11 +92,6 @@ void *rnic_ring_entry(struct rnic_ring_hdr *h, uint32_t idx);
 
 /* ---- place.c -------------------------------------------------------------------------- */
 
-/* RDMA atomics (IBTA 9.4.5) on a registered region, host byte order, sequentially
- * consistent. -EINVAL unless base+off is 8-aligned and off+8 <= len. */
-int rnic_atomic_cas64(uint8_t *base, size_t len, size_t off, uint64_t compare,
-                      uint64_t swap, uint64_t *orig);
-int rnic_atomic_faa64(uint8_t *base, size_t len, size_t off, uint64_t add, uint64_t *orig);
 /* Bounds-checked placement: -ERANGE unless off + n <= len (without wrapping). */
 int rnic_copy_in(uint8_t *dst, size_t dst_len, size_t off, const uint8_t *src, size_t n);
 int rnic_copy_out(uint8_t *dst, const uint8_t *src, size_t src_len, size_t off, size_t n);

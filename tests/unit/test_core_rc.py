@@ -1,4 +1,5 @@
 """The RC protocol core, sans-I/O: two devices joined by an in-memory network (rc_harness)."""
+import errno
 import random
 
 import pytest
@@ -343,3 +344,35 @@ def test_operation_the_qp_does_not_allow_is_an_invalid_request(pair, opcode, mis
     assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, S.IBV_WC_REM_INV_REQ_ERR)]
     assert b.dev.counters["rcvd_op_not_enabled"] == 1
     assert qb.state == abi.IBV_QPS_ERR
+
+
+def test_atomic_semantics_of_the_data_plane(pair):
+    """rnic_dp_atomic (IBTA 9.4.5): CmpSwap swaps only on a match and returns the original
+    either way, FetchAdd wraps modulo 2^64, an unaligned VA or a range outside the region is
+    refused with nothing changed, and the device's atomic lock is free afterwards."""
+    from rnicd import native
+    lib, ffi = native.lib, native.ffi
+    a, b, ca, cb, qa, qb = pair
+    connect(a, qa, b, qb)
+    mb = b.mr(64)
+    u64 = (1 << 64) - 1
+
+    def atomic(cas, off, swap_add, compare=0):
+        orig = ffi.new("uint64_t *")
+        rc = lib.rnic_dp_atomic(b.dev.dp, qb.dp, qb.dp.epsn, cas, mb.iova + off, mb.rkey,
+                                swap_add, compare, orig)
+        return rc, orig[0]
+
+    def value(off):
+        return int.from_bytes(mb.buf[off:off + 8], "little")
+
+    mb.buf[8:16] = (100).to_bytes(8, "little")
+    assert atomic(1, 8, 7, compare=99) == (0, 100) and value(8) == 100     # no match
+    assert atomic(1, 8, u64, compare=100) == (0, 100) and value(8) == u64  # match: swapped
+    assert atomic(0, 8, 3) == (0, u64) and value(8) == 2                    # wraps
+    assert atomic(0, 8, u64) == (0, 2) and value(8) == 1                    # adds -1
+    epsn = qb.dp.epsn
+    assert atomic(0, 4, 1)[0] == -errno.EINVAL                              # unaligned
+    assert atomic(0, 64, 1)[0] == -errno.ERANGE                             # outside
+    assert qb.dp.epsn == epsn and bytes(mb.buf[:8]) + bytes(mb.buf[16:]) == bytes(56)
+    assert ffi.cast("uint32_t *", b.dev.dp.atomic_lock)[0] == 0

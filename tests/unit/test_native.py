@@ -451,48 +451,7 @@ def test_fetch_add_from_threads_is_atomic():
     assert p[0] == 80000
 
 
-# ---- RDMA atomics and placement ---------------------------------------------------------
-
-def test_atomic_cas64():
-    buf = bytearray(64)
-    struct.pack_into("=Q", buf, 8, 100)
-    assert native.atomic_cas64(buf, 8, 99, 7) == 100  # no match: unchanged
-    assert struct.unpack_from("=Q", buf, 8)[0] == 100
-    assert native.atomic_cas64(buf, 8, 100, U64) == 100  # match: swapped
-    assert struct.unpack_from("=Q", buf, 8)[0] == U64
-    assert native.atomic_cas64(buf, 56, 0, 1) == 0 and buf[56:] == struct.pack("=Q", 1)
-    assert buf[:8] == bytes(8) and buf[16:56] == bytes(40)
-
-
-def test_atomic_faa64_wraps():
-    buf = bytearray(16)
-    struct.pack_into("=Q", buf, 0, U64 - 1)
-    assert native.atomic_faa64(buf, 0, 3) == U64 - 1
-    assert struct.unpack_from("=Q", buf, 0)[0] == 1
-    assert native.atomic_faa64(buf, 0, -1) == 1  # adding 2^64 - 1 subtracts one
-    assert struct.unpack_from("=Q", buf, 0)[0] == 0
-    assert buf[8:] == bytes(8)
-
-
-@pytest.mark.parametrize("off", [1, 4, 7, 12, 60, 64, 2**63, SIZE_MAX - 7, SIZE_MAX])
-def test_atomics_reject_misaligned_or_out_of_bounds(off):
-    buf = native.region(bytearray(64))
-    for call in (lambda: native.atomic_cas64(buf, off, 0, 1),
-                 lambda: native.atomic_faa64(buf, off, 1)):
-        with pytest.raises(OSError) as exc:
-            call()
-        assert exc.value.errno == errno.EINVAL
-    assert bytes(ffi.buffer(buf)) == bytes(64)
-
-
-def test_atomics_need_a_writable_region_and_an_aligned_address():
-    with pytest.raises(BufferError):
-        native.atomic_faa64(b"\x00" * 16, 0, 1)
-    buf = native.region(bytearray(24))
-    orig = ffi.new("uint64_t *")
-    assert lib.rnic_atomic_faa64(buf + 1, 16, 0, 1, orig) == -errno.EINVAL
-    assert lib.rnic_atomic_cas64(buf, 24, 0, 0, 1, ffi.NULL) == -errno.EINVAL
-
+# ---- placement ---------------------------------------------------------
 
 def test_copy_in_out():
     dst = bytearray(32)
