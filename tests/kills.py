@@ -14,7 +14,7 @@ import sys
 import time
 
 import rnic.enums as e
-from rc_pair import Side, poll_n
+from rc_pair import Side, connect, poll_n
 from rnic.wr import SGE, RecvWR, SendWR
 
 MiB = 1 << 20
@@ -124,3 +124,38 @@ def killer(daemons, kills: list, every: int, seed: int):
         os.kill(pid, signal.SIGKILL)
         kills.append((d, k, pid))
     return on_progress
+
+
+def all_replaced(kills: list, sides: dict) -> None:
+    """After a killer's kills: every killed engine has a substitute, every engine of each
+    daemon runs, each slot counts its restarts, and each daemon its failovers and deaths
+    (sides: daemon -> the Side whose context reads its counters)."""
+    for d, k, pid in kills:
+        wait_replaced(d, k, pid)
+    for d, side in sides.items():
+        rows = engines(d)
+        mine = [k for dd, k, _ in kills if dd is d]
+        assert all(r["state"] == "running" for r in rows)
+        assert [r["restarts"] for r in rows] == [mine.count(r["id"]) for r in rows]
+        c = side.ctx.get_counters()
+        assert c["engine_failovers"] == len(mine) == c["engine_deaths"]
+
+
+def mixed_stream_under_kills(da, db, mtu, seed: int) -> None:
+    """Issue 23's acceptance between daemons (or hosts) da and db: 256 MiB of mixed_stream
+    while a killer SIGKILLs random engines of both about every 300 completions (at least 10
+    kills); what landed equals what was sent, and all_replaced holds."""
+    a, b = Side(da, mr_size=24 * MiB, cqe=512), Side(db, mr_size=24 * MiB, cqe=512)
+    try:
+        connect(a, b, mtu=mtu, timeout=14, retry_cnt=7)
+        a.mr.write(random.Random(seed).randbytes(16 * MiB), 16 * MiB, 0)
+        b.mr.write(random.Random(seed + 1).randbytes(16 * MiB), 16 * MiB, 0)
+        kills = []
+        sent, landed = mixed_stream(a, b, 256 * MiB, 16, killer((da, db), kills, 400, seed))
+        assert len(kills) >= 10
+        assert landed == sent
+        all_replaced(kills, {da: a, db: b})
+    finally:
+        a.close()
+        b.close()
+
