@@ -200,6 +200,56 @@ def case_read_last():
     return Case(a, qa, *rx(a, last, b), check, a, b)
 
 
+def case_send_first():
+    """b takes a receive WQE for the FIRST packet of a three-packet SEND (its consumer index
+    published with the packet's change); MIDDLE and LAST follow: one CQE, every byte."""
+    a, ca, qa, ma, b, cb, qb, mb = pair()
+    ma.buf[:2500] = bytes(i * 11 % 249 for i in range(2500))
+    b.post_recv(qb, 31, [mb.sge(0, 4096)])
+    a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 2500)])
+    first, middle, last = sent(a)
+    call, args, redeliver = rx(b, first, a)
+
+    def again():
+        redeliver()
+        deliver(b, middle, a)
+        deliver(b, last, a)
+
+    def check():
+        assert [(c["wr_id"], c["byte_len"]) for c in b.poll(cb)] == [(31, 2500)]
+        assert bytes(mb.buf[:2500]) == bytes(ma.buf[:2500])
+        assert qb.dp.epsn == 103 and qb.dp.msn == 1 and qb.rq.ring.load_cons() == 1
+    return Case(b, qb, call, args, again, check, a, b)
+
+
+def case_read_request():
+    """b starts answering a two-packet RDMA READ (ePSN past it, the READ's state set, its
+    responses queued); after recovery the request comes again (new, or a duplicate that
+    core/ answers again) and a gets every byte."""
+    a, ca, qa, ma, b, cb, qb, mb = pair()
+    mb.buf[:2048] = bytes(i * 5 % 241 for i in range(2048))
+    a.post_send(qa, 4, abi.IBV_WR_RDMA_READ, [ma.sge(0, 2048)], rkey=mb.rkey, raddr=mb.iova)
+    req, = sent(a)
+    call, args, redeliver = rx(b, req, a)
+
+    def again():
+        if not redeliver():
+            # committed: the request is a duplicate now, and its responses died with the
+            # engine: core/ executes a duplicate READ again (9.7.5.1.4), as the daemon would
+            b.dev.receive(req, a.dev.ip, 4791, b.now)
+            b.dev.end_batch(b.now)
+            b.dev.produce(b.now)
+        for data in queued(b) + sent(b):
+            deliver(a, data, b)
+
+    def check():
+        assert [(c["wr_id"], c["status"]) for c in a.poll(ca)] == [
+            (4, abi.WCStatus.IBV_WC_SUCCESS)]
+        assert bytes(ma.buf[:2048]) == bytes(mb.buf[:2048])
+        assert qb.dp.epsn == 102 and qb.dp.msn == 1
+    return Case(b, qb, call, args, again, check, a, b)
+
+
 def case_atomic():
     """b executes a FETCH_AND_ADD: the counter moves once; a duplicate gets the kept result."""
     a, ca, qa, ma, b, cb, qb, mb = pair()
@@ -245,8 +295,9 @@ def case_pump():
     return Case(a, qa, "rnic_dp_pump", (qa.dp,), again, check, a, b)
 
 
-CASES = {f.__name__[5:]: f for f in (case_send, case_write_middle, case_ack, case_read_last,
-                                     case_atomic, case_pump)}
+CASES = {f.__name__[5:]: f for f in (case_send, case_send_first, case_write_middle, case_ack,
+                                     case_read_request, case_read_last, case_atomic,
+                                     case_pump)}
 
 
 def images_of_a_traced_call(case) -> list[list[bytes]]:
