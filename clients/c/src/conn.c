@@ -215,6 +215,13 @@ int rconn_open(struct rconn *c, const char *path)
     return 0;
 }
 
+int rconn_gone(struct rconn *c)
+{
+    char b;
+
+    return c->dead || recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 static void free_evq(struct rev *e)
 {
     while (e) {

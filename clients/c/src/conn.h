@@ -70,6 +70,9 @@ struct rconn {
 const char *rconn_socket_path(char *buf, size_t len);
 int rconn_open(struct rconn *c, const char *path);   /* 0 or -errno */
 void rconn_close(struct rconn *c);
+/* The daemon has closed the connection: it failed already, or the socket reads end of file
+ * (peeked: nothing is consumed). As the Python client's Connection.gone. */
+int rconn_gone(struct rconn *c);
 /* One request; 0 and *rep filled (free with rreply_free), or -errno (message in c->errmsg;
  * an error reply gives its code). */
 int rconn_call(struct rconn *c, const char *method, struct rargs *args, const int *fds, int nfds,

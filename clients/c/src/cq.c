@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "priv.h"
@@ -72,15 +71,6 @@ RNIC_EXPORT int ibv_destroy_comp_channel(struct ibv_comp_channel *channel)
     return 0;
 }
 
-/* The daemon is gone: its control socket reads end of file (nothing is consumed). */
-static int channel_daemon_gone(struct ibv_comp_channel *channel)
-{
-    struct rnic_ctx *c = rctx(channel->context);
-    char b;
-
-    return c->conn.dead || recv(c->conn.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
-}
-
 /* ibv_get_cq_event: hand out every CQ of the channel whose ring `events` counter moved, one
  * per call; with none, consume the eventfd's count, or wait for it (epoll) unless the
  * program made channel->fd O_NONBLOCK (then EAGAIN); EIO once the daemon is gone. */
@@ -113,7 +103,7 @@ RNIC_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *channel, struct ibv_cq
             continue;
         if (errno != EAGAIN)
             return -1;
-        if (channel_daemon_gone(channel)) {
+        if (rconn_gone(&rctx(channel->context)->conn)) {
             errno = EIO;        /* no completion event will ever come (IBTA 11.6.3) */
             return -1;
         }
@@ -274,13 +264,8 @@ RNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *ibcq)
 static int daemon_gone(struct rnic_cq *cq)
 {
     struct rnic_ctx *c = rctx(cq->cq.context);
-    char b;
 
-    if (c->conn.dead)
-        return 1;
-    if (++cq->empty_polls % 4096)
-        return 0;
-    return recv(c->conn.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+    return c->conn.dead || (++cq->empty_polls % 4096 == 0 && rconn_gone(&c->conn));
 }
 
 int rnic_poll_cq(struct ibv_cq *ibcq, int num, struct ibv_wc *wc)
