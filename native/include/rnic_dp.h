@@ -800,6 +800,7 @@ struct rnic_engine {
     uint64_t rx_drop_oversize;
     uint64_t fault_no_room;
     uint64_t channel_events;    /* completion channels it signalled itself */
+    uint64_t spin_yielded;      /* spins ended early: a yield found the CPU taken */
     uint64_t heartbeat;         /* counts up at least every RNIC_ENGINE_BEAT_MS, held or not:
                                  * one that stops is hung (docs/engines.md) */
 };

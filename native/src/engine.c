@@ -37,6 +37,16 @@
 #define HELD_CAP 256            /* datagrams faults hold back (delay, reorder) */
 #define TIMER_EVERY 0.001       /* look at the retransmit timers this often while busy */
 #define SLEEP_MAX_MS RNIC_ENGINE_BEAT_MS      /* it beats at least this often */
+/* A spinning engine yields the CPU on every idle turn. A yield that takes this long means a
+ * task that does not yield (an application spinning on memory, as ib_write_lat does) had the
+ * CPU: spinning then only delays our own wake-up, since a runnable task waits for the other's
+ * time slice while a sleeping one preempts it when its packet comes. So the engine stops
+ * spinning for a while, doubling the while each time the CPU is found taken again (measured
+ * with ib_write_lat, 2 daemons and 2 apps on 2 CPUs: 105-130 us typical, p99 2 ms, before;
+ * 28-44 us after; engines that never spin: 25 us, but then ib_send_lat is 40 us, not 12). */
+#define YIELD_TAKEN 500e-6       /* longer than any engine turn, shorter than a time slice */
+#define NOSPIN_MIN 0.1
+#define NOSPIN_MAX 1.6
 
 _Static_assert(sizeof(((struct rnic_engine_event *)0)->data) == RNIC_EV_DATA, "event size");
 
@@ -767,6 +777,7 @@ static void sleep_until(double now, double next_timer)
 static void engine_loop(void)
 {
     double now = mono(), idle_since = now, next_timer = 0, timers_at = 0, busy_from = now;
+    double nospin_until = 0, nospin = NOSPIN_MIN;
 
     set_polling(1);
     for (;;) {
@@ -796,13 +807,20 @@ static void engine_loop(void)
         flush_all(now);
         if (work) {
             idle_since = now;
-        } else if (now - idle_since >= E->spin_s) {
+        } else if (now - idle_since >= E->spin_s || now < nospin_until) {
             E->busy_ns += (uint64_t)((now - busy_from) * 1e9);
             next_timer = timers(now);
             sleep_until(now, next_timer);   /* it flushes after its last look */
             busy_from = idle_since = mono();
         } else {
             sched_yield();              /* spinning, but a runnable app here goes first */
+            if (mono() - now < YIELD_TAKEN) {
+                nospin = NOSPIN_MIN;
+            } else {                    /* the CPU is taken: sleep instead (above) */
+                nospin_until = now + nospin;
+                nospin = nospin * 2 > NOSPIN_MAX ? NOSPIN_MAX : nospin * 2;
+                E->spin_yielded++;
+            }
         }
     }
 }
