@@ -583,3 +583,32 @@ def test_ring_numbers_in_python_are_the_headers():
     assert rings.CQE_SIZE == lib.RNIC_CQE_SIZE == ffi.sizeof("struct rnic_cqe")
     assert [(k.name, k.value) for k in rings.RingKind] == [
         (n, getattr(lib, f"RNIC_RING_{n}")) for n in ("SQ", "RQ", "SRQ", "CQ")]
+
+
+def test_ring_struct_formats_are_the_headers():
+    """The struct formats the Python client packs WQEs and unpacks CQEs with put every field
+    where the compiled header has it: each field written through cffi with a distinct value
+    reads back in its place of the format."""
+    from rnicd.wire import rings
+    cases = [
+        (rings.SEND_WQE, "struct rnic_send_wqe",
+         ["wr_id", "remote_addr", "compare_add", "swap", "opcode", "_rsvd0", "num_sge",
+          "send_flags", "imm_data", "rkey", "inline_len", "ah", "remote_qpn", "remote_qkey"]),
+        (rings.RECV_WQE, "struct rnic_recv_wqe", ["wr_id", "num_sge", "_rsvd0"]),
+        (rings.SGE, "struct rnic_sge", ["addr", "length", "lkey"]),
+        (rings.CQE, "struct rnic_cqe",
+         ["wr_id", "status", "opcode", "vendor_err", "byte_len", "imm_data", "qp_num", "src_qp",
+          "wc_flags", "pkey_index", "slid", "sl", "dlid_path_bits"]),
+    ]
+    for fmt, ctype, fields in cases:
+        assert fmt.size == ffi.sizeof(ctype), ctype
+        p = ffi.new(ctype + " *")
+        values = [i + 1 for i in range(len(fields))]
+        for name, v in zip(fields, values, strict=True):
+            setattr(p, name, v)
+        assert list(fmt.unpack_from(ffi.buffer(p, fmt.size))) == values, ctype
+    # the union members a BIND_MW WQE packs into compare_add/swap/ah
+    p = ffi.new("struct rnic_send_wqe *")
+    p.bind_length, p.bind_mw, p.bind_lkey, p.bind_access = 7, 8, 9, 10
+    t = rings.SEND_WQE.unpack_from(ffi.buffer(p, rings.SEND_WQE.size))
+    assert (t[2], t[3], t[11]) == (7, 8 | 9 << 32, 10)

@@ -5,33 +5,44 @@ On the first bad WR of a chain the WRs before it stay posted (they are published
 doorbell rung) and RnicError is raised with ``.bad_wr`` set, as ibv_post_send does. The
 daemon re-checks everything it reads from a ring: these checks exist to give the
 application an immediate, precise error, not to protect the daemon.
+
+This is the Python client's data path, so it is written for speed: plain ints instead of
+enum arithmetic, the consumer index re-read only when the ring looks full, and each WQE
+written with one ``struct.pack_into`` (rnicd.wire.rings) instead of a store per field.
 """
 from rnicd.wire.abi import QPType, SendFlags, WROpcode
-from rnicd.wire.rings import SEND_WQE_HDR
+from rnicd.wire.rings import RECV_WQE, RECV_WQE_HDR, RING_HDR_SIZE, SEND_WQE, SEND_WQE_HDR, SGE
 
 from ._rings import U32, uint
 from .errors import RnicError, einval, enomem
 
 W = WROpcode
-_SENDS = frozenset({W.IBV_WR_SEND, W.IBV_WR_SEND_WITH_IMM})
-_INV = frozenset({W.IBV_WR_SEND_WITH_INV, W.IBV_WR_LOCAL_INV})   # imm_data: invalidate_rkey
-_MW_OPS = frozenset({W.IBV_WR_BIND_MW, W.IBV_WR_LOCAL_INV})      # local: no data
-_WRITES = frozenset({W.IBV_WR_RDMA_WRITE, W.IBV_WR_RDMA_WRITE_WITH_IMM})
-_ATOMICS = frozenset({W.IBV_WR_ATOMIC_CMP_AND_SWP, W.IBV_WR_ATOMIC_FETCH_AND_ADD})
-_RDMA = _WRITES | {W.IBV_WR_RDMA_READ}
-_IMM = frozenset({W.IBV_WR_SEND_WITH_IMM, W.IBV_WR_RDMA_WRITE_WITH_IMM})
-_INLINE_OK = _SENDS | _WRITES | {W.IBV_WR_SEND_WITH_INV}
+_SENDS = frozenset({int(W.IBV_WR_SEND), int(W.IBV_WR_SEND_WITH_IMM)})
+_INV = frozenset({int(W.IBV_WR_SEND_WITH_INV), int(W.IBV_WR_LOCAL_INV)})   # imm: the rkey
+_MW_OPS = frozenset({int(W.IBV_WR_BIND_MW), int(W.IBV_WR_LOCAL_INV)})      # local: no data
+_WRITES = frozenset({int(W.IBV_WR_RDMA_WRITE), int(W.IBV_WR_RDMA_WRITE_WITH_IMM)})
+_ATOMICS = frozenset({int(W.IBV_WR_ATOMIC_CMP_AND_SWP), int(W.IBV_WR_ATOMIC_FETCH_AND_ADD)})
+_RDMA = _WRITES | {int(W.IBV_WR_RDMA_READ)}
+_REMOTE = _RDMA | _ATOMICS                      # remote_addr and rkey
+_IMM_OR_INV = frozenset({int(W.IBV_WR_SEND_WITH_IMM), int(W.IBV_WR_RDMA_WRITE_WITH_IMM)}) | _INV
+_INLINE_OK = _SENDS | _WRITES | {int(W.IBV_WR_SEND_WITH_INV)}
+_BIND = int(W.IBV_WR_BIND_MW)
 # Operations each transport service supports (IBTA vol 1 ch. 9/10: UD carries sends only;
 # UC adds RDMA writes; RC adds RDMA reads, atomics, memory-window binds and invalidation,
 # 10.6.7, which rnicd offers on RC QPs).
+_UD, _XRC_SEND = int(QPType.IBV_QPT_UD), int(QPType.IBV_QPT_XRC_SEND)
 OPS_BY_QP_TYPE = {
-    QPType.IBV_QPT_RC: _SENDS | _RDMA | _ATOMICS | _MW_OPS | {W.IBV_WR_SEND_WITH_INV},
-    QPType.IBV_QPT_UC: _SENDS | _WRITES,
-    QPType.IBV_QPT_UD: _SENDS,
-    QPType.IBV_QPT_XRC_SEND: _SENDS | _RDMA | _ATOMICS,    # RC's (IBTA Annex A14)
+    int(QPType.IBV_QPT_RC): _SENDS | _RDMA | _ATOMICS | _MW_OPS | {int(W.IBV_WR_SEND_WITH_INV)},
+    int(QPType.IBV_QPT_UC): _SENDS | _WRITES,
+    _UD: _SENDS,
+    _XRC_SEND: _SENDS | _RDMA | _ATOMICS,        # RC's (IBTA Annex A14)
 }
+_INLINE = int(SendFlags.IBV_SEND_INLINE)
 _FLAGS_OK = int(SendFlags.IBV_SEND_FENCE | SendFlags.IBV_SEND_SIGNALED
                 | SendFlags.IBV_SEND_SOLICITED | SendFlags.IBV_SEND_INLINE)
+_M32, _M64 = (1 << 32) - 1, (1 << 64) - 1
+_pack_wqe, _pack_sge, _pack_rwqe = SEND_WQE.pack_into, SGE.pack_into, RECV_WQE.pack_into
+_SGE_SIZE = SGE.size
 
 
 def _opname(op) -> str:
@@ -41,20 +52,33 @@ def _opname(op) -> str:
         return str(op)
 
 
+def _u(v, mask: int, bits: int, what: str) -> int:
+    """v if it is an int in 0..mask (the common case in two comparisons), else the error."""
+    if v.__class__ is int and 0 <= v <= mask:
+        return v
+    return uint(v, bits, what)          # an IntEnum passes here; anything else raises
+
+
 def check_sges(ctx, sges, max_sge: int, what: str, need_lkey: bool = True):
     """Each SGE's lkey must be an open MR of this context and [addr, addr+length) inside it.
-    Returns [(sge, mr)]. With need_lkey=False (inline data, copied by the client) any open
-    MR of the context that holds the range will do, as providers ignore the lkey there."""
+    Returns [(addr, length, lkey, mr)]. With need_lkey=False (inline data, copied by the
+    client) any open MR of the context that holds the range will do, as providers ignore
+    the lkey there."""
     if len(sges) > max_sge:
         raise einval(f"{what}: {len(sges)} SGEs, but the queue takes at most {max_sge}")
     out = []
+    mrs = ctx._mrs
     for i, sge in enumerate(sges):
-        if not all(hasattr(sge, a) for a in ("addr", "length", "lkey")):
-            raise einval(f"{what}: sg[{i}] is not an SGE: {sge!r}")
-        addr = uint(sge.addr, 64, f"{what}: sg[{i}].addr")
-        length = uint(sge.length, 32, f"{what}: sg[{i}].length")
-        lkey = uint(sge.lkey, 32, f"{what}: sg[{i}].lkey")
-        mr = ctx._mr_by_lkey(lkey)
+        try:
+            addr, length, lkey = sge.addr, sge.length, sge.lkey
+        except AttributeError:
+            raise einval(f"{what}: sg[{i}] is not an SGE: {sge!r}") from None
+        addr = _u(addr, _M64, 64, f"{what}: sg[{i}].addr")
+        length = _u(length, _M32, 32, f"{what}: sg[{i}].length")
+        lkey = _u(lkey, _M32, 32, f"{what}: sg[{i}].lkey")
+        mr = mrs.get(lkey)
+        if mr is not None and mr.closed:
+            mr = None
         if not need_lkey and (mr is None or not mr.buf <= addr <= addr + length
                               <= mr.buf + mr.length):
             mr = ctx._mr_by_addr(addr, length)   # inline data: the lkey is not used
@@ -64,34 +88,50 @@ def check_sges(ctx, sges, max_sge: int, what: str, need_lkey: bool = True):
         if addr < mr.buf or addr + length > mr.buf + mr.length:
             raise einval(f"{what}: sg[{i}] [{addr:#x}, +{length}) lies outside its MR "
                          f"[{mr.buf:#x}, +{mr.length})")
-        out.append((sge, mr))
+        out.append((addr, length, lkey, mr))
     return out
+
+
+def _slot(ring, idx: int) -> int:
+    """Byte offset of the entry of free-running index idx in the ring's mapping."""
+    return RING_HDR_SIZE + (idx & (ring.num_entries - 1)) * ring.entry_size
+
+
+def _room(ring, prod: int, cons: int, limit: int) -> int:
+    """cons, re-read if the ring looks full at prod; raises if the indices are impossible."""
+    if (prod - cons) & U32 < limit:
+        return cons
+    ring.used(prod)                 # raises on corrupt indices
+    return ring.rv.load_cons()
 
 
 def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
     """Write receive WQEs for ``wrs`` and publish them. Receives need no doorbell, unless the
     queue is in error (its header says so): the daemon then flushes them (IBTA 10.8.3)."""
-    rv = ring.rv
+    rv, mm = ring.rv, ring.mm
     prod = rv.load_prod()
+    cons = rv.load_cons()
     limit = min(ring.num_entries, ring.limit)
     max_sge = min(max_sge, ring.max_sge)
     posted, err = 0, None
     for wr in wrs:
         try:
-            wr_id = uint(getattr(wr, "wr_id", None), 64, f"{what}: wr_id")
-            pairs = check_sges(ctx, list(getattr(wr, "sg", ())), max_sge, what)
-            if ring.used(prod + posted) >= limit:
+            wr_id = _u(getattr(wr, "wr_id", None), _M64, 64, f"{what}: wr_id")
+            sges = getattr(wr, "sg", ())
+            sges = check_sges(ctx, sges if sges.__class__ is list else list(sges), max_sge,
+                              what)
+            cons = _room(ring, prod + posted, cons, limit)
+            if (prod + posted - cons) & U32 >= limit:
                 raise enomem(f"{what}: receive queue full (max_wr={limit})")
         except RnicError as exc:
             exc.bad_wr, err = wr, exc
             break
-        w = rv.recv_wqe(prod + posted)
-        w.wr_id = wr_id
-        w.num_sge = len(pairs)
-        w._rsvd0 = 0
-        for i, (sge, _mr) in enumerate(pairs):
-            s = w.sg[i]
-            s.addr, s.length, s.lkey = sge.addr, sge.length, sge.lkey
+        off = _slot(ring, prod + posted)
+        _pack_rwqe(mm, off, wr_id, len(sges), 0)
+        off += RECV_WQE_HDR
+        for addr, length, lkey, _mr in sges:
+            _pack_sge(mm, off, addr, length, lkey)
+            off += _SGE_SIZE
         posted += 1
     if posted:
         rv.store_prod((prod + posted) & U32)
@@ -101,35 +141,38 @@ def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
         raise err
 
 
-def _prepare_send(qp, wr) -> tuple:
-    """Check one send WR against the QP; returns the WQE field values."""
+def _prepare_send(qp, wr, qpt: int, ops) -> tuple:
+    """Check one send WR against the QP; returns the WQE's header fields (SEND_WQE order
+    from remote_addr on, wr_id first) and its payload: ("sg", sges), ("inline", bytes) or
+    ("bind", None)."""
     what = "post_send"
     op = getattr(wr, "opcode", None)
-    if isinstance(op, bool) or not isinstance(op, int) or op not in OPS_BY_QP_TYPE[qp.qp_type]:
-        allowed = ", ".join(sorted(_opname(o) for o in OPS_BY_QP_TYPE[qp.qp_type]))
+    if op.__class__ is bool or not isinstance(op, int) or op not in ops:
+        allowed = ", ".join(sorted(_opname(o) for o in ops))
         raise einval(f"{what}: opcode {_opname(op)} is not valid on a "
-                     f"{QPType(qp.qp_type).name} QP; allowed: {allowed}")
-    flags = uint(getattr(wr, "send_flags", 0), 32, f"{what}: send_flags")
+                     f"{QPType(qpt).name} QP; allowed: {allowed}")
+    flags = _u(getattr(wr, "send_flags", 0), _M32, 32, f"{what}: send_flags")
     if flags & ~_FLAGS_OK:
         raise einval(f"{what}: send_flags {flags:#x} has bits rnicd does not know "
                      f"({flags & ~_FLAGS_OK:#x}); allowed: IBV_SEND_FENCE|SIGNALED|SOLICITED|"
                      "INLINE")
-    wr_id = uint(getattr(wr, "wr_id", None), 64, f"{what}: wr_id")
-    imm = uint(wr.imm_data, 32, f"{what}: imm_data") if op in _IMM | _INV else 0
+    wr_id = _u(getattr(wr, "wr_id", None), _M64, 64, f"{what}: wr_id")
+    imm = _u(wr.imm_data, _M32, 32, f"{what}: imm_data") if op in _IMM_OR_INV else 0
     raddr = rkey = cmp_add = swap = ah = rqpn = rqkey = 0
-    if op in _RDMA or op in _ATOMICS:
-        raddr = uint(wr.remote_addr, 64, f"{what}: remote_addr")
-        rkey = uint(wr.rkey, 32, f"{what}: rkey")
-    if op in _ATOMICS:
-        cmp_add = uint(wr.compare_add, 64, f"{what}: compare_add")
-        swap = uint(wr.swap, 64, f"{what}: swap")
-        if raddr % 8:
-            raise einval(f"{what}: an atomic's remote_addr must be 8-byte aligned, got "
-                         f"{raddr:#x}")
-        sg = list(wr.sg)
-        if len(sg) != 1 or getattr(sg[0], "length", None) != 8:
-            raise einval(f"{what}: an atomic takes one SGE of 8 bytes for the original value")
-    if qp.qp_type == QPType.IBV_QPT_UD:
+    if op in _REMOTE:
+        raddr = _u(wr.remote_addr, _M64, 64, f"{what}: remote_addr")
+        rkey = _u(wr.rkey, _M32, 32, f"{what}: rkey")
+        if op in _ATOMICS:
+            cmp_add = _u(wr.compare_add, _M64, 64, f"{what}: compare_add")
+            swap = _u(wr.swap, _M64, 64, f"{what}: swap")
+            if raddr % 8:
+                raise einval(f"{what}: an atomic's remote_addr must be 8-byte aligned, got "
+                             f"{raddr:#x}")
+            sg = list(wr.sg)
+            if len(sg) != 1 or getattr(sg[0], "length", None) != 8:
+                raise einval(f"{what}: an atomic takes one SGE of 8 bytes for the original "
+                             "value")
+    if qpt == _UD:
         if wr.ah is None:
             raise einval(f"{what}: a UD send needs an address handle: wr.set_wr_ud(ah, "
                          "remote_qpn, remote_qkey)")
@@ -138,37 +181,42 @@ def _prepare_send(qp, wr) -> tuple:
             raise einval(f"{what}: the AH is closed or belongs to another context")
         ah = uint(getattr(wr.ah, "handle", wr.ah), 32, f"{what}: ah")
         rqpn = uint(wr.remote_qpn, 24, f"{what}: remote_qpn")
-        rqkey = uint(wr.remote_qkey, 32, f"{what}: remote_qkey")
-    if qp.qp_type == QPType.IBV_QPT_XRC_SEND:    # the XRCETH's SRQ (rnic_abi.h remote_srqn)
-        rqpn = uint(getattr(wr, "remote_srqn", 0), 24, f"{what}: remote_srqn (XRC SRQ number, "
-                    "set_qp_type_xrc)")
-    sges = list(getattr(wr, "sg", ()))
+        rqkey = _u(wr.remote_qkey, _M32, 32, f"{what}: remote_qkey")
+    elif qpt == _XRC_SEND:                 # the XRCETH's SRQ (rnic_abi.h remote_srqn)
+        rqpn = uint(getattr(wr, "remote_srqn", 0), 24, f"{what}: remote_srqn (XRC SRQ "
+                    "number, set_qp_type_xrc)")
+    sges = getattr(wr, "sg", ())
+    if sges.__class__ is not list:
+        sges = list(sges)
     if op in _MW_OPS:
-        if sges or flags & SendFlags.IBV_SEND_INLINE:
+        if sges or flags & _INLINE:
             raise einval(f"{what}: {_opname(op)} carries no data (no SGEs, not inline)")
-        payload = ("bind", _bind_fields(qp, wr, what)) if op == W.IBV_WR_BIND_MW else ("sg", [])
-        if op == W.IBV_WR_BIND_MW:
-            rkey = uint(wr.rkey, 32, f"{what}: rkey (the window's new rkey)")
-        return (wr_id, op, flags, imm, raddr, rkey, cmp_add, swap, ah, rqpn, rqkey, payload)
-    if flags & SendFlags.IBV_SEND_INLINE:
+        if op == _BIND:
+            mw, lkey, raddr, length, access = _bind_fields(qp, wr, what)
+            rkey = _u(wr.rkey, _M32, 32, f"{what}: rkey (the window's new rkey)")
+            # bind_length, bind_mw | bind_lkey << 32 and bind_access share their places
+            return (wr_id, raddr, length, mw | lkey << 32, op, flags, imm, rkey, access, rqpn,
+                    rqkey, "bind", None)
+        return (wr_id, raddr, cmp_add, swap, op, flags, imm, rkey, ah, rqpn, rqkey, "sg", [])
+    if flags & _INLINE:
         if op not in _INLINE_OK:
             raise einval(f"{what}: IBV_SEND_INLINE is for sends and RDMA writes, not "
                          f"{_opname(op)}")
         pairs = check_sges(qp.context, sges, len(sges), what, need_lkey=False)
-        total = sum(s.length for s, _ in pairs)
+        total = sum(p[1] for p in pairs)
         cap = min(qp.cap.max_inline_data, qp._sq.max_inline, qp._sq.entry_size - SEND_WQE_HDR)
         if total > cap:
             raise einval(f"{what}: {total} bytes of inline data, but the QP takes at most "
                          f"{cap} (max_inline_data)")
-        data = b"".join(mr.mmap[s.addr - mr.buf:s.addr - mr.buf + s.length] for s, mr in pairs)
-        payload = ("inline", data)
-    else:
-        max_sge = min(qp.cap.max_send_sge, qp._sq.max_sge)
-        if len(sges) > max_sge:
-            raise einval(f"{what}: {len(sges)} SGEs, but the QP takes at most {max_sge} "
-                         "(max_send_sge)")
-        payload = ("sg", check_sges(qp.context, sges, max_sge, what))
-    return (wr_id, op, flags, imm, raddr, rkey, cmp_add, swap, ah, rqpn, rqkey, payload)
+        data = b"".join(mr.mmap[a - mr.buf:a - mr.buf + n] for a, n, _k, mr in pairs)
+        return (wr_id, raddr, cmp_add, swap, op, flags, imm, rkey, ah, rqpn, rqkey, "inline",
+                data)
+    max_sge = min(qp.cap.max_send_sge, qp._sq.max_sge)
+    if len(sges) > max_sge:
+        raise einval(f"{what}: {len(sges)} SGEs, but the QP takes at most {max_sge} "
+                     "(max_send_sge)")
+    return (wr_id, raddr, cmp_add, swap, op, flags, imm, rkey, ah, rqpn, rqkey, "sg",
+            check_sges(qp.context, sges, max_sge, what))
 
 
 def _bind_fields(qp, wr, what: str) -> tuple:
@@ -192,35 +240,38 @@ def _bind_fields(qp, wr, what: str) -> tuple:
 def post_send(qp, wrs) -> None:
     """Check and write send WQEs, publish prod once, ring the doorbell once."""
     ring = qp._sq
-    rv, ffi = ring.rv, qp._ffi
+    rv, mm = ring.rv, ring.mm
     prod = rv.load_prod()
+    cons = rv.load_cons()
     limit = min(ring.num_entries, ring.limit)
+    qpt = int(qp.qp_type)
+    ops = OPS_BY_QP_TYPE[qpt]
     posted, err = 0, None
     for wr in wrs:
         try:
-            (wr_id, op, flags, imm, raddr, rkey, cmp_add, swap, ah, rqpn, rqkey,
-             (kind, body)) = _prepare_send(qp, wr)
-            if ring.used(prod + posted) >= limit:
+            (wr_id, raddr, cmp_add, swap, op, flags, imm, rkey, ah, rqpn, rqkey, kind,
+             body) = _prepare_send(qp, wr, qpt, ops)
+            cons = _room(ring, prod + posted, cons, limit)
+            if (prod + posted - cons) & U32 >= limit:
                 raise enomem(f"post_send: send queue full (max_send_wr={limit})")
         except RnicError as exc:
             exc.bad_wr, err = wr, exc
             break
-        w = rv.send_wqe(prod + posted)
-        w.wr_id, w.remote_addr, w.compare_add, w.swap = wr_id, raddr, cmp_add, swap
-        w.opcode, w._rsvd0, w.send_flags, w.imm_data, w.rkey = op, 0, flags, imm, rkey
-        w.ah, w.remote_qpn, w.remote_qkey = ah, rqpn, rqkey
-        if kind == "bind":          # after the fields they share a place with
-            w.bind_mw, w.bind_lkey, w.remote_addr, w.bind_length, w.bind_access = body
-            w.num_sge, w.inline_len = 0, 0
+        off = _slot(ring, prod + posted)
+        if kind == "sg":
+            _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, len(body), flags, imm,
+                      rkey, 0, ah, rqpn, rqkey)
+            off += SEND_WQE_HDR
+            for addr, length, lkey, _mr in body:
+                _pack_sge(mm, off, addr, length, lkey)
+                off += _SGE_SIZE
         elif kind == "inline":
-            w.num_sge, w.inline_len = 0, len(body)
-            if body:
-                ffi.memmove(ffi.cast("uint8_t *", w) + SEND_WQE_HDR, body, len(body))
-        else:
-            w.num_sge, w.inline_len = len(body), 0
-            for i, (sge, _mr) in enumerate(body):
-                s = w.sg[i]
-                s.addr, s.length, s.lkey = sge.addr, sge.length, sge.lkey
+            _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, 0, flags, imm, rkey,
+                      len(body), ah, rqpn, rqkey)
+            mm[off + SEND_WQE_HDR:off + SEND_WQE_HDR + len(body)] = body
+        else:                       # bind: its fields are in the places they share
+            _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, 0, flags, imm, rkey, 0,
+                      ah, rqpn, rqkey)
         posted += 1
     if posted:
         rv.store_prod((prod + posted) & U32)

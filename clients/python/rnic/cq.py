@@ -14,7 +14,7 @@ import select
 import time
 
 from rnicd.wire.abi import WCFlags, WCOpcode, WCStatus
-from rnicd.wire.rings import RingKind
+from rnicd.wire.rings import CQE, RING_HDR_SIZE, RingKind
 
 from ._rings import U32, Ring, native
 from .base import RnicCM
@@ -26,6 +26,7 @@ from .errors import RnicError
 _POLL_YIELD = os.environ.get("RNIC_POLL_YIELD", "1") != "0"
 
 _BACKOFF_START, _BACKOFF_MAX = 50e-6, 5e-3
+_unpack_cqe = CQE.unpack_from
 
 
 class WC:
@@ -44,9 +45,12 @@ class WC:
         self.dlid_path_bits = dlid_path_bits
 
     @classmethod
-    def from_cqe(cls, c) -> "WC":
-        return cls(c.wr_id, c.status, c.opcode, c.vendor_err, c.byte_len, c.qp_num, c.src_qp,
-                   c.imm_data, c.wc_flags, c.pkey_index, c.slid, c.sl, c.dlid_path_bits)
+    def from_cqe(cls, buf, off: int) -> "WC":
+        """The CQE at buf[off:] (struct rnic_cqe, read with one unpack)."""
+        (wr_id, status, opcode, vendor_err, byte_len, imm, qpn, src_qp, flags, pkey, slid, sl,
+         dlid) = _unpack_cqe(buf, off)
+        return cls(wr_id, status, opcode, vendor_err, byte_len, qpn, src_qp, imm, flags, pkey,
+                   slid, sl, dlid)
 
     @property
     def invalidated_rkey(self) -> int:
@@ -277,11 +281,12 @@ class CQ(RnicCM):
             raise RnicError(errno.EIO, f"CQ {self.handle} is in error (overrun?); "
                             "destroy it and create a larger one")
         k = min(avail, max(0, num_entries))
-        cqe, from_cqe = rv.cqe, WC.from_cqe
-        wcs = [from_cqe(cqe(cons + i)) for i in range(k)]
         if k:
+            mm, mask, es, from_cqe = ring.mm, ring.num_entries - 1, ring.entry_size, WC.from_cqe
+            wcs = [from_cqe(mm, RING_HDR_SIZE + ((cons + i) & mask) * es) for i in range(k)]
             rv.store_cons((cons + k) & U32)
             return k, wcs
+        wcs = []
         # the daemon writes every completion: gone, a poller would wait forever (as the C
         # library, docs/c-libraries.md)
         self._empty_polls += 1

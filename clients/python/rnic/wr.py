@@ -140,7 +140,10 @@ def wr_chain(wr) -> list:
     if isinstance(wr, (list, tuple)):
         out = []
         for w in wr:
-            out.extend(wr_chain(w))
+            if getattr(w, "next_wr", None) is None and not isinstance(w, (list, tuple)):
+                out.append(w)           # the common case: a list of single WRs
+            else:
+                out.extend(wr_chain(w))
         return out
     out, seen = [], set()
     while wr is not None:

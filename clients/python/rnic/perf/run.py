@@ -135,6 +135,7 @@ def client_lat(ep: Endpoint, size: int, progress: bool) -> tuple[dict, list[floa
     deadline = t0 + p.duration if p.duration else None
     recv = RecvWR(wr_id=0, num_sge=1, sg=[SGE(ep.local(0), max(size, 1), ep.mr.lkey)])
     mm, last = ep.mr.mmap, size - 1
+    wrs = [_send_wr(ep, 0, size, False), _send_wr(ep, 0, size, True)]   # reused, as perftest
     i = 0
     if verb == "send":
         qp.post_recv(recv)
@@ -146,7 +147,7 @@ def client_lat(ep: Endpoint, size: int, progress: bool) -> tuple[dict, list[floa
             # so neither side ever mistakes its own byte for the other's.
             seq = i % 127 + 1
             mm[last] = seq
-            wr = _send_wr(ep, 0, size, i % WRITE_SIGNAL_EVERY == 0)
+            wr = wrs[i % WRITE_SIGNAL_EVERY == 0]
             t = time.perf_counter()
             qp.post_send(wr)
             while mm[last] != seq + 128:
@@ -156,7 +157,7 @@ def client_lat(ep: Endpoint, size: int, progress: bool) -> tuple[dict, list[floa
                 ep.poll(1)
         elif verb == "send":
             t = time.perf_counter()
-            qp.post_send(_send_wr(ep, 0, size, True))
+            qp.post_send(wrs[1])
             seen_recv = seen_send = False
             while not (seen_recv and seen_send):
                 for wc in ep.poll(2):
@@ -166,7 +167,7 @@ def client_lat(ep: Endpoint, size: int, progress: bool) -> tuple[dict, list[floa
             qp.post_recv(recv)
         else:
             t = time.perf_counter()
-            qp.post_send(_send_wr(ep, 0, size, True))
+            qp.post_send(wrs[1])
             ep.poll(1)
             samples.append(time.perf_counter() - t)
         bar.update(i, i * size, t0)
@@ -182,6 +183,7 @@ def server_lat(ep: Endpoint, size: int, link: Link) -> None:
             qp.post_recv(recv)
     link.send({"ready": True})
     mm, last, i = ep.mr.mmap, size - 1, 0
+    wrs = [_send_wr(ep, 0, size, False), _send_wr(ep, 0, size, True)]
     while True:
         if verb == "write":
             seq = (i + 1) % 127 + 1
@@ -193,7 +195,7 @@ def server_lat(ep: Endpoint, size: int, link: Link) -> None:
                     return
             i += 1
             mm[last] = seq + 128
-            qp.post_send(_send_wr(ep, 0, size, i % WRITE_SIGNAL_EVERY == 0))
+            qp.post_send(wrs[i % WRITE_SIGNAL_EVERY == 0])
             if i % WRITE_SIGNAL_EVERY == 0:
                 ep.poll(1)
         elif verb == "send":
@@ -201,7 +203,7 @@ def server_lat(ep: Endpoint, size: int, link: Link) -> None:
             for wc in wcs:
                 if wc.opcode == e.IBV_WC_RECV:
                     qp.post_recv(recv)
-                    qp.post_send(_send_wr(ep, 0, size, True))
+                    qp.post_send(wrs[1])
             if not got and select.select([link.sock], [], [], 0)[0]:
                 return
         else:
