@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 128 for _bw, 1 for _lat)")
     p.add_argument("-l", "--post-list", type=_positive, default=1,
                    help="WRs per post_send call (one signaled completion per list)")
+    p.add_argument("-Q", "--cq-mod", type=_positive,
+                   help="bandwidth tests: a completion every this many WRs (as perftest: "
+                        "default 100, or the post list's length with -l; at most --tx-depth)")
     p.add_argument("-I", "--inline-size", type=int, default=0,
                    help="send messages up to this size inline (max 512)")
     p.add_argument("-m", "--mtu", type=int, default=0, choices=sorted(MTU_ENUM),
@@ -94,6 +97,7 @@ def params_from(args) -> Params:
     return Params(test=args.test, sizes=sizes, iters=args.iters or (5000 if bw else 1000),
                   duration=args.duration, qps=args.qps, tx_depth=tx,
                   post_list=args.post_list, inline=args.inline_size, mtu=args.mtu,
+                  cq_mod=args.cq_mod or (args.post_list if args.post_list > 1 else 100),
                   event=args.event, spread=args.spread)
 
 

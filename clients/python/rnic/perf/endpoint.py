@@ -37,6 +37,7 @@ class Params:
     qps: int = 1
     tx_depth: int = 128
     post_list: int = 1
+    cq_mod: int = 1                # bandwidth tests: a signaled WR every cq_mod WRs
     inline: int = 0
     mtu: int = 0                   # 0: the port's active MTU (perftest's default)
     event: bool = False

@@ -1,8 +1,9 @@
 """The measurement loops of `rnic perf`, client and server side, as perftest runs them.
 
 Bandwidth: the client keeps tx_depth WRs in flight on every QP, posting post_list WRs per
-post_send and asking for a completion on the last of each list only (completions are in
-order on an RC QP). Latency: ping-pong for send and write (the one-way time is half the round
+post_send and asking for a completion once every cq_mod WRs (perftest's -Q, default 100,
+rounded up to whole lists and at most tx_depth), on the last WR of a list: completions are
+in order on an RC QP, so one stands for the cq_mod before it. Latency: ping-pong for send and write (the one-way time is half the round
 trip), one operation at a time for read and atomic (perftest reports their whole time).
 """
 from __future__ import annotations
@@ -57,8 +58,10 @@ def client_bw(ep: Endpoint, size: int, progress: bool) -> dict:
     size = 8 if p.verb == "atomic" else size
     lst = max(1, p.post_list)
     depth = max(lst, p.tx_depth - p.tx_depth % lst)
-    per_qp = -(-p.iters // lst) * lst if not p.duration else 1 << 62
-    lists = [[_send_wr(ep, q, size, k == lst - 1) for k in range(lst)] for q in range(p.qps)]
+    period = min(depth, -(-max(1, p.cq_mod) // lst) * lst)     # WRs per completion
+    per_qp = -(-p.iters // period) * period if not p.duration else 1 << 62
+    lists = [[[_send_wr(ep, q, size, signaled and k == lst - 1) for k in range(lst)]
+              for signaled in (False, True)] for q in range(p.qps)]
     posted, inflight = [0] * p.qps, [0] * p.qps
     completed, marks = 0, []
     bar = Progress(progress, 0 if p.duration else per_qp * p.qps)
@@ -68,15 +71,17 @@ def client_bw(ep: Endpoint, size: int, progress: bool) -> dict:
         now = time.perf_counter()
         posting = stop_posting is None or now < stop_posting
         for q, qp in enumerate(ep.qps):
-            while posting and posted[q] < per_qp and inflight[q] + lst <= depth:
-                qp.post_send(lists[q])
+            # past the deadline, only up to the next signaled WR (so that everything drains)
+            while ((posting or posted[q] % period) and posted[q] < per_qp
+                   and inflight[q] + lst <= depth):
                 posted[q] += lst
+                qp.post_send(lists[q][posted[q] % period == 0])
                 inflight[q] += lst
         if not any(inflight):
             break
         for wc in ep.poll():
-            inflight[ep.index[wc.qp_num]] -= lst
-            completed += lst
+            inflight[ep.index[wc.qp_num]] -= period
+            completed += period
         marks.append((time.perf_counter(), completed))
         bar.update(completed, completed * size, t0)
     elapsed = time.perf_counter() - t0
