@@ -3,8 +3,9 @@
 Bandwidth: the client keeps tx_depth WRs in flight on every QP, posting post_list WRs per
 post_send and asking for a completion once every cq_mod WRs (perftest's -Q, default 100,
 rounded up to whole lists and at most tx_depth), on the last WR of a list: completions are
-in order on an RC QP, so one stands for the cq_mod before it. Latency: ping-pong for send and write (the one-way time is half the round
-trip), one operation at a time for read and atomic (perftest reports their whole time).
+in order on an RC QP, so one stands for the cq_mod before it. Latency: ping-pong for send
+and write (the one-way time is half the round trip), one operation at a time for read and
+atomic (perftest reports their whole time).
 """
 from __future__ import annotations
 
