@@ -87,10 +87,13 @@ class Daemon:
 
     def start(self, timeout=20.0):
         with open(self.log_path, "a") as logf:
+            # A session of its own, as under systemd: with the kernel's autogroups the
+            # scheduler then weighs the daemon and its engines as one group beside each
+            # program's (docs/engines.md, "Why groups matter").
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rnicd.cli", "--bind", self.ip, "--ctl-socket", self.sock,
                  "--log-level", "warning", *self.extra], stdout=logf, stderr=subprocess.STDOUT,
-                env=self.env)
+                env=self.env, start_new_session=True)
         self.restarts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -252,7 +255,7 @@ def run_perftest(a, pair, prog, size, run):
         while not tcp_listening(port) and server.poll() is None and time.monotonic() - t0 < 20:
             time.sleep(0.05)
         p = subprocess.run(exe + [cli.sock, "--", *args, srv.ip], capture_output=True,
-                           text=True, env=a.env, timeout=a.timeout)
+                           text=True, env=a.env, timeout=a.timeout, start_new_session=True)
         server.communicate(timeout=a.timeout)
         rec["rc"], rec["results"] = p.returncode, parse_perftest(prog, size, p.stdout)
         if p.returncode or not rec["results"]:

@@ -166,7 +166,8 @@ class Daemon:
             self.primary[session] = conn
             conn.session = session
             if not self.engines:            # else the engines wait on the doorbells
-                self.loop.add_reader(session.doorbell_fd, self._doorbell, session)
+                for fd in session.doorbell_fds:
+                    self.loop.add_reader(fd, self._doorbell, session, fd)
         session.caller = conn
         with self._held():
             if self.engines:
@@ -199,7 +200,7 @@ class Daemon:
 
     @staticmethod
     def _eventfds(session) -> set[int]:
-        return {session.doorbell_fd} | {ch.fd for ch in session.channels.values()}
+        return set(session.doorbell_fds) | {ch.fd for ch in session.channels.values()}
 
     def _sent_fds(self, fds):
         """Ring memfds are the client's once sent: close our copy (the mapping stays)."""
@@ -221,7 +222,8 @@ class Daemon:
             return
         self.primary.pop(session, None)
         if not self.engines:
-            self.loop.remove_reader(session.doorbell_fd)
+            for fd in session.doorbell_fds:
+                self.loop.remove_reader(fd)
         log.info("client %s gone: releasing %d QPs, %d MRs", session.pid or "?",
                  len(session.qps), len(session.mrs))
         with self._held():
@@ -229,9 +231,9 @@ class Daemon:
             self._drain()
 
     # ---- data path events ----------------------------------------------------------------
-    def _doorbell(self, session):
+    def _doorbell(self, session, fd):
         try:
-            os.read(session.doorbell_fd, 8)
+            os.read(fd, 8)
         except BlockingIOError:
             pass
         self.device.doorbell(session, self.loop.time())

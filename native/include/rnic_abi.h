@@ -69,7 +69,9 @@ struct rnic_ring_hdr {
     uint32_t events;    /* CQ: completion events signalled (daemon increments) */
     uint32_t polling;   /* daemon sets while it polls this context: doorbell may be skipped */
     uint32_t error;     /* daemon sets non-zero when the queue entered an error state */
-    uint32_t _rsvd3[12];
+    uint32_t doorbell;  /* SQ/RQ: 1 + the index (in hello's doorbell_fds) of the doorbell that
+                         * wakes the engine serving the queue; 0: not known, ring them all */
+    uint32_t _rsvd3[11];
 };
 
 /* Scatter/gather element, as struct ibv_sge. */

@@ -70,7 +70,8 @@ class Session(CMVerbs):
         self.cm_ids: dict[int, CMId] = {}
         self.parked_rings: dict[int, tuple[dict, list[int]]] = {}   # offloaded QPs' rings
         self._next_handle = 1
-        self.doorbell_fd = shm.new_eventfd(doorbell=True)
+        # a doorbell per engine (comp vector): a post wakes only the engine of its QP
+        self.doorbell_fds = [shm.new_eventfd(doorbell=k) for k in range(device.comp_vectors)]
         # inodes of its clients' command sockets (each passed its own end by SCM_RIGHTS at
         # hello): import_context recognises a context by one of them
         self.sockets: set[int] = set()
@@ -105,8 +106,10 @@ class Session(CMVerbs):
 
     # ---- device --------------------------------------------------------------------------
     def m_hello(self, args, fds, now):
+        n = len(self.doorbell_fds)
         return {"version": ctl.PROTOCOL_VERSION, "device": self.device.name,
-                "num_comp_vectors": self.device.comp_vectors}, [self.doorbell_fd]
+                "num_comp_vectors": self.device.comp_vectors, "doorbell_fd": 0,
+                "doorbell_fds": list(range(n))}, list(self.doorbell_fds)
 
     def m_query_device(self, args, fds, now):
         return device_attr(self.device), []
@@ -683,5 +686,6 @@ class Session(CMVerbs):
         for ch in self.channels.values():
             self.shm.close_fd(ch.fd)
         self.channels.clear()
-        self.shm.close_fd(self.doorbell_fd)
+        for fd in self.doorbell_fds:
+            self.shm.close_fd(fd)
 

@@ -190,6 +190,9 @@ class Device:
     def add_qp(self, qp):
         self.qps[qp.qp_num] = qp
         qp.dp.engine = self.engine_of(qp.send_cq)
+        for ring in (qp.dp.sq, qp.dp.rq):    # clients ring that engine's doorbell only
+            if ring != native.ffi.NULL:
+                ring.doorbell = qp.dp.engine + 1
         self._dp_arrays["qps"][qp.qp_num] = qp.dp
         if self.engines is not None:
             self.engines.add_qp(qp)

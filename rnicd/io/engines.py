@@ -172,7 +172,8 @@ class Engines:
                                ROCEV2_PORT, tables, udp_gso) for k in range(count)]
         self.dps = [e.dev for e in self.engines]
         self._depth = 0
-        self.fds: dict[int, bool] = {}      # descriptors the engines hold: fd -> doorbell
+        # descriptors the engines hold: fd -> the engine whose doorbell it is, or None
+        self.fds: dict[int, int | None] = {}
         self._mad_since = None      # when a CM MAD began waiting for the others' sockets
         self.configure_faults()
         device.comp_vectors = count
@@ -273,8 +274,7 @@ class Engines:
         e.pidfd = os.pidfd_open(e.pid)
         self.loop.add_reader(e.pidfd, self._exited, e)
         for fd, doorbell in self.fds.items():
-            e.command(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd,
-                      flags=native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell else 0)
+            e.command(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd, flags=_fd_flags(e, doorbell))
         if self._depth:
             native.lib.rnic_engine_hold(e.rec, HOLD_TIMEOUT, e.pidfd)
         self.device.counters.inc("engine_restarts" if planned else "engine_failovers")
@@ -352,12 +352,14 @@ class Engines:
                     native.lib.rnic_engine_release(e.rec)
 
     # ---- what the daemon maps, the engines map (SharedMemory.mirror) ----------------------
-    def _tell(self, op: int, fd: int = -1, **kw) -> None:
+    def _tell(self, op: int, fd: int = -1, doorbell: int | None = None, **kw) -> None:
         """A command to every live engine; one that does not answer in COMMAND_TIMEOUT is
         hung and fenced (its substitute, forked now, inherits the daemon's mappings and is
-        given self.fds)."""
+        given self.fds). With an fd, ``doorbell`` names the engine that waits on it."""
         for e in self.live:
             try:
+                if op == native.lib.RNIC_ENGINE_CMD_FD:
+                    kw["flags"] = _fd_flags(e, doorbell)
                 e.command(op, fd, **kw)
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET):    # it died just now
@@ -377,10 +379,9 @@ class Engines:
         except OSError as exc:
             log.warning("%s", exc)
 
-    def add_fd(self, fd: int, doorbell: bool) -> None:
+    def add_fd(self, fd: int, doorbell: int | None) -> None:
         self.fds[fd] = doorbell
-        flags = native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell else 0
-        self._tell(native.lib.RNIC_ENGINE_CMD_FD, fd, dfd=fd, flags=flags)
+        self._tell(native.lib.RNIC_ENGINE_CMD_FD, fd, doorbell, dfd=fd)
 
     def forget_fd(self, fd: int) -> None:
         self.fds.pop(fd, None)
@@ -536,6 +537,12 @@ class Engines:
 
 
 @functools.lru_cache(maxsize=1024)
+def _fd_flags(e: Engine, doorbell: int | None) -> int:
+    """An eventfd is engine e's to wait on only if it is e's doorbell; every engine holds
+    every eventfd (it may signal any completion channel)."""
+    return native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell == e.index else 0
+
+
 def _ip_str(addr_be: int) -> str:
     return socket.inet_ntoa(struct.pack("=I", addr_be))
 

@@ -60,7 +60,7 @@ class NoMirror:
     def unmap(self, addr: int, length: int) -> None:
         pass
 
-    def add_fd(self, fd: int, doorbell: bool) -> None:
+    def add_fd(self, fd: int, doorbell: int | None) -> None:
         pass
 
     def forget_fd(self, fd: int) -> None:
@@ -79,11 +79,12 @@ class SharedMemory:
         self._mirrored: dict[int, int] = {}     # address of a mapping -> its length
 
     # ---- eventfds ------------------------------------------------------------------------
-    def new_eventfd(self, doorbell: bool = False) -> int:
+    def new_eventfd(self, doorbell: int | None = None) -> int:
         """Non-blocking, and it stays so: the flag is shared with the client through
         SCM_RIGHTS, and a client that wrote the counter near its maximum must not be able to
         block the daemon's next write (the client libraries wait with poll/epoll). Every
-        engine gets it: a doorbell to wait on, else a completion channel to signal."""
+        engine gets it: engine ``doorbell``'s doorbell to wait on, else a completion channel
+        to signal."""
         fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.open_fds += 1
         try:

@@ -109,6 +109,46 @@ def test_comp_vectors_are_served_by_their_own_engines(rnicd):
         b.close()
 
 
+def test_a_post_rings_only_its_engines_doorbell(rnicd):
+    """A doorbell per engine: hello hands the client one eventfd per engine, a QP's SQ ring
+    header names its engine's, and posts write that one only, so they never wake the
+    other engine. (Engines watch their doorbell edge-triggered and never read it, so its
+    counter shows what the client wrote; reading it here empties it, which they do not
+    notice. Without spinning the engines sleep between sends and the flag that lets a
+    client skip the doorbell is down.)"""
+    spin = ("--engines", "2", "--engine-spin-us", "0")
+    da, db = rnicd("a", extra=spin), rnicd("b", extra=spin)
+    a, b = Side(da), Side(db)
+
+    def written(fd) -> int:
+        try:
+            return int.from_bytes(os.read(fd, 8), "little")
+        except BlockingIOError:
+            return 0
+
+    try:
+        fds = a.ctx._doorbell_fds
+        assert len(fds) == 2
+        pairs = {v: _pair_on_vector(a, b, v) for v in (0, 1)}
+        for v in (0, 1):
+            (_, acq, qa), (_, bcq, qb) = pairs[v]
+            assert qa._sq.hdr.doorbell == v + 1 and qa._rq.hdr.doorbell == v + 1
+            for fd in fds:
+                written(fd)
+            for i in range(20):
+                qb.post_recv(RecvWR(wr_id=i, num_sge=1, sg=[SGE(b.mr.buf, 64, b.mr.lkey)]))
+                qa.post_send(SendWR(wr_id=i, opcode=e.IBV_WR_SEND, num_sge=1,
+                                    sg=[SGE(a.mr.buf, 64, a.mr.lkey)],
+                                    send_flags=e.IBV_SEND_SIGNALED))
+                poll_n(acq, 1)
+                poll_n(bcq, 1)
+            assert written(fds[1 - v]) == 0
+            assert written(fds[v]) >= 1
+    finally:
+        a.close()
+        b.close()
+
+
 def test_adaptive_polling_starves_nobody(rnicd):
     """Two daemons (engines at the default count), a latency run and a bandwidth run at once,
     each app busy-polling its CQs: on 2 CPUs the engines' spinning must leave them room."""

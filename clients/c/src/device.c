@@ -87,7 +87,47 @@ void *robj_find(struct rnic_ctx *c, int kind, uint32_t handle)
     return r;
 }
 
-/* hello: {version, device, pid} + our own socket end; reply: doorbell eventfd. */
+/* The reply's doorbells (docs/control-protocol.md): doorbell_fds, the indexes of one eventfd
+ * per engine among the reply's fds (an older rnicd sends doorbell_fd, one index). Taken out
+ * of rep; 0, or -1 if the reply names none or names one twice or out of range. */
+static int take_doorbells(struct rnic_ctx *c, struct rreply *rep)
+{
+    const msgpack_object *list = mo_get(rep->r, "doorbell_fds");
+    int64_t one = 0;
+    uint32_t n = 1;
+
+    if (list && (list->type != MSGPACK_OBJECT_ARRAY || list->via.array.size == 0 ||
+                 list->via.array.size > RNIC_MAX_DOORBELLS))
+        return -1;
+    if (list)
+        n = list->via.array.size;
+    else
+        mo_int(rep->r, "doorbell_fd", &one);
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *o = list ? &list->via.array.ptr[i] : NULL;
+        int64_t idx = !o ? one : o->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                                     ? (int64_t)o->via.u64 : -1;
+
+        if (idx < 0 || idx >= rep->nfds || rep->fds[idx] < 0) {
+            for (uint32_t k = 0; k < i; k++)
+                close(c->doorbell_fds[k]);
+            return -1;
+        }
+        c->doorbell_fds[i] = rep->fds[idx];
+        rep->fds[idx] = -1;
+    }
+    c->ndoorbells = (int)n;
+    return 0;
+}
+
+static void close_doorbells(struct rnic_ctx *c)
+{
+    for (int i = 0; i < c->ndoorbells; i++)
+        close(c->doorbell_fds[i]);
+    c->ndoorbells = 0;
+}
+
+/* hello: {version, device, pid} + our own socket end; reply: a doorbell eventfd per engine. */
 static int hello(struct rconn *conn, const char *devname, struct rreply *rep)
 {
     struct rargs a;
@@ -235,17 +275,13 @@ static struct ibv_context *ctx_open(struct rnic_device *d, int import_fd)
         errno = -rc;
         return NULL;
     }
-    int64_t idx = 0;
-    mo_int(rep.r, "doorbell_fd", &idx);
-    if (idx < 0 || idx >= rep.nfds) {
+    if (take_doorbells(c, &rep) < 0) {
         rreply_free(&rep);
         rconn_close(&c->conn);
         free(c);
         errno = EPROTO;
         return NULL;
     }
-    c->doorbell_fd = rep.fds[idx];
-    rep.fds[idx] = -1;
     struct ibv_context *ctx = &c->vctx.context;
     ctx->num_comp_vectors = (int)mo_u64(rep.r, "num_comp_vectors", 1);
     if (import_fd >= 0) {
@@ -262,7 +298,7 @@ static struct ibv_context *ctx_open(struct rnic_device *d, int import_fd)
         int e = errno;
         if (ep >= 0)
             close(ep);
-        close(c->doorbell_fd);
+        close_doorbells(c);
         rconn_close(&c->conn);
         free(c);
         errno = e;
@@ -325,7 +361,7 @@ RNIC_EXPORT int ibv_close_device(struct ibv_context *ctx)
     if (c->imported_fd >= 0)
         close(c->imported_fd);
     close(ctx->async_fd);
-    close(c->doorbell_fd);
+    close_doorbells(c);
     rconn_close(&c->conn);    /* the daemon destroys every object of the connection */
     pthread_mutex_lock(&c->objlock);
     while (c->objs) {

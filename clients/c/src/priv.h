@@ -37,10 +37,13 @@ struct rnic_device {
     char sock[108];
 };
 
+#define RNIC_MAX_DOORBELLS 64
+
 struct rnic_ctx {
     struct verbs_context vctx;   /* ends with struct ibv_context */
     struct rconn conn;
-    int doorbell_fd;
+    int doorbell_fds[RNIC_MAX_DOORBELLS];    /* one per engine (hello's doorbell_fds) */
+    int ndoorbells;
     pthread_mutex_t objlock;
     struct robj *objs;
     struct ibv_device_attr attr; /* queried at open: limits for checks */

@@ -58,18 +58,31 @@ void rring_unmap(struct rring *r)
     r->hdr = NULL;
 }
 
-/* New WQEs wait: 8 bytes to the doorbell eventfd, unless the daemon flagged that it polls. */
+/* New WQEs wait: 8 bytes to the doorbell eventfd of the engine that serves the ring (its
+ * header names it), unless the daemon flagged that it polls; to every doorbell when the ring
+ * names none (r NULL: a receive queue in error, to be flushed). */
 void rnic_doorbell(struct rnic_ctx *c, struct rring *r)
 {
+    int from = 0, to = c->ndoorbells;
+    uint64_t one = 1;
+
     /* The WQE's index store must be visible before the flag is read: an engine clears the
      * flag, then looks at the rings once more, then sleeps (native/src/engine.c) */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (r && ld_acq(&r->hdr->polling))
-        return;
-    uint64_t one = 1;
-    if (write(c->doorbell_fd, &one, sizeof(one)) < 0) {
-        /* EAGAIN: the counter is saturated, a wake-up is pending anyway */
+    if (r) {
+        uint32_t k = r->hdr->doorbell;
+
+        if (ld_acq(&r->hdr->polling))
+            return;
+        if (k > 0 && k <= (uint32_t)c->ndoorbells) {
+            from = (int)k - 1;
+            to = (int)k;
+        }
     }
+    for (int i = from; i < to; i++)
+        if (write(c->doorbell_fds[i], &one, sizeof(one)) < 0) {
+            /* EAGAIN: the counter is saturated, a wake-up is pending anyway */
+        }
 }
 
 /* A program that spins on an empty CQ (perftest does) holds its CPU until the scheduler's

@@ -186,12 +186,15 @@ class Context(RnicCM):
                 r, fds = self._conn.call("hello", {"version": ctl.PROTOCOL_VERSION,
                                                    "device": name, "pid": os.getpid()},
                                          fds=[own])
-            idx = r.get("doorbell_fd", 0)
-            if not isinstance(idx, int) or not 0 <= idx < len(fds):
+            # a doorbell per engine (docs/control-protocol.md); an older rnicd sends one
+            idxs = r.get("doorbell_fds", [r.get("doorbell_fd", 0)])
+            if not isinstance(idxs, list) or not idxs or not all(
+                    isinstance(i, int) and 0 <= i < len(fds) for i in idxs) \
+                    or len(set(idxs)) != len(idxs):
                 _close_fds(fds)
                 raise RnicError(errno.EPROTO, "hello: rnicd sent no doorbell eventfd")
-            self._doorbell_fd = fds.pop(idx)
-            _close_fds(fds)
+            self._doorbell_fds = [fds[i] for i in idxs]
+            _close_fds([fd for i, fd in enumerate(fds) if i not in idxs])
         except BaseException:
             self._conn.close()
             raise
@@ -261,17 +264,24 @@ class Context(RnicCM):
         return None
 
     def _ring_doorbell(self, ring=None) -> None:
-        """Tell the daemon new WQEs wait: 8 bytes to the doorbell eventfd, unless the daemon
-        flagged (``polling`` in the ring header) that it is polling anyway."""
-        if ring is not None and ring.polling():
-            return
-        try:
-            os.write(self._doorbell_fd, _DOORBELL)
-        except BlockingIOError:
-            pass   # counter saturated: the daemon has a wake-up pending anyway
-        except OSError as exc:
-            raise RnicError(exc.errno or errno.EIO, f"ringing the doorbell failed: {exc}") \
-                from None
+        """Tell the daemon new WQEs wait: 8 bytes to the doorbell eventfd of the engine that
+        serves the ring (its header names it), unless the daemon flagged (``polling`` in the
+        ring header) that it is polling anyway; every doorbell when the ring names none."""
+        fds = self._doorbell_fds
+        if ring is not None:
+            if ring.polling():
+                return
+            k = ring.hdr.doorbell
+            if 0 < k <= len(fds):
+                fds = (fds[k - 1],)
+        for fd in fds:
+            try:
+                os.write(fd, _DOORBELL)
+            except BlockingIOError:
+                pass   # counter saturated: the daemon has a wake-up pending anyway
+            except OSError as exc:
+                raise RnicError(exc.errno or errno.EIO, f"ringing the doorbell failed: {exc}"
+                                ) from None
 
     # ---- verbs ---------------------------------------------------------------------------
     def query_device(self) -> DeviceAttr:
@@ -404,7 +414,13 @@ class Context(RnicCM):
         conn = getattr(self, "_conn", None)
         if conn is not None:
             conn.close()
-        for name in ("_doorbell_fd", "_cmd_fd_imported"):
+        for fd in getattr(self, "_doorbell_fds", None) or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._doorbell_fds = []
+        for name in ("_cmd_fd_imported",):
             fd = getattr(self, name, None)
             if fd is not None and fd >= 0:
                 setattr(self, name, None)
