@@ -37,6 +37,7 @@ int32_t rnic_psn_diff(uint32_t a, uint32_t b);
 /* rnic_cpu_features() bits: which accelerated paths this CPU runs. */
 #define RNIC_CPU_PCLMUL 1
 #define RNIC_CPU_SSE42 2
+#define RNIC_CPU_VPCLMUL 4
 
 /* ---- crc.c ---------------------------------------------------------------------------- */
 

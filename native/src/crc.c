@@ -6,7 +6,8 @@
  * (crc = 0 starts, passing a previous result continues). Three engines:
  *   - slicing-by-8 tables (portable; tables built once when the module is loaded),
  *   - CRC-32: carry-less multiplication folding with PCLMULQDQ (the method of Intel's
- *     white paper "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ"),
+ *     white paper "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ"), with
+ *     512-bit VPCLMULQDQ (AVX-512) for 256 bytes and more where the CPU has it,
  *   - CRC-32C: the SSE4.2 crc32 instruction, which implements exactly this polynomial.
  * The accelerated engines are compiled with function-level target attributes and chosen
  * at load time with __builtin_cpu_supports, so the module loads on any x86-64 CPU.
@@ -75,9 +76,14 @@ static uint32_t crc_tab_update(uint32_t tab[8][256], uint32_t s, const uint8_t *
  * by D bits multiplies its two halves by x^(D+32) mod P and x^(D-32) mod P, each stored
  * bit-reflected and shifted left by one (33 bits):
  *   k_fold4 = x^544, x^480 (D = 512, four lanes); k_fold1 = x^160, x^96 (D = 128);
- *   k_fold64 = x^64 (64 -> 32 bits); k_barrett = P and floor(x^64 / P) (reflected).
+ *   k_fold64 = x^64 (64 -> 32 bits); k_barrett = P and floor(x^64 / P) (reflected);
+ *   for the 512-bit path k_fold16 = x^2080, x^2016 (D = 2048, sixteen lanes), and
+ *   k_fold3 = x^416, x^352 and k_fold2 = x^288, x^224 (D = 384, 256: four lanes to one).
  */
+static const uint64_t k_fold16[2] = {0x011542778aull, 0x01322d1430ull};
 static const uint64_t k_fold4[2] = {0x0154442bd4ull, 0x01c6e41596ull};
+static const uint64_t k_fold3[2] = {0x003db1ecdcull, 0x0174359406ull};
+static const uint64_t k_fold2[2] = {0x00f1da05aaull, 0x015a546366ull};
 static const uint64_t k_fold1[2] = {0x01751997d0ull, 0x00ccaa009eull};
 static const uint64_t k_fold64 = 0x0163cd6124ull;
 static const uint64_t k_barrett[2] = {0x01db710641ull, 0x01f7011641ull};
@@ -88,6 +94,33 @@ static inline __m128i fold128(__m128i acc, __m128i k, __m128i next)
     __m128i lo = _mm_clmulepi64_si128(acc, k, 0x00);
     __m128i hi = _mm_clmulepi64_si128(acc, k, 0x11);
     return _mm_xor_si128(_mm_xor_si128(lo, hi), next);
+}
+
+/* The last 16-byte blocks folded into the one lane x0 (len a multiple of 16), then 128 bits
+ * reduced to the 32-bit state. */
+__attribute__((target("sse4.2,pclmul")))
+static inline uint32_t crc32_pclmul_finish(__m128i x0, const __m128i *v, size_t len)
+{
+    __m128i k = _mm_loadu_si128((const __m128i *)k_fold1);
+
+    while (len >= 16) {
+        x0 = fold128(x0, k, _mm_loadu_si128(v++));
+        len -= 16;
+    }
+    /* 128 -> 64 bits: fold the low half onto the high half (times x^96). */
+    const __m128i mask32 = _mm_set_epi32(0, -1, 0, -1);
+    __m128i t = _mm_clmulepi64_si128(x0, k, 0x10);
+    x0 = _mm_xor_si128(_mm_srli_si128(x0, 8), t);
+    /* 64 -> 32 bits (plus the 32-bit tail), then Barrett reduction to the 32-bit state. */
+    k = _mm_set_epi64x(0, (long long)k_fold64);
+    t = _mm_srli_si128(x0, 4);
+    x0 = _mm_clmulepi64_si128(_mm_and_si128(x0, mask32), k, 0x00);
+    x0 = _mm_xor_si128(x0, t);
+    k = _mm_loadu_si128((const __m128i *)k_barrett);
+    t = _mm_clmulepi64_si128(_mm_and_si128(x0, mask32), k, 0x10);
+    t = _mm_clmulepi64_si128(_mm_and_si128(t, mask32), k, 0x00);
+    x0 = _mm_xor_si128(x0, t);
+    return (uint32_t)_mm_extract_epi32(x0, 1);
 }
 
 /* State update over p[0..len), len >= 64 and a multiple of 16. */
@@ -114,25 +147,64 @@ static uint32_t crc32_pclmul_blocks(uint32_t s, const uint8_t *p, size_t len)
     x0 = fold128(x0, k, x1);
     x0 = fold128(x0, k, x2);
     x0 = fold128(x0, k, x3);
-    while (len >= 16) {
-        x0 = fold128(x0, k, _mm_loadu_si128(v++));
-        len -= 16;
-    }
+    return crc32_pclmul_finish(x0, v, len);
+}
 
-    /* 128 -> 64 bits: fold the low half onto the high half (times x^96). */
-    const __m128i mask32 = _mm_set_epi32(0, -1, 0, -1);
-    __m128i t = _mm_clmulepi64_si128(x0, k, 0x10);
-    x0 = _mm_xor_si128(_mm_srli_si128(x0, 8), t);
-    /* 64 -> 32 bits (plus the 32-bit tail), then Barrett reduction to the 32-bit state. */
-    k = _mm_set_epi64x(0, (long long)k_fold64);
-    t = _mm_srli_si128(x0, 4);
-    x0 = _mm_clmulepi64_si128(_mm_and_si128(x0, mask32), k, 0x00);
-    x0 = _mm_xor_si128(x0, t);
-    k = _mm_loadu_si128((const __m128i *)k_barrett);
-    t = _mm_clmulepi64_si128(_mm_and_si128(x0, mask32), k, 0x10);
-    t = _mm_clmulepi64_si128(_mm_and_si128(t, mask32), k, 0x00);
-    x0 = _mm_xor_si128(x0, t);
-    return (uint32_t)_mm_extract_epi32(x0, 1);
+#define VPCLMUL_TARGET "avx512f,avx512vl,vpclmulqdq,sse4.2,pclmul"
+
+__attribute__((target(VPCLMUL_TARGET)))
+static inline __m512i fold512(__m512i acc, __m512i k, __m512i next)
+{
+    __m512i lo = _mm512_clmulepi64_epi128(acc, k, 0x00);
+    __m512i hi = _mm512_clmulepi64_epi128(acc, k, 0x11);
+    return _mm512_ternarylogic_epi64(lo, hi, next, 0x96);     /* lo ^ hi ^ next */
+}
+
+/* The same folding 512 bits at a time: sixteen 128-bit lanes in four accumulators, folded
+ * 2048 bits forward per turn, then four accumulators to one and its four lanes to one, and
+ * the rest as the 128-bit path. len >= 256 and a multiple of 16. */
+__attribute__((target(VPCLMUL_TARGET)))
+static uint32_t crc32_vpclmul_blocks(uint32_t s, const uint8_t *p, size_t len)
+{
+    __m512i x0 = _mm512_loadu_si512(p), x1 = _mm512_loadu_si512(p + 64);
+    __m512i x2 = _mm512_loadu_si512(p + 128), x3 = _mm512_loadu_si512(p + 192);
+    __m512i k = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)k_fold16));
+
+    x0 = _mm512_xor_si512(x0, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)s)));
+    p += 256;
+    len -= 256;
+    while (len >= 256) {
+        x0 = fold512(x0, k, _mm512_loadu_si512(p));
+        x1 = fold512(x1, k, _mm512_loadu_si512(p + 64));
+        x2 = fold512(x2, k, _mm512_loadu_si512(p + 128));
+        x3 = fold512(x3, k, _mm512_loadu_si512(p + 192));
+        p += 256;
+        len -= 256;
+    }
+    k = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)k_fold4));
+    x0 = fold512(x0, k, x1);
+    x0 = fold512(x0, k, x2);
+    x0 = fold512(x0, k, x3);
+    /* lanes 0, 1, 2 folded 384, 256, 128 bits forward onto lane 3 */
+    __m128i l = _mm512_extracti32x4_epi32(x0, 3);
+    l = fold128(_mm512_extracti32x4_epi32(x0, 0), _mm_loadu_si128((const __m128i *)k_fold3), l);
+    l = fold128(_mm512_extracti32x4_epi32(x0, 1), _mm_loadu_si128((const __m128i *)k_fold2), l);
+    l = fold128(_mm512_extracti32x4_epi32(x0, 2), _mm_loadu_si128((const __m128i *)k_fold1), l);
+    return crc32_pclmul_finish(l, (const __m128i *)p, len);
+}
+
+__attribute__((target(VPCLMUL_TARGET)))
+static uint32_t crc32_hw512(uint32_t s, const uint8_t *p, size_t len)
+{
+    size_t blocks = len & ~(size_t)15;
+
+    if (blocks >= 256)
+        s = crc32_vpclmul_blocks(s, p, blocks);
+    else if (blocks >= 64)
+        s = crc32_pclmul_blocks(s, p, blocks);
+    else
+        blocks = 0;
+    return crc_tab_update(crc32_tab, s, p + blocks, len - blocks);
 }
 
 __attribute__((target("sse4.2,pclmul")))
@@ -210,6 +282,11 @@ static void crc_init(void)
     if (__builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.2")) {
         crc32_impl = crc32_hw;
         cpu_features |= RNIC_CPU_PCLMUL;
+        if (__builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512vl")) {
+            crc32_impl = crc32_hw512;
+            cpu_features |= RNIC_CPU_VPCLMUL;
+        }
     }
     if (__builtin_cpu_supports("sse4.2")) {
         crc32c_impl = crc32c_hw;

@@ -35,8 +35,10 @@ def _call(fn, crc, data):
 
 def test_cpu_features_reported():
     feats = lib.rnic_cpu_features()
-    assert feats & ~(lib.RNIC_CPU_PCLMUL | lib.RNIC_CPU_SSE42) == 0
+    assert feats & ~(lib.RNIC_CPU_PCLMUL | lib.RNIC_CPU_SSE42 | lib.RNIC_CPU_VPCLMUL) == 0
+    assert not feats & lib.RNIC_CPU_VPCLMUL or feats & lib.RNIC_CPU_PCLMUL
     print(f"accelerated paths: pclmul={bool(feats & lib.RNIC_CPU_PCLMUL)} "
+          f"vpclmul={bool(feats & lib.RNIC_CPU_VPCLMUL)} "
           f"sse4.2={bool(feats & lib.RNIC_CPU_SSE42)}")
 
 
