@@ -536,13 +536,13 @@ class Engines:
         return out
 
 
-@functools.lru_cache(maxsize=1024)
 def _fd_flags(e: Engine, doorbell: int | None) -> int:
     """An eventfd is engine e's to wait on only if it is e's doorbell; every engine holds
     every eventfd (it may signal any completion channel)."""
     return native.lib.RNIC_ENGINE_FD_DOORBELL if doorbell == e.index else 0
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip_str(addr_be: int) -> str:
     return socket.inet_ntoa(struct.pack("=I", addr_be))
 
