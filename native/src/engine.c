@@ -863,6 +863,12 @@ static void engine_main(struct rnic_engine *e, pid_t parent)
         if (s != SIGKILL && s != SIGSTOP && s != SIGPIPE)
             signal(s, SIG_DFL);
     signal(SIGPIPE, SIG_IGN);
+    /* A ^C, SIGTERM or hang-up sent to the whole process group is the daemon's to act on:
+     * it stops its engines itself (or they die with it), and must not see one die of the
+     * signal first and fork it a substitute while stopping. SIGKILL still kills one. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     close_other_fds();
     name[13] = (char)('0' + e->id % 10);
     prctl(PR_SET_NAME, name);
