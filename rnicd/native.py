@@ -131,13 +131,16 @@ class RingView:
             raise
         self.num_entries, self.entry_size, self._mask = n, esz, n - 1
         self.hdr_size = lib.RNIC_RING_HDR_SIZE
-        self._entries = self._buf + lib.RNIC_RING_HDR_SIZE
         self._prod = ffi.addressof(self.hdr, "prod")
         self._cons = ffi.addressof(self.hdr, "cons")
 
+    def offset(self, idx: int) -> int:
+        """Byte offset in buf of the entry of free-running index idx."""
+        return self.hdr_size + (idx & self._mask) * self.entry_size
+
     def entry(self, idx: int):
         """``void *`` to the entry of free-running index idx."""
-        return ffi.cast("void *", self._entries + (idx & self._mask) * self.entry_size)
+        return ffi.cast("void *", self._buf + self.offset(idx))
 
     def send_wqe(self, idx: int):
         return ffi.cast("struct rnic_send_wqe *", self.entry(idx))
@@ -163,7 +166,7 @@ class RingView:
     def release(self) -> None:
         """Drop every pointer into buf so that it (an mmap) can be closed. Idempotent."""
         buf, self._buf = self._buf, None
-        self.hdr = self._entries = self._prod = self._cons = None
+        self.hdr = self._prod = self._cons = None
         if buf is not None:
             ffi.release(buf)
 

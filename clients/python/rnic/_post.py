@@ -11,7 +11,7 @@ enum arithmetic, the consumer index re-read only when the ring looks full, and e
 written with one ``struct.pack_into`` (rnicd.wire.rings) instead of a store per field.
 """
 from rnicd.wire.abi import QPType, SendFlags, WROpcode
-from rnicd.wire.rings import RECV_WQE, RECV_WQE_HDR, RING_HDR_SIZE, SEND_WQE, SEND_WQE_HDR, SGE
+from rnicd.wire.rings import RECV_WQE, RECV_WQE_HDR, SEND_WQE, SEND_WQE_HDR, SGE
 
 from ._rings import U32, uint
 from .errors import RnicError, einval, enomem
@@ -92,17 +92,18 @@ def check_sges(ctx, sges, max_sge: int, what: str, need_lkey: bool = True):
     return out
 
 
-def _slot(ring, idx: int) -> int:
-    """Byte offset of the entry of free-running index idx in the ring's mapping."""
-    return RING_HDR_SIZE + (idx & (ring.num_entries - 1)) * ring.entry_size
-
-
 def _room(ring, prod: int, cons: int, limit: int) -> int:
     """cons, re-read if the ring looks full at prod; raises if the indices are impossible."""
     if (prod - cons) & U32 < limit:
         return cons
-    ring.used(prod)                 # raises on corrupt indices
-    return ring.rv.load_cons()
+    return (prod - ring.used(prod)) & U32
+
+
+def _put_sges(mm, off: int, sges) -> None:
+    """The checked SGEs (check_sges) as struct rnic_sge from off on."""
+    for addr, length, lkey, _mr in sges:
+        _pack_sge(mm, off, addr, length, lkey)
+        off += _SGE_SIZE
 
 
 def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
@@ -126,12 +127,9 @@ def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
         except RnicError as exc:
             exc.bad_wr, err = wr, exc
             break
-        off = _slot(ring, prod + posted)
+        off = rv.offset(prod + posted)
         _pack_rwqe(mm, off, wr_id, len(sges), 0)
-        off += RECV_WQE_HDR
-        for addr, length, lkey, _mr in sges:
-            _pack_sge(mm, off, addr, length, lkey)
-            off += _SGE_SIZE
+        _put_sges(mm, off + RECV_WQE_HDR, sges)
         posted += 1
     if posted:
         rv.store_prod((prod + posted) & U32)
@@ -257,21 +255,16 @@ def post_send(qp, wrs) -> None:
         except RnicError as exc:
             exc.bad_wr, err = wr, exc
             break
-        off = _slot(ring, prod + posted)
-        if kind == "sg":
-            _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, len(body), flags, imm,
-                      rkey, 0, ah, rqpn, rqkey)
-            off += SEND_WQE_HDR
-            for addr, length, lkey, _mr in body:
-                _pack_sge(mm, off, addr, length, lkey)
-                off += _SGE_SIZE
-        elif kind == "inline":
-            _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, 0, flags, imm, rkey,
-                      len(body), ah, rqpn, rqkey)
-            mm[off + SEND_WQE_HDR:off + SEND_WQE_HDR + len(body)] = body
-        else:                       # bind: its fields are in the places they share
-            _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, 0, flags, imm, rkey, 0,
-                      ah, rqpn, rqkey)
+        off = rv.offset(prod + posted)
+        nsge = len(body) if kind == "sg" else 0         # a bind has neither: its fields
+        ninline = len(body) if kind == "inline" else 0  # are in the places they share
+        _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, nsge, flags, imm, rkey,
+                  ninline, ah, rqpn, rqkey)
+        off += SEND_WQE_HDR
+        if ninline:
+            mm[off:off + ninline] = body
+        elif nsge:
+            _put_sges(mm, off, body)
         posted += 1
     if posted:
         rv.store_prod((prod + posted) & U32)

@@ -14,7 +14,7 @@ import select
 import time
 
 from rnicd.wire.abi import WCFlags, WCOpcode, WCStatus
-from rnicd.wire.rings import CQE, RING_HDR_SIZE, RingKind
+from rnicd.wire.rings import CQE, RingKind
 
 from ._rings import U32, Ring, native
 from .base import RnicCM
@@ -282,8 +282,8 @@ class CQ(RnicCM):
                             "destroy it and create a larger one")
         k = min(avail, max(0, num_entries))
         if k:
-            mm, mask, es, from_cqe = ring.mm, ring.num_entries - 1, ring.entry_size, WC.from_cqe
-            wcs = [from_cqe(mm, RING_HDR_SIZE + ((cons + i) & mask) * es) for i in range(k)]
+            mm, offset, from_cqe = ring.mm, rv.offset, WC.from_cqe
+            wcs = [from_cqe(mm, offset(cons + i)) for i in range(k)]
             rv.store_cons((cons + k) & U32)
             return k, wcs
         wcs = []
