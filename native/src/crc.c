@@ -150,6 +150,18 @@ static uint32_t crc32_pclmul_blocks(uint32_t s, const uint8_t *p, size_t len)
     return crc32_pclmul_finish(x0, v, len);
 }
 
+__attribute__((target("sse4.2,pclmul")))
+static uint32_t crc32_hw(uint32_t s, const uint8_t *p, size_t len)
+{
+    if (len >= 64) {
+        size_t blocks = len & ~(size_t)15;
+        s = crc32_pclmul_blocks(s, p, blocks);
+        p += blocks;
+        len -= blocks;
+    }
+    return crc_tab_update(crc32_tab, s, p, len);
+}
+
 #define VPCLMUL_TARGET "avx512f,avx512vl,vpclmulqdq,sse4.2,pclmul"
 
 __attribute__((target(VPCLMUL_TARGET)))
@@ -198,25 +210,10 @@ static uint32_t crc32_hw512(uint32_t s, const uint8_t *p, size_t len)
 {
     size_t blocks = len & ~(size_t)15;
 
-    if (blocks >= 256)
-        s = crc32_vpclmul_blocks(s, p, blocks);
-    else if (blocks >= 64)
-        s = crc32_pclmul_blocks(s, p, blocks);
-    else
-        blocks = 0;
+    if (blocks < 256)
+        return crc32_hw(s, p, len);
+    s = crc32_vpclmul_blocks(s, p, blocks);
     return crc_tab_update(crc32_tab, s, p + blocks, len - blocks);
-}
-
-__attribute__((target("sse4.2,pclmul")))
-static uint32_t crc32_hw(uint32_t s, const uint8_t *p, size_t len)
-{
-    if (len >= 64) {
-        size_t blocks = len & ~(size_t)15;
-        s = crc32_pclmul_blocks(s, p, blocks);
-        p += blocks;
-        len -= blocks;
-    }
-    return crc_tab_update(crc32_tab, s, p, len);
 }
 
 __attribute__((target("sse4.2")))
