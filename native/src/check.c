@@ -54,13 +54,8 @@ int rnic_dp_psn_check(struct rnic_dp_qp *qp, uint32_t psn)
         return RNIC_DP_PSN_DUP;
     }
     qp->out_of_seq_request++;
-    qp->oos_since_nak++;
-    nak = !qp->nak_sent || dp_psn_diff(psn, qp->nak_high) <= 0
-          || qp->oos_since_nak >= RNIC_DP_RENAK_AFTER;
-    if (nak) {
-        qp->nak_sent = 1;
-        qp->oos_since_nak = 0;
-    }
+    nak = !qp->nak_sent || dp_psn_diff(psn, qp->nak_high) <= 0;
+    qp->nak_sent = 1;
     qp->nak_high = psn;
     return nak ? RNIC_DP_PSN_NAK : RNIC_DP_PSN_DROP;
 }

@@ -121,6 +121,11 @@ void rnic_dp_progress(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t o
     if (qp->cwnd > RNIC_DP_WINDOW)
         qp->cwnd = RNIC_DP_WINDOW;
     qp->rewound = 0;
+    /* the responder took the probe's packet and nothing after it: what followed was
+     * discarded (its sequence NAK was lost), so resend it now */
+    if (qp->probe_stage == RNIC_DP_PROBE_SENT && d == 1 && qp->una != qp->send_psn)
+        rnic_dp_go_back(dev, qp, qp->una, 0);
+    qp->probe_stage = RNIC_DP_PROBE_NONE;
     qp->retry_left = qp->retry_cnt;
     qp->rnr_left = qp->rnr_retry;
     if (qp->rtt_timing && dp_psn_diff(qp->una, qp->rtt_psn) > 0) {
@@ -250,6 +255,8 @@ static int go_back(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t psn,
         qp->cut_psn = qp->high_psn;
         qp->cut_valid = 1;
     }
+    if (qp->probe_stage == RNIC_DP_PROBE_ONE)
+        qp->probe_stage = RNIC_DP_PROBE_SENT;       /* the round resends una's packet */
     qp->retrans_at = qp->probe_at = 0;
     qp->rtt_timing = 0;                             /* Karn: resent PSNs time nothing */
     return 1;
@@ -272,9 +279,9 @@ void rnic_dp_nak_seq(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint32_t ps
     rnic_dp_ack_through(dev, qp, dp_psn_add(psn, -1));
     if (qp->una != psn)
         return;             /* an earlier READ/atomic is re-issued: that round comes first */
-    /* the responder NAKs once a gap, and again for every RENAK_AFTER packets of the old
-     * round still arriving: a round trip after going back, only a new gap counts */
-    if (rnic_dp_go_back(dev, qp, psn, 0))
+    /* the responder NAKs once a gap, and again only when a new round lost psn too
+     * (rnic_dp_psn_check): always go back */
+    if (rnic_dp_go_back(dev, qp, psn, 1))
         qp->nak_seq_retries++;
 }
 
@@ -297,7 +304,10 @@ int rnic_dp_timer(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
             return RNIC_DP_TIMER_IDLE;
         }
         qp->early_retransmits++;
-        go_back(dev, qp, qp->una, 1, 0);
+        if (head && sends_data(head->opcode))
+            qp->probe_stage = RNIC_DP_PROBE_ONE;
+        else
+            go_back(dev, qp, qp->una, 1, 0);
         qp->retrans_at = ack_timeout;               /* it runs on: retries count there */
         qp->probe_s *= 2;                           /* and the probe backs off */
         qp->probe_at = dev->now + qp->probe_s;
@@ -355,7 +365,7 @@ static void tx_packet(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, struct rni
  * LAST/ONLY the rest; RETH on the first packet of a WRITE, ImmDt on the last one of a
  * *_WITH_IMM, IETH on the last of a SEND_WITH_INV (9.3.9). */
 static void build(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const struct rnic_dp_swqe *w,
-                  uint32_t k, uint32_t psn)
+                  uint32_t k, uint32_t psn, int ackreq)
 {
     uint64_t off = (uint64_t)k * qp->mtu;
     uint32_t n = w->length - off < qp->mtu ? (uint32_t)(w->length - off) : qp->mtu;
@@ -373,7 +383,8 @@ static void build(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const struct r
     /* SE (9.3.1): the last packet of a solicited SEND or RDMA WRITE with immediate */
     h.se = last && (!write || imm) && (w->flags & SF_SOLICITED);
     /* AckReq: UC has no acknowledgements (IBTA 9.8) */
-    h.ackreq = !qp->unreliable && (last || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
+    h.ackreq = !qp->unreliable && (ackreq || last
+                                   || k % RNIC_DP_ACKREQ_EVERY == RNIC_DP_ACKREQ_EVERY - 1
                                    || in_flight >= qp->cwnd / 2);
     h.psn = psn;
     h.xrc_srqn = w->xrc_srqn;
@@ -584,10 +595,27 @@ static uint32_t build_rd_atomic(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
     return dp_psn_add(psn, (int32_t)npkts);
 }
 
+/* The probe's one packet (rnic_dp_timer): una's, again, asking for an ACK. */
+static int probe_one(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
+{
+    struct rnic_dp_swqe *w = dp_wqe_at(qp, qp->una);
+
+    if (dev->ntx >= dev->tx_cap)
+        return RNIC_DP_PUMP_TX_FULL;
+    qp->probe_stage = RNIC_DP_PROBE_SENT;
+    if (w && sends_data(w->opcode) && qp->una != qp->send_psn) {
+        build(dev, qp, w, (uint32_t)dp_psn_diff(qp->una, w->first_psn), qp->una, 1);
+        rnic_dp_sent(dev, qp, qp->una, dp_psn_add(qp->una, 1));
+    }
+    return RNIC_DP_PUMP_IDLE;
+}
+
 static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
 {
     if (dp_psn_diff(qp->send_psn, qp->una) < 0)
         qp->send_psn = qp->una;                     /* an ACK of an old round overtook */
+    if (qp->probe_stage == RNIC_DP_PROBE_ONE && probe_one(dev, qp) != RNIC_DP_PUMP_IDLE)
+        return RNIC_DP_PUMP_TX_FULL;
     while (dp_psn_diff(qp->send_psn, qp->una) < qp->cwnd) {
         struct rnic_dp_swqe *w;
         uint32_t psn = qp->send_psn;
@@ -610,7 +638,7 @@ static int pump(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp)
             rnic_dp_sent(dev, qp, psn, qp->send_psn);
             continue;
         }
-        build(dev, qp, w, (uint32_t)dp_psn_diff(psn, w->first_psn), psn);
+        build(dev, qp, w, (uint32_t)dp_psn_diff(psn, w->first_psn), psn, 0);
         qp->send_psn = dp_psn_add(psn, 1);
         if (qp->unreliable) {
             /* UC: nothing is acknowledged or resent; the WQE is done once its last

@@ -168,10 +168,12 @@ class Session(CMVerbs):
         for qpn, qp in sorted(self.device.qps.items()):
             row = {"qp_num": qpn, "qp_type": int(qp.qp_type), "state": int(qp.state),
                    "pid": qp.owner.pid, "sq_psn": None, "una": None, "rq_psn": None,
-                   "peer": None}
+                   "peer": None, "cwnd": None, "srtt_us": None}
             if qp.qp_type in RC_LIKE:
+                # the requester's soft state too, as `ss -i` shows a TCP socket's
                 row.update(sq_psn=qp.requester.next_psn, una=qp.completer.una,
-                           rq_psn=qp.responder.epsn,
+                           rq_psn=qp.responder.epsn, cwnd=round(qp.dp.cwnd, 1),
+                           srtt_us=round(qp.dp.srtt * 1e6, 1),
                            peer=f"{qp.peer_ip}/{qp.attr['dest_qp_num']}" if qp.peer_ip else None)
             else:
                 row.update(sq_psn=qp.psn)

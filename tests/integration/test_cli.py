@@ -82,10 +82,12 @@ def test_qp_table(two_daemons):
     a, b = Side(da), Side(db)
     connect(a, b, psn=(0x111, 0x222))
     out = rnic(da, "qp").stdout.splitlines()
-    assert out[0].split() == ["QPN", "type", "state", "sq_psn", "una", "rq_psn", "peer", "pid"]
+    assert out[0].split() == ["QPN", "type", "state", "sq_psn", "una", "rq_psn", "peer", "pid",
+                              "cwnd", "srtt_us"]
     row = next(line.split() for line in out[1:] if int(line.split()[0]) == a.qp.qp_num)
     assert row[1:7] == ["RC", "RTS", "0x111", "0x111", "0x222", f"{db.ip}/{b.qp.qp_num}"]
     rows = json.loads(rnic(da, "qp", "--json").stdout)
-    assert [r["state"] for r in rows if r["qp_num"] == a.qp.qp_num] == [e.IBV_QPS_RTS]
+    assert [(r["state"], r["cwnd"], r["srtt_us"]) for r in rows if r["qp_num"] == a.qp.qp_num
+            ] == [(e.IBV_QPS_RTS, 128.0, 0.0)]     # a full window, no round trip sampled yet
     a.close()
     b.close()

@@ -133,8 +133,10 @@ def test_remote_access_errors_then_flush(pair, case):
 
 def test_lost_nak_is_recovered_by_the_probe_not_the_ack_timeout(pair):
     """A lost packet whose sequence NAK is lost too: the responder drops what follows, and
-    nothing comes back. The probe (4 smoothed round trips, at least 1 ms) goes back N long
-    before the 67 ms ACK timeout and spends no retry (docs/architecture.md)."""
+    nothing comes back. The probe (2 smoothed round trips, at least 250 µs) resends the lost
+    packet; the responder takes it and nothing after it, so the requester goes back N from
+    there, long before the 67 ms ACK timeout and without spending a retry
+    (docs/architecture.md)."""
     a, b, ca, cb, qa, qb = pair
     connect(a, qa, b, qb, timeout=14, retry_cnt=1)
     ma, mb = a.mr(1 << 16), b.mr(1 << 16)
@@ -163,6 +165,65 @@ def test_lost_nak_is_recovered_by_the_probe_not_the_ack_timeout(pair):
     c = a.dev.counter_snapshot()
     assert c["early_retransmits"] >= 1 and c.get("timeout_retries", 0) == 0
     assert a.now - start < 0.01                 # the ACK timeout is 67 ms
+
+
+def _timed_write(a, b, qa, qb, net):
+    """One measured round trip, then an 8-packet WRITE (MTU 1024) through `net`."""
+    connect(a, qa, b, qb, timeout=14, retry_cnt=1)
+    ma, mb = a.mr(1 << 16), b.mr(1 << 16)
+    a.post_send(qa, 1, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 64)], rkey=mb.rkey, raddr=mb.iova)
+    run(a, b, tick=1e-5)
+    ma.buf[:8192] = random.Random(5).randbytes(8192)
+    base = (a.dev.counter_snapshot(), b.dev.counter_snapshot())
+    a.post_send(qa, 2, abi.IBV_WR_RDMA_WRITE, [ma.sge(0, 8192)], rkey=mb.rkey,
+                raddr=mb.iova + 4096)
+    run(a, b, net=net, tick=1e-5)
+    assert mb.buf[4096:4096 + 8192] == ma.buf[:8192]
+    return [{k: v - was.get(k, 0) for k, v in h.dev.counter_snapshot().items()}
+            for h, was in zip((a, b), base, strict=True)]
+
+
+def test_lost_ack_costs_the_probe_one_packet_not_a_window(pair):
+    """The only ACK of a whole message is lost: the probe resends one packet (the oldest
+    unacknowledged), the responder acknowledges it as a duplicate, and nothing else is
+    resent. Going back N would have resent all 8."""
+    a, b, ca, cb, qa, qb = pair
+    lost = []
+
+    def net(src, data):
+        if src is b and data[0] == 0x11 and not lost:           # the ACK
+            lost.append(data)
+            return []
+        return [data]
+
+    ca_, cb_ = _timed_write(a, b, qa, qb, net)
+    assert len(lost) == 1
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [
+        (1, S.IBV_WC_SUCCESS), (2, S.IBV_WC_SUCCESS)]
+    assert ca_["early_retransmits"] == 1 and ca_["retransmitted_pkts"] == 1
+    assert cb_["duplicate_request"] == 1 and ca_.get("timeout_retries", 0) == 0
+
+
+def test_a_repeated_nak_for_a_lost_retransmission_is_obeyed(pair):
+    """The same packet is lost twice: in the first round and in its retransmission. The
+    responder NAKs the gap again when the new round's next packet arrives (its PSN went
+    backwards), and the requester goes back at once, with no probe and no timeout."""
+    a, b, ca, cb, qa, qb = pair
+    drops = []
+
+    def net(src, data):
+        if src is a and data[0] == 0x07 and len(drops) < 2 and (
+                not drops or data[9:12] == drops[0]):         # the same MIDDLE, twice
+            drops.append(data[9:12])
+            return []
+        return [data]
+
+    ca_, cb_ = _timed_write(a, b, qa, qb, net)
+    assert len(drops) == 2
+    assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [
+        (1, S.IBV_WC_SUCCESS), (2, S.IBV_WC_SUCCESS)]
+    assert ca_["rcvd_seq_err"] == 2 and ca_["nak_seq_retries"] == 2
+    assert ca_.get("early_retransmits", 0) == 0 and ca_.get("timeout_retries", 0) == 0
 
 
 def test_silent_peer_gives_retry_exceeded(pair):

@@ -74,14 +74,14 @@ def cmd_qp(args) -> int:
         print(json.dumps(rows))
         return 0
     print(f"{'QPN':>6} {'type':<4} {'state':<5} {'sq_psn':>8} {'una':>8} {'rq_psn':>8} "
-          f"{'peer':<22} {'pid':>7}")
+          f"{'peer':<22} {'pid':>7} {'cwnd':>6} {'srtt_us':>8}")
     for r in rows:
         def psn(v):
             return "-" if v is None else f"{v:#x}"
         print(f"{r['qp_num']:>6} {QP_TYPES.get(r['qp_type'], r['qp_type']):<4} "
               f"{QP_STATES.get(r['state'], r['state']):<5} {psn(r['sq_psn']):>8} "
               f"{psn(r['una']):>8} {psn(r['rq_psn']):>8} {r['peer'] or '-':<22} "
-              f"{r['pid'] or '-':>7}")
+              f"{r['pid'] or '-':>7} {r.get('cwnd') or '-':>6} {r.get('srtt_us') or '-':>8}")
     return 0
 
 

@@ -55,7 +55,7 @@ class Responder:
         self.dp.msg = MSG_NONE
         self.dp.recv_held = 0
         self.nak_sent = False
-        self.dp.nak_high, self.dp.oos_since_nak = psn, 0
+        self.dp.nak_high = psn
         self.ack_pending = False
         self.dp.atomic_next = 0             # the data plane's kept atomic results: none
         for r in self.dp.atomics:
