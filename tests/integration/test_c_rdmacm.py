@@ -120,6 +120,17 @@ def test_rdma_server_client(librdmacm, two_daemons):
     assert src == 0 and "rdma_server: end 0" in sout, sout
 
 
+def test_rdma_xserver_xclient_rc(librdmacm, two_daemons):
+    """rdma_xclient posts 16 inline bytes on a QP created with max_send_sge 1 and no
+    max_inline_data: the QP's inline room is its SGE room (16 bytes), as on rxe and mlx5."""
+    a, b = two_daemons
+    port = str(next(_ports))
+    crc, cout, src, sout = pair(["rdma_xserver", "-p", port],
+                                ["rdma_xclient", "-s", a.ip, "-p", port], a, b, port)
+    assert crc == 0 and "rdma_xclient: end 0" in cout, cout
+    assert src == 0 and "rdma_xserver: end 0" in sout, sout
+
+
 @pytest.mark.parametrize("prog", ["ib_write_bw", "ib_read_bw", "ib_send_bw", "ib_atomic_bw",
                                   "ib_write_lat", "ib_send_lat", "ib_read_lat"])
 def test_perftest_over_rdma_cm(librdmacm, two_daemons, prog):

@@ -96,6 +96,29 @@ def test_inline_and_unsignaled(pair):
     assert b.mr.read(12, 8192 + 64) == b"hello inline"
 
 
+def test_inline_room_is_the_sge_room(two_daemons):
+    """max_inline_data 0 and max_send_sge 1: the QP reports (and takes) 16 inline bytes, its
+    WQE's SGE room, as ibv_create_qp(3) allows and rxe and mlx5 do; 17 are refused."""
+    da, db = two_daemons
+    a, b = Side(da, sge=1, inline=0), Side(db)
+    try:
+        connect(a, b)
+        assert a.qp.cap.max_inline_data == 16
+        b.qp.post_recv(RecvWR(wr_id=1, num_sge=1, sg=[SGE(b.mr.buf, 64, b.mr.lkey)]))
+        a.mr.write(b"sixteen bytes!!!", 16, 0)
+        a.qp.post_send(send_wr(10, e.IBV_WR_SEND, [SGE(a.mr.buf, 16, a.mr.lkey)],
+                               e.IBV_SEND_SIGNALED | e.IBV_SEND_INLINE))
+        assert [(w.wr_id, w.status) for w in poll_n(a.cq, 1)] == [(10, e.IBV_WC_SUCCESS)]
+        assert poll_n(b.cq, 1)[0].byte_len == 16 and b.mr.read(16, 0) == b"sixteen bytes!!!"
+        with pytest.raises(RnicError) as ei:
+            a.qp.post_send(send_wr(11, e.IBV_WR_SEND, [SGE(a.mr.buf, 17, a.mr.lkey)],
+                                   e.IBV_SEND_SIGNALED | e.IBV_SEND_INLINE))
+        assert "max_inline_data" in str(ei.value)
+    finally:
+        a.close()
+        b.close()
+
+
 class SrqPeer:
     """The receiving end of one connection: a QP whose receives come from a shared SRQ."""
 
