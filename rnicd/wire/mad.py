@@ -53,6 +53,7 @@ class TransportServiceType(IntEnum):
     RC = 0
     UC = 1
     RD = 2
+    XRC = 3     # with Extended Transport Type 1 (IBTA Annex A14)
 
 
 class MsgRef(IntEnum):
@@ -177,7 +178,7 @@ _GID0 = bytes(16)
 
 @dataclass(frozen=True, slots=True)
 class CmReq:
-    """REQ, IBTA 12.6.5 table 106 (RD EECNs, alternate path and XRC fields not carried)."""
+    """REQ, IBTA 12.6.5 table 106 (RD EECNs and the alternate path not carried)."""
     local_comm_id: int
     service_id: int
     local_qpn: int
@@ -197,6 +198,7 @@ class CmReq:
     rnr_retry_count: int = 0
     max_cm_retries: int = 0
     srq: int = 0
+    extended_transport_type: int = 0    # 1: XRC (transport service type 3)
     primary_local_lid: int = 0xFFFF    # permissive LID: RoCE has no LIDs
     primary_remote_lid: int = 0xFFFF
     primary_local_gid: bytes = _GID0
@@ -323,6 +325,7 @@ LAYOUTS: dict[type, tuple[AttrID, tuple[Field, ...]]] = {
         Field("rnr_retry_count", 50, 5, 3),
         Field("max_cm_retries", 51, 0, 4),
         Field("srq", 51, 4, 1),
+        Field("extended_transport_type", 51, 5, 3),
         Field("primary_local_lid", 52, 0, 16),
         Field("primary_remote_lid", 54, 0, 16),
         _b("primary_local_gid", 56, 16, EXACT),

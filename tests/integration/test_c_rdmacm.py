@@ -120,13 +120,18 @@ def test_rdma_server_client(librdmacm, two_daemons):
     assert src == 0 and "rdma_server: end 0" in sout, sout
 
 
-def test_rdma_xserver_xclient_rc(librdmacm, two_daemons):
-    """rdma_xclient posts 16 inline bytes on a QP created with max_send_sge 1 and no
-    max_inline_data: the QP's inline room is its SGE room (16 bytes), as on rxe and mlx5."""
+@pytest.mark.parametrize("kind", ["r", "x"])
+def test_rdma_xserver_xclient(librdmacm, two_daemons, kind):
+    """r: rdma_xclient posts 16 inline bytes on a QP created with max_send_sge 1 and no
+    max_inline_data: the QP's inline room is its SGE room (16 bytes), as on rxe and mlx5.
+    x: XRC over the CM (Annex A14): the REQ says XRC (transport type 3, extended 1), the
+    server's id gets an XRC TGT QP and an XRC SRQ in the device's XRC domain, and the
+    client's INI QP sends to the SRQ number the REP's private data carries."""
     a, b = two_daemons
     port = str(next(_ports))
-    crc, cout, src, sout = pair(["rdma_xserver", "-p", port],
-                                ["rdma_xclient", "-s", a.ip, "-p", port], a, b, port)
+    crc, cout, src, sout = pair(["rdma_xserver", "-p", port, "-c", kind],
+                                ["rdma_xclient", "-s", a.ip, "-p", port, "-c", kind], a, b,
+                                port)
     assert crc == 0 and "rdma_xclient: end 0" in cout, cout
     assert src == 0 and "rdma_xserver: end 0" in sout, sout
 

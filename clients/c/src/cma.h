@@ -26,6 +26,7 @@
 struct cma_dev {
     struct ibv_context *verbs;
     struct ibv_pd *pd;            /* librdmacm's per-device PD: id->pd unless given another */
+    struct ibv_xrcd *xrcd;        /* ... and XRC domain, for the XRC_RECV ids' QPs and SRQs */
     struct ibv_device_attr attr;
     struct ibv_port_attr port;
     union ibv_gid gid;            /* GID 0: the IPv4-mapped address rnicd sends from */

@@ -4,6 +4,7 @@
 #include "cma.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,19 @@ void cma_qp_attr_from(const msgpack_object *m, struct ibv_qp_attr *a)
 #undef I
     if (mo_get(m, "ah_attr"))
         mo_ah_attr(mo_get(m, "ah_attr"), &a->ah_attr);
+}
+
+/* The device's XRC domain, opened on first use (an XRC TGT QP and the XRC SRQs its INI
+ * peers name must share one, whichever ids made them), as librdmacm's. */
+static struct ibv_xrcd *cma_xrcd(void)
+{
+    if (!cma_dev.xrcd) {
+        struct ibv_xrcd_init_attr a = {.comp_mask = IBV_XRCD_INIT_ATTR_FD |
+                                                    IBV_XRCD_INIT_ATTR_OFLAGS,
+                                       .fd = -1, .oflags = O_CREAT};
+        cma_dev.xrcd = ibv_open_xrcd(cma_dev.verbs, &a);
+    }
+    return cma_dev.xrcd;
 }
 
 /* ---- CQs the id creates when the attributes name none (ucma_create_cqs) -------------- */
@@ -103,18 +117,27 @@ CMA_EXPORT int rdma_create_qp_ex(struct rdma_cm_id *id, struct ibv_qp_init_attr_
                  "address or resolve one), or the PD is another context's");
         return cma_err(EINVAL);
     }
-    int own = 0;
-    if (!attr->send_cq || (!attr->recv_cq && !attr->srq)) {
+    int own = 0, tgt = id->qp_type == IBV_QPT_XRC_RECV || attr->qp_type == IBV_QPT_XRC_RECV;
+    if (tgt) {              /* an XRC TGT QP: the device's XRC domain; no CQ, no queue */
+        attr->qp_type = IBV_QPT_XRC_RECV;
+        if (!(attr->comp_mask & IBV_QP_INIT_ATTR_XRCD) || !attr->xrcd) {
+            if (!(attr->xrcd = cma_xrcd()))
+                return -1;
+            attr->comp_mask |= IBV_QP_INIT_ATTR_XRCD;
+        }
+    } else if (!attr->send_cq || (!attr->recv_cq && !attr->srq
+                                  && attr->qp_type != IBV_QPT_XRC_SEND)) {
         if (create_cqs(id, attr->send_cq ? 0 : attr->cap.max_send_wr + 1,
-                       attr->recv_cq || attr->srq ? 0 : attr->cap.max_recv_wr + 1))
+                       attr->recv_cq || attr->srq || attr->qp_type == IBV_QPT_XRC_SEND
+                       ? 0 : attr->cap.max_recv_wr + 1))
             return -1;
         own = 1;
         if (!attr->send_cq)
             attr->send_cq = id->send_cq;
-        if (!attr->recv_cq && !attr->srq)
+        if (!attr->recv_cq && !attr->srq && attr->qp_type != IBV_QPT_XRC_SEND)
             attr->recv_cq = id->recv_cq;
     }
-    if (!attr->srq && id->srq)
+    if (!attr->srq && id->srq && !tgt)
         attr->srq = id->srq;
     struct ibv_qp *qp = ibv_create_qp_ex(id->verbs, attr);
     if (!qp)
@@ -160,7 +183,8 @@ CMA_EXPORT void rdma_destroy_qp(struct rdma_cm_id *id)
     if (id->qp)
         ibv_destroy_qp(id->qp);
     id->qp = NULL;
-    destroy_cqs(id);
+    if (!(id->qp_type == IBV_QPT_XRC_RECV && id->srq))
+        destroy_cqs(id);            /* an XRC SRQ's CQ goes with the SRQ */
 }
 
 /* ---- SRQs ------------------------------------------------------------------------------ */
@@ -178,15 +202,33 @@ CMA_EXPORT int rdma_create_srq_ex(struct rdma_cm_id *id, struct ibv_srq_init_att
     }
     if (!id->verbs || !attr->pd)
         return cma_err(EINVAL);
-    if (attr->srq_type != IBV_SRQT_BASIC) {
-        rnic_log("librdmacm: rdma_create_srq: only basic SRQs (EOPNOTSUPP)");
+    int own = 0;
+    if (attr->srq_type == IBV_SRQT_XRC) {
+        /* as librdmacm: the device's XRC domain, and a receive CQ of the id's own */
+        if (!(attr->comp_mask & IBV_SRQ_INIT_ATTR_XRCD) || !attr->xrcd) {
+            if (!(attr->xrcd = cma_xrcd()))
+                return -1;
+        }
+        if (!(attr->comp_mask & IBV_SRQ_INIT_ATTR_CQ) || !attr->cq) {
+            if (!id->recv_cq) {
+                if (create_cqs(id, 0, attr->attr.max_wr))
+                    return -1;
+                own = 1;
+            }
+            attr->cq = id->recv_cq;
+        }
+        attr->comp_mask |= IBV_SRQ_INIT_ATTR_XRCD | IBV_SRQ_INIT_ATTR_CQ;
+    } else if (attr->srq_type != IBV_SRQT_BASIC) {
+        rnic_log("librdmacm: rdma_create_srq: basic and XRC SRQs only (EOPNOTSUPP)");
         return cma_err(EOPNOTSUPP);
     }
-    struct ibv_srq_init_attr a = {.srq_context = attr->srq_context, .attr = attr->attr};
-    struct ibv_srq *srq = ibv_create_srq(attr->pd, &a);
-    if (!srq)
-        return -1;
-    attr->attr = a.attr;
+    struct ibv_srq *srq = ibv_create_srq_ex(id->verbs, attr);
+    if (!srq) {
+        int e = errno;
+        if (own)
+            destroy_cqs(id);
+        return cma_err(e);
+    }
     id->srq = srq;
     return 0;
 }
@@ -198,7 +240,9 @@ CMA_EXPORT int rdma_create_srq(struct rdma_cm_id *id, struct ibv_pd *pd,
         return cma_err(EINVAL);
     struct ibv_srq_init_attr_ex ex = {.srq_context = attr->srq_context, .attr = attr->attr,
                                       .comp_mask = IBV_SRQ_INIT_ATTR_TYPE | IBV_SRQ_INIT_ATTR_PD,
-                                      .srq_type = IBV_SRQT_BASIC, .pd = pd ? pd : id ? id->pd : NULL};
+                                      .srq_type = id && id->qp_type == IBV_QPT_XRC_RECV
+                                                  ? IBV_SRQT_XRC : IBV_SRQT_BASIC,
+                                      .pd = pd ? pd : id ? id->pd : NULL};
     if (rdma_create_srq_ex(id, &ex))
         return -1;
     attr->attr = ex.attr;
@@ -211,6 +255,8 @@ CMA_EXPORT void rdma_destroy_srq(struct rdma_cm_id *id)
         return;
     ibv_destroy_srq(id->srq);
     id->srq = NULL;
+    if (id->qp_type == IBV_QPT_XRC_RECV)
+        destroy_cqs(id);
 }
 
 /* ---- endpoints (synchronous ids) ------------------------------------------------------ */

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from rnicd.core import qp_state
 from rnicd.core.cm.conn import CMId, CMState
 from rnicd.core.cm.offload import BACKLOG_FULL, Offload
 from rnicd.core.cm.sidr import SidrMixin
@@ -90,6 +91,7 @@ class CMAgent(SidrMixin):
         if qp is not None:
             self._to_init(qp, now)
             cid.qp, qp.cm_id = qp, cid
+            cid.xrc = qp.qp_type == QPType.IBV_QPT_XRC_SEND
         else:
             cid.qp_num, cid.srq = param["qp_num"], param["srq"]
         cid.local_ip, cid.remote_ip = self.device.ip, dst_ip
@@ -109,6 +111,9 @@ class CMAgent(SidrMixin):
             retry_count=param["retry_count"], rnr_retry_count=param["rnr_retry_count"],
             path_mtu=cid.path_mtu, max_cm_retries=MAX_CM_RETRIES, srq=srq,
             end_to_end_flow_control=param["flow_control"],
+            transport_service_type=(mad.TransportServiceType.XRC if cid.xrc
+                                    else mad.TransportServiceType.RC),
+            extended_transport_type=int(cid.xrc),
             primary_local_gid=self.device.gid, primary_remote_gid=roce.ipv4_mapped_gid(dst_ip),
             primary_hop_limit=64, primary_subnet_local=1, primary_traffic_class=cid.tos,
             primary_local_ack_timeout=LOCAL_ACK_TIMEOUT, private_data=pdata)
@@ -306,7 +311,8 @@ class CMAgent(SidrMixin):
         reason = None
         if listener is None or listener.ud:
             reason = mad.RejReason.INVALID_SERVICE_ID
-        elif req.transport_service_type != mad.TransportServiceType.RC:
+        elif (req.transport_service_type, req.extended_transport_type) not in (
+                (mad.TransportServiceType.RC, 0), (mad.TransportServiceType.XRC, 1)):
             reason = mad.RejReason.INVALID_TRANSPORT_TYPE
         elif not 1 <= req.path_mtu <= int(self.device.active_mtu):
             reason = mad.RejReason.INVALID_MTU
@@ -326,6 +332,7 @@ class CMAgent(SidrMixin):
         parsed = cma.parse_req_private_data(req.private_data)
         src_port, user = (parsed[1], parsed[3]) if parsed else (0, bytes(req.private_data))
         cid.req, cid.state = req, St.REQ_RCVD
+        cid.xrc = req.transport_service_type == mad.TransportServiceType.XRC
         # until accept() negotiates them: what the REQ offers (ib_cm's REQ event)
         cid.responder_resources, cid.initiator_depth = (req.initiator_depth,
                                                         req.responder_resources)
@@ -532,9 +539,16 @@ class CMAgent(SidrMixin):
         return n + (len(lst.offload.batch) if lst.offload is not None else 0)
 
     def _check_qp(self, cid: CMId, qp, verb: str):
-        want = QPType.IBV_QPT_UD if cid.ud else QPType.IBV_QPT_RC
-        if qp.qp_type != want:
-            raise einval(f"{verb}: a {cma.PORT_SPACES[cid.ps]} id uses a {want.name} QP, "
+        # XRC (Annex A14): the INI QP connects, the TGT QP accepts a REQ that says XRC
+        if cid.ud:
+            want = (QPType.IBV_QPT_UD,)
+        elif verb == "connect":
+            want = (QPType.IBV_QPT_RC, QPType.IBV_QPT_XRC_SEND)
+        else:
+            want = (QPType.IBV_QPT_XRC_RECV,) if cid.xrc else (QPType.IBV_QPT_RC,)
+        if qp.qp_type not in want:
+            raise einval(f"{verb}: a {cma.PORT_SPACES[cid.ps]} id uses a "
+                         f"{' or '.join(t.name for t in want)} QP here, "
                          f"not {QPType(qp.qp_type).name}")
         if qp.owner is not cid.owner:
             raise einval(f"{verb}: the QP belongs to another context")
@@ -547,6 +561,11 @@ class CMAgent(SidrMixin):
                          "RESET or INIT itself")
 
     def _modify(self, qp, mask: int, now: float, **attr):
+        """rdma_cm's RC attributes, less those the QP's type does not take in this
+        transition (an XRC INI QP has no responder side, a TGT QP no requester side)."""
+        allowed = qp_state.masks_for(qp.qp_type, qp.state, attr["qp_state"])
+        if allowed is not None:
+            mask &= allowed[0] | allowed[1] | QPAttrMask.IBV_QP_STATE
         qp.modify(int(mask), attr, now)
 
     def _to_init(self, qp, now: float):
@@ -561,7 +580,7 @@ class CMAgent(SidrMixin):
         self._to_init(qp, now)
         for state in (QPState.IBV_QPS_RTR, QPState.IBV_QPS_RTS):
             mask, attr = self._rc_qp_attr(cid, state)
-            qp.modify(int(mask), attr, now)
+            self._modify(qp, mask, now, **attr)
 
     def _rc_qp_attr(self, cid: CMId, state: QPState) -> tuple[int, dict]:
         """RTR or RTS of a connection's RC QP (ib_cm_init_qp_attr): the peer's QPN and PSN

@@ -40,6 +40,7 @@ class CMId:
         self.qp = None                        # the QP the connection drives (RC) or names (UD)
         self.qp_num = 0                       # an external QP's number (conn_param.qp_num)
         self.srq = 0                          # ... and whether it receives through an SRQ
+        self.xrc = False                      # an XRC connection: INI QP to TGT QP (A14)
         self.qkey = cma.RDMA_UDP_QKEY if self.ud else 0
         self.ack_timeout: int | None = None   # RDMA_OPTION_ID_ACK_TIMEOUT
         self.tos = 0                          # RDMA_OPTION_ID_TOS
