@@ -51,12 +51,15 @@ def pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def inline_room(sq_slots: int) -> int:
-    """A send WQE's inline data lives where its SGEs would (rnic_abi.h): the QP's
-    max_inline_data is all of that room, at least what was asked for, as ibv_create_qp(3)
-    allows and rxe and mlx5 do (a program that posts 16 inline bytes with max_send_sge 1
-    and no max_inline_data, as librdmacm's rdma_xclient does, works there)."""
-    return SGE_SIZE * sq_slots
+def send_slots(c: QPCap) -> int:
+    """SGE-sized slots of a send WQE: room for max_send_sge SGEs or the inline data asked
+    for, at least one. Inline data lives where the SGEs would (rnic_abi.h), so the QP's
+    max_inline_data becomes all of that room, at least what was asked for, as
+    ibv_create_qp(3) allows and rxe and mlx5 do (a program that posts 16 inline bytes with
+    max_send_sge 1 and no max_inline_data, as librdmacm's rdma_xclient does, works there)."""
+    slots = max(c.max_send_sge, -(-c.max_inline_data // SGE_SIZE), 1)
+    c.max_inline_data = SGE_SIZE * slots
+    return slots
 
 
 class Session(CMVerbs):
@@ -566,8 +569,7 @@ class Session(CMVerbs):
                   arg_int(cap, "max_inline_data", 0, lim.max_inline_data, 0))
         if len(self.device.qps) >= lim.max_qp:
             raise VerbsError(errno.ENOMEM, f"create_qp: device limit of {lim.max_qp} QPs reached")
-        sq_slots = max(c.max_send_sge, -(-c.max_inline_data // SGE_SIZE), 1)
-        c.max_inline_data = inline_room(sq_slots)
+        sq_slots = send_slots(c)
         c.max_send_wr = pow2_at_least(c.max_send_wr)
         sq, sq_fd, sq_size = self.shm.new_ring(RingKind.SQ, SEND_WQE_HDR + SGE_SIZE * sq_slots,
                                                c.max_send_wr, c.max_send_sge, c.max_inline_data)
@@ -609,8 +611,7 @@ class Session(CMVerbs):
             c = QPCap(pow2_at_least(arg_int(cap, "max_send_wr", 1, lim.max_qp_wr)), 0,
                       arg_int(cap, "max_send_sge", 0, lim.max_sge, 1), 0,
                       arg_int(cap, "max_inline_data", 0, lim.max_inline_data, 0))
-            slots = max(c.max_send_sge, -(-c.max_inline_data // SGE_SIZE), 1)
-            c.max_inline_data = inline_room(slots)
+            slots = send_slots(c)
             sq, sq_fd, sq_size = self.shm.new_ring(RingKind.SQ, SEND_WQE_HDR + SGE_SIZE * slots,
                                                    c.max_send_wr, c.max_send_sge,
                                                    c.max_inline_data)
