@@ -497,6 +497,63 @@ def test_post_send_validation(daemon, rc):
 
 
 @needs_native
+def test_a_wr_posted_again_is_checked_again_after_any_change(daemon, rc):
+    """A WR posted again unchanged is not checked again (rnic._post remembers the check);
+    every change that could make the check fail must make the next post check again."""
+    pd, mr, scq, rcq, qp = rc
+    _to_rts(qp)
+    _, rv = daemon.rings[("sq", qp.handle)]
+
+    def post_ok(wr):
+        qp.post_send(wr)
+        rv.store_cons(rv.load_prod())               # the daemon took it
+
+    sge = SGE(mr.buf, 8, mr.lkey)
+    wr = SendWR(sg=[sge])
+    post_ok(wr)
+    post_ok(wr)
+    sge.lkey = 0xBAD                                # an SGE changed
+    assert "lkey" in _post_err(qp, wr).msg
+    sge.lkey = mr.lkey
+    post_ok(wr)
+    wr.sg.extend([SGE(mr.buf, 8, mr.lkey)] * 2)     # the SG list changed in place
+    assert "3 SGEs" in _post_err(qp, wr).msg
+    del wr.sg[1:]
+    post_ok(wr)
+    wr.send_flags = 0x100                           # a field changed
+    _post_err(qp, wr)
+    wr.send_flags = e.IBV_SEND_SIGNALED
+    post_ok(wr)
+    other = MR(pd, 4096, e.IBV_ACCESS_LOCAL_WRITE)
+    wr2 = SendWR(sg=[SGE(other.buf, 8, other.lkey)])
+    post_ok(wr2)
+    other.close()                                   # its MR was deregistered
+    assert "lkey" in _post_err(qp, wr2).msg
+    iwr = SendWR(sg=[SGE(mr.buf, 4, mr.lkey)], send_flags=e.IBV_SEND_INLINE)
+    for data in (b"abcd", b"wxyz"):                 # inline data is read at every post
+        mr.write(data, 4)
+        k = rv.load_prod()
+        post_ok(iwr)
+        w = rv.send_wqe(k)
+        assert bytes(native.ffi.buffer(native.ffi.cast("uint8_t *", w) + 64, 4)) == data
+    qp2 = QP(pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=scq, rcq=rcq,
+                            cap=QPCap(max_send_wr=4, max_recv_wr=4, max_send_sge=1)))
+    _to_rts(qp2)
+    wr3 = SendWR(sg=[sge, SGE(mr.buf, 8, mr.lkey)])
+    post_ok(wr3)
+    assert "max_send_sge" in _post_err(qp2, wr3).msg   # another QP: checked against it
+    # receives: the same rules
+    rq = daemon.rings[("rq", qp.handle)][1]
+    rwr = RecvWR(sg=[SGE(mr.buf, 8, mr.lkey)])
+    qp.post_recv(rwr)
+    rq.store_cons(rq.load_prod())
+    rwr.sg[0].length = 4097
+    with pytest.raises(RnicError) as ei:
+        qp.post_recv(rwr)
+    assert "outside" in ei.value.msg
+
+
+@needs_native
 def test_post_send_chain_stops_at_the_bad_wr(daemon, rc):
     pd, mr, scq, rcq, qp = rc
     _to_rts(qp)

@@ -8,11 +8,16 @@ application an immediate, precise error, not to protect the daemon.
 
 This is the Python client's data path, so it is written for speed: plain ints instead of
 enum arithmetic, the consumer index re-read only when the ring looks full, and each WQE
-written with one ``struct.pack_into`` (rnicd.wire.rings) instead of a store per field.
+written with one ``struct.pack_into`` (rnicd.wire.rings) instead of a store per field. A
+work request of rnic.wr remembers its last successful check (``_checked``): posted again
+unchanged, against the same queue and the same MRs, it is not checked again (rnic.wr says
+what forgets it). Sends through an AH or a memory window are checked every time: those
+objects can be closed without the MR table noticing.
 """
 from rnicd.wire.abi import QPType, SendFlags, WROpcode
 from rnicd.wire.rings import RECV_WQE, RECV_WQE_HDR, SEND_WQE, SEND_WQE_HDR, SGE
 
+from . import wr as _wr
 from ._rings import U32, uint
 from .errors import RnicError, einval, enomem
 
@@ -56,7 +61,8 @@ def _u(v, mask: int, bits: int, what: str) -> int:
     """v if it is an int in 0..mask (the common case in two comparisons), else the error."""
     if v.__class__ is int and 0 <= v <= mask:
         return v
-    return uint(v, bits, what)          # an IntEnum passes here; anything else raises
+    # an IntEnum/IntFlag passes here, as a plain int: enum arithmetic later costs µs a post
+    return int(uint(v, bits, what))
 
 
 def check_sges(ctx, sges, max_sge: int, what: str, need_lkey: bool = True):
@@ -106,6 +112,16 @@ def _put_sges(mm, off: int, sges) -> None:
         off += _SGE_SIZE
 
 
+def _remember(wr, checked: tuple) -> None:
+    """Keep a successful check on a work request of rnic.wr (whose setters forget it);
+    the SG list is copied, so that a change to it in place is seen too."""
+    if isinstance(wr, _wr._SGListMixin):
+        sg = checked[3]
+        if sg.__class__ is list:
+            checked = checked[:3] + (sg[:],) + checked[4:]
+        wr.__dict__["_checked"] = checked
+
+
 def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
     """Write receive WQEs for ``wrs`` and publish them. Receives need no doorbell, unless the
     queue is in error (its header says so): the daemon then flushes them (IBTA 10.8.3)."""
@@ -115,12 +131,18 @@ def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
     limit = min(ring.num_entries, ring.limit)
     max_sge = min(max_sge, ring.max_sge)
     posted, err = 0, None
+    mr_epoch, sge_epoch = ctx._mrs.epoch, _wr.sge_epoch
     for wr in wrs:
         try:
-            wr_id = _u(getattr(wr, "wr_id", None), _M64, 64, f"{what}: wr_id")
-            sges = getattr(wr, "sg", ())
-            sges = check_sges(ctx, sges if sges.__class__ is list else list(sges), max_sge,
-                              what)
+            sg = getattr(wr, "sg", ())
+            c = getattr(wr, "_checked", None)
+            if c is not None and c[0] is ring and c[1] == mr_epoch and c[2] == sge_epoch \
+                    and c[3] == sg:
+                wr_id, sges = c[4]
+            else:
+                wr_id = _u(getattr(wr, "wr_id", None), _M64, 64, f"{what}: wr_id")
+                sges = check_sges(ctx, sg if sg.__class__ is list else list(sg), max_sge, what)
+                _remember(wr, (ring, mr_epoch, sge_epoch, sg, (wr_id, sges)))
             cons = _room(ring, prod + posted, cons, limit)
             if (prod + posted - cons) & U32 >= limit:
                 raise enomem(f"{what}: receive queue full (max_wr={limit})")
@@ -142,7 +164,8 @@ def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
 def _prepare_send(qp, wr, qpt: int, ops) -> tuple:
     """Check one send WR against the QP; returns the WQE's header fields (SEND_WQE order
     from remote_addr on, wr_id first) and its payload: ("sg", sges), ("inline", bytes) or
-    ("bind", None)."""
+    ("bind", None); inline data is read when the WQE is written, so the checked SGEs are
+    returned: ("inline", sges)."""
     what = "post_send"
     op = getattr(wr, "opcode", None)
     if op.__class__ is bool or not isinstance(op, int) or op not in ops:
@@ -206,9 +229,8 @@ def _prepare_send(qp, wr, qpt: int, ops) -> tuple:
         if total > cap:
             raise einval(f"{what}: {total} bytes of inline data, but the QP takes at most "
                          f"{cap} (max_inline_data)")
-        data = b"".join(mr.mmap[a - mr.buf:a - mr.buf + n] for a, n, _k, mr in pairs)
         return (wr_id, raddr, cmp_add, swap, op, flags, imm, rkey, ah, rqpn, rqkey, "inline",
-                data)
+                pairs)
     max_sge = min(qp.cap.max_send_sge, qp._sq.max_sge)
     if len(sges) > max_sge:
         raise einval(f"{what}: {len(sges)} SGEs, but the QP takes at most {max_sge} "
@@ -245,10 +267,20 @@ def post_send(qp, wrs) -> None:
     qpt = int(qp.qp_type)
     ops = OPS_BY_QP_TYPE[qpt]
     posted, err = 0, None
+    mr_epoch, sge_epoch = qp.context._mrs.epoch, _wr.sge_epoch
     for wr in wrs:
         try:
+            sg = getattr(wr, "sg", ())
+            c = getattr(wr, "_checked", None)
+            if c is not None and c[0] is qp and c[1] == mr_epoch and c[2] == sge_epoch \
+                    and c[3] == sg:
+                fields = c[4]
+            else:
+                fields = _prepare_send(qp, wr, qpt, ops)
+                if qpt != _UD and fields[4] not in _MW_OPS:
+                    _remember(wr, (qp, mr_epoch, sge_epoch, sg, fields))
             (wr_id, raddr, cmp_add, swap, op, flags, imm, rkey, ah, rqpn, rqkey, kind,
-             body) = _prepare_send(qp, wr, qpt, ops)
+             body) = fields
             cons = _room(ring, prod + posted, cons, limit)
             if (prod + posted - cons) & U32 >= limit:
                 raise enomem(f"post_send: send queue full (max_send_wr={limit})")
@@ -257,12 +289,16 @@ def post_send(qp, wrs) -> None:
             break
         off = rv.offset(prod + posted)
         nsge = len(body) if kind == "sg" else 0         # a bind has neither: its fields
-        ninline = len(body) if kind == "inline" else 0  # are in the places they share
+        if kind == "inline":                            # are in the places they share
+            data = b"".join(mr.mmap[a - mr.buf:a - mr.buf + n] for a, n, _k, mr in body)
+        else:
+            data = b""
+        ninline = len(data)
         _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, nsge, flags, imm, rkey,
                   ninline, ah, rqpn, rqkey)
         off += SEND_WQE_HDR
         if ninline:
-            mm[off:off + ninline] = body
+            mm[off:off + ninline] = data
         elif nsge:
             _put_sges(mm, off, body)
         posted += 1

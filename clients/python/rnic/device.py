@@ -50,6 +50,24 @@ from .errors import RnicError
 _DOORBELL = struct.pack("=Q", 1)
 
 
+class MRTable(weakref.WeakValueDictionary):
+    """A context's open MRs by lkey. ``epoch`` moves whenever an entry is set or deleted,
+    which forgets every work request's remembered check (rnic._post). (A check holds its MRs,
+    so none of them can vanish from the table by garbage collection alone.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def __setitem__(self, key, value) -> None:
+        self.epoch += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self.epoch += 1
+        super().__delitem__(key)
+
+
 class _Attrs:
     """Attributes built from a reply map (untrusted: only identifier-like str keys)."""
 
@@ -203,7 +221,7 @@ class Context(RnicCM):
         n = r.get("num_comp_vectors", 1)
         self._num_comp_vectors = n if isinstance(n, int) and not isinstance(n, bool) else 1
         self._tables = {k: weakref.WeakValueDictionary() for k in ("qp", "qpn", "cq", "srq")}
-        self._mrs = weakref.WeakValueDictionary()   # lkey -> MR
+        self._mrs = MRTable()                       # lkey -> MR
         self._closing = False
         self._children = weakref.WeakSet()
         self._closed = False

@@ -200,6 +200,7 @@ class MR(RnicCM):
             _usermem.unpin(new_pin)
             raise RnicError(exc.code, f"{what}: IBV_REREG_MR_ERR_CMD: {exc.msg}") from None
         lkey, rkey = need_int(r, "lkey", "rereg_mr"), need_int(r, "rkey", "rereg_mr")
+        self._ctx._mrs.epoch += 1       # WRs checked against the old MR check again
         if lkey != self.lkey:
             if self._ctx._mrs.get(self.lkey) is self:
                 del self._ctx._mrs[self.lkey]

@@ -11,6 +11,11 @@ from rnicd.wire.abi import SendFlags, WROpcode
 from .base import inc_rkey
 from .errors import einval
 
+# Work requests remember their last successful check (rnic._post): a WR posted again
+# unchanged, as a benchmark or a ping-pong loop does, is not checked again. Setting any field
+# of a WR forgets it; setting a field of any SGE moves this epoch, which forgets them all.
+sge_epoch = 0
+
 
 class SGE:
     """A scatter/gather element: ``addr`` (an address inside an MR, e.g. ``mr.buf + off``),
@@ -22,6 +27,11 @@ class SGE:
         self.addr = addr
         self.length = length
         self.lkey = lkey
+
+    def __setattr__(self, name, value) -> None:
+        global sge_epoch
+        sge_epoch += 1
+        object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         return f"SGE(addr={self.addr:#x}, length={self.length}, lkey={self.lkey:#x})"
@@ -42,7 +52,12 @@ def _sg_list(sg, num_sge):
 
 
 class _SGListMixin:
-    """num_sge and sg_list, as pyverbs has them on both kinds of work request."""
+    """num_sge and sg_list, as pyverbs has them on both kinds of work request; and the
+    memory of the last successful check, ``_checked``, forgotten when a field is set."""
+
+    def __setattr__(self, name, value) -> None:
+        self.__dict__.pop("_checked", None)
+        object.__setattr__(self, name, value)
 
     @property
     def num_sge(self) -> int:
@@ -137,6 +152,8 @@ class SendWR(_SGListMixin):
 
 def wr_chain(wr) -> list:
     """The WRs of a post call: one WR and its ``next_wr`` chain, or a list/tuple of WRs."""
+    if getattr(wr, "next_wr", 0) is None:
+        return [wr]                     # the common case: one WR
     if isinstance(wr, (list, tuple)):
         out = []
         for w in wr:

@@ -14,6 +14,7 @@ import select
 import time
 
 import rnic.enums as e
+from rnic.errors import RnicError
 from rnic.wr import SGE, RecvWR, SendWR
 
 from .endpoint import Endpoint, Link
@@ -21,7 +22,7 @@ from .endpoint import Endpoint, Link
 OPCODE = {"write": e.IBV_WR_RDMA_WRITE, "read": e.IBV_WR_RDMA_READ, "send": e.IBV_WR_SEND,
           "atomic": e.IBV_WR_ATOMIC_FETCH_AND_ADD}
 RTT_FACTOR = {"write": 2, "send": 2, "read": 1, "atomic": 1}
-WRITE_SIGNAL_EVERY = 16      # write_lat: reap the SQ with one signaled WRITE in this many
+SIGNAL_EVERY = 16     # write_lat, send_lat: reap the SQ with one signaled WR in this many
 
 
 def _send_wr(ep: Endpoint, i: int, size: int, signaled: bool) -> SendWR:
@@ -153,22 +154,23 @@ def client_lat(ep: Endpoint, size: int, progress: bool) -> tuple[dict, list[floa
             # so neither side ever mistakes its own byte for the other's.
             seq = i % 127 + 1
             mm[last] = seq
-            wr = wrs[i % WRITE_SIGNAL_EVERY == 0]
+            wr = wrs[i % SIGNAL_EVERY == 0]
             t = time.perf_counter()
             qp.post_send(wr)
             while mm[last] != seq + 128:
                 os.sched_yield()        # polite polling (docs/engines.md)
             samples.append(time.perf_counter() - t)
-            if i % WRITE_SIGNAL_EVERY == 0:
+            if i % SIGNAL_EVERY == 0:
                 ep.poll(1)
         elif verb == "send":
+            # The answer's RECV ends the sample; the signaled SENDs' completions (one in
+            # SIGNAL_EVERY, as perftest's -Q) are reaped as they come, off the clock's path.
             t = time.perf_counter()
-            qp.post_send(wrs[1])
-            seen_recv = seen_send = False
-            while not (seen_recv and seen_send):
+            qp.post_send(wrs[i % SIGNAL_EVERY == 0])
+            seen_recv = False
+            while not seen_recv:
                 for wc in ep.poll(2):
                     seen_recv |= wc.opcode == e.IBV_WC_RECV
-                    seen_send |= wc.opcode == e.IBV_WC_SEND
             samples.append(time.perf_counter() - t)
             qp.post_recv(recv)
         else:
@@ -201,15 +203,21 @@ def server_lat(ep: Endpoint, size: int, link: Link) -> None:
                     return
             i += 1
             mm[last] = seq + 128
-            qp.post_send(wrs[i % WRITE_SIGNAL_EVERY == 0])
-            if i % WRITE_SIGNAL_EVERY == 0:
+            qp.post_send(wrs[i % SIGNAL_EVERY == 0])
+            if i % SIGNAL_EVERY == 0:
                 ep.poll(1)
         elif verb == "send":
+            # Answer first, re-post the receive after: one spare receive stays posted (two
+            # were), so the next ping always finds one.
             got, wcs = ep.cq.poll(4)
             for wc in wcs:
+                if wc.status != e.IBV_WC_SUCCESS:
+                    raise RnicError(5, f"send_lat server: a completion in error "
+                                    f"({e.WCStatus(wc.status).name})")
                 if wc.opcode == e.IBV_WC_RECV:
+                    i += 1
+                    qp.post_send(wrs[i % SIGNAL_EVERY == 0])
                     qp.post_recv(recv)
-                    qp.post_send(wrs[1])
             if not got and select.select([link.sock], [], [], 0)[0]:
                 return
         else:
