@@ -257,6 +257,20 @@ def _bind_fields(qp, wr, what: str) -> tuple:
     return (mw.handle, mr.lkey if mr is not None else 0, addr, length, access)
 
 
+def _send_wqe(fields) -> tuple:
+    """A checked send (_prepare_send) as its WQE's bytes (header, then SGEs) and, for
+    inline data, the SGEs to copy after the header at each post: (wqe, inline_sges)."""
+    (wr_id, raddr, cmp_add, swap, op, flags, imm, rkey, ah, rqpn, rqkey, kind, body) = fields
+    nsge = len(body) if kind == "sg" else 0         # a bind has neither: its fields are in
+    ninline = sum(p[1] for p in body) if kind == "inline" else 0   # the places they share
+    wqe = bytearray(SEND_WQE_HDR + nsge * _SGE_SIZE)
+    _pack_wqe(wqe, 0, wr_id, raddr, cmp_add, swap, op, 0, nsge, flags, imm, rkey, ninline, ah,
+              rqpn, rqkey)
+    if nsge:
+        _put_sges(wqe, SEND_WQE_HDR, body)
+    return bytes(wqe), body if ninline else ()
+
+
 def post_send(qp, wrs) -> None:
     """Check and write send WQEs, publish prod once, ring the doorbell once."""
     ring = qp._sq
@@ -274,13 +288,12 @@ def post_send(qp, wrs) -> None:
             c = getattr(wr, "_checked", None)
             if c is not None and c[0] is qp and c[1] == mr_epoch and c[2] == sge_epoch \
                     and c[3] == sg:
-                fields = c[4]
+                wqe, inline = c[4]
             else:
                 fields = _prepare_send(qp, wr, qpt, ops)
+                wqe, inline = _send_wqe(fields)
                 if qpt != _UD and fields[4] not in _MW_OPS:
-                    _remember(wr, (qp, mr_epoch, sge_epoch, sg, fields))
-            (wr_id, raddr, cmp_add, swap, op, flags, imm, rkey, ah, rqpn, rqkey, kind,
-             body) = fields
+                    _remember(wr, (qp, mr_epoch, sge_epoch, sg, (wqe, inline)))
             cons = _room(ring, prod + posted, cons, limit)
             if (prod + posted - cons) & U32 >= limit:
                 raise enomem(f"post_send: send queue full (max_send_wr={limit})")
@@ -288,19 +301,12 @@ def post_send(qp, wrs) -> None:
             exc.bad_wr, err = wr, exc
             break
         off = rv.offset(prod + posted)
-        nsge = len(body) if kind == "sg" else 0         # a bind has neither: its fields
-        if kind == "inline":                            # are in the places they share
-            data = b"".join(mr.mmap[a - mr.buf:a - mr.buf + n] for a, n, _k, mr in body)
-        else:
-            data = b""
-        ninline = len(data)
-        _pack_wqe(mm, off, wr_id, raddr, cmp_add, swap, op, 0, nsge, flags, imm, rkey,
-                  ninline, ah, rqpn, rqkey)
-        off += SEND_WQE_HDR
-        if ninline:
-            mm[off:off + ninline] = data
-        elif nsge:
-            _put_sges(mm, off, body)
+        end = off + len(wqe)
+        mm[off:end] = wqe
+        for a, n, _k, mr in inline:      # the data as it is now, right after the header
+            a -= mr.buf
+            mm[end:end + n] = mr.mmap[a:a + n]
+            end += n
         posted += 1
     if posted:
         rv.store_prod((prod + posted) & U32)
