@@ -726,8 +726,9 @@ uint64_t rnic_arena_used(void);
 /* ---- engine.c: the engines (docs/engines.md) ------------------------------------------ */
 
 /* rnic_engine.state */
-#define RNIC_ENGINE_RUN 0       /* working or spinning */
-#define RNIC_ENGINE_SLEEP 1     /* in epoll_wait, or about to be */
+#define RNIC_ENGINE_RUN 0       /* working, or spinning through a loop */
+#define RNIC_ENGINE_SLEEP 1     /* at a safe point, touching nothing: in epoll_wait (or about
+                                 * to be), or yielding the CPU while idle */
 #define RNIC_ENGINE_HELD 2      /* stopped at a safe point while core/ works */
 #define RNIC_ENGINE_EXITED 3
 

@@ -813,8 +813,22 @@ static void engine_loop(void)
             sleep_until(now, next_timer);   /* it flushes after its last look */
             busy_from = idle_since = mono();
         } else {
+            /* Idle and flushed: a safe point, as asleep. Say so while we yield, so that
+             * core/ holds us at once instead of waiting until this CPU comes back to us
+             * from the program spinning on it (a UD packet or a verb waits for every
+             * engine's hold). */
+            uint32_t want = RNIC_ENGINE_SLEEP;
+            double back;
+
+            st(&E->state, RNIC_ENGINE_SLEEP);
             sched_yield();              /* spinning, but a runnable app here goes first */
-            if (mono() - now < YIELD_TAKEN) {
+            back = mono();
+            if (!__atomic_compare_exchange_n(&E->state, &want, RNIC_ENGINE_RUN, 0,
+                                             __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+                hold();
+                back = now;             /* core/'s time held, not the CPU taken */
+            }
+            if (back - now < YIELD_TAKEN) {
                 nospin = NOSPIN_MIN;
             } else {                    /* the CPU is taken: sleep instead (above) */
                 nospin_until = now + nospin;
