@@ -112,14 +112,20 @@ def _put_sges(mm, off: int, sges) -> None:
         off += _SGE_SIZE
 
 
-def _remember(wr, checked: tuple) -> None:
-    """Keep a successful check on a work request of rnic.wr (whose setters forget it);
-    the SG list is copied, so that a change to it in place is seen too."""
+def _recall(wr, queue, stamp: tuple):
+    """What _remember kept for wr on this queue, if nothing it depends on has changed since:
+    stamp is (the context's MR epoch, the SGE epoch). Else None."""
+    c = getattr(wr, "_checked", None)
+    if c is not None and c[0] is queue and c[1] == stamp and c[2] == getattr(wr, "sg", ()):
+        return c[3]
+    return None
+
+
+def _remember(wr, queue, stamp: tuple, sg, value) -> None:
+    """Keep a successful check on a work request of rnic.wr (whose setters forget it); its
+    SG list as it was before the check is copied, so that a change in place is seen too."""
     if isinstance(wr, _wr._SGListMixin):
-        sg = checked[3]
-        if sg.__class__ is list:
-            checked = checked[:3] + (sg[:],) + checked[4:]
-        wr.__dict__["_checked"] = checked
+        wr.__dict__["_checked"] = (queue, stamp, sg[:] if sg.__class__ is list else sg, value)
 
 
 def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
@@ -131,18 +137,17 @@ def post_recv(ring, ctx, wrs, max_sge: int, what: str) -> None:
     limit = min(ring.num_entries, ring.limit)
     max_sge = min(max_sge, ring.max_sge)
     posted, err = 0, None
-    mr_epoch, sge_epoch = ctx._mrs.epoch, _wr.sge_epoch
+    stamp = (ctx._mrs.epoch, _wr.sge_epoch)
     for wr in wrs:
         try:
-            sg = getattr(wr, "sg", ())
-            c = getattr(wr, "_checked", None)
-            if c is not None and c[0] is ring and c[1] == mr_epoch and c[2] == sge_epoch \
-                    and c[3] == sg:
-                wr_id, sges = c[4]
+            kept = _recall(wr, ring, stamp)
+            if kept is not None:
+                wr_id, sges = kept
             else:
+                sg = getattr(wr, "sg", ())
                 wr_id = _u(getattr(wr, "wr_id", None), _M64, 64, f"{what}: wr_id")
                 sges = check_sges(ctx, sg if sg.__class__ is list else list(sg), max_sge, what)
-                _remember(wr, (ring, mr_epoch, sge_epoch, sg, (wr_id, sges)))
+                _remember(wr, ring, stamp, sg, (wr_id, sges))
             cons = _room(ring, prod + posted, cons, limit)
             if (prod + posted - cons) & U32 >= limit:
                 raise enomem(f"{what}: receive queue full (max_wr={limit})")
@@ -281,19 +286,18 @@ def post_send(qp, wrs) -> None:
     qpt = int(qp.qp_type)
     ops = OPS_BY_QP_TYPE[qpt]
     posted, err = 0, None
-    mr_epoch, sge_epoch = qp.context._mrs.epoch, _wr.sge_epoch
+    stamp = (qp.context._mrs.epoch, _wr.sge_epoch)
     for wr in wrs:
         try:
-            sg = getattr(wr, "sg", ())
-            c = getattr(wr, "_checked", None)
-            if c is not None and c[0] is qp and c[1] == mr_epoch and c[2] == sge_epoch \
-                    and c[3] == sg:
-                wqe, inline = c[4]
+            kept = _recall(wr, qp, stamp)
+            if kept is not None:
+                wqe, inline = kept
             else:
+                sg = getattr(wr, "sg", ())
                 fields = _prepare_send(qp, wr, qpt, ops)
                 wqe, inline = _send_wqe(fields)
                 if qpt != _UD and fields[4] not in _MW_OPS:
-                    _remember(wr, (qp, mr_epoch, sge_epoch, sg, (wqe, inline)))
+                    _remember(wr, qp, stamp, sg, (wqe, inline))
             cons = _room(ring, prod + posted, cons, limit)
             if (prod + posted - cons) & U32 >= limit:
                 raise enomem(f"post_send: send queue full (max_send_wr={limit})")
