@@ -302,9 +302,12 @@ struct rnic_dp_qp {
      * leaves them to core/ (fast stays 0). */
     uint32_t xrc;
     /* UD (IBTA 9.8.3): core/ validates its send WQEs with rnic_dp_swqe_load (SEND and SEND
-     * with immediate only, one packet: at most mtu bytes) and receives with
-     * rnic_dp_recv_begin/_place; the data plane never serves it (fast stays 0) */
+     * with immediate only, one packet: at most mtu bytes). The data plane receives its
+     * datagrams while fast is set (core/ sets it in RTR, RTS and SQD with an RQ of its own):
+     * rx_ud; core/ takes the rest (an SRQ, no WQE posted, a WQE too small, a bad Q_Key) with
+     * the same rnic_dp_recv_begin/_place and rnic_dp_ud_grh. */
     uint32_t ud;
+    uint32_t qkey;          /* UD: the QP's Q_Key (9.8.2) */
     /* engines (engine.c): the engine that serves it (the send CQ's, docs/engines.md), and
      * that engine's soft bookkeeping: core/ was asked to pump / run the timer (core/ clears
      * the flag when it has), the ring indices last looked at, and the event index after the
@@ -613,6 +616,11 @@ int rnic_dp_recv_begin(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, uint64_t 
                        const struct rnic_sge *sg, uint32_t num_sge);
 /* Place n bytes of the SEND at its current offset; -EMSGSIZE if the buffers are too small. */
 int rnic_dp_recv_place(struct rnic_dp_qp *qp, const uint8_t *data, uint32_t n);
+/* The 40 bytes a UD receive buffer gets before the payload (IBTA 11.4.1.1), for RoCEv2 over
+ * IPv4 (A17.4.5.2): 20 bytes of zero, then the datagram's IPv4 header (roce_len: its UDP
+ * payload, BTH to ICRC; ID 0, DF, TTL 64, no checksum, as the socket does not tell them). */
+#define RNIC_UD_GRH_LEN 40
+void rnic_dp_ud_grh(uint8_t *grh, uint32_t src_ip_be, uint32_t dst_ip_be, uint32_t roce_len);
 
 /* ---- check.c: checks the fast path makes and core/ calls (never rewrites) ------------- */
 

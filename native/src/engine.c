@@ -424,8 +424,10 @@ static int scan_qps(double now, int doorbell)
                 pump_qp(qp, now);
                 work |= D->ntx != before || qp->eng_pump_posted;
             }
-        } else if (doorbell || sq != qp->eng_seen_sq || rq != qp->eng_seen_rq) {
-            post_pump(qp);              /* UD, XRC, not in RTS, in error: core/'s */
+        } else if (doorbell || sq != qp->eng_seen_sq
+                   || (rq != qp->eng_seen_rq && !(qp->ud && qp->fast))) {
+            /* UD sends, XRC, not in RTS, in error: core/'s (a UD QP's receives are ours) */
+            post_pump(qp);
             work = 1;
         }
         qp->eng_seen_sq = sq;

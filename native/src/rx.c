@@ -16,7 +16,8 @@
 #include "dp_util.h"
 #include "rnic_dp.h"
 
-enum { RX_WR_RDMA_READ = 4, RX_WC_RECV = 128, RX_WC_WITH_IMM = 2 };   /* IBV_WR_*, IBV_WC_* */
+enum { RX_WR_RDMA_READ = 4, RX_WC_RECV = 128, RX_WC_WITH_IMM = 2, RX_WC_GRH = 1 };
+                                                                /* IBV_WR_*, IBV_WC_* */
 
 /* the transport bits of the QP's packets (IBTA 9.2: RC 000, UC 001; A14.4.1: XRC 101) */
 static inline uint32_t qp_transport(const struct rnic_dp_qp *qp)
@@ -347,6 +348,64 @@ static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t
     return 1;
 }
 
+void rnic_dp_ud_grh(uint8_t *grh, uint32_t src_ip_be, uint32_t dst_ip_be, uint32_t roce_len)
+{
+    uint8_t *ip = grh + 20;
+    uint32_t total = 20 + 8 + roce_len;             /* IPv4 and UDP headers, then RoCE */
+
+    memset(grh, 0, RNIC_UD_GRH_LEN);
+    ip[0] = 0x45;                                   /* version 4, 5 words */
+    ip[2] = (uint8_t)(total >> 8);
+    ip[3] = (uint8_t)total;
+    ip[6] = 0x40;                                   /* don't fragment */
+    ip[8] = 64;                                     /* TTL */
+    ip[9] = 17;                                     /* UDP */
+    memcpy(ip + 12, &src_ip_be, 4);
+    memcpy(ip + 16, &dst_ip_be, 4);
+}
+
+/* A UD datagram (IBTA 9.8.2, 11.4.1.1): a SEND ONLY (with immediate) whose Q_Key is the
+ * QP's, into the next WQE of the QP's own RQ, GRH first, then a CQE naming the source QP.
+ * No PSN, no ACK. Everything else — a bad Q_Key (core/ counts the drop), no WQE posted (a
+ * drop: UD has no RNR), a WQE too small or bad (an error CQE), a malformed datagram — is
+ * core/'s. */
+static int rx_ud(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
+                 uint32_t len, uint32_t src_ip_be, uint16_t sport)
+{
+    const struct rnic_opinfo *oi = &rnic_op_table[pkt[0]];
+    uint32_t hdr = RNIC_BTH_LEN + oi->hdr_len, pad = bth_pad(pkt), plen;
+    const uint8_t *deth = pkt + RNIC_BTH_LEN, *payload = pkt + hdr;
+    uint8_t grh[RNIC_UD_GRH_LEN];
+    struct rnic_cqe c;
+
+    if ((pkt[0] & RNIC_OPT_MASK) != RNIC_OPT_UD || !(oi->flags & RNIC_OPF_VALID)
+        || oi->kind != RNIC_KIND_SEND || !(oi->hdrs & RNIC_HDR_DETH)
+        || !well_formed(oi, pkt, len) || dp_be32(deth) != qp->qkey
+        || !icrc_ok(dev, pkt, len, src_ip_be, sport))
+        return 0;
+    plen = len - hdr - RNIC_ICRC_LEN - pad;
+    if (!peek_recv(dev, qp) || RNIC_UD_GRH_LEN + (uint64_t)plen > recv_capacity(qp))
+        return 0;
+    dp_fx_rq_cons(qp, qp->rq->cons + 1);           /* published when the packet commits */
+    rnic_dp_ud_grh(grh, src_ip_be, dev->ip_be, len);
+    rnic_dp_recv_place(qp, grh, RNIC_UD_GRH_LEN);
+    rnic_dp_recv_place(qp, payload, plen);
+    memset(&c, 0, sizeof(c));
+    c.wr_id = qp->recv_wr_id;
+    c.opcode = RX_WC_RECV;
+    c.byte_len = RNIC_UD_GRH_LEN + plen;
+    c.qp_num = qp->qpn;
+    c.src_qp = dp_be24(deth + 5);
+    c.wc_flags = RX_WC_GRH;
+    if (oi->hdrs & RNIC_HDR_IMMDT) {
+        c.imm_data = dp_be32(payload - RNIC_IMMDT_LEN);
+        c.wc_flags |= RX_WC_WITH_IMM;
+    }
+    dp_fx_cqe(dev, qp, qp->rcq, &c, (pkt[1] & RNIC_BTH_SE) != 0);
+    qp->fast_pkts++;
+    return 1;
+}
+
 static int rx_qp(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
                  uint32_t len, uint32_t src_ip_be, uint16_t sport)
 {
@@ -428,12 +487,13 @@ int rnic_dp_rx_one(struct rnic_dp_dev *dev, const uint8_t *pkt, uint32_t len,
         return 0;
     qpn = dp_be24(pkt + 5);
     if (qpn >= dev->qps_len || !(qp = dev->qps[qpn]) || qp->qpn != qpn || !qp->fast
-        || qp->peer_ip_be != src_ip_be)
+        || (!qp->ud && qp->peer_ip_be != src_ip_be))
         return 0;
     /* one packet is one change of the QP (txn.c): its ACK, CQE and consumer index go out
      * only once it is committed */
     opened = dp_txn_open(qp);
-    rc = rx_qp(dev, qp, pkt, len, src_ip_be, sport);
+    rc = qp->ud ? rx_ud(dev, qp, pkt, len, src_ip_be, sport)
+                : rx_qp(dev, qp, pkt, len, src_ip_be, sport);
     dp_txn_close(dev, qp, opened);
     return rc;
 }

@@ -9,13 +9,12 @@ counted.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
-import struct
 
 from rnicd import native
 from rnicd.core.qp_state import ATTR_FIELD, check_modify
 from rnicd.core.resources import CQEntry
+from rnicd.core.roce.dpstate import dp_own_rq
 from rnicd.wire import opcodes as op
 from rnicd.wire import roce
 from rnicd.wire.abi import (
@@ -32,7 +31,7 @@ from rnicd.wire.abi import (
 
 log = logging.getLogger("rnicd.ud")
 S = QPState
-GRH_LEN = 40                 # IBTA 8.3 / A17.4.5.2: room for the GRH before UD payloads
+GRH_LEN = native.lib.RNIC_UD_GRH_LEN   # IBTA 11.4.1.1: the GRH before UD payloads
 QKEY_PRIVILEGED = 1 << 31    # a WR Q_Key with the high bit set means "use the QP's" (10.2.5)
 
 
@@ -62,8 +61,9 @@ class UDQP:
         self.sq_next = 0
         self.psn = 0
         self.counters = device.counters.child()
-        # the data plane never serves a UD QP (fast = 0), but its checks are the data plane's:
-        # send WQEs are validated by rnic_dp_swqe_load, receives use rnic_dp_recv_begin/_place
+        # send WQEs are validated by the data plane's rnic_dp_swqe_load; datagrams are received
+        # by the data plane (rx_ud) in RTR/RTS/SQD with an RQ of its own, and by receive()
+        # below otherwise, with the same rnic_dp_recv_begin/_place and rnic_dp_ud_grh
         ffi = native.ffi
         n, sge = sq_ring.num_entries, max(1, cap.max_send_sge)
         rsge = (srq.rq if srq is not None else rq).max_sge
@@ -77,7 +77,10 @@ class UDQP:
             "sq_entry_size": sq_ring.entry_size, "sq_pieces": self._pieces,
             "sq_piece_stride": sge, "max_send_sge": cap.max_send_sge,
             "max_inline": cap.max_inline_data, "recv_pieces": self._recv_pieces,
-            "recv_max_sge": rsge, "mtu": mtu_bytes(device.active_mtu)})
+            "recv_max_sge": rsge, "mtu": mtu_bytes(device.active_mtu),
+            "rcq": recv_cq.dp if recv_cq is not None else ffi.NULL})
+        if rq is not None:
+            dp_own_rq(self.dp, rq, ffi)
 
     # ---- verbs ---------------------------------------------------------------------------
     def modify(self, attr_mask: int, attr: dict, now: float):
@@ -87,11 +90,16 @@ class UDQP:
                 self.attr[name] = attr[name]
         if attr_mask & QPAttrMask.IBV_QP_SQ_PSN:
             self.psn = attr["sq_psn"]
+        self.dp.qkey = self.attr["qkey"]
         self.transition(new, "modify_qp", now)
 
     def transition(self, new: QPState, reason: str, now: float):
         old, self.state = self.state, new
         self.attr["qp_state"] = new
+        # the data plane receives in the states that accept datagrams (IBTA 10.3.1), into
+        # our own RQ (an SRQ's WQEs and its limit event are core/'s)
+        self.dp.fast = int(new in (S.IBV_QPS_RTR, S.IBV_QPS_RTS, S.IBV_QPS_SQD)
+                           and self.rq is not None)
         if old != new:
             log.debug("ud qp %d: %s -> %s (%s)", self.qp_num, old.name, new.name, reason)
         if new == S.IBV_QPS_ERR:
@@ -227,7 +235,11 @@ class UDQP:
                     byte_len=GRH_LEN + len(payload), qp_num=self.qp_num,
                     src_qp=pkt.deth_src_qp, wc_flags=WCFlags.IBV_WC_GRH, solicited=pkt.se)
         if rc == 0:
-            data = grh_ipv4(src_ip, dst_ip, len(payload)) + payload
+            grh = native.ffi.new("uint8_t[]", GRH_LEN)
+            lib.rnic_dp_ud_grh(grh, native.ipv4_be(src_ip), native.ipv4_be(dst_ip),
+                               roce.BTH_LEN + info.header_len + len(payload) + pkt.pad
+                               + roce.ICRC_LEN)
+            data = native.ffi.buffer(grh)[:] + payload
             if lib.rnic_dp_recv_place(dp, data, len(data)) < 0:
                 e.status = WCStatus.IBV_WC_LOC_LEN_ERR
             dp.recv_npieces = 0
@@ -236,11 +248,3 @@ class UDQP:
         self.counters.inc("ud_rcvd")
         self.device.complete(self.recv_cq, e)
 
-
-def grh_ipv4(src_ip: str, dst_ip: str, payload_len: int) -> bytes:
-    """The 40 bytes before a UD payload for RoCEv2 over IPv4 (A17.4.5.2): 20 bytes of zero,
-    then the IPv4 header of the datagram as received."""
-    total = 20 + 8 + 12 + 8 + payload_len + 4
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0x4000, 64, 17, 0,
-                      ipaddress.IPv4Address(src_ip).packed, ipaddress.IPv4Address(dst_ip).packed)
-    return bytes(20) + hdr

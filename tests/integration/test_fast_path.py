@@ -1,12 +1,15 @@
 """Acceptance: a steady-state stream of 1 MiB RDMA WRITEs (or READs) runs in the data plane:
 fewer than one slow-path event (a datagram handed to Python) per 1000 packets, on both
 daemons."""
+import ipaddress
 import os
 
 import pytest
 import rnic.enums as e
 from rc_pair import Side, connect, poll_n
-from rnic.wr import SGE, SendWR
+from rnic.addr import AH, AHAttr, GlobalRoute
+from rnic.qp import QPAttr
+from rnic.wr import SGE, RecvWR, SendWR
 
 MiB = 1 << 20
 
@@ -77,5 +80,54 @@ def test_atomics_stay_in_the_data_plane(two_daemons):
     for bef, aft in zip(before, after, strict=True):
         slow = aft.get("slow_path_events", 0) - bef.get("slow_path_events", 0)
         assert slow * 1000 < 4000, (slow, aft)
+    a.close()
+    b.close()
+
+
+def test_ud_datagrams_are_received_in_the_data_plane(two_daemons):
+    """A UD QP's datagrams are received in C (rx_ud): 256 SENDs with immediate to a QP with
+    receives posted cost the receiving daemon no slow-path event. Each lands GRH first (IBTA
+    11.4.1.1; RoCEv2 over IPv4, A17.4.5.2: the datagram's IPv4 header in its last 20 bytes),
+    with the sender's QPN, the immediate data and the payload."""
+    da, db = two_daemons
+    n, size, slot, qkey = 256, 1000, 2048, 0x11111
+    a = Side(da, qp_type=e.IBV_QPT_UD, wr=512, sge=1)
+    b = Side(db, qp_type=e.IBV_QPT_UD, wr=512, sge=1, mr_size=n * slot)
+    for s in (a, b):
+        attr = QPAttr()
+        attr.qkey, attr.sq_psn = qkey, 0
+        s.qp.to_rts(attr)
+    ah = AH(a.pd, attr=AHAttr(port_num=1, is_global=1,
+                              gr=GlobalRoute(dgid=b.gid, sgid_index=0)))
+    payload = os.urandom(n * size)
+    a.mr.write(payload, n * size, 0)
+    for i in range(n):
+        b.qp.post_recv(RecvWR(wr_id=i, num_sge=1, sg=[SGE(b.mr.buf + i * slot, slot,
+                                                            b.mr.lkey)]))
+    before = b.ctx.get_counters()
+    for i in range(n):
+        w = SendWR(wr_id=i, opcode=e.IBV_WR_SEND_WITH_IMM, imm_data=0xC0DE0000 + i, num_sge=1,
+                   sg=[SGE(a.mr.buf + i * size, size, a.mr.lkey)])
+        w.set_wr_ud(ah, b.qp.qp_num, qkey)
+        a.qp.post_send(w)
+        if i % 64 == 63:
+            assert all(c.status == e.IBV_WC_SUCCESS for c in poll_n(a.cq, 64))
+    wcs = poll_n(b.cq, n)
+    after = b.ctx.get_counters()
+    src, dst = ipaddress.IPv4Address(da.ip).packed, ipaddress.IPv4Address(db.ip).packed
+    for i, wc in enumerate(wcs):
+        assert (wc.status, wc.wr_id, wc.byte_len, wc.src_qp, wc.imm_data) == \
+            (e.IBV_WC_SUCCESS, i, 40 + size, a.qp.qp_num, 0xC0DE0000 + i)
+        assert wc.wc_flags & e.IBV_WC_GRH and wc.wc_flags & e.IBV_WC_WITH_IMM
+        got = b.mr.read(40 + size, i * slot)
+        ip = got[20:40]
+        roce_len = 12 + 8 + 4 + size + 4             # BTH, DETH, ImmDt, payload, ICRC
+        assert got[:20] == bytes(20) and ip[0] == 0x45 and ip[9] == 17
+        assert int.from_bytes(ip[2:4], "big") == 20 + 8 + roce_len
+        assert (ip[12:16], ip[16:20]) == (src, dst)
+        assert got[40:] == payload[i * size:(i + 1) * size]
+    slow = after.get("slow_path_events", 0) - before.get("slow_path_events", 0)
+    print(f"\nreceiver: {n} datagrams, {slow} slow-path events")
+    assert slow * 100 < n                   # the receives (and their RQ posts) are in C
     a.close()
     b.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from rnicd.core.qp_state import ATTR_FIELD, check_modify
 from rnicd.core.resources import CQ, PD, SRQ, CQEntry, RecvQueue
 from rnicd.core.roce.completer import Completer
-from rnicd.core.roce.dpstate import DP_COUNTERS
+from rnicd.core.roce.dpstate import DP_COUNTERS, dp_own_rq
 from rnicd.core.roce.requester import Requester
 from rnicd.core.roce.responder import Responder
 from rnicd.core.roce.uc import UCResponder
@@ -76,11 +76,8 @@ class RCQP:
             "mtu": mtu_bytes(self.attr["path_mtu"]), "unreliable": int(not self.reliable),
             "recv_pieces": self._recv_pieces, "recv_max_sge": recv_sge,
             "rcq": recv_cq.dp if recv_cq is not None else ffi.NULL})   # XRC: per message
-        if rq is not None:         # the data plane takes receive WQEs from our own RQ only
-            ring = rq.ring
-            self.dp.rq = ring.hdr
-            self.dp.rq_entries = ffi.cast("uint8_t *", ring.hdr) + ring.hdr_size
-            self.dp.rq_mask, self.dp.rq_entry_size = ring.num_entries - 1, ring.entry_size
+        if rq is not None:
+            dp_own_rq(self.dp, rq, ffi)
         self.requester = Requester(self)
         self.completer = Completer(self)
         self.responder = Responder(self) if self.reliable else UCResponder(self)
