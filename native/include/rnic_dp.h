@@ -174,6 +174,14 @@ struct rnic_dp_mr {
     uint32_t qpn;           /* a type 2B window: the one QP it serves (10.6.7.2.2); 0: any */
 };
 
+/* An address handle (IBTA 11.2.2): a UD send WQE names one by its handle, the index of
+ * rnic_dp_dev.ahs that core/ gives it; only a QP of the same PD may use it (11.4.1.1). */
+struct rnic_dp_ah {
+    uint64_t pd;            /* identity of its protection domain */
+    uint32_t ip_be;         /* where its datagrams go (RoCEv2: the GID's IPv4 address) */
+    uint32_t _rsvd;
+};
+
 /* rnic_dp_qp.msg: the message the responder is in the middle of. */
 #define RNIC_DP_MSG_NONE 0
 #define RNIC_DP_MSG_SEND 1  /* a SEND, received by core/ */
@@ -301,11 +309,13 @@ struct rnic_dp_qp {
      * 0xa0 | RC's and whose requests carry an XRCETH (swqe xrc_srqn). The receive fast path
      * leaves them to core/ (fast stays 0). */
     uint32_t xrc;
-    /* UD (IBTA 9.8.3): core/ validates its send WQEs with rnic_dp_swqe_load (SEND and SEND
-     * with immediate only, one packet: at most mtu bytes). The data plane receives its
-     * datagrams while fast is set (core/ sets it in RTR, RTS and SQD with an RQ of its own):
-     * rx_ud; core/ takes the rest (an SRQ, no WQE posted, a WQE too small, a bad Q_Key) with
-     * the same rnic_dp_recv_begin/_place and rnic_dp_ud_grh. */
+    /* UD (IBTA 9.8.3; unreliable is set too: no ACKs, a WQE completes once sent): SEND and
+     * SEND with immediate only, one packet each (at most mtu bytes), to the WQE's QPN at its
+     * AH's address, with a DETH. The data plane sends them in RTS (send_ok) like UC's, and
+     * receives datagrams while fast is set (core/ sets it in RTR, RTS and SQD with an RQ of
+     * its own): rx_ud. core/ takes the rest (a bad WQE; an SRQ, no WQE posted, a WQE too
+     * small, a bad Q_Key) with the same rnic_dp_swqe_load, rnic_dp_recv_begin/_place and
+     * rnic_dp_ud_grh. */
     uint32_t ud;
     uint32_t qkey;          /* UD: the QP's Q_Key (9.8.2) */
     /* engines (engine.c): the engine that serves it (the send CQ's, docs/engines.md), and
@@ -388,6 +398,9 @@ struct rnic_dp_swqe {
     uint32_t wc_opcode;     /* enum ibv_wc_opcode of its completion */
     uint32_t npieces;       /* gather list of a SEND/WRITE payload ... */
     uint32_t xrc_srqn;      /* XRC: the XRCETH's SRQ number (rnic_send_wqe.remote_srqn) */
+    uint32_t dest_qpn;      /* UD: where it goes, from the WQE and its AH (rnic_dp_ah) ... */
+    uint32_t dest_ip_be;
+    uint32_t qkey;          /* ... and the DETH's Q_Key */
     struct rnic_dp_piece *pieces;   /* ... in the QP's piece array (sq_piece_stride a slot) */
     uint64_t compare_add;   /* atomics: compare (CMP_AND_SWP) or add (FETCH_AND_ADD) */
     uint64_t swap;          /* CMP_AND_SWP: the swap value */
@@ -416,6 +429,8 @@ struct rnic_dp_dev {
     uint32_t qps_len;
     uint32_t mrs_len;
     struct rnic_dp_mr **mrs;        /* indexed by key >> 8, mrs_len entries */
+    struct rnic_dp_ah **ahs;        /* indexed by AH handle, ahs_len entries */
+    uint32_t ahs_len;
     uint32_t *acks;                 /* QPNs that came to owe an ACK, in order */
     uint32_t acks_len;              /* capacity of acks */
     uint32_t nacks;                 /* entries used; core/ resets it after sending ACKs */

@@ -36,7 +36,8 @@ static const uint8_t data_ops[2][4][2] = {
 /* the transport bits of the QP's opcodes (IBTA 9.2: RC 000, UC 001; A14.4: XRC 101) */
 static inline uint8_t opbase(const struct rnic_dp_qp *qp)
 {
-    return qp->xrc ? RNIC_OPT_XRC : qp->unreliable ? RNIC_OPT_UC : RNIC_OPT_RC;
+    return qp->xrc ? RNIC_OPT_XRC : qp->ud ? RNIC_OPT_UD : qp->unreliable ? RNIC_OPT_UC
+                                                                            : RNIC_OPT_RC;
 }
 
 /* SEND and RDMA WRITE WQEs: segmented into packets here */
@@ -340,25 +341,33 @@ int rnic_dp_tx_push(struct rnic_dp_dev *dev, const uint8_t *data, uint32_t len,
 
 /* Queue the QP's next datagram (the caller checked for room): the headers of h, n payload
  * bytes gathered from offset off of the pieces, pad (9.3.1), ICRC (A17.3.3). */
-static void tx_packet(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, struct rnic_hdr *h,
-                      const struct rnic_dp_piece *pieces, uint32_t npieces, uint64_t off,
-                      uint32_t n)
+static void tx_packet_to(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, struct rnic_hdr *h,
+                         uint32_t dest_qpn, uint32_t ip_be, const struct rnic_dp_piece *pieces,
+                         uint32_t npieces, uint64_t off, uint32_t n)
 {
     uint32_t slot = dev->ntx++, len;
     uint8_t *out = dev->tx_bufs + (size_t)slot * dev->tx_buf_size;
 
-    h->dest_qp = qp->dest_qpn;
+    h->dest_qp = dest_qpn;
     h->pad = (uint8_t)((4 - n % 4) % 4);
     len = rnic_hdr_build(out, h);
     dp_pieces_copy(pieces, npieces, off, out + len, n, 0);
     len += n;
     memset(out + len, 0, h->pad);
     len += h->pad;
-    rnic_roce_icrc_put(out + len, rnic_roce_icrc_v4(out, len, dev->ip_be, qp->peer_ip_be,
-                                                   dev->port, ROCE_PORT));
+    rnic_roce_icrc_put(out + len, rnic_roce_icrc_v4(out, len, dev->ip_be, ip_be, dev->port,
+                                                   ROCE_PORT));
     dev->tx_lens[slot] = len + RNIC_ICRC_LEN;
-    dev->tx_addrs_be[slot] = qp->peer_ip_be;
+    dev->tx_addrs_be[slot] = ip_be;
     qp->sent_pkts++;
+}
+
+/* To the QP's peer (a connected QP). */
+static void tx_packet(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, struct rnic_hdr *h,
+                      const struct rnic_dp_piece *pieces, uint32_t npieces, uint64_t off,
+                      uint32_t n)
+{
+    tx_packet_to(dev, qp, h, qp->dest_qpn, qp->peer_ip_be, pieces, npieces, off, n);
 }
 
 /* Queue packet k of SEND/WRITE WQE w at psn. IBTA 9.7.7: FIRST/MIDDLE carry one MTU,
@@ -392,6 +401,12 @@ static void build(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const struct r
     h.rkey = w->rkey;
     h.dma_len = w->length;
     h.imm = w->imm;                                 /* ImmDt, or the IETH's R_Key */
+    if (qp->ud) {                                   /* DETH (9.3.3), to the WQE's address */
+        h.qkey = w->qkey;
+        h.src_qp = qp->qpn;
+        tx_packet_to(dev, qp, &h, w->dest_qpn, w->dest_ip_be, w->pieces, w->npieces, off, n);
+        return;
+    }
     tx_packet(dev, qp, &h, w->pieces, w->npieces, off, n);
 }
 
@@ -514,6 +529,18 @@ void rnic_dp_swqe_load(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
     if (qp->ud && length > qp->mtu) {         /* a UD message is one packet */
         d->status = WC_LOC_LEN_ERR;
         return;
+    }
+    if (qp->ud) {                   /* IBTA 11.4.1.1: through an AH of the QP's PD */
+        const struct rnic_dp_ah *a = w.ah < dev->ahs_len ? dev->ahs[w.ah] : NULL;
+
+        if (!a || a->pd != qp->pd) {
+            d->status = WC_LOC_QP_OP_ERR;
+            return;
+        }
+        d->dest_qpn = w.remote_qpn & 0xffffff;
+        d->dest_ip_be = a->ip_be;
+        /* a Q_Key with the high bit set asks for the QP's own (10.2.5) */
+        d->qkey = w.remote_qkey & 0x80000000u ? qp->qkey : w.remote_qkey;
     }
     d->length = (uint32_t)length;
     d->npieces = n;

@@ -384,20 +384,16 @@ class Session(CMVerbs):
         if peer is None:
             raise einval("create_ah: ah_attr needs is_global=1 and grh.dgid, an IPv4-mapped "
                          "GID (RoCEv2 routes by GID)")
-        if self.device.ah_count >= self.device.limits.max_ah:
-            raise VerbsError(errno.ENOMEM, f"create_ah: device limit of "
-                             f"{self.device.limits.max_ah} address handles reached")
-        ah = AddressHandle(self._handle(), pd, attr, peer)
+        ah = AddressHandle(self.device, pd, attr, peer)
         pd.refs += 1
         self.ahs[ah.handle] = ah
-        self.device.ah_count += 1
         return {"ah": ah.handle}, []
 
     def m_destroy_ah(self, args, fds, now):
         ah = self._get(self.ahs, args, "ah", "address handle")
         del self.ahs[ah.handle]
         ah.pd.refs -= 1
-        self.device.ah_count -= 1
+        self.device.remove_ah(ah.handle)
         return {}, []
 
     # ---- channels / CQ -------------------------------------------------------------------
@@ -692,7 +688,8 @@ class Session(CMVerbs):
             self._destroy_mr(mr, now)
         for x in list(self.xrcds.values()):
             self._close_xrcd(x)
-        self.device.ah_count -= len(self.ahs)
+        for ah in self.ahs.values():
+            self.device.remove_ah(ah.handle)
         self.ahs.clear()
         self.pds.clear()
         for ch in self.channels.values():

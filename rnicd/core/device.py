@@ -40,6 +40,7 @@ XRC_TYPES = (QPType.IBV_QPT_XRC_SEND, QPType.IBV_QPT_XRC_RECV)
 RC_LIKE = (QPType.IBV_QPT_RC, QPType.IBV_QPT_UC) + XRC_TYPES
 
 QP_TABLE = 1 << 15          # QPNs are indices into the data plane's QP table
+AH_TABLE = (1 << 16) + 1    # AH handles are indices into its AH table (max_ah; 0 is none)
 MR_TABLE = 1 << 17          # key indices are indices into its key table (MRs and MWs)
 ACKS_PER_BATCH = 256        # QPs that may come to owe an ACK in one received batch
 TX_CAP = 1024               # datagrams queued before they must be sent (or spilled)
@@ -80,6 +81,7 @@ class Device:
         self.native = native
         self.limits = DeviceLimits()
         self.ah_count = 0                   # address handles of every client (max_ah)
+        self._free_ahs = list(range(AH_TABLE - 1, 0, -1))     # handles, lowest last
         self.set_netdev_mtu(None)
         self.port_active = True
         self.netdev_ifindex: int | None = None     # the bound netdev, when one holds our IP
@@ -98,6 +100,7 @@ class Device:
         ffi = native.ffi
         self._dp_arrays = dict(
             qps=native.shared_new("struct rnic_dp_qp *[]", QP_TABLE),
+            ahs=native.shared_new("struct rnic_dp_ah *[]", AH_TABLE),
             acks=ffi.new("uint32_t[]", ACKS_PER_BATCH),
             pumps=ffi.new("uint32_t[]", ACKS_PER_BATCH),
             notify=ffi.new("uint32_t[]", NOTIFY_CAP),
@@ -108,6 +111,7 @@ class Device:
         self._dp_arrays["atomic_lock"] = native.shared_new("uint32_t[]", 1)
         self.dp = native.shared_new("struct rnic_dp_dev *", dict(
             self._dp_arrays, ip_be=native.ipv4_be(ip), port=port, qps_len=QP_TABLE,
+            ahs_len=AH_TABLE,
             mrs=self.keys.dp, mrs_len=MR_TABLE, acks_len=ACKS_PER_BATCH,
             pumps_cap=ACKS_PER_BATCH, notify_cap=NOTIFY_CAP, tx_buf_size=TX_BUF,
             tx_cap=TX_CAP))
@@ -159,6 +163,9 @@ class Device:
         self.qp_limits = QPLimits(max_qp_rd_atom=self.limits.max_qp_rd_atom,
                                   max_qp_init_rd_atom=self.limits.max_qp_init_rd_atom,
                                   max_mtu=self.active_mtu)
+        for qp in getattr(self, "qps", {}).values():     # a UD message fits the port's MTU
+            if qp.dp.ud:
+                qp.dp.mtu = mtu_bytes(self.active_mtu)
 
     # ---- identity ------------------------------------------------------------------------
     @property
@@ -196,6 +203,25 @@ class Device:
         self._dp_arrays["qps"][qp.qp_num] = qp.dp
         if self.engines is not None:
             self.engines.add_qp(qp)
+
+    # ---- address handles (UD): the data plane finds a WQE's by its handle ---------------
+    def add_ah(self, pd, peer_ip: str):
+        """A new AH of pd towards peer_ip, with a device-wide handle (an index of the data
+        plane's AH table). -> (handle, its struct rnic_dp_ah)."""
+        if not self._free_ahs or self.ah_count >= self.limits.max_ah:
+            raise VerbsError(errno.ENOMEM, f"create_ah: device limit of "
+                             f"{self.limits.max_ah} address handles reached")
+        handle = self._free_ahs.pop()
+        rec = native.shared_new("struct rnic_dp_ah *", {"pd": pd.uid,
+                                                        "ip_be": native.ipv4_be(peer_ip)})
+        self._dp_arrays["ahs"][handle] = rec
+        self.ah_count += 1
+        return handle, rec
+
+    def remove_ah(self, handle: int):
+        self._dp_arrays["ahs"][handle] = native.ffi.NULL
+        self._free_ahs.append(handle)
+        self.ah_count -= 1
 
     def remove_qp(self, qp):
         if self.engines is not None:

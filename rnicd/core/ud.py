@@ -21,26 +21,25 @@ from rnicd.wire.abi import (
     EventType,
     QPAttrMask,
     QPState,
-    SendFlags,
     WCFlags,
     WCOpcode,
     WCStatus,
-    WROpcode,
     mtu_bytes,
 )
 
 log = logging.getLogger("rnicd.ud")
 S = QPState
 GRH_LEN = native.lib.RNIC_UD_GRH_LEN   # IBTA 11.4.1.1: the GRH before UD payloads
-QKEY_PRIVILEGED = 1 << 31    # a WR Q_Key with the high bit set means "use the QP's" (10.2.5)
 
 
 class AddressHandle:
-    """ibv_ah: where UD sends go. RoCEv2 addresses by GID; ours are IPv4-mapped."""
+    """ibv_ah: where UD sends go. RoCEv2 addresses by GID; ours are IPv4-mapped. Its handle
+    is device-wide: the index of its record (struct rnic_dp_ah) in the data plane's table,
+    where the engines find the address of a WQE's AH (rnic_dp_swqe_load)."""
 
-    def __init__(self, handle: int, pd, ah_attr: dict, peer_ip: str):
-        self.handle, self.pd, self.ah_attr, self.peer_ip = handle, pd, ah_attr, peer_ip
-        self.peer_ip_be = native.ipv4_be(peer_ip)
+    def __init__(self, device, pd, ah_attr: dict, peer_ip: str):
+        self.pd, self.ah_attr, self.peer_ip = pd, ah_attr, peer_ip
+        self.handle, self.dp = device.add_ah(pd, peer_ip)
 
 
 class UDQP:
@@ -58,12 +57,11 @@ class UDQP:
                      "sq_psn": 0}
         self.peer_ip = None                       # UD has no single peer
         self.cm_id = None
-        self.sq_next = 0
-        self.psn = 0
         self.counters = device.counters.child()
-        # send WQEs are validated by the data plane's rnic_dp_swqe_load; datagrams are received
-        # by the data plane (rx_ud) in RTR/RTS/SQD with an RQ of its own, and by receive()
-        # below otherwise, with the same rnic_dp_recv_begin/_place and rnic_dp_ud_grh
+        # The data plane sends (rnic_dp_pump, in RTS) and receives (rx_ud, in RTR/RTS/SQD with
+        # an RQ of its own); core/ takes what it leaves, with the same C: a bad send WQE
+        # (rnic_dp_swqe_load), datagrams for an SRQ or with no WQE posted (rnic_dp_recv_begin/
+        # _place, rnic_dp_ud_grh). The SQ indices and the PSN live in the record (dp).
         ffi = native.ffi
         n, sge = sq_ring.num_entries, max(1, cap.max_send_sge)
         rsge = (srq.rq if srq is not None else rq).max_sge
@@ -72,7 +70,9 @@ class UDQP:
         self._recv_pieces = native.shared_new("struct rnic_dp_piece[]", max(1, rsge))
         self._hdr = ffi.new("struct rnic_send_wqe *")     # the header rnic_dp_swqe_load copied
         self.dp = native.shared_new("struct rnic_dp_qp *", {
-            "qpn": qp_num, "ud": 1, "pd": pd.uid, "swqes": self._swqes, "swqe_mask": n - 1,
+            "qpn": qp_num, "ud": 1, "unreliable": 1, "pd": pd.uid, "swqes": self._swqes,
+            "swqe_mask": n - 1, "sq": sq_ring.hdr, "scq": send_cq.dp, "sq_sig_all": sq_sig_all,
+            "cwnd": native.lib.RNIC_DP_WINDOW,    # no window: WQEs this far ahead are fetched
             "sq_entries": ffi.cast("uint8_t *", sq_ring.hdr) + sq_ring.hdr_size,
             "sq_entry_size": sq_ring.entry_size, "sq_pieces": self._pieces,
             "sq_piece_stride": sge, "max_send_sge": cap.max_send_sge,
@@ -89,7 +89,8 @@ class UDQP:
             if attr_mask & bit and name in self.attr and name != "qp_state":
                 self.attr[name] = attr[name]
         if attr_mask & QPAttrMask.IBV_QP_SQ_PSN:
-            self.psn = attr["sq_psn"]
+            dp = self.dp
+            dp.next_psn = dp.send_psn = dp.una = dp.high_psn = attr["sq_psn"] & 0xFFFFFF
         self.dp.qkey = self.attr["qkey"]
         self.transition(new, "modify_qp", now)
 
@@ -100,13 +101,14 @@ class UDQP:
         # our own RQ (an SRQ's WQEs and its limit event are core/'s)
         self.dp.fast = int(new in (S.IBV_QPS_RTR, S.IBV_QPS_RTS, S.IBV_QPS_SQD)
                            and self.rq is not None)
+        self.dp.send_ok = int(new == S.IBV_QPS_RTS)   # SQD: no new WQE starts (IBTA 10.3.1)
+        self.dp.mtu = mtu_bytes(self.device.active_mtu)
         if old != new:
             log.debug("ud qp %d: %s -> %s (%s)", self.qp_num, old.name, new.name, reason)
         if new == S.IBV_QPS_ERR:
             self._flush()
         elif new == S.IBV_QPS_RESET:
-            self.sq_next = self.sq_ring.hdr.prod
-            self.sq_ring.store_cons(self.sq_next)
+            self._skip_to(self.sq_ring.hdr.prod)
             for ring in (self.sq_ring, self.rq.ring if self.rq is not None else None):
                 if ring is not None:
                     ring.hdr.error = 0      # no longer in Error: posts need no flush
@@ -114,7 +116,7 @@ class UDQP:
     def query(self) -> dict:
         a = dict(self.attr)
         a["qp_state"] = a["cur_qp_state"] = int(self.state)
-        a["sq_psn"] = self.psn
+        a["sq_psn"] = self.dp.next_psn
         a["cap"] = vars(self.cap).copy()
         return a
 
@@ -132,73 +134,54 @@ class UDQP:
 
     # ---- requester -----------------------------------------------------------------------
     def pump(self, now: float):
-        """Send every posted WQE: one UD_SEND_ONLY(_WITH_IMMEDIATE) packet each."""
+        """The data plane sends every good WQE, one UD SEND ONLY (with immediate) packet each,
+        and completes it (rnic_dp_pump); a WQE it leaves at sq_next is bad: it completes in
+        error and the QP fails (IBTA 11.6.2, as rxe)."""
         if self.state == S.IBV_QPS_ERR:
             return self._flush()
-        if self.state not in (S.IBV_QPS_RTS, S.IBV_QPS_SQD):
+        if self.state != S.IBV_QPS_RTS:
             return
-        ring = self.sq_ring
-        prod = ring.load_prod()
-        if (prod - ring.hdr.cons) & 0xFFFFFFFF > ring.num_entries:
-            self.counters.inc("sq_ring_corrupt")
-            return self.transition(S.IBV_QPS_ERR, "send queue producer index out of range", now)
-        while self.sq_next != prod:
-            status = self._send()
-            flags, wr_id = int(self._hdr.send_flags), int(self._hdr.wr_id)
-            # the slot is free before its completion shows (as in native rnic_dp_retire)
-            self.sq_next = (self.sq_next + 1) & 0xFFFFFFFF
-            ring.store_cons(self.sq_next)
-            if status != WCStatus.IBV_WC_SUCCESS or self.sq_sig_all or \
-                    flags & SendFlags.IBV_SEND_SIGNALED:
-                self.device.complete(self.send_cq, CQEntry(
-                    wr_id=wr_id, status=status, opcode=WCOpcode.IBV_WC_SEND,
-                    qp_num=self.qp_num))
-            if status != WCStatus.IBV_WC_SUCCESS:     # a UD send error ends in SQE/ERR
-                return self.transition(S.IBV_QPS_ERR, f"UD send failed: {status.name}", now)
+        lib, dev, dp = native.lib, self.device, self.dp
+        dev.dp.now = now
+        while True:
+            rc = lib.rnic_dp_pump(dev.dp, dp)
+            if rc == lib.RNIC_DP_PUMP_TX_FULL:
+                dev.spill_tx()
+                continue
+            if rc != lib.RNIC_DP_PUMP_FETCH:
+                return
+            pending = lib.rnic_dp_sq_pending(dp)
+            if pending < 0:
+                self.counters.inc("sq_ring_corrupt")
+                return self.transition(S.IBV_QPS_ERR, "send queue producer index out of "
+                                       "range", now)
+            if pending == 0:
+                return
+            lib.rnic_dp_swqe_load(dev.dp, dp, self._hdr)
+            d = self._swqes + (dp.sq_next & dp.swqe_mask)
+            status, wr_id = WCStatus(d.status), int(d.wr_id)
+            d.npieces = 0                   # no pointer outlives the WQE
+            self._skip_to((dp.sq_next + 1) & 0xFFFFFFFF)
+            self.device.complete(self.send_cq, CQEntry(
+                wr_id=wr_id, status=status, opcode=WCOpcode.IBV_WC_SEND, qp_num=self.qp_num))
+            return self.transition(S.IBV_QPS_ERR, f"UD send failed: {status.name}", now)
 
-    def _send(self) -> WCStatus:
-        """Validate the WQE at sq_next with the data plane's rnic_dp_swqe_load (copied out of
-        the ring once: opcode, inline length, SGE cap, lkeys, one packet) and send it."""
-        dp, w = self.dp, self._hdr
-        dp.sq_next, dp.mtu = self.sq_next, mtu_bytes(self.device.active_mtu)
-        native.lib.rnic_dp_swqe_load(self.device.dp, dp, w)
-        d = self._swqes + (self.sq_next & dp.swqe_mask)
-        if d.status >= 0:
-            return WCStatus(d.status)
-        ah = self.owner.ahs.get(int(w.ah))
-        if ah is None or ah.pd is not self.pd:
-            return WCStatus.IBV_WC_LOC_QP_OP_ERR
-        payload = b"".join(native.ffi.buffer(d.pieces[i].ptr, d.pieces[i].len)
-                           for i in range(d.npieces))
-        d.npieces = 0                       # no pointer outlives the WQE
-        opcode, flags = int(w.opcode), int(w.send_flags)
-        qkey = int(w.remote_qkey)
-        if qkey & QKEY_PRIVILEGED:
-            qkey = self.attr["qkey"]
-        imm = opcode == WROpcode.IBV_WR_SEND_WITH_IMM
-        opcode = op.send_opcode(op.Position.ONLY, imm, transport=op.Transport.UD)
-        pkt = roce.Packet(opcode=opcode, dest_qp=int(w.remote_qpn), psn=self.psn,
-                          se=bool(flags & SendFlags.IBV_SEND_SOLICITED),
-                          deth_qkey=qkey, deth_src_qp=self.qp_num)
-        if imm:
-            pkt.imm = int(w.imm_data)
-        self.psn = roce.psn_add(self.psn, 1)
-        self.device.emit_to(ah.peer_ip, ah.peer_ip_be, pkt, payload)
-        self.counters.inc("ud_sent")
-        return WCStatus.IBV_WC_SUCCESS
+    def _skip_to(self, idx: int):
+        """Every SQ slot before idx is done: the record's indices and the ring's cons."""
+        self.dp.sq_head = self.dp.sq_next = idx
+        self.sq_ring.store_cons(idx)
 
     def _flush(self):
         ring = self.sq_ring
         prod = ring.load_prod()
         if (prod - ring.hdr.cons) & 0xFFFFFFFF > ring.num_entries:
             prod = ring.hdr.cons
-        while self.sq_next != prod:
-            w = ring.send_wqe(self.sq_next)
+        while self.dp.sq_head != prod:
+            w = ring.send_wqe(self.dp.sq_head)
             self.device.complete(self.send_cq, CQEntry(
                 wr_id=int(w.wr_id), status=WCStatus.IBV_WC_WR_FLUSH_ERR,
                 opcode=WCOpcode.IBV_WC_SEND, qp_num=self.qp_num))
-            self.sq_next = (self.sq_next + 1) & 0xFFFFFFFF
-            ring.store_cons(self.sq_next)
+            self._skip_to((self.dp.sq_head + 1) & 0xFFFFFFFF)
         self.sq_ring.hdr.error = 1          # later posts ring the doorbell: flushed here
         if self.rq is not None:
             while (wqe := self.rq.take()) is not None:

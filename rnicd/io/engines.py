@@ -103,7 +103,8 @@ class Engine:
         d = device.dp
         self.dev = new("struct rnic_dp_dev *", dict(
             self.arrays, ip_be=d.ip_be, port=d.port, qps=d.qps, qps_len=d.qps_len,
-            mrs=d.mrs, mrs_len=d.mrs_len, atomic_lock=d.atomic_lock, acks_len=tables["acks_len"],
+            mrs=d.mrs, mrs_len=d.mrs_len, ahs=d.ahs, ahs_len=d.ahs_len,
+            atomic_lock=d.atomic_lock, acks_len=tables["acks_len"],
             pumps_cap=tables["acks_len"], notify_cap=tables["notify_cap"], tx_buf_size=tx,
             tx_cap=cap))
         self.events = new("struct rnic_engine_event[]", EVENTS)
@@ -472,9 +473,7 @@ class Engines:
         lib, ffi = native.lib, native.ffi
         for qp in list(session.qps.values()):
             dp = qp.dp
-            if dp.ud:       # core/'s, and no engine watches its ring: only the doorbell,
-                qp.pump(now)    # which may not have woken one yet (a no-op if none posted)
-            elif dp.sq != ffi.NULL and lib.rnic_load_acquire(
+            if dp.sq != ffi.NULL and lib.rnic_load_acquire(
                     ffi.addressof(dp.sq, "prod")) != dp.eng_seen_sq:
                 qp.pump(now)
 

@@ -135,3 +135,35 @@ def test_ud_wqes_meet_the_data_planes_checks():
     run(a, b)
     assert [(w["wr_id"], w["status"]) for w in b.poll(cb)] == [
         (11, abi.IBV_WC_LOC_LEN_ERR), (12, abi.IBV_WC_LOC_PROT_ERR), (13, abi.IBV_WC_SUCCESS)]
+
+
+def test_ud_address_handles_and_qkeys_in_the_data_plane():
+    """rnic_dp_swqe_load finds a UD WQE's AH in the data plane's table: a Q_Key with the high
+    bit set sends the QP's own (IBTA 10.2.5), the DETH carries the sender's QPN and the BTH
+    its SQ PSN; an AH of another PD fails the WQE (IBV_WC_LOC_QP_OP_ERR) and the QP, as does
+    a handle that names no AH."""
+    for bad_ah in ("other_pd", "none"):
+        a, b = Host("127.0.0.1"), Host("127.0.0.2")
+        ca, cb = a.cq(), b.cq()
+        qa, qb = ud_ready(a, ca, qkey=0x5555), ud_ready(b, cb, qkey=0x5555)
+        ma, mb = a.mr(4096), b.mr(4096)
+        b.post_recv(qb, 11, [mb.sge(0, 1024)])
+        a.post_send(qa, 1, abi.IBV_WR_SEND, [ma.sge(0, 8)], ah=ah_to(a, b),
+                    remote_qpn=qb.qp_num, remote_qkey=0x80000000)
+        run(a, b)
+        assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [(1, abi.IBV_WC_SUCCESS)]
+        assert [(w["wr_id"], w["status"], w["src_qp"]) for w in b.poll(cb)] == [
+            (11, abi.IBV_WC_SUCCESS, qa.qp_num)]
+        assert qa.query()["sq_psn"] == 8              # ud_ready's 7, one datagram later
+        if bad_ah == "other_pd":
+            other = a.call("alloc_pd")["pd"]
+            ah = a.call("create_ah", pd=other, ah_attr=dict(
+                port_num=1, is_global=1, grh=dict(dgid=b.dev.gid, sgid_index=0)))["ah"]
+        else:
+            ah = ah_to(a, b) + 1000
+        a.post_send(qa, 2, abi.IBV_WR_SEND, [ma.sge(0, 8)], ah=ah, remote_qpn=qb.qp_num,
+                    remote_qkey=0x5555)
+        run(a, b)
+        assert [(w["wr_id"], w["status"]) for w in a.poll(ca)] == [
+            (2, abi.IBV_WC_LOC_QP_OP_ERR)]
+        assert qa.state == abi.IBV_QPS_ERR and b.poll(cb) == []
