@@ -82,6 +82,7 @@ class Device:
         self.limits = DeviceLimits()
         self.ah_count = 0                   # address handles of every client (max_ah)
         self._free_ahs = list(range(AH_TABLE - 1, 0, -1))     # handles, lowest last
+        self.qps: dict[int, object] = {}
         self.set_netdev_mtu(None)
         self.port_active = True
         self.netdev_ifindex: int | None = None     # the bound netdev, when one holds our IP
@@ -89,7 +90,6 @@ class Device:
         self.rng = random.Random(seed)
         self.keys = KeyTable(self.rng, MR_TABLE)
         self.windows: set = set()          # memory windows (core/mw.py), also in keys
-        self.qps: dict[int, object] = {}
         self._next_qpn = 0x11            # QPN 0 and 1 are reserved (SMI/GSI), as in IBTA
         # XRC (Annex A14): domains shared by file (inode), XRC SRQs by their number
         self.xrc_domains: dict[object, XRCDomain] = {}
@@ -163,7 +163,7 @@ class Device:
         self.qp_limits = QPLimits(max_qp_rd_atom=self.limits.max_qp_rd_atom,
                                   max_qp_init_rd_atom=self.limits.max_qp_init_rd_atom,
                                   max_mtu=self.active_mtu)
-        for qp in getattr(self, "qps", {}).values():     # a UD message fits the port's MTU
+        for qp in self.qps.values():            # a UD message fits the port's active MTU
             if qp.dp.ud:
                 qp.dp.mtu = mtu_bytes(self.active_mtu)
 
