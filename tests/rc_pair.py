@@ -12,6 +12,7 @@ from rnic.device import Context
 from rnic.mr import MR
 from rnic.pd import PD
 from rnic.qp import QP, QPAttr, QPCap, QPInitAttr
+from rnic.srq import SRQ, SrqAttr, SrqInitAttr
 
 from rnicd.wire.abi import RC_ACCESS
 
@@ -20,9 +21,11 @@ ACCESS = RC_ACCESS
 
 class Side:
     def __init__(self, daemon, mr_size=1 << 20, cqe=1024, wr=256, srq=None, mr_access=ACCESS,
-                 sge=4, inline=64, qp_type=e.IBV_QPT_RC):
+                 sge=4, inline=64, qp_type=e.IBV_QPT_RC, own_srq=False):
         self.ctx = Context(name="rnic0", socket=daemon.socket)
         self.pd = PD(self.ctx)
+        if own_srq:                 # an SRQ of this side's PD serves the QP's receives
+            srq = SRQ(self.pd, SrqInitAttr(SrqAttr(max_wr=wr, max_sge=sge)))
         self.mr = MR(self.pd, mr_size, mr_access)
         self.cq = CQ(self.ctx, cqe, None, None, 0)
         cap = QPCap(max_send_wr=wr, max_recv_wr=wr, max_send_sge=sge, max_recv_sge=sge,

@@ -226,6 +226,13 @@ static int post(uint32_t kind, uint32_t id)
     return 0;
 }
 
+/* The engine runs the QP's requester: in RTS (send_ok), with the receive side in C too
+ * (fast; not XRC), or UD, whose sends need nothing of its receives (an SRQ's are core/'s). */
+static inline int sends_here(const struct rnic_dp_qp *qp)
+{
+    return qp->send_ok && (qp->fast || qp->ud);
+}
+
 static void post_pump(struct rnic_dp_qp *qp)
 {
     if (!qp->eng_pump_posted && post(RNIC_EV_PUMP, qp->qpn) == 0)
@@ -365,12 +372,12 @@ static void pump_qp(struct rnic_dp_qp *qp, double now)
 {
     if (qp->rd_npkts && produce_reads(qp, now))
         note_reading(qp);
-    if (!(qp->fast && qp->send_ok)) {
+    if (!sends_here(qp)) {
         if (rnic_dp_sq_pending(qp) != 0)
             post_pump(qp);
         return;
     }
-    for (int turn = 0; turn < 64; turn++) {
+    for (int turn = 0, again = 0; turn < 64; turn++) {
         switch (rnic_dp_pump(D, qp)) {
         case RNIC_DP_PUMP_IDLE:
             return;
@@ -378,8 +385,11 @@ static void pump_qp(struct rnic_dp_qp *qp, double now)
             flush_tx(now);
             continue;
         case RNIC_DP_PUMP_FETCH:        /* none left, or the next WQE is core/'s */
-            if (rnic_dp_sq_pending(qp) != 0)
-                post_pump(qp);
+            if (rnic_dp_sq_pending(qp) == 0)
+                return;
+            if (!again++)               /* or posted since the pump looked: once more */
+                continue;
+            post_pump(qp);
             return;
         default:                        /* RNIC_DP_PUMP_SLOW: a READ or atomic at send_psn */
             post_pump(qp);
@@ -417,7 +427,7 @@ static int scan_qps(double now, int doorbell)
             continue;
         sq = qp->sq ? rnic_load_acquire(&qp->sq->prod) : 0;
         rq = qp->rq ? rnic_load_acquire(&qp->rq->prod) : 0;
-        if (qp->fast && qp->send_ok) {
+        if (sends_here(qp)) {
             if (sq != qp->eng_seen_sq) {
                 uint32_t before = D->ntx;
 
@@ -453,7 +463,7 @@ static double timers(double now)
         if (!qp || (t = rnic_dp_deadline(qp)) <= 0)
             continue;
         if (t <= now) {
-            if (qp->fast && qp->send_ok && !qp->rnr_wait && qp->retry_left > 0
+            if (sends_here(qp) && !qp->rnr_wait && qp->retry_left > 0
                 && !qp->eng_timer_posted && !slow_pending(qp)) {
                 if (rnic_dp_timer(D, qp) == RNIC_DP_TIMER_RETRY)
                     pump_qp(qp, now);               /* which arms the timer again */

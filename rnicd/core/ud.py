@@ -135,8 +135,9 @@ class UDQP:
     # ---- requester -----------------------------------------------------------------------
     def pump(self, now: float):
         """The data plane sends every good WQE, one UD SEND ONLY (with immediate) packet each,
-        and completes it (rnic_dp_pump); a WQE it leaves at sq_next is bad: it completes in
-        error and the QP fails (IBTA 11.6.2, as rxe)."""
+        and completes it (rnic_dp_pump); a WQE it leaves at sq_next is bad (it completes in
+        error and the QP fails, IBTA 11.6.2, as rxe), or was posted after it looked (the
+        program posts while the engines are held): pumped again."""
         if self.state == S.IBV_QPS_ERR:
             return self._flush()
         if self.state != S.IBV_QPS_RTS:
@@ -159,6 +160,8 @@ class UDQP:
                 return
             lib.rnic_dp_swqe_load(dev.dp, dp, self._hdr)
             d = self._swqes + (dp.sq_next & dp.swqe_mask)
+            if d.status < 0:                # a good one, posted since the pump looked
+                continue
             status, wr_id = WCStatus(d.status), int(d.wr_id)
             d.npieces = 0                   # no pointer outlives the WQE
             self._skip_to((dp.sq_next + 1) & 0xFFFFFFFF)
