@@ -302,6 +302,28 @@ static uint64_t recv_capacity(const struct rnic_dp_qp *qp)
     return total;
 }
 
+/* The receive WQE being filled is complete: its CQE (recv_off bytes from src_qp; ImmDt in
+ * the header before the payload when the opcode carries one), noted for the packet's commit. */
+static void recv_done(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp,
+                      const struct rnic_opinfo *oi, const uint8_t *pkt, const uint8_t *payload,
+                      uint32_t src_qp, uint32_t wc_flags)
+{
+    struct rnic_cqe c;
+
+    memset(&c, 0, sizeof(c));
+    c.wr_id = qp->recv_wr_id;
+    c.opcode = RX_WC_RECV;
+    c.byte_len = (uint32_t)qp->recv_off;
+    c.qp_num = qp->qpn;
+    c.src_qp = src_qp;
+    c.wc_flags = wc_flags;
+    if (oi->hdrs & RNIC_HDR_IMMDT) {
+        c.imm_data = dp_be32(payload - RNIC_IMMDT_LEN);     /* the last header */
+        c.wc_flags |= RX_WC_WITH_IMM;
+    }
+    dp_fx_cqe(dev, qp, qp->rcq, &c, (pkt[1] & RNIC_BTH_SE) != 0);
+}
+
 /* In-order SEND packets (IBTA 9.7.3, 9.7.7.1), sequence checked: into the receive WQE's
  * buffers, then a CQE. */
 static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *pkt,
@@ -329,21 +351,9 @@ static int rx_send(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t
     if (rnic_dp_recv_place(qp, payload, plen) < 0)
         return 0;       /* a later packet overflows: core/ completes the WQE in error */
     if (last) {
-        struct rnic_cqe c;
-
-        memset(&c, 0, sizeof(c));
-        c.wr_id = qp->recv_wr_id;
-        c.opcode = RX_WC_RECV;
-        c.byte_len = (uint32_t)qp->recv_off;
-        c.qp_num = qp->qpn;
-        c.src_qp = qp->dest_qpn;
-        if (oi->hdrs & RNIC_HDR_IMMDT) {
-            c.imm_data = dp_be32(payload - RNIC_IMMDT_LEN);     /* the last header */
-            c.wc_flags = RX_WC_WITH_IMM;
-        }
         qp->msg = RNIC_DP_MSG_NONE;
         qp->msn = (qp->msn + 1) & 0xffffff;
-        dp_fx_cqe(dev, qp, qp->rcq, &c, (pkt[1] & RNIC_BTH_SE) != 0);
+        recv_done(dev, qp, oi, pkt, payload, qp->dest_qpn, 0);
     }
     return 1;
 }
@@ -376,7 +386,6 @@ static int rx_ud(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *
     uint32_t hdr = RNIC_BTH_LEN + oi->hdr_len, pad = bth_pad(pkt), plen;
     const uint8_t *deth = pkt + RNIC_BTH_LEN, *payload = pkt + hdr;
     uint8_t grh[RNIC_UD_GRH_LEN];
-    struct rnic_cqe c;
 
     if ((pkt[0] & RNIC_OPT_MASK) != RNIC_OPT_UD || !(oi->flags & RNIC_OPF_VALID)
         || oi->kind != RNIC_KIND_SEND || !(oi->hdrs & RNIC_HDR_DETH)
@@ -390,18 +399,7 @@ static int rx_ud(struct rnic_dp_dev *dev, struct rnic_dp_qp *qp, const uint8_t *
     rnic_dp_ud_grh(grh, src_ip_be, dev->ip_be, len);
     rnic_dp_recv_place(qp, grh, RNIC_UD_GRH_LEN);
     rnic_dp_recv_place(qp, payload, plen);
-    memset(&c, 0, sizeof(c));
-    c.wr_id = qp->recv_wr_id;
-    c.opcode = RX_WC_RECV;
-    c.byte_len = RNIC_UD_GRH_LEN + plen;
-    c.qp_num = qp->qpn;
-    c.src_qp = dp_be24(deth + 5);
-    c.wc_flags = RX_WC_GRH;
-    if (oi->hdrs & RNIC_HDR_IMMDT) {
-        c.imm_data = dp_be32(payload - RNIC_IMMDT_LEN);
-        c.wc_flags |= RX_WC_WITH_IMM;
-    }
-    dp_fx_cqe(dev, qp, qp->rcq, &c, (pkt[1] & RNIC_BTH_SE) != 0);
+    recv_done(dev, qp, oi, pkt, payload, dp_be24(deth + 5), RX_WC_GRH);
     qp->fast_pkts++;
     return 1;
 }

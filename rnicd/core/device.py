@@ -80,8 +80,7 @@ class Device:
         self.port = port
         self.native = native
         self.limits = DeviceLimits()
-        self.ah_count = 0                   # address handles of every client (max_ah)
-        self._free_ahs = list(range(AH_TABLE - 1, 0, -1))     # handles, lowest last
+        self._free_ahs = list(range(AH_TABLE - 1, 0, -1))     # AH handles, lowest last
         self.qps: dict[int, object] = {}
         self.set_netdev_mtu(None)
         self.port_active = True
@@ -208,20 +207,18 @@ class Device:
     def add_ah(self, pd, peer_ip: str):
         """A new AH of pd towards peer_ip, with a device-wide handle (an index of the data
         plane's AH table). -> (handle, its struct rnic_dp_ah)."""
-        if not self._free_ahs or self.ah_count >= self.limits.max_ah:
+        if not self._free_ahs or AH_TABLE - 1 - len(self._free_ahs) >= self.limits.max_ah:
             raise VerbsError(errno.ENOMEM, f"create_ah: device limit of "
                              f"{self.limits.max_ah} address handles reached")
         handle = self._free_ahs.pop()
         rec = native.shared_new("struct rnic_dp_ah *", {"pd": pd.uid,
                                                         "ip_be": native.ipv4_be(peer_ip)})
         self._dp_arrays["ahs"][handle] = rec
-        self.ah_count += 1
         return handle, rec
 
     def remove_ah(self, handle: int):
         self._dp_arrays["ahs"][handle] = native.ffi.NULL
         self._free_ahs.append(handle)
-        self.ah_count -= 1
 
     def remove_qp(self, qp):
         if self.engines is not None:

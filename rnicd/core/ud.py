@@ -102,7 +102,6 @@ class UDQP:
         self.dp.fast = int(new in (S.IBV_QPS_RTR, S.IBV_QPS_RTS, S.IBV_QPS_SQD)
                            and self.rq is not None)
         self.dp.send_ok = int(new == S.IBV_QPS_RTS)   # SQD: no new WQE starts (IBTA 10.3.1)
-        self.dp.mtu = mtu_bytes(self.device.active_mtu)
         if old != new:
             log.debug("ud qp %d: %s -> %s (%s)", self.qp_num, old.name, new.name, reason)
         if new == S.IBV_QPS_ERR:
@@ -223,8 +222,7 @@ class UDQP:
         if rc == 0:
             grh = native.ffi.new("uint8_t[]", GRH_LEN)
             lib.rnic_dp_ud_grh(grh, native.ipv4_be(src_ip), native.ipv4_be(dst_ip),
-                               roce.BTH_LEN + info.header_len + len(payload) + pkt.pad
-                               + roce.ICRC_LEN)
+                               roce.wire_len(pkt.opcode, len(payload)))
             data = native.ffi.buffer(grh)[:] + payload
             if lib.rnic_dp_recv_place(dp, data, len(data)) < 0:
                 e.status = WCStatus.IBV_WC_LOC_LEN_ERR
