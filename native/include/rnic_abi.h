@@ -71,7 +71,11 @@ struct rnic_ring_hdr {
     uint32_t error;     /* daemon sets non-zero when the queue entered an error state */
     uint32_t doorbell;  /* SQ/RQ: 1 + the index (in hello's doorbell_fds) of the doorbell that
                          * wakes the engine serving the queue; 0: not known, ring them all */
-    uint32_t _rsvd3[11];
+    uint32_t poller_cpu; /* CQ: 1 + the CPU of the client's last empty poll, which then
+                          * yielded; an engine on that CPU that writes a CQE takes it (0) and
+                          * yields the CPU to the poller (docs/engines.md). Only a hint: 0,
+                          * what a client that does not set it leaves, is none. */
+    uint32_t _rsvd3[10];
 };
 
 /* Scatter/gather element, as struct ibv_sge. */

@@ -90,6 +90,9 @@ int rnic_ring_init(void *base, size_t size, uint32_t kind, uint32_t entry_size,
 /* Entry of index idx (free-running). Trusts h->entry_size / h->num_entries: use it only on
  * a header this process initialised or validated. */
 void *rnic_ring_entry(struct rnic_ring_hdr *h, uint32_t idx);
+/* A client's empty poll of the CQ h, about to yield: publish the CPU it waits on
+ * (rnic_ring_hdr.poller_cpu). */
+void rnic_ring_poller_waits(struct rnic_ring_hdr *h);
 
 /* ---- place.c -------------------------------------------------------------------------- */
 
@@ -460,6 +463,9 @@ struct rnic_dp_dev {
     uint32_t *atomic_lock;          /* the device's one lock of RDMA atomics (shared by
                                      * core/ and the engines; IBV_ATOMIC_HCA) */
     double now;                     /* the time of the current call, set by core/ */
+    uint32_t cpu_tag;               /* engines: 1 + the CPU it is pinned to; 0: core/ */
+    uint32_t poller_here;           /* a CQE went to a CQ whose poller waits on this CPU
+                                     * (rnic_ring_hdr.poller_cpu): the engine yields */
 };
 
 /* ---- sq.c: the requester's and completer's common case -------------------------------- */
@@ -836,6 +842,7 @@ struct rnic_engine {
     uint64_t fault_no_room;
     uint64_t channel_events;    /* completion channels it signalled itself */
     uint64_t spin_yielded;      /* spins ended early: a yield found the CPU taken */
+    uint64_t poller_yields;     /* yields to a program polling here for a CQE just written */
     uint64_t heartbeat;         /* counts up at least every RNIC_ENGINE_BEAT_MS, held or not:
                                  * one that stops is hung (docs/engines.md) */
 };

@@ -85,6 +85,11 @@ int dp_cq_push(struct rnic_dp_dev *dev, struct rnic_dp_cq *cq, const struct rnic
             dp_barrier();
         }
         dp_cq_fill(dev, cq, prod, e, solicited);
+        /* the poller waits on our CPU (it yields, so it runs when we do): say so */
+        if (dev->cpu_tag && rnic_load_acquire(&h->poller_cpu) == dev->cpu_tag) {
+            rnic_store_release(&h->poller_cpu, 0);
+            dev->poller_here = 1;
+        }
     }
     dp_unlock(&cq->lock);
     return rc;

@@ -515,7 +515,7 @@ class Engines:
                 tx_pkts=r.tx_pkts,
                 fast_pkts=e.dev.fast_pkts, slow_pkts=e.dev.slow_pkts,
                 events=r.events_posted, wakeups=r.wakeups, channel_events=r.channel_events,
-                spin_yielded=r.spin_yielded,
+                spin_yielded=r.spin_yielded, poller_yields=r.poller_yields,
                 busy_pct=round(100.0 * r.busy_ns / 1e9 / up, 1) if up else 0.0))
         return out
 

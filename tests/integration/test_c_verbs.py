@@ -14,6 +14,7 @@ import time
 import pytest
 from clibs import ROOT, need_clib, server_then_client, tcp_listening
 from clibs import rnic_exec as _exec
+from kills import engines
 
 TIMEOUT = 60
 
@@ -302,3 +303,29 @@ def test_perftest_keeps_the_send_queue_full(libibverbs, rnicd):
     client, server_rc, sout = client_server(a, b, "ib_read_bw", args)
     assert client.returncode == 0 and server_rc == 0, client.stdout + client.stderr + sout
     assert "Couldn't post send" not in client.stderr, client.stderr
+
+
+def test_a_poller_on_its_engines_cpu_is_yielded_to(libibverbs, rnicd):
+    """The C library's empty poll says on which CPU the program waits (the CQ ring's
+    poller_cpu): ibv_rc_pingpong pinned to its daemon's engine 0 CPU (its CQ's, vector 0) is
+    yielded to; its peer, pinned to a CPU other than its own engine 0's, never is."""
+    mask = sorted(os.sched_getaffinity(0))
+    if len(mask) < 2 or shutil.which("taskset") is None:
+        pytest.skip("needs 2 CPUs and taskset (util-linux) to pin the two programs")
+    spread = ("--engines", "2")
+    a, b = rnicd("a", extra=spread), rnicd("b", extra=spread)
+    on_a = next(r["cpu"] for r in engines(a) if r["id"] == 0)
+    off_b = next(c for c in mask if c != next(r["cpu"] for r in engines(b) if r["id"] == 0))
+    port = _free_port()
+    args = ["-d", "rnic0", "-g", "0", "-p", str(port), "-n", "200"]
+
+    def pinned(cpu, argv):          # taskset execs: the pid stays the program's
+        return ["taskset", "-c", str(cpu), *argv]
+
+    client, server_rc, sout = server_then_client(
+        pinned(on_a, rnic_exec(a, "ibv_rc_pingpong", *args)),
+        pinned(off_b, rnic_exec(b, "ibv_rc_pingpong", *args, a.ip)),
+        lambda srv: tcp_listening(srv.pid, port), timeout=TIMEOUT)
+    assert client.returncode == 0 and server_rc == 0, client.stderr + sout
+    assert next(r["poller_yields"] for r in engines(a) if r["id"] == 0) > 0
+    assert sum(r["poller_yields"] for r in engines(b)) == 0

@@ -305,7 +305,7 @@ int rnic_poll_cq(struct ibv_cq *ibcq, int num, struct ibv_wc *wc)
     if (!k) {
         if (daemon_gone(cq))
             return -EIO;
-        rnic_poll_idle();
+        rnic_poll_idle(h);
     }
     return k;
 }

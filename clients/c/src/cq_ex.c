@@ -45,7 +45,7 @@ static int start_poll(struct ibv_cq_ex *c, struct ibv_poll_cq_attr *attr)
     if (rc) {                 /* ibv_create_cq_ex(3): no end_poll after a failed start_poll */
         pthread_spin_unlock(&cq->lock);
         if (rc == ENOENT)
-            rnic_poll_idle();
+            rnic_poll_idle(cq->ring.hdr);
     }
     return rc;
 }

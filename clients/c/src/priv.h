@@ -139,7 +139,7 @@ static inline uint32_t cqe_imm(const struct rnic_cqe *e)
 }
 void rnic_doorbell(struct rnic_ctx *c, struct rring *r);
 /* An empty poll: give the CPU to a runnable engine (docs/engines.md, polite polling). */
-void rnic_poll_idle(void);
+void rnic_poll_idle(struct rnic_ring_hdr *h);
 
 /* device.c */
 void robj_add(struct rnic_ctx *c, int kind, uint32_t handle, void *obj);

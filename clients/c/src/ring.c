@@ -88,9 +88,10 @@ void rnic_doorbell(struct rnic_ctx *c, struct rring *r)
 /* A program that spins on an empty CQ (perftest does) holds its CPU until the scheduler's
  * tick preempts it, milliseconds later, while the engine that would produce its completion
  * waits for that CPU: with more spinners than CPUs (2 vCPUs: two programs, two engines) an
- * empty poll yields, so spinners on one CPU take turns in microseconds. RNIC_POLL_YIELD=0
- * turns it off. */
-void rnic_poll_idle(void)
+ * empty poll yields, so spinners on one CPU take turns in microseconds, and says on which
+ * CPU it waits (h: the CQ's header, poller_cpu), so that an engine there that writes it a
+ * completion yields to it at once. RNIC_POLL_YIELD=0 turns both off. */
+void rnic_poll_idle(struct rnic_ring_hdr *h)
 {
     static int mode = -1;       /* -1: not read yet */
 
@@ -98,6 +99,11 @@ void rnic_poll_idle(void)
         const char *v = getenv("RNIC_POLL_YIELD");
         mode = !(v && v[0] == '0');
     }
-    if (mode)
+    if (mode) {
+        int cpu = sched_getcpu();
+
+        if (cpu >= 0)
+            __atomic_store_n(&h->poller_cpu, (uint32_t)cpu + 1, __ATOMIC_RELAXED);
         sched_yield();
+    }
 }

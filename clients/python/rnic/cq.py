@@ -294,7 +294,10 @@ class CQ(RnicCM):
             raise RnicError(errno.EIO, f"CQ {self.handle}: rnicd is gone (the control "
                             "connection is closed): no completion will come")
         if _POLL_YIELD:
-            os.sched_yield()      # polite polling, as the C library (docs/engines.md)
+            # polite polling, as the C library (docs/engines.md): say on which CPU we wait,
+            # then yield it
+            ring.poller_waits()
+            os.sched_yield()
         return k, wcs
 
     def _clean(self, qp_num: int) -> int:
