@@ -90,9 +90,6 @@ int rnic_ring_init(void *base, size_t size, uint32_t kind, uint32_t entry_size,
 /* Entry of index idx (free-running). Trusts h->entry_size / h->num_entries: use it only on
  * a header this process initialised or validated. */
 void *rnic_ring_entry(struct rnic_ring_hdr *h, uint32_t idx);
-/* A client's empty poll of the CQ h, about to yield: publish the CPU it waits on
- * (rnic_ring_hdr.poller_cpu). */
-void rnic_ring_poller_waits(struct rnic_ring_hdr *h);
 
 /* ---- place.c -------------------------------------------------------------------------- */
 

@@ -8,7 +8,6 @@
  * the same size and alignment on every target rnicd builds for (checked below).
  */
 #include <errno.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -103,15 +102,6 @@ int rnic_ring_init(void *base, size_t size, uint32_t kind, uint32_t entry_size,
     /* Magic last: whoever sees it also sees the rest of the header. */
     rnic_store_release(&h->magic, RNIC_RING_MAGIC);
     return 0;
-}
-
-void rnic_ring_poller_waits(struct rnic_ring_hdr *h)
-{
-    int cpu = sched_getcpu();
-
-    if (cpu >= 0)
-        atomic_store_explicit((_Atomic uint32_t *)&h->poller_cpu, (uint32_t)cpu + 1,
-                              memory_order_relaxed);
 }
 
 void *rnic_ring_entry(struct rnic_ring_hdr *h, uint32_t idx)

@@ -85,7 +85,6 @@ class Ring:
         self.limit = self.num_entries   # QP/SRQ lower it to the max_wr rnicd granted
         self._polling = n.ffi.addressof(self.hdr, "polling")
         self._fetch_add = n.lib.rnic_fetch_add
-        self._waits = n.lib.rnic_ring_poller_waits
 
     def _check(self, n, kind: int, size: int) -> None:
         h = self.rv.hdr
@@ -123,11 +122,6 @@ class Ring:
         # a full barrier with the read (an atomic add of 0): the index just stored must be
         # visible before the flag is read, as the engine clears it and looks once more
         return bool(self._fetch_add(self._polling, 0))
-
-    def poller_waits(self) -> None:
-        """CQ: the caller polled it empty and yields: an engine on this CPU that completes
-        to it yields to us (rnic_ring_hdr.poller_cpu)."""
-        self._waits(self.hdr)
 
     def error(self) -> int:
         return self.hdr.error
