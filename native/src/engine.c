@@ -489,6 +489,15 @@ static uint32_t rx_pos, rx_n, rx_off, rx_k;    /* buffer; byte and segment in it
 
 static int rx_backlog(void) { return rx_pos < rx_n; }
 
+/* The coalesced ACKs owed (9.7.5.1.2) into the transmit buffer, after what it holds
+ * (flushed first if they would not fit). */
+static void queue_acks(double now)
+{
+    if (D->ntx + D->nacks > D->tx_cap)
+        flush_tx(now);
+    rnic_dp_flush_acks(D);
+}
+
 /* One datagram (segment rx_k of its buffer): the fast path, else core/'s. 0: core/'s ring
  * is full, try it again later. */
 static int rx_datagram(const uint8_t *pkt, uint32_t len, uint32_t addr_be, uint16_t port)
@@ -598,13 +607,10 @@ stop:
          * else to send (a ping-pong, not a stream) engine_loop yields, and the ACKs owed
          * go after its answer, if it posts one at once. */
         D->poller_here = 0;
-        if (D->ntx == 0) {
+        if (D->ntx == 0)
             yield_to_poller = 1;
-        } else {
-            if (D->ntx + D->nacks > D->tx_cap)
-                flush_tx(now);
-            rnic_dp_flush_acks(D);
-        }
+        else
+            queue_acks(now);
     }
     return total;
 }
@@ -832,9 +838,7 @@ static void engine_loop(void)
         doorbell_rung = 0;
         if (yield_to_poller) {
             yield_to_poller = 0;
-            if (D->ntx + D->nacks > D->tx_cap)
-                flush_tx(now);
-            rnic_dp_flush_acks(D);
+            queue_acks(now);
         }
         if (nreading)
             work |= continue_reads(now);

@@ -25,7 +25,6 @@ from .errors import RnicError
 # turns it off.
 _POLL_YIELD = os.environ.get("RNIC_POLL_YIELD", "1") != "0"
 
-_PYHINT = os.environ.get('PYHINT') == '1'
 _BACKOFF_START, _BACKOFF_MAX = 50e-6, 5e-3
 _unpack_cqe = CQE.unpack_from
 
